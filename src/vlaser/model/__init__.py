@@ -1,0 +1,1 @@
+"""Everything specific to InternVL3 checkpoints: layouts, conversion, preprocessing, templates, chat."""

@@ -1,0 +1,254 @@
+"""InternVL's image and video preprocessing, reproduced exactly without torchvision.
+
+Dynamic tiling (grid choice, tie rule, row-major crops, thumbnail), PIL bicubic resizing and ImageNet
+normalisation follow the original ``dynamic_preprocess`` / ``build_transform`` / ``load_image`` /
+``get_index`` / ``load_video`` bit for bit. Every other part of vlaser tiles images through this module.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from vlaser.model.constants import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+
+ImageInput = str | os.PathLike | bytes | np.ndarray | Image.Image
+
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+class ImageLoadError(ValueError):
+    """An image (or video) could not be read; the message names the file or the input."""
+
+
+def to_pil(image: ImageInput) -> Image.Image:
+    """Open a path, encoded bytes, an ``HxW``/``HxWxC`` uint8 array or a PIL image as an RGB PIL image."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        return _array_to_pil(image)
+    if isinstance(image, (bytes, bytearray)):
+        source, opener = f"<{len(image)} bytes>", lambda: io.BytesIO(image)
+    elif isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise ImageLoadError(f"image file not found: {path}")
+        source, opener = str(path), lambda: path
+    else:
+        raise TypeError(f"expected a path, bytes, numpy array or PIL image, got {type(image).__name__}")
+    try:
+        with Image.open(opener()) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ImageLoadError(f"cannot read image {source}: {e}") from e
+
+
+def _array_to_pil(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageLoadError(f"expected an HxW, HxWx3 or HxWx4 array, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating) and array.size and array.min() >= 0 and array.max() <= 1:
+            array = np.round(array * 255)
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+
+
+def target_ratios(min_num: int, max_num: int) -> list[tuple[int, int]]:
+    """Candidate ``(cols, rows)`` grids, in the original order.
+
+    The original builds them from a Python ``set`` and stable-sorts by tile count, so grids with the same
+    count keep the set's iteration order; that order decides ties, so it is reproduced literally here.
+    """
+    ratios = {
+        (i, j)
+        for n in range(min_num, max_num + 1)
+        for i in range(1, n + 1)
+        for j in range(1, n + 1)
+        if min_num <= i * j <= max_num
+    }
+    return sorted(ratios, key=lambda x: x[0] * x[1])
+
+
+def find_closest_aspect_ratio(
+    aspect_ratio: float, ratios: Sequence[tuple[int, int]], width: int, height: int, image_size: int
+) -> tuple[int, int]:
+    """The grid whose ``cols/rows`` is closest to ``aspect_ratio``.
+
+    On an exact tie the later (larger) grid wins only if the image area exceeds half of that grid's area.
+    """
+    best_diff = float("inf")
+    best = (1, 1)
+    area = width * height
+    for ratio in ratios:
+        diff = abs(aspect_ratio - ratio[0] / ratio[1])
+        if diff < best_diff:
+            best_diff, best = diff, ratio
+        elif diff == best_diff and area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
+            best = ratio
+    return best
+
+
+def tile_grid(width: int, height: int, min_num: int = 1, max_num: int = 12, image_size: int = 448) -> tuple[int, int]:
+    """The ``(cols, rows)`` grid ``dynamic_preprocess`` picks for an image of this size."""
+    return find_closest_aspect_ratio(width / height, target_ratios(min_num, max_num), width, height, image_size)
+
+
+def dynamic_preprocess(
+    image: Image.Image, min_num: int = 1, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = False
+) -> list[Image.Image]:
+    """Split an image into ``image_size`` tiles on the best grid, plus a thumbnail when there are several."""
+    cols, rows = tile_grid(*image.size, min_num=min_num, max_num=max_num, image_size=image_size)
+    resized = image.resize((image_size * cols, image_size * rows))
+    tiles = [
+        resized.crop((c * image_size, r * image_size, (c + 1) * image_size, (r + 1) * image_size))
+        for r in range(rows)
+        for c in range(cols)
+    ]
+    if use_thumbnail and len(tiles) != 1:
+        tiles.append(image.resize((image_size, image_size)))
+    return tiles
+
+
+def _normalize(chw_uint8: torch.Tensor) -> torch.Tensor:
+    # Same float32 ops, in the same order, as torchvision's ToTensor + Normalize: x / 255, - mean, / std.
+    return chw_uint8.to(torch.float32).div(255).sub(_MEAN).div(_STD)
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """``(3, H, W)`` float32, ImageNet-normalised; what ``ToTensor`` + ``Normalize`` give."""
+    return _normalize(torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1))
+
+
+def build_transform(input_size: int = DEFAULT_IMAGE_SIZE) -> Callable[[Image.Image], torch.Tensor]:
+    """The original per-tile transform: RGB, bicubic resize to ``input_size`` square, tensor, normalise."""
+
+    def transform(image: Image.Image) -> torch.Tensor:
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        if image.size != (input_size, input_size):
+            image = image.resize((input_size, input_size), Image.BICUBIC)
+        return pil_to_tensor(image)
+
+    return transform
+
+
+def image_to_tiles(
+    image: Image.Image, max_num: int = 12, min_num: int = 1, image_size: int = 448, use_thumbnail: bool = True
+) -> torch.Tensor:
+    """``dynamic_preprocess`` + ``build_transform`` on every tile, as one ``(n_tiles, 3, S, S)`` tensor.
+
+    Equal to transforming each tile separately, but the resized canvas is converted and normalised once
+    and cut into tiles as tensor views, which is several times faster for many tiles.
+    """
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    cols, rows = tile_grid(*image.size, min_num=min_num, max_num=max_num, image_size=image_size)
+    canvas = pil_to_tensor(image.resize((image_size * cols, image_size * rows)))  # (3, rows*S, cols*S)
+    tiles = canvas.reshape(3, rows, image_size, cols, image_size).permute(1, 3, 0, 2, 4)
+    tiles = tiles.reshape(rows * cols, 3, image_size, image_size)  # row-major, like the original crops
+    if use_thumbnail and rows * cols != 1:
+        tiles = torch.cat([tiles, pil_to_tensor(image.resize((image_size, image_size)))[None]])
+    return tiles.contiguous()
+
+
+def load_image(
+    image: ImageInput, input_size: int = DEFAULT_IMAGE_SIZE, max_num: int = 12, min_num: int = 1,
+    use_thumbnail: bool = True,
+) -> torch.Tensor:
+    """The seed's ``load_image``: tiles of one image as ``pixel_values`` of shape ``(n_tiles, 3, S, S)``."""
+    return image_to_tiles(to_pil(image), max_num=max_num, min_num=min_num, image_size=input_size,
+                          use_thumbnail=use_thumbnail)
+
+
+def load_images(
+    images: Sequence[ImageInput], input_size: int = DEFAULT_IMAGE_SIZE, max_num: int = 12
+) -> tuple[torch.Tensor, list[int]]:
+    """Tiles of several images concatenated, and the tile count of each (``num_patches_list``)."""
+    tiles = [load_image(im, input_size=input_size, max_num=max_num) for im in images]
+    return torch.cat(tiles), [t.shape[0] for t in tiles]
+
+
+def get_index(
+    bound: tuple[float, float] | None, fps: float, max_frame: int, first_idx: int = 0, num_segments: int = 32
+) -> np.ndarray:
+    """Frame indices at the centres of ``num_segments`` equal segments of ``[start, end]`` (seconds)."""
+    start, end = bound if bound else (-100000, 100000)
+    start_idx = max(first_idx, round(start * fps))
+    end_idx = min(round(end * fps), max_frame)
+    seg_size = float(end_idx - start_idx) / num_segments
+    return np.array([int(start_idx + (seg_size / 2) + np.round(seg_size * idx)) for idx in range(num_segments)])
+
+
+def _open_video(path: Path):
+    try:
+        import av
+    except ImportError as e:
+        raise ImportError("video input needs PyAV: pip install 'vlaser[video]'") from e
+    try:
+        container = av.open(str(path))
+        return container, container.streams.video[0]
+    except (av.FFmpegError, IndexError) as e:
+        raise ImageLoadError(f"cannot read video {path}: {e}") from e
+
+
+def _decode(path: Path, wanted: set[int] | None) -> tuple[dict[int, Image.Image], int, float]:
+    """Decode frames in order, keeping those in ``wanted``; returns ``(kept, frame count, fps)``."""
+    import av
+
+    container, stream = _open_video(path)
+    kept: dict[int, Image.Image] = {}
+    count = 0
+    with container:
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        try:
+            for count, frame in enumerate(container.decode(stream), start=1):
+                if wanted is None or count - 1 in wanted:
+                    kept[count - 1] = frame.to_image()
+        except av.FFmpegError as e:
+            raise ImageLoadError(f"cannot decode video {path} after frame {count}: {e}") from e
+    return kept, count, fps
+
+
+def read_video_frames(
+    path: str | os.PathLike, num_segments: int = 8, bound: tuple[float, float] | None = None
+) -> list[Image.Image]:
+    """Decode the frames ``get_index`` selects, indexed like decord's ``VideoReader``, with PyAV.
+
+    The frame count comes from the container header when it has one; if decoding then finds a different
+    count, the indices are recomputed from the true count and the video decoded again.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"video file not found: {path}")
+    container, stream = _open_video(path)
+    with container:
+        n_frames, fps = stream.frames, float(stream.average_rate or stream.guessed_rate or 0)
+    if fps <= 0:
+        raise ImageLoadError(f"video {path} has no frame rate")
+    if n_frames <= 0:
+        n_frames = _decode(path, set())[1]
+    indices = get_index(bound, fps, n_frames - 1, first_idx=0, num_segments=num_segments)
+    kept, decoded, _ = _decode(path, set(indices.tolist()))
+    if decoded != n_frames:
+        indices = get_index(bound, fps, decoded - 1, first_idx=0, num_segments=num_segments)
+        kept = _decode(path, set(indices.tolist()))[0]
+    if not kept:
+        raise ImageLoadError(f"video {path} has no decodable frames")
+    return [kept[int(i)] for i in indices]
+
+
+def load_video(
+    path: str | os.PathLike, bound: tuple[float, float] | None = None, input_size: int = DEFAULT_IMAGE_SIZE,
+    max_num: int = 1, num_segments: int = 8,
+) -> tuple[torch.Tensor, list[int]]:
+    """The seed's ``load_video``: ``num_segments`` frames tiled with ``max_num`` each; ``(pixel_values, tiles)``."""
+    frames = read_video_frames(path, num_segments, bound)
+    tiles = [image_to_tiles(f, max_num=max_num, image_size=input_size) for f in frames]
+    return torch.cat(tiles), [t.shape[0] for t in tiles]
