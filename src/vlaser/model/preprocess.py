@@ -125,7 +125,7 @@ def _normalize(chw_uint8: torch.Tensor) -> torch.Tensor:
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """``(3, H, W)`` float32, ImageNet-normalised; what ``ToTensor`` + ``Normalize`` give."""
-    return _normalize(torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1))
+    return _normalize(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
 
 
 def build_transform(input_size: int = DEFAULT_IMAGE_SIZE) -> Callable[[Image.Image], torch.Tensor]:

@@ -1,0 +1,155 @@
+"""The friendly API: ``VLM.from_pretrained(path).ask(images, question)`` and ``.point(image, query)``.
+
+Built only from the inference core (``load_model``, preprocessing, templates, ``batch_chat``); no prompt
+logic lives here beyond choosing the seed's multi-image / video prefixes and the point prompt.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from vlaser.model.constants import IMAGE_PLACEHOLDER
+from vlaser.model.preprocess import ImageInput, image_to_tiles, load_video, to_pil
+from vlaser.model.template import build_chat_prompt, multi_image_prefix, video_prefix
+from vlaser.points import parse_boxes, parse_points, point_question, to_pixels
+
+Images = ImageInput | Sequence[ImageInput] | None
+
+
+@dataclass
+class PointAnswer:
+    """A point-grounding answer: the raw text, its points on the 0-1000 grid, and in pixels."""
+
+    text: str
+    points: list[tuple[float, float]]
+    pixels: list[tuple[int, int]]
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    box_pixels: list[tuple[int, ...]] = field(default_factory=list)
+    size: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class _Media:
+    pixel_values: torch.Tensor | None
+    num_patches: list[int]
+    prefix: str
+    sizes: list[tuple[int, int]]
+
+
+class VLM:
+    """An InternVL3/Vlaser model with a small, InternVL-agnostic interface.
+
+    Example:
+        >>> vlm = VLM.from_pretrained("OpenGVLab/Vlaser-2B")
+        >>> vlm.ask("scene.jpg", "What is on the table?")
+        >>> vlm.point("scene.jpg", "Point to the red cup.").pixels
+    """
+
+    def __init__(self, model, tokenizer, max_num: int = 12, max_new_tokens: int = 1024):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_num, self.max_new_tokens = max_num, max_new_tokens
+        self.image_size = int(model.config.vision_config.image_size[0])
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype="auto", device=None, **kwargs) -> VLM:
+        from vlaser.model.loading import load_model
+
+        model, tokenizer = load_model(path, dtype=dtype, device=device)
+        return cls(model, tokenizer, **kwargs)
+
+    def _media(self, images: Images, video: str | os.PathLike | None, max_num: int | None,
+               num_segments: int) -> _Media:
+        max_num = self.max_num if max_num is None else max_num
+        if video is not None:
+            if images:
+                raise ValueError("pass either images or a video, not both")
+            pixel_values, counts = load_video(video, input_size=self.image_size, num_segments=num_segments)
+            return _Media(pixel_values, counts, video_prefix(len(counts)), [])
+        if images is None:
+            return _Media(None, [], "", [])
+        items = [images] if isinstance(images, (str, bytes, os.PathLike, Image.Image)) or (
+            hasattr(images, "ndim")) else list(images)
+        pils = [to_pil(im) for im in items]
+        tiles = [image_to_tiles(im, max_num=max_num, image_size=self.image_size) for im in pils]
+        prefix = multi_image_prefix(len(pils)) if len(pils) > 1 else ""
+        return _Media(torch.cat(tiles) if tiles else None, [t.shape[0] for t in tiles], prefix,
+                      [im.size for im in pils])
+
+    def _question(self, media: _Media, question: str) -> str:
+        if media.prefix and IMAGE_PLACEHOLDER not in question:
+            return media.prefix + question
+        return question
+
+    def _gen(self, kwargs: dict) -> dict:
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": False, **kwargs}
+
+    def ask(self, images: Images, question: str, video: str | os.PathLike | None = None, max_num: int | None = None,
+            num_segments: int = 8, **generation) -> str:
+        """Answer a question about zero, one or several images (``Image-i:`` prompts) or a video (``Frame-i:``)."""
+        media = self._media(images, video, max_num, num_segments)
+        return self._generate([media], [question], generation)[0]
+
+    def ask_batch(self, requests: Sequence[tuple[Images, str]], max_num: int | None = None,
+                  **generation) -> list[str]:
+        """Answer several ``(images, question)`` pairs in one left-padded batch."""
+        media = [self._media(images, None, max_num, 0) for images, _ in requests]
+        return self._generate(media, [q for _, q in requests], generation)
+
+    def _generate(self, media: Sequence[_Media], questions: Sequence[str], generation: dict,
+                  keep_grounding_tokens: bool = False) -> list[str]:
+        prompts = [
+            build_chat_prompt(self._question(m, q), self.model.conv_template, m.num_patches,
+                              self.model.num_image_token, system_message=self.model.system_message)[1]
+            for m, q in zip(media, questions)
+        ]
+        tiles = [m.pixel_values for m in media if m.pixel_values is not None]
+        return self.model.generate_text(self.tokenizer, prompts, torch.cat(tiles) if tiles else None,
+                                        self._gen(generation), keep_grounding_tokens=keep_grounding_tokens)
+
+    def point(self, image: ImageInput, query: str, max_num: int = 6, max_new_tokens: int = 100,
+              prompt: bool = True, **generation) -> PointAnswer:
+        """Ask for points (Vlaser's point prompt, 6 tiles, greedy, 100 new tokens) and return them in pixels."""
+        return self.point_batch([(image, query)], max_num=max_num, max_new_tokens=max_new_tokens, prompt=prompt,
+                                **generation)[0]
+
+    def point_batch(self, requests: Sequence[tuple[ImageInput, str]], max_num: int = 6, max_new_tokens: int = 100,
+                    prompt: bool = True, **generation) -> list[PointAnswer]:
+        """:meth:`point` for several ``(image, query)`` pairs in one batch."""
+        pils = [to_pil(image) for image, _ in requests]
+        media = [self._media(im, None, max_num, 0) for im in pils]
+        questions = [point_question(q) if prompt else q for _, q in requests]
+        texts = self._generate(media, questions, {"max_new_tokens": max_new_tokens, **generation},
+                               keep_grounding_tokens=True)
+        answers = []
+        for text, im in zip(texts, pils):
+            points, boxes = parse_points(text), parse_boxes(text)
+            answers.append(PointAnswer(text=text, points=points, pixels=to_pixels(points, *im.size), boxes=boxes,
+                                       box_pixels=to_pixels(boxes, *im.size), size=im.size))
+        return answers
+
+    def session(self, images: Images = None, video=None, max_num: int | None = None,
+                num_segments: int = 8) -> Session:
+        """A multi-turn conversation about fixed media (the original ``chat`` with ``history``)."""
+        return Session(self, self._media(images, video, max_num, num_segments))
+
+
+class Session:
+    """Multi-turn chat: each :meth:`ask` sees the earlier turns, exactly like ``model.chat(history=...)``."""
+
+    def __init__(self, vlm: VLM, media: _Media):
+        self.vlm, self.media = vlm, media
+        self.history: list[tuple[str, str]] | None = None
+
+    def ask(self, question: str, **generation) -> str:
+        if self.history is None:
+            question = self.vlm._question(self.media, question)
+        response, self.history = self.vlm.model.chat(
+            self.vlm.tokenizer, self.media.pixel_values, question, self.vlm._gen(generation), history=self.history,
+            return_history=True, num_patches_list=self.media.num_patches,
+        )
+        return response
