@@ -1,0 +1,5 @@
+import sys
+
+from vlaser.cli import main
+
+sys.exit(main())

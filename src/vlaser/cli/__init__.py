@@ -1,0 +1,30 @@
+"""The ``vlaser`` command: a thin argparse layer over the Python API (one module per verb)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vlaser.cli import chat, convert, info
+
+_VERBS = {"chat": chat, "convert": convert, "info": info}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlaser", description="Run, convert and inspect InternVL3/Vlaser models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for name, module in _VERBS.items():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return _VERBS[args.verb].run(args) or 0
+    except (ValueError, OSError, ImportError) as e:  # user errors: one clear line, no traceback
+        print(f"vlaser {args.verb}: error: {e}", file=sys.stderr)
+        return 2
