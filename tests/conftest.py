@@ -1,0 +1,27 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+
+
+@pytest.fixture(scope="session")
+def tiny_original(tmp_path_factory):
+    from vlaser.model.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-original", layout="original")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+    from vlaser.model.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-hf", layout="hf")
+
+
+@pytest.fixture(scope="session")
+def loaded(tiny_original):
+    import vlaser
+
+    return vlaser.load_model(tiny_original, dtype=torch.float32, device="cpu")
