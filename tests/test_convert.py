@@ -1,0 +1,175 @@
+"""Layout detection, key/config mapping both ways, and `vlaser convert` on disk."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, InternVLForConditionalGeneration
+
+import vlaser
+from vlaser.cli import main
+from vlaser.model.checkpoint import CheckpointError, inspect_checkpoint, read_state_dict
+from vlaser.model.convert import hf_to_original_state_dict, original_to_hf_state_dict
+from vlaser.model.template import INTERNVL2_5_SYSTEM_MESSAGE
+
+
+def _ids(tokenizer, text="<|im_start|>user\nPoint to the red cube.<|im_end|>\n"):
+    return tokenizer(text, return_tensors="pt")["input_ids"]
+
+
+def test_mapping_matches_transformers_keys_and_inverts_exactly(tiny_original, loaded):
+    model, _ = loaded
+    original = read_state_dict(tiny_original)
+    hf = original_to_hf_state_dict(original)
+    assert set(hf) == set(model.state_dict())
+    assert not any("qkv" in k for k in hf)
+    back = hf_to_original_state_dict(hf)
+    assert set(back) == set(original)
+    for key, tensor in original.items():
+        assert torch.equal(back[key], tensor), key
+
+
+def test_qkv_split_is_by_row_blocks(tiny_original):
+    original = read_state_dict(tiny_original)
+    hf = original_to_hf_state_dict(original)
+    fused = original["vision_model.encoder.layers.1.attn.qkv.weight"]
+    d = fused.shape[1]
+    for i, name in enumerate("qkv"):
+        assert torch.equal(hf[f"model.vision_tower.encoder.layer.1.attention.{name}_proj.weight"], fused[i * d:(i + 1) * d])
+
+
+def test_legacy_hf_prefixes_are_understood(tiny_original):
+    original = read_state_dict(tiny_original)
+    legacy = {}
+    for k, v in original_to_hf_state_dict(original).items():
+        k = k.replace("model.language_model.", "language_model.model.").replace("lm_head.", "language_model.lm_head.")
+        legacy[k.replace("model.vision_tower.", "vision_tower.").replace("model.multi_modal", "multi_modal")] = v
+    back = hf_to_original_state_dict(legacy)
+    assert set(back) == set(original)
+
+
+def test_unknown_tensor_is_an_error_naming_it(tiny_original):
+    state = read_state_dict(tiny_original)
+    state["vision_model.encoder.layers.0.attn.qkv.lora_A.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match="lora_A"):
+        original_to_hf_state_dict(state)
+
+
+def _tensors(path):
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def test_cli_round_trip_is_bit_exact(tiny_original, tmp_path):
+    hf_dir, back_dir = tmp_path / "hf", tmp_path / "back"
+    assert main(["convert", str(tiny_original), str(hf_dir), "--to", "hf"]) == 0
+    assert main(["convert", str(hf_dir), str(back_dir), "--to", "original"]) == 0
+    src, back = _tensors(tiny_original), _tensors(back_dir)
+    assert set(src) == set(back)
+    for key in src:
+        assert src[key].dtype == back[key].dtype and torch.equal(src[key], back[key]), key
+    config = json.loads((back_dir / "config.json").read_text())
+    assert config["architectures"] == ["InternVLChatModel"]
+    assert config["template"] == "internvl2_5" and config["llm_config"]["tie_word_embeddings"] is False
+    assert config["auto_map"]["AutoModel"] == "modeling_internvl_chat.InternVLChatModel"
+    assert inspect_checkpoint(back_dir).layout == "original"
+
+
+def test_hf_output_loads_with_plain_transformers(tiny_original, tiny_hf, loaded):
+    model, tokenizer = loaded
+    plain = InternVLForConditionalGeneration.from_pretrained(tiny_hf)
+    assert type(plain) is InternVLForConditionalGeneration
+    assert plain.lm_head.weight.data_ptr() != plain.get_input_embeddings().weight.data_ptr()
+    ids = _ids(tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, model(input_ids=ids).logits, atol=0, rtol=0)
+    tok = AutoTokenizer.from_pretrained(tiny_hf)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}],
+        tokenize=False, add_generation_prompt=True,
+    )
+    assert text == (f"<|im_start|>system\n{INTERNVL2_5_SYSTEM_MESSAGE}<|im_end|>\n<|im_start|>user\n"
+                    "<IMG_CONTEXT>\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert json.loads((tiny_hf / "generation_config.json").read_text())["eos_token_id"] == tok.convert_tokens_to_ids(
+        "<|im_end|>")
+
+
+def test_both_layouts_load_to_the_same_model(tiny_hf, loaded):
+    model, tokenizer = loaded
+    other, _ = vlaser.load_model(tiny_hf, dtype=torch.float32, device="cpu")
+    for (k, a), (k2, b) in zip(sorted(model.state_dict().items()), sorted(other.state_dict().items())):
+        assert k == k2 and torch.equal(a, b), k
+
+
+def test_sharded_output_loads(tiny_original, tmp_path, loaded):
+    model, tokenizer = loaded
+    out = tmp_path / "sharded"
+    vlaser.convert_checkpoint(tiny_original, out, to="original", max_shard_size="200KB")
+    assert (out / "model.safetensors.index.json").is_file() and len(list(out.glob("model-*.safetensors"))) > 1
+    sharded, _ = vlaser.load_model(out, dtype=torch.float32, device="cpu")
+    ids = _ids(tokenizer)
+    with torch.no_grad():
+        assert torch.equal(sharded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_bin_checkpoint_loads(tiny_original, tmp_path, loaded):
+    model, tokenizer = loaded
+    out = tmp_path / "bin"
+    shutil.copytree(tiny_original, out)
+    torch.save(read_state_dict(out), out / "pytorch_model.bin")
+    (out / "model.safetensors").unlink()
+    from_bin, _ = vlaser.load_model(out, dtype=torch.float32, device="cpu")
+    ids = _ids(tokenizer)
+    with torch.no_grad():
+        assert torch.equal(from_bin(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_dtype_is_applied(tiny_original):
+    model, _ = vlaser.load_model(tiny_original, dtype="bfloat16", device="cpu")
+    assert model.dtype == torch.bfloat16
+
+
+def _edit_config(src, dst, edit):
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    edit(config)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_non_qwen2_language_model_is_refused_by_name(tiny_original, tmp_path):
+    def edit(c):
+        c["llm_config"].update(architectures=["InternLM2ForCausalLM"], model_type="internlm2")
+
+    with pytest.raises(CheckpointError, match="InternLM2ForCausalLM"):
+        vlaser.load_model(_edit_config(tiny_original, tmp_path / "ilm", edit))
+
+
+def test_neither_layout_says_what_it_found(tiny_original, tmp_path):
+    def edit(c):
+        c.update(architectures=["LlavaForConditionalGeneration"], model_type="llava")
+
+    with pytest.raises(CheckpointError, match="llava.*LlavaForConditionalGeneration"):
+        vlaser.load_model(_edit_config(tiny_original, tmp_path / "llava", edit))
+
+
+def test_missing_pieces_are_named(tmp_path, tiny_original):
+    with pytest.raises(CheckpointError, match="not found"):
+        vlaser.load_model(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        vlaser.load_model(tmp_path / "empty")
+    no_weights = tmp_path / "noweights"
+    shutil.copytree(tiny_original, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        vlaser.load_model(no_weights)
+
+
+def test_ps_version_v1_is_refused(tiny_original, tmp_path):
+    with pytest.raises(CheckpointError, match="ps_version"):
+        vlaser.load_model(_edit_config(tiny_original, tmp_path / "v1", lambda c: c.update(ps_version="v1")))
