@@ -1,0 +1,158 @@
+"""Tiling, transforms, image inputs and video sampling against direct implementations of the original."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlaser import build_transform, dynamic_preprocess, load_image, load_video
+from vlaser.model.preprocess import ImageLoadError, get_index, tile_grid
+
+
+def original_grid(width, height, min_num, max_num, image_size=448):
+    """The original rule, written out directly: candidate set sorted by count, closest ratio, tie rule."""
+    candidates = set()
+    for n in range(min_num, max_num + 1):
+        for i in range(1, n + 1):
+            for j in range(1, n + 1):
+                if min_num <= i * j <= max_num:
+                    candidates.add((i, j))
+    candidates = sorted(candidates, key=lambda r: r[0] * r[1])
+    aspect = width / height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in candidates:
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and width * height > 0.5 * image_size * image_size * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+@pytest.mark.parametrize("max_num", [1, 6, 12])
+def test_grid_choice_matches_original_rule_over_many_sizes(max_num):
+    checked = 0
+    for width in range(1, 4000, 37):
+        for height in range(1, 4000, 41):
+            assert tile_grid(width, height, 1, max_num) == original_grid(width, height, 1, max_num), (width, height)
+            checked += 1
+    assert checked > 9000
+
+
+@pytest.mark.parametrize(
+    ("size", "grid"),
+    [((448, 448), (1, 1)), ((1000, 1000), (3, 3)), ((896, 448), (2, 1)), ((2000, 1000), (4, 2)),
+     ((448, 1792), (1, 4)), ((100, 3000), (1, 12)), ((5000, 200), (12, 1))],
+)
+def test_grid_hand_checked_cases(size, grid):
+    assert tile_grid(*size) == grid
+
+
+def _image(w, h, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _reference_tiles(image, max_num, size=448):
+    """Per-tile pipeline: PIL crops on the chosen grid, then numpy ToTensor + ImageNet Normalize."""
+    cols, rows = original_grid(*image.size, 1, max_num, size)
+    resized = image.resize((cols * size, rows * size), Image.BICUBIC)
+    crops = [resized.crop((c * size, r * size, (c + 1) * size, (r + 1) * size)) for r in range(rows) for c in range(cols)]
+    if len(crops) > 1:
+        crops.append(image.resize((size, size), Image.BICUBIC))
+    mean = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+    std = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+    arrays = [((np.asarray(c, dtype=np.float32) / 255 - mean) / std).transpose(2, 0, 1) for c in crops]
+    return torch.from_numpy(np.stack(arrays))
+
+
+@pytest.mark.parametrize(("w", "h", "max_num"), [(640, 480, 12), (300, 900, 6), (448, 448, 12), (1200, 300, 12)])
+def test_load_image_equals_per_tile_pipeline(w, h, max_num):
+    image = _image(w, h)
+    got = load_image(image, max_num=max_num)
+    expected = _reference_tiles(image, max_num)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_dynamic_preprocess_and_build_transform_compose_to_load_image():
+    image = _image(900, 500)
+    tiles = dynamic_preprocess(image, max_num=12, image_size=448, use_thumbnail=True)
+    transform = build_transform(448)
+    assert torch.equal(torch.stack([transform(t) for t in tiles]), load_image(image, max_num=12))
+    assert len(tiles) == 2 * 1 + 1  # 900x500 -> 2x1 grid plus the thumbnail
+
+
+def test_thumbnail_only_with_several_tiles():
+    assert load_image(_image(448, 448)).shape[0] == 1
+    assert load_image(_image(896, 448)).shape[0] == 3
+    assert load_image(_image(896, 448), max_num=1).shape[0] == 1
+
+
+def test_every_input_kind_gives_the_same_tiles(tmp_path):
+    image = _image(320, 200)
+    path = tmp_path / "x.png"
+    image.save(path)
+    expected = load_image(image)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    for source in (path, str(path), buf.getvalue(), np.asarray(image), image.convert("RGBA")):
+        assert torch.equal(load_image(source), expected), type(source)
+    gray = np.full((20, 30), 128, dtype=np.uint8)
+    assert torch.equal(load_image(gray), load_image(Image.fromarray(gray).convert("RGB")))
+    unit = np.asarray(image).astype(np.float32) / 255
+    assert torch.equal(load_image(unit), expected)
+
+
+def test_missing_and_corrupt_images_name_the_file(tmp_path):
+    with pytest.raises(ImageLoadError, match="nope.jpg"):
+        load_image(tmp_path / "nope.jpg")
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(ImageLoadError, match="broken.jpg"):
+        load_image(bad)
+    with pytest.raises(ImageLoadError, match="shape"):
+        load_image(np.zeros((4, 4, 7), dtype=np.uint8))
+
+
+def test_get_index_hand_checked():
+    assert get_index(None, fps=10, max_frame=29, num_segments=4).tolist() == [3, 10, 17, 25]
+    assert get_index((1.0, 2.0), fps=10, max_frame=29, num_segments=4).tolist() == [11, 13, 16, 19]
+
+
+def _write_video(path, n_frames=30, fps=10, size=(64, 48)):
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"qscale": "1"}
+        for i in range(n_frames):
+            frame = np.full((size[1], size[0], 3), i * 8, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_load_video_samples_segment_centres(tmp_path):
+    path = tmp_path / "clip.mp4"
+    _write_video(path)
+    pixel_values, counts = load_video(path, num_segments=4, input_size=56)
+    assert counts == [1, 1, 1, 1] and pixel_values.shape == (4, 3, 56, 56)
+    # un-normalise the red channel to recover each frame's grey level (frame i was filled with 8 * i)
+    levels = (pixel_values[:, 0] * 0.229 + 0.485).mean(dim=(1, 2)) * 255
+    expected = torch.tensor([3, 10, 17, 25]) * 8.0
+    assert (levels - expected).abs().max() < 4, levels
+
+
+def test_missing_video_is_named(tmp_path):
+    with pytest.raises(ImageLoadError, match="gone.mp4"):
+        load_video(tmp_path / "gone.mp4")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(ImageLoadError, match="bad.mp4"):
+        load_video(bad)
