@@ -7,7 +7,7 @@ InternViT (bicubic position-embedding resize, pre-norm blocks with layer scale),
 """
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 

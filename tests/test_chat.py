@@ -106,7 +106,8 @@ def test_checkpoint_system_message_is_used(tmp_path, monkeypatch):
         path = build_tiny_checkpoint(tmp_path / layout, layout=layout, system_message="You are a robot.")
         model, tokenizer = vlaser.load_model(path, dtype=torch.float32, device="cpu")
         assert model.system_message == "You are a robot."
-        text = _captured_prompt(model, tokenizer, monkeypatch, lambda: model.chat(tokenizer, None, "Hi", dict(GEN)))
+        text = _captured_prompt(model, tokenizer, monkeypatch,
+                                lambda m=model, t=tokenizer: m.chat(t, None, "Hi", dict(GEN)))
         assert text.startswith("<|im_start|>system\nYou are a robot.<|im_end|>\n")
 
 

@@ -37,7 +37,8 @@ def test_qkv_split_is_by_row_blocks(tiny_original):
     fused = original["vision_model.encoder.layers.1.attn.qkv.weight"]
     d = fused.shape[1]
     for i, name in enumerate("qkv"):
-        assert torch.equal(hf[f"model.vision_tower.encoder.layer.1.attention.{name}_proj.weight"], fused[i * d:(i + 1) * d])
+        split = hf[f"model.vision_tower.encoder.layer.1.attention.{name}_proj.weight"]
+        assert torch.equal(split, fused[i * d:(i + 1) * d])
 
 
 def test_legacy_hf_prefixes_are_understood(tiny_original):

@@ -76,7 +76,8 @@ def test_points_without_tag_and_require_tag():
 
 
 def test_boxes_and_refs():
-    text = "<ref>red cup</ref><box>[[10, 20, 300, 400]]</box> and <ref> bowl </ref>\n<box>[[1.5,2,3,4], [5, 6, 7, 8]]</box>"
+    text = ("<ref>red cup</ref><box>[[10, 20, 300, 400]]</box> and <ref> bowl </ref>\n"
+            "<box>[[1.5,2,3,4], [5, 6, 7, 8]]</box>")
     assert parse_boxes(text) == [(10, 20, 300, 400), (1.5, 2, 3, 4), (5, 6, 7, 8)]
     assert parse_refs(text) == ["red cup", "bowl"]
     assert parse_ref_boxes(text) == [("red cup", [(10, 20, 300, 400)]), ("bowl", [(1.5, 2, 3, 4), (5, 6, 7, 8)])]

@@ -59,7 +59,8 @@ def _reference_tiles(image, max_num, size=448):
     """Per-tile pipeline: PIL crops on the chosen grid, then numpy ToTensor + ImageNet Normalize."""
     cols, rows = original_grid(*image.size, 1, max_num, size)
     resized = image.resize((cols * size, rows * size), Image.BICUBIC)
-    crops = [resized.crop((c * size, r * size, (c + 1) * size, (r + 1) * size)) for r in range(rows) for c in range(cols)]
+    boxes = [(c * size, r * size, (c + 1) * size, (r + 1) * size) for r in range(rows) for c in range(cols)]
+    crops = [resized.crop(box) for box in boxes]
     if len(crops) > 1:
         crops.append(image.resize((size, size), Image.BICUBIC))
     mean = np.array([0.485, 0.456, 0.406], dtype=np.float32)

@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlaser", description="Run, convert and inspect InternVL3/Vlaser models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     sub = parser.add_subparsers(dest="verb", required=True)
-    for name, module in _VERBS.items():
+    for module in _VERBS.values():
         module.add_parser(sub)
     return parser
 

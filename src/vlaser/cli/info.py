@@ -13,6 +13,12 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def _part(key: str) -> str:
+    if "vision" in key:
+        return "vision"
+    return "projector" if ("mlp1" in key or "projector" in key) else "language"
+
+
 def describe(path: str) -> dict:
     """Layout, architecture sizes, parameter counts and dtypes, tokens and chat settings of a checkpoint."""
     from safetensors import safe_open
@@ -28,13 +34,12 @@ def describe(path: str) -> dict:
         if file.suffix != ".safetensors":
             continue
         with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 sl = f.get_slice(key)
                 n = 1
                 for d in sl.get_shape():
                     n *= d
-                part = "vision" if "vision" in key else "projector" if ("mlp1" in key or "projector" in key) else "language"
-                params[part] += n
+                params[_part(key)] += n
                 dtypes[sl.get_dtype()] += n
     settings = dict(DEFAULT_CHAT_SETTINGS)
     settings.update(ckpt.config if ckpt.layout == ORIGINAL else ckpt.config.get("internvl_chat") or {})

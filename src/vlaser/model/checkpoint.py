@@ -110,7 +110,9 @@ def weight_files(path: Path) -> list[Path]:
         if (path / single).is_file():
             return [path / single]
     found = sorted(p.name for p in path.iterdir())
-    raise CheckpointError(f"{path} has no model.safetensors(.index.json) or pytorch_model.bin(.index.json); found {found}")
+    raise CheckpointError(
+        f"{path} has no model.safetensors(.index.json) or pytorch_model.bin(.index.json); found {found}"
+    )
 
 
 def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -120,7 +122,7 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     for file in weight_files(path):
         if file.suffix == ".safetensors":
             with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():
+                for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                     yield key, f.get_tensor(key)
         else:
             state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)

@@ -171,16 +171,18 @@ _LLM_JUNK = ("auto_map", "use_flash_attn", "attn_implementation", "_attn_impleme
              "transformers_version")
 #: Keys that pre-v5 configs serialised for every model (generation defaults, bookkeeping). Dropped so that,
 #: e.g., a stale ``max_length: 20`` never reaches generation.
-_LEGACY_CONFIG_KEYS = frozenset(
-    "add_cross_attention bad_words_ids begin_suppress_tokens chunk_size_feed_forward cross_attention_hidden_size "
-    "decoder_start_token_id diversity_penalty do_sample early_stopping encoder_no_repeat_ngram_size "
-    "exponential_decay_length_penalty finetuning_task forced_bos_token_id forced_eos_token_id id2label is_decoder "
-    "is_encoder_decoder label2id length_penalty max_length min_length no_repeat_ngram_size num_beam_groups num_beams "
-    "num_return_sequences output_attentions output_hidden_states output_scores prefix problem_type pruned_heads "
-    "remove_invalid_values repetition_penalty return_dict return_dict_in_generate sep_token_id suppress_tokens "
-    "task_specific_params temperature tf_legacy_loss tie_encoder_decoder tokenizer_class top_k top_p torchscript "
-    "typical_p use_bfloat16 _attn_implementation_autoset moe_config".split()
-)
+_LEGACY_CONFIG_KEYS = frozenset((
+    "add_cross_attention", "bad_words_ids", "begin_suppress_tokens", "chunk_size_feed_forward",
+    "cross_attention_hidden_size", "decoder_start_token_id", "diversity_penalty", "do_sample", "early_stopping",
+    "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty", "finetuning_task", "forced_bos_token_id",
+    "forced_eos_token_id", "id2label", "is_decoder", "is_encoder_decoder", "label2id", "length_penalty",
+    "max_length", "min_length", "no_repeat_ngram_size", "num_beam_groups", "num_beams", "num_return_sequences",
+    "output_attentions", "output_hidden_states", "output_scores", "prefix", "problem_type", "pruned_heads",
+    "remove_invalid_values", "repetition_penalty", "return_dict", "return_dict_in_generate", "sep_token_id",
+    "suppress_tokens", "task_specific_params", "temperature", "tf_legacy_loss", "tie_encoder_decoder",
+    "tokenizer_class", "top_k", "top_p", "torchscript", "typical_p", "use_bfloat16", "_attn_implementation_autoset",
+    "moe_config",
+))
 #: Top-level original keys transformers' config has a field for (everything else is kept in ``internvl_chat``).
 _TOP_MAPPED = ("architectures", "model_type", "llm_config", "vision_config", "downsample_ratio", "select_layer",
                "transformers_version", "torch_dtype", "dtype")
@@ -202,14 +204,17 @@ def original_to_hf_config(config: dict, image_token_id: int) -> dict:
     are kept under ``internvl_chat`` so that vlaser's chat and the reverse conversion find them again.
     """
     if config.get("ps_version", "v2") != "v2":
-        raise CheckpointError(f"ps_version={config['ps_version']!r}: only pixel-shuffle v2 (InternVL2.5/3) is supported")
+        raise CheckpointError(
+            f"ps_version={config['ps_version']!r}: only pixel-shuffle v2 (InternVL2.5/3) is supported"
+        )
     vis = config["vision_config"]
     image_size = config.get("force_image_size") or vis["image_size"]
     patch = vis["patch_size"]
     ratio = config.get("downsample_ratio", 0.5)
     vision = {hf: vis[orig] for orig, hf in _VISION_CONFIG_KEYS.items() if orig in vis}
     vision.update(image_size=image_size, use_mean_pooling=True, use_absolute_position_embeddings=True)
-    text = {k: v for k, v in config["llm_config"].items() if k not in _LLM_JUNK and k not in _LEGACY_CONFIG_KEYS}
+    drop = set(_LLM_JUNK) | _LEGACY_CONFIG_KEYS
+    text = {k: v for k, v in config["llm_config"].items() if k not in drop}
     text.update(tie_word_embeddings=False, use_cache=True)
     extras = {k: v for k, v in config.items() if k not in _TOP_MAPPED}
     extras["vision_config"] = {k: v for k, v in vis.items() if k not in _VISION_CONFIG_KEYS}

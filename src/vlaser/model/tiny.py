@@ -96,10 +96,11 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> None:
 def build_tiny_checkpoint(out_dir: str | Path, layout: str = "original", seed: int = 0, image_size: int = 56,
                           system_message: str | None = None) -> Path:
     """Write a random tiny InternVL3 checkpoint (weights, config, tokenizer) to ``out_dir``."""
+    from huggingface_hub import save_torch_state_dict
+
+    from vlaser.model.chat import InternVLChat
     from vlaser.model.convert import convert_checkpoint, hf_to_original_state_dict, original_to_hf_config
     from vlaser.model.loading import build_hf_config
-    from vlaser.model.chat import InternVLChat
-    from huggingface_hub import save_torch_state_dict
 
     out = Path(out_dir)
     src = out if layout == "original" else out.with_name(out.name + ".original-src")
