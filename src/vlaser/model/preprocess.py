@@ -7,9 +7,11 @@ normalisation follow the original ``dynamic_preprocess`` / ``build_transform`` /
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,15 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
             array = np.round(array * 255)
         array = np.clip(array, 0, 255).astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """One worker thread for thumbnails (Pillow resizes without the GIL), created on first use.
+
+    Only leaf work (a single resize) is submitted here, so no task ever waits on another in this pool.
+    """
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlaser-thumbnail")
 
 
 def target_ratios(min_num: int, max_num: int) -> list[tuple[int, int]]:
@@ -120,12 +131,12 @@ def dynamic_preprocess(
 
 def _normalize(chw_uint8: torch.Tensor) -> torch.Tensor:
     # Same float32 ops, in the same order, as torchvision's ToTensor + Normalize: x / 255, - mean, / std.
-    return chw_uint8.to(torch.float32).div(255).sub(_MEAN).div(_STD)
+    return chw_uint8.to(torch.float32).div_(255).sub_(_MEAN).div_(_STD)
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """``(3, H, W)`` float32, ImageNet-normalised; what ``ToTensor`` + ``Normalize`` give."""
-    return _normalize(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
+    return _normalize(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous())
 
 
 def build_transform(input_size: int = DEFAULT_IMAGE_SIZE) -> Callable[[Image.Image], torch.Tensor]:
@@ -150,12 +161,16 @@ def image_to_tiles(
     """
     image = image if image.mode == "RGB" else image.convert("RGB")
     cols, rows = tile_grid(*image.size, min_num=min_num, max_num=max_num, image_size=image_size)
-    canvas = pil_to_tensor(image.resize((image_size * cols, image_size * rows)))  # (3, rows*S, cols*S)
-    tiles = canvas.reshape(3, rows, image_size, cols, image_size).permute(1, 3, 0, 2, 4)
-    tiles = tiles.reshape(rows * cols, 3, image_size, image_size)  # row-major, like the original crops
-    if use_thumbnail and rows * cols != 1:
-        tiles = torch.cat([tiles, pil_to_tensor(image.resize((image_size, image_size)))[None]])
-    return tiles.contiguous()
+    # Bicubic resizing dominates the cost; Pillow releases the GIL, so the thumbnail resizes on a worker
+    # thread while the canvas resizes here.
+    thumb = _pool().submit(image.resize, (image_size, image_size)) if use_thumbnail and rows * cols != 1 else None
+    canvas = torch.from_numpy(np.array(image.resize((image_size * cols, image_size * rows))))  # (rows*S, cols*S, 3)
+    tiles = canvas.view(rows, image_size, cols, image_size, 3).permute(0, 2, 4, 1, 3)  # row-major tiles
+    tiles = tiles.reshape(rows * cols, 3, image_size, image_size)  # one uint8 copy
+    if thumb is not None:
+        thumbnail = torch.from_numpy(np.array(thumb.result())).permute(2, 0, 1)
+        tiles = torch.cat([tiles, thumbnail[None]])
+    return _normalize(tiles)
 
 
 def load_image(
