@@ -174,3 +174,47 @@ def test_missing_pieces_are_named(tmp_path, tiny_original):
 def test_ps_version_v1_is_refused(tiny_original, tmp_path):
     with pytest.raises(CheckpointError, match="ps_version"):
         vlaser.load_model(_edit_config(tiny_original, tmp_path / "v1", lambda c: c.update(ps_version="v1")))
+
+
+def test_hf_checkpoint_with_legacy_key_names_loads(tiny_hf, tmp_path, loaded):
+    """Hub `-hf` checkpoints store `language_model.model.*`, `vision_tower.*`, `language_model.lm_head`."""
+    from safetensors.torch import save_file
+
+    model, tokenizer = loaded
+    legacy_dir = tmp_path / "legacy-hf"
+    shutil.copytree(tiny_hf, legacy_dir)
+    legacy = {}
+    for k, v in _tensors(tiny_hf).items():
+        k = k.replace("model.language_model.", "language_model.model.").replace("lm_head.", "language_model.lm_head.")
+        legacy[k.replace("model.vision_tower.", "vision_tower.").replace("model.multi_modal", "multi_modal")] = v
+    save_file(legacy, legacy_dir / "model.safetensors", metadata={"format": "pt"})
+    other, _ = vlaser.load_model(legacy_dir, dtype=torch.float32, device="cpu")
+    ids = _ids(tokenizer)
+    with torch.no_grad():
+        assert torch.equal(other(input_ids=ids).logits, model(input_ids=ids).logits)
+    back = tmp_path / "back"
+    vlaser.convert_checkpoint(legacy_dir, back, to="original")
+    assert set(_tensors(back)) == set(read_state_dict(tiny_hf.parent / (tiny_hf.name + ".original-src")))
+
+
+def test_sharded_bin_checkpoint_loads(tiny_original, tmp_path, loaded):
+    model, tokenizer = loaded
+    out = tmp_path / "sharded-bin"
+    shutil.copytree(tiny_original, out)
+    state = read_state_dict(out)
+    (out / "model.safetensors").unlink()
+    keys = sorted(state)
+    shards = {"pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
+              "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2:]}
+    weight_map = {}
+    for name, part in shards.items():
+        torch.save({k: state[k] for k in part}, out / name)
+        weight_map.update(dict.fromkeys(part, name))
+    (out / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    from_bin, _ = vlaser.load_model(out, dtype=torch.float32, device="cpu")
+    ids = _ids(tokenizer)
+    with torch.no_grad():
+        assert torch.equal(from_bin(input_ids=ids).logits, model(input_ids=ids).logits)
+    (out / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(CheckpointError, match="pytorch_model-00002-of-00002.bin"):
+        vlaser.load_model(out)

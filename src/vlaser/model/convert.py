@@ -114,10 +114,15 @@ def original_to_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
+def normalize_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename older transformers-layout keys (``language_model.model.*``, ``vision_tower.*``) to v5 names."""
+    return {(k if k.startswith(("model.", "lm_head.")) else _swap_prefix(k, _LEGACY_HF_PREFIXES) or k): v
+            for k, v in state.items()}
+
+
 def hf_to_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The exact inverse of :func:`original_to_hf_state_dict` (q/k/v are concatenated back into ``qkv``)."""
-    state = {(k if k.startswith(("model.", "lm_head.")) else _swap_prefix(k, _LEGACY_HF_PREFIXES) or k): v
-             for k, v in state.items()}
+    state = normalize_hf_state_dict(state)
     projector = {v: k for k, v in _PROJECTOR_KEYS.items()}
     out: dict[str, torch.Tensor] = {}
     qkv_parts: dict[str, dict[str, torch.Tensor]] = {}

@@ -7,12 +7,12 @@ import logging
 import os
 
 import torch
-from transformers import InternVLConfig
+from transformers import GenerationConfig, InternVLConfig
 
 from vlaser.model.chat import InternVLChat
 from vlaser.model.checkpoint import ORIGINAL, CheckpointError, inspect_checkpoint, read_state_dict
 from vlaser.model.constants import IMG_CONTEXT_TOKEN
-from vlaser.model.convert import original_to_hf_config, original_to_hf_state_dict
+from vlaser.model.convert import normalize_hf_state_dict, original_to_hf_config, original_to_hf_state_dict
 from vlaser.model.tokenizer import chat_generation_config, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,8 @@ def _attn_implementation(device) -> str:
 
 def build_hf_config(config: dict) -> InternVLConfig:
     """A transformers ``InternVLConfig`` from a translated config dict."""
-    config = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "transformers_version")}
-    config.pop("dtype", None)
-    return InternVLConfig(**config)
+    drop = ("architectures", "model_type", "transformers_version", "dtype", "torch_dtype")
+    return InternVLConfig(**{k: v for k, v in config.items() if k not in drop})
 
 
 def load_model(
@@ -71,24 +70,21 @@ def load_model(
     info = inspect_checkpoint(path)
     tokenizer = load_tokenizer(info.path)
     device = _default_device(device)
-    kwargs = dict(
-        device_map=device,
-        attn_implementation=attn_implementation or _attn_implementation(device),
-        output_loading_info=True,
-    )
     if info.layout == ORIGINAL:
         hf_dict = original_to_hf_config(info.config, tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN))
-        config = build_hf_config(hf_dict)
         state = original_to_hf_state_dict(read_state_dict(info.path))
-        model, loading = InternVLChat.from_pretrained(
-            None, config=config, state_dict=state, dtype=resolve_dtype(dtype, hf_dict["dtype"]), **kwargs
-        )
-        model.generation_config = chat_generation_config(tokenizer)
     else:
-        config_dtype = info.config.get("dtype") or info.config.get("torch_dtype")
-        model, loading = InternVLChat.from_pretrained(
-            str(info.path), dtype=resolve_dtype(dtype, config_dtype), **kwargs
-        )
+        hf_dict = info.config
+        state = normalize_hf_state_dict(read_state_dict(info.path))
+    config_dtype = hf_dict.get("dtype") or hf_dict.get("torch_dtype")
+    model, loading = InternVLChat.from_pretrained(
+        None, config=build_hf_config(hf_dict), state_dict=state, dtype=resolve_dtype(dtype, config_dtype),
+        device_map=device, attn_implementation=attn_implementation or _attn_implementation(device),
+        output_loading_info=True,
+    )
+    gen_file = info.path / "generation_config.json"
+    model.generation_config = (GenerationConfig.from_pretrained(str(info.path)) if gen_file.is_file()
+                               else chat_generation_config(tokenizer))
     problems = {k: v for k, v in loading.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
         raise CheckpointError(f"{info.path}: weights do not match the model: {problems}")
