@@ -61,3 +61,21 @@ def test_convert_cli(tiny_original, tmp_path, capsys):
     assert (tmp_path / "hf" / "config.json").is_file()
     assert main(["convert", str(tiny_original), str(tiny_original), "--to", "hf"]) == 2
     assert "source directory" in capsys.readouterr().err
+
+
+def test_info_counts_bin_checkpoints(tiny_original, tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    from vlaser.model.checkpoint import read_state_dict
+
+    out = tmp_path / "bin"
+    shutil.copytree(tiny_original, out)
+    state = read_state_dict(out)
+    torch.save(state, out / "pytorch_model.bin")
+    (out / "model.safetensors").unlink()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"]["total"] == sum(t.numel() for t in state.values())
+    assert info["dtypes"] == {"float32": info["parameters"]["total"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -21,26 +22,17 @@ def _part(key: str) -> str:
 
 def describe(path: str) -> dict:
     """Layout, architecture sizes, parameter counts and dtypes, tokens and chat settings of a checkpoint."""
-    from safetensors import safe_open
-
-    from vlaser.model.checkpoint import ORIGINAL, inspect_checkpoint, weight_files
+    from vlaser.model.checkpoint import ORIGINAL, inspect_checkpoint, iter_shapes, weight_files
     from vlaser.model.convert import DEFAULT_CHAT_SETTINGS
     from vlaser.model.tokenizer import load_tokenizer
 
     ckpt = inspect_checkpoint(path)
     files = weight_files(ckpt.path)
     params, dtypes = Counter(), Counter()
-    for file in files:
-        if file.suffix != ".safetensors":
-            continue
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                sl = f.get_slice(key)
-                n = 1
-                for d in sl.get_shape():
-                    n *= d
-                params[_part(key)] += n
-                dtypes[sl.get_dtype()] += n
+    for key, shape, dtype in iter_shapes(ckpt.path):
+        n = math.prod(shape)
+        params[_part(key)] += n
+        dtypes[dtype] += n
     settings = dict(DEFAULT_CHAT_SETTINGS)
     settings.update(ckpt.config if ckpt.layout == ORIGINAL else ckpt.config.get("internvl_chat") or {})
     tok = load_tokenizer(ckpt.path)

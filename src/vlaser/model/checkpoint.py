@@ -129,6 +129,25 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             yield from state.items()
 
 
+_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64", "I64": "int64",
+                       "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def iter_shapes(path: Path) -> Iterator[tuple[str, tuple[int, ...], str]]:
+    """``(name, shape, dtype)`` of every tensor, from safetensors headers (``.bin`` files are memory-mapped)."""
+    from safetensors import safe_open
+
+    for file in weight_files(path):
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    sl = f.get_slice(key)
+                    yield key, tuple(sl.get_shape()), _SAFETENSORS_DTYPES.get(sl.get_dtype(), sl.get_dtype())
+        else:
+            for key, t in torch.load(file, map_location="cpu", weights_only=True, mmap=True).items():
+                yield key, tuple(t.shape), str(t.dtype).replace("torch.", "")
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for key, tensor in iter_tensors(path):
