@@ -194,7 +194,7 @@ def test_hf_checkpoint_with_legacy_key_names_loads(tiny_hf, tmp_path, loaded):
         assert torch.equal(other(input_ids=ids).logits, model(input_ids=ids).logits)
     back = tmp_path / "back"
     vlaser.convert_checkpoint(legacy_dir, back, to="original")
-    assert set(_tensors(back)) == set(read_state_dict(tiny_hf.parent / (tiny_hf.name + ".original-src")))
+    assert set(_tensors(back)) == set(hf_to_original_state_dict(read_state_dict(tiny_hf)))
 
 
 def test_sharded_bin_checkpoint_loads(tiny_original, tmp_path, loaded):
@@ -218,3 +218,15 @@ def test_sharded_bin_checkpoint_loads(tiny_original, tmp_path, loaded):
     (out / "pytorch_model-00002-of-00002.bin").unlink()
     with pytest.raises(CheckpointError, match="pytorch_model-00002-of-00002.bin"):
         vlaser.load_model(out)
+
+
+def test_save_pretrained_writes_the_plain_transformers_class(loaded, tmp_path):
+    model, tokenizer = loaded
+    model.save_pretrained(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert config["architectures"] == ["InternVLForConditionalGeneration"]
+    assert config["internvl_chat"]["template"] == "internvl2_5"
+    plain = InternVLForConditionalGeneration.from_pretrained(tmp_path / "saved")
+    ids = _ids(tokenizer)
+    with torch.no_grad():
+        assert torch.equal(plain(input_ids=ids).logits, model(input_ids=ids).logits)

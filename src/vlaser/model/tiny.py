@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import torch
@@ -103,8 +104,13 @@ def build_tiny_checkpoint(out_dir: str | Path, layout: str = "original", seed: i
     from vlaser.model.loading import build_hf_config
 
     out = Path(out_dir)
-    src = out if layout == "original" else out.with_name(out.name + ".original-src")
-    src.mkdir(parents=True, exist_ok=True)
+    if layout == "hf":
+        with tempfile.TemporaryDirectory() as tmp:
+            src = build_tiny_checkpoint(Path(tmp) / "original", "original", seed, image_size, system_message)
+            return convert_checkpoint(src, out, to="hf")
+    if layout != "original":
+        raise ValueError(f"layout must be 'original' or 'hf', got {layout!r}")
+    out.mkdir(parents=True, exist_ok=True)
     tok = tiny_tokenizer()
     config = tiny_original_config(len(tok), image_size=image_size)
     if system_message is not None:
@@ -112,10 +118,7 @@ def build_tiny_checkpoint(out_dir: str | Path, layout: str = "original", seed: i
     model = InternVLChat(build_hf_config(original_to_hf_config(config, tok.convert_tokens_to_ids("<IMG_CONTEXT>"))))
     randomize_(model, seed)
     state = hf_to_original_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
-    save_torch_state_dict(state, src, metadata={"format": "pt"})
-    (src / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    tok.save_pretrained(str(src))
-    if layout == "original":
-        return out
-    convert_checkpoint(src, out, to="hf")
+    save_torch_state_dict(state, out, metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    tok.save_pretrained(str(out))
     return out
