@@ -3,7 +3,7 @@
 The baseline is `dynamic_preprocess` (PIL crops) and, per tile, a torchvision-style ToTensor + Normalize
 (float conversion, then a normalised copy), then `torch.stack`. `load_image` resizes the thumbnail on a
 worker thread beside the canvas and converts all tiles in one pass. Outputs are checked identical first.
-Usage: python bench/bench_load_image.py [--repeats 5]
+Usage: python bench/bench_load_image.py [--repeats 15]
 """
 
 import argparse
@@ -32,7 +32,7 @@ def per_tile(image: Image.Image, max_num: int) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=15)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     print(f"threads={torch.get_num_threads()}")

@@ -90,6 +90,7 @@ def test_thumbnail_only_with_several_tiles():
     assert load_image(_image(448, 448)).shape[0] == 1
     assert load_image(_image(896, 448)).shape[0] == 3
     assert load_image(_image(896, 448), max_num=1).shape[0] == 1
+    assert load_image(_image(448, 448)).is_contiguous() and load_image(_image(896, 448)).is_contiguous()
 
 
 def test_every_input_kind_gives_the_same_tiles(tmp_path):

@@ -166,7 +166,7 @@ def image_to_tiles(
     thumb = _pool().submit(image.resize, (image_size, image_size)) if use_thumbnail and rows * cols != 1 else None
     canvas = torch.from_numpy(np.array(image.resize((image_size * cols, image_size * rows))))  # (rows*S, cols*S, 3)
     tiles = canvas.view(rows, image_size, cols, image_size, 3).permute(0, 2, 4, 1, 3)  # row-major tiles
-    tiles = tiles.reshape(rows * cols, 3, image_size, image_size)  # one uint8 copy
+    tiles = tiles.reshape(rows * cols, 3, image_size, image_size).contiguous()  # one uint8 copy
     if thumb is not None:
         thumbnail = torch.from_numpy(np.array(thumb.result())).permute(2, 0, 1)
         tiles = torch.cat([tiles, thumbnail[None]])
