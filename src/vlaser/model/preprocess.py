@@ -231,32 +231,48 @@ def _decode(path: Path, wanted: set[int] | None) -> tuple[dict[int, Image.Image]
     return kept, count, fps
 
 
-def read_video_frames(
-    path: str | os.PathLike, num_segments: int = 8, bound: tuple[float, float] | None = None
-) -> list[Image.Image]:
-    """Decode the frames ``get_index`` selects, indexed like decord's ``VideoReader``, with PyAV.
+def decode_frames(path: str | os.PathLike, choose: Callable[[int], Sequence[int]]) -> list[Image.Image]:
+    """Decode the frames ``choose(frame_count)`` selects (indexed like decord's ``VideoReader``) with PyAV.
 
     The frame count comes from the container header when it has one; if decoding then finds a different
-    count, the indices are recomputed from the true count and the video decoded again.
+    count, ``choose`` is asked again with the true count and the video decoded again.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(f"video file not found: {path}")
     container, stream = _open_video(path)
     with container:
-        n_frames, fps = stream.frames, float(stream.average_rate or stream.guessed_rate or 0)
-    if fps <= 0:
-        raise ImageLoadError(f"video {path} has no frame rate")
+        n_frames = stream.frames
     if n_frames <= 0:
         n_frames = _decode(path, set())[1]
-    indices = get_index(bound, fps, n_frames - 1, first_idx=0, num_segments=num_segments)
-    kept, decoded, _ = _decode(path, set(indices.tolist()))
-    if decoded != n_frames:
-        indices = get_index(bound, fps, decoded - 1, first_idx=0, num_segments=num_segments)
-        kept = _decode(path, set(indices.tolist()))[0]
+    indices = [int(i) for i in choose(n_frames)]
+    kept, decoded, _ = _decode(path, set(indices))
+    if decoded != n_frames and decoded > 0:
+        indices = [int(i) for i in choose(decoded)]
+        kept = _decode(path, set(indices))[0]
     if not kept:
         raise ImageLoadError(f"video {path} has no decodable frames")
-    return [kept[int(i)] for i in indices]
+    return [kept[i] for i in indices]
+
+
+def video_fps(path: str | os.PathLike) -> float:
+    """The average frame rate from the container (what decord's ``get_avg_fps`` reports)."""
+    container, stream = _open_video(Path(path))
+    with container:
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+    if fps <= 0:
+        raise ImageLoadError(f"video {path} has no frame rate")
+    return fps
+
+
+def read_video_frames(
+    path: str | os.PathLike, num_segments: int = 8, bound: tuple[float, float] | None = None
+) -> list[Image.Image]:
+    """The frames InternVL's ``load_video`` takes: ``get_index`` segment centres, optionally within ``bound``."""
+    if not Path(path).is_file():
+        raise ImageLoadError(f"video file not found: {path}")
+    fps = video_fps(path)
+    return decode_frames(path, lambda n: get_index(bound, fps, n - 1, first_idx=0, num_segments=num_segments))
 
 
 def load_video(

@@ -1,0 +1,126 @@
+"""Reading InternVL's meta JSON and its JSONL annotation files, keeping every line's origin.
+
+Broken lines are never dropped silently: each becomes a :class:`Skip` naming the dataset, file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One entry of the meta JSON (``{name: {root, annotation, data_augment, repeat_time, ...}}``)."""
+
+    name: str
+    root: str
+    annotation: Path
+    data_augment: bool = False
+    repeat_time: float = 1.0
+    max_dynamic_patch: int | None = None
+    length: int | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """One JSONL line and where it came from (``line`` is 1-based)."""
+
+    spec: DatasetSpec
+    line: int
+    data: dict
+
+    @property
+    def where(self) -> str:
+        return f"{self.spec.name} ({self.spec.annotation}:{self.line})"
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A sample that was not trained on, and why."""
+
+    dataset: str
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.dataset} ({self.file}:{self.line}): {self.reason}"
+
+
+@dataclass
+class Annotations:
+    records: list[Record] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+
+
+class MetaError(ValueError):
+    """The meta JSON itself is unusable; the message names the file and the entry."""
+
+
+def load_meta(path: str | os.PathLike) -> list[DatasetSpec]:
+    """Parse a meta JSON. Relative ``annotation`` paths resolve against the meta file's folder, then the CWD."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise MetaError(f"cannot read meta file {path}: {e}") from e
+    if not isinstance(meta, dict) or not meta:
+        raise MetaError(f"{path}: expected a non-empty JSON object mapping dataset names to entries")
+    specs = []
+    for name, entry in meta.items():
+        if not isinstance(entry, dict) or "annotation" not in entry:
+            raise MetaError(f"{path}: dataset {name!r} needs an 'annotation' (.jsonl) entry")
+        annotation = Path(entry["annotation"])
+        if not annotation.is_absolute() and not annotation.exists() and (path.parent / annotation).exists():
+            annotation = path.parent / annotation
+        if annotation.suffix != ".jsonl":
+            raise MetaError(f"{path}: dataset {name!r}: annotation must be a .jsonl file, got {annotation}")
+        repeat = entry.get("repeat_time", 1)
+        if not isinstance(repeat, (int, float)) or repeat <= 0 or (repeat > 1 and not float(repeat).is_integer()):
+            raise MetaError(
+                f"{path}: dataset {name!r}: repeat_time must be a fraction <= 1 or an integer, got {repeat}"
+            )
+        specs.append(DatasetSpec(
+            name=name, root=str(entry.get("root", "")), annotation=annotation,
+            data_augment=bool(entry.get("data_augment", False)), repeat_time=repeat,
+            max_dynamic_patch=entry.get("max_dynamic_patch"), length=entry.get("length"),
+        ))
+    return specs
+
+
+def read_annotations(spec: DatasetSpec) -> Annotations:
+    """All usable lines of one dataset, after ``repeat_time``; unreadable lines become skips.
+
+    ``repeat_time`` < 1 keeps the first fraction of the lines (not a random subset), an integer repeats
+    the list, exactly as InternVL does.
+    """
+    out = Annotations()
+    try:
+        text = spec.annotation.read_text(encoding="utf-8")
+    except OSError as e:
+        raise MetaError(f"dataset {spec.name!r}: cannot read annotation {spec.annotation}: {e}") from e
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            out.skips.append(Skip(spec.name, str(spec.annotation), number, f"invalid JSON: {e}"))
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("conversations"), list) or not data["conversations"]:
+            out.skips.append(Skip(spec.name, str(spec.annotation), number, "no 'conversations' list"))
+            continue
+        out.records.append(Record(spec, number, data))
+    if spec.repeat_time < 1:
+        out.records = out.records[: int(len(out.records) * spec.repeat_time)]
+    elif spec.repeat_time > 1:
+        out.records = out.records * int(spec.repeat_time)
+    return out
+
+
+def media_path(record: Record, relative: str) -> Path:
+    """An image or video path of a record: joined to the dataset's ``root`` (as ``os.path.join`` does)."""
+    return Path(os.path.join(record.spec.root, relative))
