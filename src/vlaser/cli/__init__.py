@@ -6,13 +6,15 @@ import argparse
 import logging
 import sys
 
-from vlaser.cli import chat, convert, info
+from vlaser.cli import chat, convert, data, info, train
 
-_VERBS = {"chat": chat, "convert": convert, "info": info}
+_VERBS = {"chat": chat, "convert": convert, "info": info, "train": train, "data": data}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlaser", description="Run, convert and inspect InternVL3/Vlaser models.")
+    parser = argparse.ArgumentParser(
+        prog="vlaser", description="Run, convert, inspect and fine-tune InternVL3/Vlaser models."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     sub = parser.add_subparsers(dest="verb", required=True)
     for module in _VERBS.values():
@@ -21,7 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not hasattr(args, "passthrough"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if hasattr(args, "passthrough"):  # train / data preview take InternVL's flags as they are
+        args.passthrough = extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return _VERBS[args.verb].run(args) or 0

@@ -85,6 +85,25 @@ class SFTDataset(torch.utils.data.Dataset):
         if not self.records:
             raise ValueError(f"{meta_path}: no usable samples ({len(self.load_skips)} skipped)")
 
+    def estimated_lengths(self) -> list[int]:
+        """Token counts for length grouping, as InternVL estimates them without loading images.
+
+        A record's ``length`` field if present, else the tokens of its joined turns plus
+        ``num_image_token * (max_dynamic_patch + use_thumbnail)`` for image and video samples.
+        """
+        c = self.config
+        image_tokens = c.num_image_token * (c.max_dynamic_patch + int(c.use_thumbnail))
+        lengths = []
+        for record in self.records:
+            data = record.data
+            if isinstance(data.get("length"), int):
+                lengths.append(data["length"])
+                continue
+            text = "\n".join(str(turn.get("value", "")) for turn in data["conversations"])
+            n = len(self.tokenizer(text)["input_ids"])
+            lengths.append(n + (image_tokens if data.get("image") or data.get("video") else 0))
+        return lengths
+
     def __len__(self) -> int:
         return len(self.records)
 

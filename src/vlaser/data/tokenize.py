@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vlaser.model.constants import IMAGE_PLACEHOLDER
+from vlaser.model.loss import IGNORE_INDEX
 from vlaser.model.template import ChatTemplate, image_tokens
 
-IGNORE_INDEX = -100
 _ROLES = {"human": "user", "gpt": "assistant"}
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 from transformers import InternVLForConditionalGeneration
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vlaser.model.constants import GROUNDING_TOKENS, IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN
+from vlaser.model.loss import weighted_lm_loss
 from vlaser.model.template import ChatTemplate, build_chat_prompt, get_template
 
 PatchCounts = Sequence[int] | Sequence[Sequence[int]]
@@ -105,6 +107,36 @@ class InternVLChat(InternVLForConditionalGeneration):
             for prompt, response in zip(prompts, responses):
                 print(_printable(prompt), response)
         return responses
+
+    # ---- training forward -------------------------------------------------------------------------
+
+    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, labels=None, image_flags=None,
+                loss_reduction: str = "token", **kwargs):
+        """transformers' forward, or, given ``image_flags``, InternVL's training forward.
+
+        The training forward runs the vision tower on every tile, writes the features of tiles with flag 1
+        over the ``<IMG_CONTEXT>`` embeddings (a count mismatch is an error, not a silently zeroed loss),
+        keeps the flag-0 dummy tiles in the graph with weight 0 (no unused-parameter hangs under DDP/ZeRO)
+        and weights the loss per sample as ``loss_reduction`` says.
+        """
+        if image_flags is None:
+            return super().forward(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                                   labels=labels, **kwargs)
+        embeds = self.get_input_embeddings()(input_ids)  # (B, T, C)
+        features = self.model.get_image_features(pixel_values=pixel_values.to(self.dtype))
+        features = getattr(features, "pooler_output", features)  # (tiles, tokens per tile, C)
+        keep = image_flags.view(-1) == 1
+        used = features[keep].reshape(-1, features.shape[-1])
+        mask = input_ids == self.config.image_token_id
+        if int(mask.sum()) != used.shape[0]:
+            raise ValueError(f"{int(mask.sum())} image tokens in the batch but {used.shape[0]} image features")
+        embeds = embeds.masked_scatter(mask.unsqueeze(-1), used.to(embeds.dtype))
+        hidden = self.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)[0]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = weighted_lm_loss(logits, labels, loss_reduction) + 0.0 * features[~keep].sum()
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     # ---- shared generation -------------------------------------------------------------------------
 

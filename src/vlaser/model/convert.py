@@ -271,11 +271,11 @@ def hf_to_original_config(config: dict) -> dict:
 
 # ---- whole checkpoints ------------------------------------------------------------------------------------
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
                     "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
 
 
-def _save_weights(state: dict[str, torch.Tensor], dst: Path, max_shard_size: str) -> None:
+def save_weights(state: dict[str, torch.Tensor], dst: Path, max_shard_size: str) -> None:
     from huggingface_hub import save_torch_state_dict
 
     save_torch_state_dict({k: v.contiguous() for k, v in state.items()}, dst, max_shard_size=max_shard_size,
@@ -306,9 +306,9 @@ def convert_checkpoint(src: str | Path, dst: str | Path, to: str, max_shard_size
     else:
         config = info.config if info.layout == ORIGINAL else hf_to_original_config(info.config)
         state = state if info.layout == ORIGINAL else hf_to_original_state_dict(state)
-    _save_weights(state, dst, max_shard_size)
+    save_weights(state, dst, max_shard_size)
     (dst / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    for name in _TOKENIZER_FILES:
+    for name in TOKENIZER_FILES:
         if (info.path / name).is_file():
             shutil.copy(info.path / name, dst / name)
     if to == HF:

@@ -1,0 +1,130 @@
+"""The fine-tune arguments under InternVL's names, plus every transformers ``TrainingArguments`` flag.
+
+InternVL's shell scripts were written for transformers 4.37; the few ``TrainingArguments`` spellings that
+changed since are translated here, in one table, before parsing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    """What to train and which parts (InternVL's ``ModelArguments``)."""
+
+    model_name_or_path: str = field(metadata={"help": "checkpoint directory, original or transformers layout"})
+    freeze_llm: bool = field(default=False, metadata={"help": "freeze the language model (incl. lm_head)"})
+    freeze_backbone: bool = field(default=False, metadata={"help": "freeze the vision tower"})
+    freeze_mlp: bool = field(default=False, metadata={"help": "freeze the projector (mlp1)"})
+    unfreeze_vit_layers: int = field(default=0, metadata={"help": "train vision layers [k:] (-2: the last two)"})
+    vision_select_layer: int = field(default=-1, metadata={"help": "vision layer whose features are used"})
+    use_backbone_lora: int = field(default=0, metadata={"help": "LoRA rank for the vision tower (0: off)"})
+    use_llm_lora: int = field(default=0, metadata={"help": "LoRA rank for the language model (0: off)"})
+    unfreeze_lm_head: bool = field(default=False, metadata={"help": "train lm_head even with --freeze_llm"})
+    grad_checkpoint: bool = field(default=True, metadata={"help": "gradient checkpointing in the language model"})
+    drop_path_rate: float = field(default=0.0, metadata={"help": "accepted for compatibility; must be 0"})
+    ps_version: str = field(default="v2", metadata={"help": "pixel shuffle version; only v2 is supported"})
+    use_fast_tokenizer: bool = field(default=False, metadata={"help": "accepted for compatibility"})
+    vision_lr: float | None = field(default=None, metadata={"help": "learning rate of the vision tower"})
+    mlp_lr: float | None = field(default=None, metadata={"help": "learning rate of the projector"})
+    save_format: str | None = field(default=None, metadata={"help": "original or hf (default: the input's layout)"})
+
+
+@dataclass
+class DataTrainingArguments:
+    """The data flags of InternVL's ``DataTrainingArguments``."""
+
+    meta_path: str = field(metadata={"help": "meta JSON listing the JSONL datasets"})
+    conv_style: str = field(default="internvl2_5", metadata={"help": "conversation template"})
+    max_seq_length: int = field(default=8192, metadata={"help": "longest tokenised sample"})
+    force_image_size: int = field(default=448, metadata={"help": "tile size; must match the checkpoint"})
+    down_sample_ratio: float = field(default=0.5, metadata={"help": "pixel shuffle ratio; must match"})
+    dynamic_image_size: bool = field(default=False, metadata={"help": "dynamic tiling"})
+    use_thumbnail: bool = field(default=False, metadata={"help": "add a thumbnail tile to multi-tile images"})
+    min_dynamic_patch: int = field(default=1, metadata={"help": "fewest tiles per image"})
+    max_dynamic_patch: int = field(default=12, metadata={"help": "most tiles per image"})
+    min_num_frame: int = field(default=8, metadata={"help": "fewest frames sampled from a video"})
+    max_num_frame: int = field(default=32, metadata={"help": "most frames sampled from a video"})
+    normalize_type: str = field(default="imagenet", metadata={"help": "only imagenet (InternVL3)"})
+    pad2square: bool = field(default=False, metadata={"help": "accepted for compatibility; must be False"})
+    use_data_resampling: bool = field(default=False, metadata={"help": "not supported yet"})
+    use_packed_ds: bool = field(default=False, metadata={"help": "not supported yet"})
+    loss_reduction: str = field(default="token", metadata={"help": "token, sample or square"})
+
+
+#: transformers 4.37 TrainingArguments spellings -> today's (value translation where needed).
+_LEGACY_FLAGS = {
+    "--evaluation_strategy": "--eval_strategy",
+    "--warmup_ratio": "--warmup_steps",  # a float in [0, 1) is a ratio today
+}
+_DROPPED_FLAGS = {"--overwrite_output_dir"}  # output directories are always overwritten today
+
+
+def translate_legacy(argv: list[str]) -> list[str]:
+    """Rewrite 4.37-era flags (``--evaluation_strategy``, ``--group_by_length True``, ...) to today's names."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, inline = arg.partition("=")
+        takes_value = not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+        value = inline if eq else (argv[i + 1] if takes_value else "True")
+        step = 1 if eq or not takes_value else 2
+        if name in _DROPPED_FLAGS:
+            log.info("ignoring %s (no longer a transformers flag)", name)
+        elif name == "--group_by_length":
+            if value.lower() in ("true", "1", "yes"):
+                out += ["--train_sampling_strategy", "group_by_length"]
+        elif name in _LEGACY_FLAGS:
+            out += [_LEGACY_FLAGS[name], value]
+        else:
+            out += argv[i:i + step]
+        i += step
+    return out
+
+
+def parse_args(argv: list[str]):
+    """``(ModelArguments, DataTrainingArguments, TrainingArguments)`` from flags or one YAML/JSON file."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        path = Path(argv[0])
+        if path.suffix == ".json":
+            values = json.loads(path.read_text())
+        else:
+            import yaml
+
+            values = yaml.safe_load(path.read_text())
+        flags = []
+        for key, value in values.items():
+            flags += [f"--{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+        argv = flags
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=translate_legacy(argv))
+    _validate(model_args, data_args)
+    return model_args, data_args, training_args
+
+
+def _validate(model_args: ModelArguments, data_args: DataTrainingArguments) -> None:
+    problems = []
+    if model_args.ps_version != "v2":
+        problems.append("--ps_version: only v2 (InternVL2.5/3) is supported")
+    if model_args.drop_path_rate:
+        problems.append("--drop_path_rate: transformers' InternVL vision tower has no drop path; use 0")
+    if data_args.normalize_type != "imagenet":
+        problems.append("--normalize_type: InternVL3 uses imagenet normalisation")
+    if data_args.pad2square:
+        problems.append("--pad2square: not used by InternVL3; use False")
+    if data_args.use_packed_ds or data_args.use_data_resampling:
+        problems.append("--use_packed_ds / --use_data_resampling are not implemented yet in vlaser")
+    if data_args.loss_reduction not in ("token", "sample", "square"):
+        problems.append("--loss_reduction must be token, sample or square")
+    if model_args.save_format not in (None, "original", "hf"):
+        problems.append("--save_format must be original or hf")
+    if problems:
+        raise ValueError("invalid training arguments:\n  " + "\n  ".join(problems))

@@ -1,0 +1,92 @@
+"""The SFT recipe, top to bottom: arguments -> model -> freezing/LoRA -> data -> Trainer -> save.
+
+``vlaser train`` accepts the flags of InternVL's ``internvl_chat_finetune.py`` (and every transformers
+``TrainingArguments`` flag), so the Vlaser shell scripts run with ``vlaser train`` in its place.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from vlaser.data.collator import SFTCollator
+from vlaser.data.dataset import DataConfig, SFTDataset
+from vlaser.model.checkpoint import ORIGINAL, inspect_checkpoint
+from vlaser.model.loading import load_model
+from vlaser.train.args import DataTrainingArguments, ModelArguments, parse_args
+from vlaser.train.freezing import apply_freezing, apply_lora, merge_lora
+from vlaser.train.saving import save_checkpoint
+from vlaser.train.trainer import SFTTrainer
+
+log = logging.getLogger(__name__)
+
+
+def data_config(model, data_args: DataTrainingArguments, seed: int = 0) -> DataConfig:
+    """The dataset settings for this model, checked against what the checkpoint was built with."""
+    image_size = int(model.config.vision_config.image_size[0])
+    if data_args.force_image_size != image_size:
+        raise ValueError(f"--force_image_size {data_args.force_image_size} but the checkpoint's tiles are {image_size}")
+    if abs(data_args.down_sample_ratio - model.config.downsample_ratio) > 1e-9:
+        raise ValueError(f"--down_sample_ratio {data_args.down_sample_ratio} but the checkpoint uses "
+                         f"{model.config.downsample_ratio}")
+    return DataConfig(
+        num_image_token=model.num_image_token, force_image_size=image_size, conv_style=data_args.conv_style,
+        max_seq_length=data_args.max_seq_length, dynamic_image_size=data_args.dynamic_image_size,
+        use_thumbnail=data_args.use_thumbnail, min_dynamic_patch=data_args.min_dynamic_patch,
+        max_dynamic_patch=data_args.max_dynamic_patch, min_num_frame=data_args.min_num_frame,
+        max_num_frame=data_args.max_num_frame, seed=seed,
+    )
+
+
+def _record_settings(model, model_args: ModelArguments, data_args: DataTrainingArguments) -> None:
+    """Write the run's template and tiling into the config, as InternVL's script does, so they are saved."""
+    settings = dict(getattr(model.config, "internvl_chat", None) or {})
+    settings.update(template=data_args.conv_style, dynamic_image_size=data_args.dynamic_image_size,
+                    use_thumbnail=data_args.use_thumbnail, min_dynamic_patch=data_args.min_dynamic_patch,
+                    max_dynamic_patch=data_args.max_dynamic_patch, ps_version=model_args.ps_version)
+    model.config.internvl_chat = settings
+    model.config.vision_feature_layer = model_args.vision_select_layer
+    model.config.text_config.use_cache = False
+
+
+def train(argv: list[str]) -> Path:
+    """Run one SFT job; returns the directory of the final checkpoint."""
+    from transformers import set_seed
+
+    model_args, data_args, args = parse_args(argv)
+    args.remove_unused_columns = False  # image_flags and skip records must reach compute_loss
+    set_seed(args.seed)
+    source = inspect_checkpoint(model_args.model_name_or_path)
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    model, tokenizer = load_model(source.path, dtype=dtype, device="cpu")
+    tokenizer.model_max_length = data_args.max_seq_length
+    _record_settings(model, model_args, data_args)
+    apply_freezing(model, model_args)
+    model = apply_lora(model, model_args)
+    if model_args.grad_checkpoint:
+        args.gradient_checkpointing = True
+        args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+
+    dataset = SFTDataset(data_args.meta_path, tokenizer, data_config(model, data_args, args.seed))
+    lengths = dataset.estimated_lengths() if args.train_sampling_strategy == "group_by_length" else None
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=SFTCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer, loss_reduction=data_args.loss_reduction, vision_lr=model_args.vision_lr,
+        mlp_lr=model_args.mlp_lr, lengths=lengths, initial_skips=dataset.load_skips,
+    )
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_state()
+    if trainer.skips:
+        log.warning("skipped samples per dataset: %s", dict(trainer.skips))
+    out = Path(args.output_dir)
+    if trainer.is_world_process_zero():
+        layout = model_args.save_format or source.layout
+        save_checkpoint(merge_lora(trainer.model), tokenizer, out, layout=layout, source=source.path)
+        if layout == ORIGINAL:
+            for code in source.path.glob("*.py"):  # InternVL's remote code, so its own loader still works
+                shutil.copy(code, out / code.name)
+    return out

@@ -1,0 +1,74 @@
+"""``SFTTrainer``: transformers' Trainer with InternVL's loss inputs, per-module learning rates, skip counts.
+
+Only public hooks are overridden (``compute_loss``, ``create_optimizer``, ``_get_train_sampler``, ``log``);
+DeepSpeed, FSDP, mixed precision, accumulation, checkpointing and resuming are the engine's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+log = logging.getLogger(__name__)
+
+#: Parameter-name fragments of the three parts whose learning rates can differ.
+VISION, PROJECTOR = "vision_tower", "multi_modal_projector"
+
+
+class SFTTrainer(Trainer):
+    def __init__(self, *args, loss_reduction: str = "token", vision_lr: float | None = None,
+                 mlp_lr: float | None = None, lengths: list[int] | None = None, initial_skips=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_reduction, self.vision_lr, self.mlp_lr, self.lengths = loss_reduction, vision_lr, mlp_lr, lengths
+        self.skips: Counter = Counter(s.dataset for s in initial_skips)
+        self._tokens, self._clock = 0, time.perf_counter()
+        # the loss is a per-micro-batch mean, as in InternVL: the Trainer divides it by the accumulation steps
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        for skip in inputs.pop("skipped", []):
+            self.skips[skip.dataset] += 1
+        self._tokens += int(inputs["attention_mask"].sum())
+        outputs = model(**inputs, loss_reduction=self.loss_reduction)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def create_optimizer(self, model=None):
+        """AdamW groups per part (vision / projector / language) x (decay / no decay)."""
+        if self.optimizer is not None or (self.vision_lr is None and self.mlp_lr is None):
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[float, float], list] = {}
+        for name, param in opt_model.named_parameters():
+            if not param.requires_grad:
+                continue
+            lr = self.args.learning_rate
+            if VISION in name and self.vision_lr is not None:
+                lr = self.vision_lr
+            elif PROJECTOR in name and self.mlp_lr is not None:
+                lr = self.mlp_lr
+            groups.setdefault((lr, self.args.weight_decay if name in decay else 0.0), []).append(param)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(
+            [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()], **optimizer_kwargs
+        )
+        return self.optimizer
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.train_sampling_strategy == "group_by_length" and self.lengths is not None:
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=self.lengths)
+        return super()._get_train_sampler(train_dataset)
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        elapsed = time.perf_counter() - self._clock
+        if "loss" in logs and elapsed > 0:
+            logs["tokens_per_second"] = round(self._tokens / elapsed, 1)
+            logs["skipped_samples"] = sum(self.skips.values())
+            self._tokens, self._clock = 0, time.perf_counter()
+        super().log(logs, *args, **kwargs)
