@@ -79,3 +79,19 @@ def test_info_counts_bin_checkpoints(tiny_original, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["parameters"]["total"] == sum(t.numel() for t in state.values())
     assert info["dtypes"] == {"float32": info["parameters"]["total"]}
+
+
+def test_data_preview_shows_supervised_spans(tiny_original, tmp_path, capsys):
+    rows = [{"id": "a", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello there"}]},
+            "{oops"]
+    (tmp_path / "d.jsonl").write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    entry = {"root": str(tmp_path), "annotation": str(tmp_path / "d.jsonl")}
+    (tmp_path / "meta.json").write_text(json.dumps({"d": entry}))
+    out = tmp_path / "preview.jsonl"
+    assert main(["data", "preview", "--meta", str(tmp_path / "meta.json"), "--model", str(tiny_original),
+                 "--out", str(out), "--force_image_size", "56", "--max_seq_length", "512"]) == 0
+    line = json.loads(out.read_text().splitlines()[0])
+    assert line["id"] == "a" and line["line"] == 1 and line["tiles"] == []
+    assert line["text"].endswith("<|im_start|>assistant\n[[Hello there<|im_end|>]]\n")
+    assert line["n_supervised"] == sum(label != -100 for label in line["labels"]) > 0
+    assert "invalid JSON" in capsys.readouterr().err

@@ -103,6 +103,8 @@ def parse_args(argv: list[str]):
             values = yaml.safe_load(path.read_text())
         flags = []
         for key, value in values.items():
+            if value is False and key.endswith("_strategy"):
+                value = "no"  # YAML reads `save_strategy: no` as a boolean
             flags += [f"--{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
         argv = flags
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=translate_legacy(argv))

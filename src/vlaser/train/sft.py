@@ -81,7 +81,7 @@ def train(argv: list[str]) -> Path:
     trainer.log_metrics("train", result.metrics)
     trainer.save_state()
     if trainer.skips:
-        log.warning("skipped samples per dataset: %s", dict(trainer.skips))
+        log.warning("skipped samples per dataset: %s", trainer.skip_counts())
     out = Path(args.output_dir)
     if trainer.is_world_process_zero():
         layout = model_args.save_format or source.layout

@@ -24,14 +24,22 @@ class SFTTrainer(Trainer):
                  mlp_lr: float | None = None, lengths: list[int] | None = None, initial_skips=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_reduction, self.vision_lr, self.mlp_lr, self.lengths = loss_reduction, vision_lr, mlp_lr, lengths
-        self.skips: Counter = Counter(s.dataset for s in initial_skips)
+        self.skips: dict[tuple[str, str, int], str] = {}  # (dataset, file, line) -> reason: each sample once
+        self._record_skips(initial_skips)
         self._tokens, self._clock = 0, time.perf_counter()
         # the loss is a per-micro-batch mean, as in InternVL: the Trainer divides it by the accumulation steps
         self.model_accepts_loss_kwargs = False
 
+    def _record_skips(self, skips) -> None:
+        for skip in skips:
+            self.skips.setdefault((skip.dataset, skip.file, skip.line), skip.reason)
+
+    def skip_counts(self) -> dict[str, int]:
+        """Skipped samples per dataset so far (each sample counted once, however often it was drawn)."""
+        return dict(Counter(dataset for dataset, _, _ in self.skips))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        for skip in inputs.pop("skipped", []):
-            self.skips[skip.dataset] += 1
+        self._record_skips(inputs.pop("skipped", []))
         self._tokens += int(inputs["attention_mask"].sum())
         outputs = model(**inputs, loss_reduction=self.loss_reduction)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
@@ -69,6 +77,6 @@ class SFTTrainer(Trainer):
         elapsed = time.perf_counter() - self._clock
         if "loss" in logs and elapsed > 0:
             logs["tokens_per_second"] = round(self._tokens / elapsed, 1)
-            logs["skipped_samples"] = sum(self.skips.values())
+            logs["skipped_samples"] = len(self.skips)
             self._tokens, self._clock = 0, time.perf_counter()
         super().log(logs, *args, **kwargs)
