@@ -88,25 +88,32 @@ def translate_legacy(argv: list[str]) -> list[str]:
     return out
 
 
+def _file_flags(path: Path) -> list[str]:
+    """A YAML/JSON config file as command-line flags."""
+    if path.suffix == ".json":
+        values = json.loads(path.read_text())
+    else:
+        import yaml
+
+        values = yaml.safe_load(path.read_text())
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of flag names to values")
+    flags = []
+    for key, value in values.items():
+        if value is False and key.endswith("_strategy"):
+            value = "no"  # YAML reads `save_strategy: no` as a boolean
+        flags += [f"--{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+    return flags
+
+
 def parse_args(argv: list[str]):
-    """``(ModelArguments, DataTrainingArguments, TrainingArguments)`` from flags or one YAML/JSON file."""
+    """``(ModelArguments, DataTrainingArguments, TrainingArguments)`` from flags, or from a YAML/JSON file
+    given first, whose values the flags after it override."""
     from transformers import HfArgumentParser, TrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        path = Path(argv[0])
-        if path.suffix == ".json":
-            values = json.loads(path.read_text())
-        else:
-            import yaml
-
-            values = yaml.safe_load(path.read_text())
-        flags = []
-        for key, value in values.items():
-            if value is False and key.endswith("_strategy"):
-                value = "no"  # YAML reads `save_strategy: no` as a boolean
-            flags += [f"--{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
-        argv = flags
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        argv = _file_flags(Path(argv[0])) + list(argv[1:])
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=translate_legacy(argv))
     _validate(model_args, data_args)
     return model_args, data_args, training_args
