@@ -15,7 +15,7 @@ from vlaser.data.tokenize import IGNORE_INDEX
 
 class SFTCollator:
     """``input_ids``/``labels``/``attention_mask`` ``(B, T)``; ``pixel_values`` ``(sum tiles, 3, S, S)``;
-    ``image_flags`` ``(sum tiles,)``; ``skipped``: the skip records of the batch (for logging, not the model).
+    ``image_flags`` ``(sum tiles,)``; ``skipped`` and ``n_tokens`` are for logging, not for the model.
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
@@ -41,4 +41,5 @@ class SFTCollator:
             "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
             "image_flags": torch.cat([s["image_flags"] for s in samples]),
             "skipped": [skip for s in samples for skip in s.get("skipped", [])],
+            "n_tokens": int(attention_mask.sum()),
         }

@@ -111,17 +111,19 @@ class InternVLChat(InternVLForConditionalGeneration):
     # ---- training forward -------------------------------------------------------------------------
 
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, labels=None, image_flags=None,
-                loss_reduction: str = "token", **kwargs):
+                loss_reduction: str = "token", loss_weight=None, position_ids=None, **kwargs):
         """transformers' forward, or, given ``image_flags``, InternVL's training forward.
 
         The training forward runs the vision tower on every tile, writes the features of tiles with flag 1
         over the ``<IMG_CONTEXT>`` embeddings (a count mismatch is an error, not a silently zeroed loss),
         keeps the flag-0 dummy tiles in the graph with weight 0 (no unused-parameter hangs under DDP/ZeRO)
-        and weights the loss per sample as ``loss_reduction`` says.
+        and weights the loss per sample as ``loss_reduction`` says (or by ``loss_weight`` per token, for packed
+        rows, where ``position_ids`` restart at each sample and ``attention_mask`` is ``None`` so attention
+        stays within each sample).
         """
         if image_flags is None:
             return super().forward(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                                   labels=labels, **kwargs)
+                                   labels=labels, position_ids=position_ids, **kwargs)
         embeds = self.get_input_embeddings()(input_ids)  # (B, T, C)
         features = self.model.get_image_features(pixel_values=pixel_values.to(self.dtype))
         features = getattr(features, "pooler_output", features)  # (tiles, tokens per tile, C)
@@ -131,11 +133,13 @@ class InternVLChat(InternVLForConditionalGeneration):
         if int(mask.sum()) != used.shape[0]:
             raise ValueError(f"{int(mask.sum())} image tokens in the batch but {used.shape[0]} image features")
         embeds = embeds.masked_scatter(mask.unsqueeze(-1), used.to(embeds.dtype))
-        hidden = self.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)[0]
+        kwargs.setdefault("use_cache", False)  # a cache would also stop transformers seeing packed positions
+        hidden = self.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                           position_ids=position_ids, **kwargs)[0]
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
-            loss = weighted_lm_loss(logits, labels, loss_reduction) + 0.0 * features[~keep].sum()
+            loss = weighted_lm_loss(logits, labels, loss_reduction, loss_weight) + 0.0 * features[~keep].sum()
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     # ---- shared generation -------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 With ``x`` supervised tokens in a sample, each of its tokens weighs 1 (``token``: plain token mean),
 ``1/x`` (``sample``: every sample counts equally) or ``1/sqrt(x)`` (``square``); the loss is
-``sum(CE * w) / sum(w)`` over the micro-batch.
+``sum(CE * w) / sum(w)`` over the micro-batch. In packed rows several samples share a row, so the
+weights come per token from the packer instead of per row.
 """
 
 from __future__ import annotations
@@ -14,19 +15,31 @@ IGNORE_INDEX = -100
 REDUCTIONS = ("token", "sample", "square")
 
 
-def token_weights(labels: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Per-token weights ``(B, T-1)`` for the shifted labels; 0 where the label is ignored."""
+def len2weight(n_supervised: int, reduction: str) -> float:
+    """Weight of each supervised token of a sample with ``n_supervised`` of them (InternVL's ``len2weight``)."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"loss_reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    supervised = (labels[:, 1:] != IGNORE_INDEX).to(torch.float32)
-    counts = supervised.sum(dim=1, keepdim=True).clamp(min=1)
-    per_sample = {"token": torch.ones_like(counts), "sample": 1 / counts, "square": counts.rsqrt()}[reduction]
-    return supervised * per_sample
+    if n_supervised == 0:
+        return 0.0
+    return {"token": 1.0, "sample": 1.0 / n_supervised, "square": n_supervised**-0.5}[reduction]
 
 
-def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "token") -> torch.Tensor:
-    """Shifted cross-entropy weighted per sample; ``token`` equals transformers' token-mean loss."""
-    weights = token_weights(labels, reduction)
-    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX,
-                         reduction="none")  # (B, T-1)
-    return (ce * weights).sum() / weights.sum().clamp(min=1e-12)
+def row_weights(labels: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-token weights ``(B, T)`` when every row is one sample; 0 where the label is ignored."""
+    supervised = labels != IGNORE_INDEX
+    counts = supervised[:, 1:].sum(dim=1).tolist()  # tokens that are predicted (the first never is)
+    per_row = torch.tensor([len2weight(n, reduction) for n in counts], dtype=torch.float32, device=labels.device)
+    return supervised.to(torch.float32) * per_row[:, None]
+
+
+def per_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Shifted cross-entropy ``(B, T-1)``: position t predicts label t+1; 0 where ignored."""
+    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX,
+                           reduction="none")
+
+
+def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "token",
+                     loss_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum(CE * w) / sum(w)`` over the shifted labels; ``token`` equals transformers' token-mean loss."""
+    weights = (row_weights(labels, reduction) if loss_weight is None else loss_weight.to(torch.float32))[:, 1:]
+    return (per_token_ce(logits, labels) * weights).sum() / weights.sum().clamp(min=1e-12)

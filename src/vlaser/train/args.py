@@ -54,7 +54,10 @@ class DataTrainingArguments:
     normalize_type: str = field(default="imagenet", metadata={"help": "only imagenet (InternVL3)"})
     pad2square: bool = field(default=False, metadata={"help": "accepted for compatibility; must be False"})
     use_data_resampling: bool = field(default=False, metadata={"help": "not supported yet"})
-    use_packed_ds: bool = field(default=False, metadata={"help": "not supported yet"})
+    use_packed_ds: bool = field(default=False, metadata={"help": "pack several samples per row (needs --max_steps)"})
+    max_packed_tokens: int = field(default=8192, metadata={"help": "tokens per packed row"})
+    num_images_expected: int = field(default=40, metadata={"help": "tiles per packed row"})
+    max_buffer_size: int = field(default=20, metadata={"help": "open packs kept while filling"})
     loss_reduction: str = field(default="token", metadata={"help": "token, sample or square"})
 
 
@@ -115,12 +118,14 @@ def parse_args(argv: list[str]):
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         argv = _file_flags(Path(argv[0])) + list(argv[1:])
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=translate_legacy(argv))
-    _validate(model_args, data_args)
+    _validate(model_args, data_args, training_args)
     return model_args, data_args, training_args
 
 
-def _validate(model_args: ModelArguments, data_args: DataTrainingArguments) -> None:
+def _validate(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> None:
     problems = []
+    if data_args.use_packed_ds and training_args.max_steps <= 0:
+        problems.append("--use_packed_ds streams packs without an epoch length: set --max_steps")
     if model_args.ps_version != "v2":
         problems.append("--ps_version: only v2 (InternVL2.5/3) is supported")
     if model_args.drop_path_rate:
@@ -129,8 +134,8 @@ def _validate(model_args: ModelArguments, data_args: DataTrainingArguments) -> N
         problems.append("--normalize_type: InternVL3 uses imagenet normalisation")
     if data_args.pad2square:
         problems.append("--pad2square: not used by InternVL3; use False")
-    if data_args.use_packed_ds or data_args.use_data_resampling:
-        problems.append("--use_packed_ds / --use_data_resampling are not implemented yet in vlaser")
+    if data_args.use_data_resampling:
+        problems.append("--use_data_resampling is not implemented yet in vlaser")
     if data_args.loss_reduction not in ("token", "sample", "square"):
         problems.append("--loss_reduction must be token, sample or square")
     if model_args.save_format not in (None, "original", "hf"):

@@ -14,6 +14,7 @@ import torch
 
 from vlaser.data.collator import SFTCollator
 from vlaser.data.dataset import DataConfig, SFTDataset
+from vlaser.data.packing import PackedCollator, PackedSFTDataset
 from vlaser.model.checkpoint import ORIGINAL, inspect_checkpoint
 from vlaser.model.loading import load_model
 from vlaser.train.args import DataTrainingArguments, ModelArguments, parse_args
@@ -71,11 +72,21 @@ def train(argv: list[str]) -> Path:
         args.gradient_checkpointing_kwargs = {"use_reentrant": False}
 
     dataset = SFTDataset(data_args.meta_path, tokenizer, data_config(model, data_args, args.seed))
-    lengths = dataset.estimated_lengths() if args.train_sampling_strategy == "group_by_length" else None
+    load_skips = dataset.load_skips
+    lengths = None
+    if data_args.use_packed_ds:
+        dataset = PackedSFTDataset(dataset, data_args.max_packed_tokens, data_args.num_images_expected,
+                                   data_args.loss_reduction, data_args.max_buffer_size, args.seed)
+        collator = PackedCollator(tokenizer.pad_token_id)
+        args.accelerator_config.dispatch_batches = False  # every process iterates the same stream, keeps its share
+    else:
+        collator = SFTCollator(tokenizer.pad_token_id)
+        if args.train_sampling_strategy == "group_by_length":
+            lengths = dataset.estimated_lengths()
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=SFTCollator(tokenizer.pad_token_id),
+        model=model, args=args, train_dataset=dataset, data_collator=collator,
         processing_class=tokenizer, loss_reduction=data_args.loss_reduction, vision_lr=model_args.vision_lr,
-        mlp_lr=model_args.mlp_lr, lengths=lengths, initial_skips=dataset.load_skips,
+        mlp_lr=model_args.mlp_lr, lengths=lengths, initial_skips=load_skips,
     )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.log_metrics("train", result.metrics)

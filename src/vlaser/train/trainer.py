@@ -40,7 +40,7 @@ class SFTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._record_skips(inputs.pop("skipped", []))
-        self._tokens += int(inputs["attention_mask"].sum())
+        self._tokens += int(inputs.pop("n_tokens"))
         outputs = model(**inputs, loss_reduction=self.loss_reduction)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 

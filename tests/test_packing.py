@@ -1,0 +1,112 @@
+"""Packing changes nothing but speed: per-sample losses, weighting, bounds, and training with packs."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from vlaser.data.dataset import DataConfig, SFTDataset
+from vlaser.data.packing import PackedCollator, PackedSFTDataset, pack_samples
+from vlaser.model.loss import IGNORE_INDEX, len2weight, per_token_ce
+from vlaser.train.sft import train
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_original, tmp_path_factory):
+    from vlaser.model.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("packdata")
+    rows = []
+    for i, size in enumerate([(56, 56), (200, 56), (56, 150), (90, 90)]):
+        Image.new("RGB", size, (40 * i, 255 - 40 * i, 90)).save(root / f"{i}.png")
+        rows.append({"image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "Describe the scene" + " please" * i},
+            {"from": "gpt", "value": "A table with a cube" + " and a bowl" * (3 - i)}]})
+    for i in range(3):
+        rows.append({"conversations": [{"from": "human", "value": f"Count to {i}"},
+                                       {"from": "gpt", "value": " ".join(str(k) for k in range(i + 2))}]})
+    (root / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (root / "meta.json").write_text(json.dumps({"d": {"root": str(root), "annotation": str(root / "d.jsonl")}}))
+    config = DataConfig(num_image_token=4, force_image_size=56, max_dynamic_patch=4)
+    return SFTDataset(root / "meta.json", load_tokenizer(tiny_original), config)
+
+
+def _per_sample_ce(model, batch, lengths):
+    with torch.no_grad():
+        out = model(**{k: v for k, v in batch.items() if k not in ("skipped", "n_tokens")})
+    ce = per_token_ce(out.logits, batch["labels"])[0]  # (T-1,)
+    result, start = [], 0
+    for n in lengths:
+        result.append(ce[start:start + n - 1])  # predictions within the sample only
+        start += n
+    return result
+
+
+def test_packed_row_gives_each_sample_its_own_losses(loaded, dataset):
+    model, tok = loaded
+    samples = [dataset[i] for i in range(len(dataset))]
+    packed = PackedCollator(tok.pad_token_id)([pack_samples(samples, "token")])
+    assert "attention_mask" not in packed
+    together = _per_sample_ce(model, packed, [len(s["input_ids"]) for s in samples])
+    for sample, ce in zip(samples, together):
+        n = len(sample["input_ids"])
+        single = {"input_ids": sample["input_ids"][None], "labels": sample["labels"][None],
+                  "attention_mask": torch.ones(1, n, dtype=torch.long), "pixel_values": sample["pixel_values"],
+                  "image_flags": sample["image_flags"]}
+        alone = _per_sample_ce(model, single, [n])[0]
+        torch.testing.assert_close(ce, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("reduction", ["token", "sample", "square"])
+def test_packed_loss_is_weighted_like_internvl(loaded, dataset, reduction):
+    model, tok = loaded
+    samples = [dataset[i] for i in range(len(dataset))]
+    batch = PackedCollator(tok.pad_token_id)([pack_samples(samples, reduction)])
+    with torch.no_grad():
+        loss = model(**{k: v for k, v in batch.items() if k not in ("skipped", "n_tokens")}).loss
+    numerator = denominator = 0.0
+    for ce, s in zip(_per_sample_ce(model, batch, [len(x["input_ids"]) for x in samples]), samples):
+        supervised = s["labels"][1:] != IGNORE_INDEX
+        weight = len2weight(int(supervised.sum()), reduction)
+        numerator += weight * float(ce[supervised].sum())
+        denominator += weight * int(supervised.sum())
+    assert float(loss) == pytest.approx(numerator / denominator, rel=1e-5)
+
+
+def test_packs_respect_bounds_and_hold_every_sample_once(dataset):
+    lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+    limit = max(lengths) + 10
+    packer = PackedSFTDataset(dataset, max_packed_tokens=limit, num_images_expected=12, max_buffer_size=3)
+    epoch = list(packer._epoch(0, []))
+    assert sorted(n for p in epoch for n in p["sample_lengths"]) == sorted(lengths)
+    assert all(sum(p["sample_lengths"]) <= limit and p["pixel_values"].shape[0] <= 12 for p in epoch)
+    assert len(epoch) < len(lengths)  # samples do share rows
+    first = next(iter(packer))
+    assert torch.equal(first["input_ids"], epoch[0]["input_ids"])
+
+
+def test_oversized_samples_are_skipped_and_named(dataset):
+    lengths = sorted(len(dataset[i]["input_ids"]) for i in range(len(dataset)))
+    limit = lengths[len(lengths) // 2]
+    too_long = sum(n > limit for n in lengths)
+    packer = PackedSFTDataset(dataset, max_packed_tokens=limit, num_images_expected=40)
+    stream = iter(packer)
+    packs = [next(stream) for _ in range(2 * len(lengths))]  # two epochs at least: skips left over carry on
+    reasons = [s.reason for p in packs for s in p["skipped"]]
+    assert len(reasons) >= too_long and all("exceed a pack" in r for r in reasons)
+    with pytest.raises(ValueError, match="no sample fits"):
+        list(PackedSFTDataset(dataset, max_packed_tokens=lengths[0] - 1, num_images_expected=40)._epoch(0, []))
+
+
+def test_training_with_packing(tiny_original, tmp_path):
+    from test_train import colour_data, flags, losses
+
+    meta = colour_data(tmp_path, n_text=3)
+    common = ["--use_packed_ds", "True", "--max_packed_tokens", "512", "--num_images_expected", "20",
+              "--per_device_train_batch_size", "1", "--max_steps", "40", "--loss_reduction", "square"]
+    out = train(flags(tiny_original, meta, tmp_path / "out", *common))
+    curve = losses(out)
+    assert len(curve) == 40 and curve[0] / min(curve[-5:]) > 5, curve
+    with pytest.raises(ValueError, match="max_steps"):
+        train(flags(tiny_original, meta, tmp_path / "o2", "--use_packed_ds", "True"))
