@@ -159,7 +159,7 @@ def test_two_processes_match_one(tiny_original, tmp_path):
     common = ["--max_steps", "4", "--loss_reduction", "sample", "--grad_checkpoint", "False"]
     single = train(flags(tiny_original, meta, tmp_path / "one", *common, "--per_device_train_batch_size", "4"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "vlaser", "train", *flags(tiny_original, meta, tmp_path / "two", *common,
                                            "--per_device_train_batch_size", "2", "--ddp_backend", "gloo")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
