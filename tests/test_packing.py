@@ -43,8 +43,19 @@ def _per_sample_ce(model, batch, lengths):
     return result
 
 
-def test_packed_row_gives_each_sample_its_own_losses(loaded, dataset):
-    model, tok = loaded
+@pytest.fixture(params=["transformers block mask", "per-sample sdpa"])
+def packed_model(request, tiny_original):
+    import vlaser
+    from vlaser.model.packed_attention import use_packed_attention
+
+    model, tok = vlaser.load_model(tiny_original, dtype=torch.float32, device="cpu")
+    if request.param == "per-sample sdpa":
+        use_packed_attention(model)
+    return model, tok
+
+
+def test_packed_row_gives_each_sample_its_own_losses(packed_model, dataset):
+    model, tok = packed_model
     samples = [dataset[i] for i in range(len(dataset))]
     packed = PackedCollator(tok.pad_token_id)([pack_samples(samples, "token")])
     assert "attention_mask" not in packed
@@ -59,8 +70,8 @@ def test_packed_row_gives_each_sample_its_own_losses(loaded, dataset):
 
 
 @pytest.mark.parametrize("reduction", ["token", "sample", "square"])
-def test_packed_loss_is_weighted_like_internvl(loaded, dataset, reduction):
-    model, tok = loaded
+def test_packed_loss_is_weighted_like_internvl(packed_model, dataset, reduction):
+    model, tok = packed_model
     samples = [dataset[i] for i in range(len(dataset))]
     batch = PackedCollator(tok.pad_token_id)([pack_samples(samples, reduction)])
     with torch.no_grad():

@@ -17,6 +17,7 @@ from vlaser.data.dataset import DataConfig, SFTDataset
 from vlaser.data.packing import PackedCollator, PackedSFTDataset
 from vlaser.model.checkpoint import ORIGINAL, inspect_checkpoint
 from vlaser.model.loading import load_model
+from vlaser.model.packed_attention import use_packed_attention
 from vlaser.train.args import DataTrainingArguments, ModelArguments, parse_args
 from vlaser.train.freezing import apply_freezing, apply_lora, merge_lora
 from vlaser.train.saving import save_checkpoint
@@ -78,6 +79,7 @@ def train(argv: list[str]) -> Path:
         dataset = PackedSFTDataset(dataset, data_args.max_packed_tokens, data_args.num_images_expected,
                                    data_args.loss_reduction, data_args.max_buffer_size, args.seed)
         collator = PackedCollator(tokenizer.pad_token_id)
+        log.info("packed rows use %s attention", use_packed_attention(model))
         args.accelerator_config.dispatch_batches = False  # every process iterates the same stream, keeps its share
     else:
         collator = SFTCollator(tokenizer.pad_token_id)
