@@ -165,3 +165,28 @@ def test_two_processes_match_one(tiny_original, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(tmp_path / "two") == pytest.approx(losses(single), abs=1e-4)
+
+
+def test_data_resampling_draws_datasets_by_sqrt_size(tiny_original, tmp_path):
+    from vlaser.data.dataset import DataConfig, SFTDataset
+    from vlaser.data.packing import PackedSFTDataset
+    from vlaser.model.tokenizer import load_tokenizer
+
+    meta = {}
+    for name, n in (("small", 4), ("large", 36)):
+        rows = [{"conversations": [{"from": "human", "value": f"{name} {i}"}, {"from": "gpt", "value": "ok"}]}
+                for i in range(n)]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        meta[name] = {"root": str(tmp_path), "annotation": str(tmp_path / f"{name}.jsonl")}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    ds = SFTDataset(tmp_path / "meta.json", load_tokenizer(tiny_original), DataConfig(num_image_token=4,
+                                                                                      force_image_size=56))
+    weights = ds.resampling_weights()
+    share = {name: sum(w for w, r in zip(weights, ds.records) if r.spec.name == name) for name in ("small", "large")}
+    assert share["large"] / share["small"] == pytest.approx(3.0)  # sqrt(36) / sqrt(4)
+    packer = PackedSFTDataset(ds, max_packed_tokens=4096, num_images_expected=40, weights=weights)
+    drawn = [n for pack in packer._epoch(0, []) for n in pack["sample_lengths"]]
+    assert len(drawn) == len(ds)
+    out = train(flags(tiny_original, tmp_path / "meta.json", tmp_path / "out", "--max_steps", "3",
+                      "--use_data_resampling", "True"))
+    assert len(losses(out)) == 3

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import logging
+import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,6 +86,15 @@ class SFTDataset(torch.utils.data.Dataset):
             log.warning("skipped %s", skip)
         if not self.records:
             raise ValueError(f"{meta_path}: no usable samples ({len(self.load_skips)} skipped)")
+
+    def resampling_weights(self) -> list[float]:
+        """``--use_data_resampling``: each dataset drawn in proportion to sqrt(its size), as InternVL weighs them.
+
+        Per sample that is ``sqrt(n_d) / n_d`` for a sample of a dataset with ``n_d`` samples (after
+        ``repeat_time``), so small datasets are seen more often and large ones less than their share.
+        """
+        sizes = Counter(record.spec.name for record in self.records)
+        return [math.sqrt(sizes[r.spec.name]) / sizes[r.spec.name] for r in self.records]
 
     def estimated_lengths(self) -> list[int]:
         """Token counts for length grouping, as InternVL estimates them without loading images.

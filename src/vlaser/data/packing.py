@@ -49,16 +49,18 @@ def pack_samples(samples: Sequence[dict], reduction: str) -> dict:
 
 
 class PackedSFTDataset(torch.utils.data.IterableDataset):
-    """An endless stream of packed rows over an ``SFTDataset`` (one pass per epoch, reshuffled each time).
+    """An endless stream of packed rows over an ``SFTDataset`` (one pass per epoch, reshuffled each time;
+    with ``weights``, each epoch draws ``len(dataset)`` samples with replacement in proportion to them).
 
     Every process iterates the same stream (same seed); the Trainer's data loader hands each process its
     share, so packs are identical whatever the number of processes.
     """
 
     def __init__(self, dataset, max_packed_tokens: int, num_images_expected: int, reduction: str = "token",
-                 max_buffer_size: int = 20, seed: int = 0):
+                 max_buffer_size: int = 20, seed: int = 0, weights: list[float] | None = None):
         self.dataset, self.max_tokens, self.max_tiles = dataset, max_packed_tokens, num_images_expected
         self.reduction, self.max_buffer, self.seed = reduction, max_buffer_size, seed
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
 
     def _fits(self, pack: _Pack, sample: dict) -> bool:
         return (pack.tokens + len(sample["input_ids"]) <= self.max_tokens
@@ -66,7 +68,9 @@ class PackedSFTDataset(torch.utils.data.IterableDataset):
 
     def _epoch(self, epoch: int, carried: list[Skip]) -> Iterator[dict]:
         """Packs of one pass; skips not yet attached to a pack stay in ``carried`` for the next one."""
-        order = np.random.default_rng((self.seed, epoch)).permutation(len(self.dataset))
+        rng = np.random.default_rng((self.seed, epoch))
+        n = len(self.dataset)
+        order = rng.permutation(n) if self.weights is None else rng.choice(n, size=n, replace=True, p=self.weights)
         buffer: list[_Pack] = []
         produced = False
         for index in order:

@@ -53,7 +53,7 @@ class DataTrainingArguments:
     max_num_frame: int = field(default=32, metadata={"help": "most frames sampled from a video"})
     normalize_type: str = field(default="imagenet", metadata={"help": "only imagenet (InternVL3)"})
     pad2square: bool = field(default=False, metadata={"help": "accepted for compatibility; must be False"})
-    use_data_resampling: bool = field(default=False, metadata={"help": "not supported yet"})
+    use_data_resampling: bool = field(default=False, metadata={"help": "draw datasets in proportion to sqrt(size)"})
     use_packed_ds: bool = field(default=False, metadata={"help": "pack several samples per row (needs --max_steps)"})
     max_packed_tokens: int = field(default=8192, metadata={"help": "tokens per packed row"})
     num_images_expected: int = field(default=40, metadata={"help": "tiles per packed row"})
@@ -134,8 +134,6 @@ def _validate(model_args: ModelArguments, data_args: DataTrainingArguments, trai
         problems.append("--normalize_type: InternVL3 uses imagenet normalisation")
     if data_args.pad2square:
         problems.append("--pad2square: not used by InternVL3; use False")
-    if data_args.use_data_resampling:
-        problems.append("--use_data_resampling is not implemented yet in vlaser")
     if data_args.loss_reduction not in ("token", "sample", "square"):
         problems.append("--loss_reduction must be token, sample or square")
     if model_args.save_format not in (None, "original", "hf"):

@@ -75,9 +75,10 @@ def train(argv: list[str]) -> Path:
     dataset = SFTDataset(data_args.meta_path, tokenizer, data_config(model, data_args, args.seed))
     load_skips = dataset.load_skips
     lengths = None
+    weights = dataset.resampling_weights() if data_args.use_data_resampling else None
     if data_args.use_packed_ds:
         dataset = PackedSFTDataset(dataset, data_args.max_packed_tokens, data_args.num_images_expected,
-                                   data_args.loss_reduction, data_args.max_buffer_size, args.seed)
+                                   data_args.loss_reduction, data_args.max_buffer_size, args.seed, weights)
         collator = PackedCollator(tokenizer.pad_token_id)
         log.info("packed rows use %s attention", use_packed_attention(model))
         args.accelerator_config.dispatch_batches = False  # every process iterates the same stream, keeps its share
@@ -88,7 +89,8 @@ def train(argv: list[str]) -> Path:
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
         processing_class=tokenizer, loss_reduction=data_args.loss_reduction, vision_lr=model_args.vision_lr,
-        mlp_lr=model_args.mlp_lr, lengths=lengths, initial_skips=load_skips,
+        mlp_lr=model_args.mlp_lr, lengths=lengths, sample_weights=None if data_args.use_packed_ds else weights,
+        initial_skips=load_skips,
     )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.log_metrics("train", result.metrics)

@@ -10,6 +10,8 @@ import logging
 import time
 from collections import Counter
 
+import torch
+from torch.utils.data import WeightedRandomSampler
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -21,9 +23,11 @@ VISION, PROJECTOR = "vision_tower", "multi_modal_projector"
 
 class SFTTrainer(Trainer):
     def __init__(self, *args, loss_reduction: str = "token", vision_lr: float | None = None,
-                 mlp_lr: float | None = None, lengths: list[int] | None = None, initial_skips=(), **kwargs):
+                 mlp_lr: float | None = None, lengths: list[int] | None = None,
+                 sample_weights: list[float] | None = None, initial_skips=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_reduction, self.vision_lr, self.mlp_lr, self.lengths = loss_reduction, vision_lr, mlp_lr, lengths
+        self.sample_weights = sample_weights
         self.skips: dict[tuple[str, str, int], str] = {}  # (dataset, file, line) -> reason: each sample once
         self._record_skips(initial_skips)
         self._tokens, self._clock = 0, time.perf_counter()
@@ -68,6 +72,10 @@ class SFTTrainer(Trainer):
         return self.optimizer
 
     def _get_train_sampler(self, train_dataset=None):
+        if self.sample_weights is not None:  # --use_data_resampling
+            generator = torch.Generator().manual_seed(self.args.seed)
+            return WeightedRandomSampler(self.sample_weights, num_samples=len(self.sample_weights), replacement=True,
+                                         generator=generator)
         if self.args.train_sampling_strategy == "group_by_length" and self.lengths is not None:
             return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                         lengths=self.lengths)
