@@ -42,3 +42,24 @@ def test_deepspeed_configs_leave_sizes_to_the_trainer(stage):
                 "gradient_clipping"):
         assert config[key] == "auto", key
     assert config["bf16"]["enabled"] == "auto" and config["optimizer"]["params"]["lr"] == "auto"
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_deepspeed_configs_pass_the_engine_schema(stage, loaded, tmp_path):
+    """transformers fills the "auto" values; DeepSpeed's own pydantic schema then checks every key."""
+    pytest.importorskip("deepspeed", reason="install with: pip install --no-build-isolation deepspeed")
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    model, _ = loaded
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=4,
+                             gradient_accumulation_steps=4, learning_rate=2e-5, weight_decay=0.05)
+    hf = HfTrainerDeepSpeedConfig(str(RECIPES / "deepspeed" / f"zero_stage{stage}_config.json"))
+    hf.trainer_config_process(args)
+    hf.trainer_config_finalize(args, model, num_training_steps=100)
+    config = DeepSpeedConfig(hf.config)
+    assert config.zero_optimization_stage == stage and config.gradient_accumulation_steps == 4
+    hf.config["zero_optimization"]["stagee"] = stage  # a typo must not pass
+    with pytest.raises(Exception, match="stagee"):
+        DeepSpeedConfig(hf.config)
