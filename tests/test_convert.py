@@ -74,6 +74,13 @@ def test_cli_round_trip_is_bit_exact(tiny_original, tmp_path):
     for key in src:
         assert src[key].dtype == back[key].dtype and torch.equal(src[key], back[key]), key
     config = json.loads((back_dir / "config.json").read_text())
+    source = json.loads((tiny_original / "config.json").read_text())
+    for key in ("rope_theta", "rope_scaling", "hidden_size", "num_hidden_layers", "num_key_value_heads", "vocab_size",
+                "rms_norm_eps", "max_position_embeddings", "torch_dtype", "architectures", "model_type"):
+        assert config["llm_config"][key] == source["llm_config"][key], key  # readable by InternVL's own code
+    assert "rope_parameters" not in config["llm_config"]
+    for key, value in source["vision_config"].items():
+        assert config["vision_config"][key] == value, key
     assert config["architectures"] == ["InternVLChatModel"]
     assert config["template"] == "internvl2_5" and config["llm_config"]["tie_word_embeddings"] is False
     assert config["auto_map"]["AutoModel"] == "modeling_internvl_chat.InternVLChatModel"

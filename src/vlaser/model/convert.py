@@ -240,6 +240,19 @@ def original_to_hf_config(config: dict, image_token_id: int) -> dict:
     }
 
 
+def _legacy_llm_config(text: dict) -> dict:
+    """transformers 5 keeps RoPE settings in ``rope_parameters`` and the dtype in ``dtype``; InternVL's own
+    code (and older readers) expect ``rope_theta``, ``rope_scaling`` and ``torch_dtype``."""
+    rope = dict(text.pop("rope_parameters", None) or {})
+    if "rope_theta" in rope:
+        text.setdefault("rope_theta", rope.pop("rope_theta"))
+    if text.get("rope_scaling") is None:
+        text["rope_scaling"] = rope if rope.get("rope_type", "default") != "default" else None
+    if text.get("dtype") is not None:
+        text["torch_dtype"] = text.pop("dtype")
+    return text
+
+
 def hf_to_original_config(config: dict) -> dict:
     """Translate a transformers ``internvl`` config back to the original layout (inverse of the above)."""
     extras = dict(config.get("internvl_chat") or {})
@@ -252,7 +265,7 @@ def hf_to_original_config(config: dict) -> dict:
     patch = vision.get("patch_size", 14)
     vision["patch_size"] = patch[0] if isinstance(patch, (list, tuple)) else patch
     vision.update(vis_extra)
-    llm = dict(config.get("text_config") or {})
+    llm = _legacy_llm_config(dict(config.get("text_config") or {}))
     llm.setdefault("architectures", ["Qwen2ForCausalLM"])
     llm["tie_word_embeddings"] = False
     out = {"architectures": ["InternVLChatModel"], "model_type": "internvl_chat"}
