@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from vlaser.cli import chat, convert, data, info, train
+from vlaser.cli import chat, convert, data, eval, info, train
 
-_VERBS = {"chat": chat, "convert": convert, "info": info, "train": train, "data": data}
+_VERBS = {"chat": chat, "convert": convert, "info": info, "train": train, "data": data, "eval": eval}
 
 
 def build_parser() -> argparse.ArgumentParser:

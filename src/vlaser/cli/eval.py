@@ -1,0 +1,67 @@
+"""``vlaser eval run | score | report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _options(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--option expects key=value, got {pair!r}")
+        out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
+def _common(p) -> None:
+    p.add_argument("--benchmark", required=True, help="registered name, e.g. where2place")
+    p.add_argument("--data", required=True, type=Path, help="the benchmark's folder in its official layout")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--protocol", default=None, help="scoring protocol when a benchmark has several")
+    p.add_argument("--option", action="append", default=[], help="benchmark option key=value (repeatable)")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate on embodied benchmarks")
+    verbs = p.add_subparsers(dest="eval_verb", required=True)
+    r = verbs.add_parser("run", help="ask a model every item (resumable), then score")
+    _common(r)
+    r.add_argument("--model", required=True, help="checkpoint directory")
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--max-num", type=int, default=None, help="tiles per image (default: the benchmark's, 6)")
+    r.add_argument("--max-new-tokens", type=int, default=None)
+    r.add_argument("--limit", type=int, default=None, help="only the first K items")
+    r.add_argument("--prompt", default="vlaser", choices=["vlaser", "official"])
+    r.add_argument("--dtype", default="auto")
+    r.add_argument("--device", default=None)
+    s = verbs.add_parser("score", help="score a predictions file ({'id', 'response'} per line) from anywhere")
+    _common(s)
+    s.add_argument("--predictions", required=True, type=Path)
+    rep = verbs.add_parser("report", help="one table across run folders, beside the paper's Table 1")
+    rep.add_argument("outs", nargs="+", type=Path)
+
+
+def run(args) -> int:
+    from vlaser.eval.benchmark import get_benchmark
+    from vlaser.eval.report import cross_run_table
+
+    if args.eval_verb == "report":
+        print(cross_run_table(args.outs))
+        return 0
+    benchmark = get_benchmark(args.benchmark, args.protocol, **_options(args.option))
+    if args.eval_verb == "run":
+        from vlaser.eval.backends import TransformersBackend
+        from vlaser.eval.runner import run as run_eval
+
+        backend = TransformersBackend(args.model, dtype=args.dtype, device=args.device)
+        metrics = run_eval(benchmark, backend, args.data, args.out, batch_size=args.batch_size, limit=args.limit,
+                           prompt=args.prompt, max_num=args.max_num, max_new_tokens=args.max_new_tokens)
+    else:
+        from vlaser.eval.runner import read_predictions, score
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        metrics = score(benchmark, benchmark.load(args.data), read_predictions(args.predictions), args.out)
+    print(f"{metrics['benchmark']}: {metrics['score']:.4f} over {metrics['n_scored']} items -> {args.out}/report.md")
+    return 0

@@ -1,0 +1,1 @@
+"""Benchmark harness: official on-disk formats in, official scores out, resumable and batched."""

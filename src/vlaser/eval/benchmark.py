@@ -1,0 +1,111 @@
+"""What a benchmark is: items read from its official files, prompts, and a per-item score.
+
+A benchmark module declares these and registers itself; loading the model, batching, resuming,
+sharding, aggregation and reporting live once, in ``runner.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+class BenchmarkDataError(ValueError):
+    """The benchmark's files are missing or malformed; the message names the file."""
+
+
+@dataclass
+class Item:
+    """One question: its official id, the query text, its image(s) and what scoring needs."""
+
+    id: str
+    question: str  # the task text without any answer-format instruction
+    official_prompt: str  # the prompt the benchmark's own code sends
+    images: list[Path]
+    meta: dict[str, Any] = field(default_factory=dict)
+    group: str = ""
+
+
+@dataclass
+class Score:
+    """Per-item result. ``value`` None means the item is left out of the mean (an official skip)."""
+
+    value: float | None
+    parsed: bool
+    points: list[tuple[float, float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Benchmark(abc.ABC):
+    """Subclass per benchmark: ``load`` the official files, build prompts, ``score`` one response."""
+
+    name: ClassVar[str]
+    protocols: ClassVar[tuple[str, ...]] = ("official",)
+    #: defaults of Vlaser's point evaluation
+    max_num: ClassVar[int] = 6
+    max_new_tokens: ClassVar[int] = 100
+    pointing: ClassVar[bool] = True
+
+    def __init__(self, protocol: str | None = None, **options):
+        self.protocol = protocol or self.protocols[0]
+        if self.protocol not in self.protocols:
+            raise ValueError(f"{self.name}: unknown protocol {self.protocol!r}; choose from {list(self.protocols)}")
+        self.options = options
+
+    @abc.abstractmethod
+    def load(self, data_dir: Path) -> list[Item]:
+        """Every item of the benchmark, read from its official on-disk layout under ``data_dir``."""
+
+    def prompt(self, item: Item, style: str) -> str:
+        """``vlaser``: the seed's point prefix + the question; ``official``: the benchmark's own prompt."""
+        from vlaser.points import point_question
+
+        if style == "official":
+            return item.official_prompt
+        if style != "vlaser":
+            raise ValueError(f"--prompt must be vlaser or official, got {style!r}")
+        return point_question(item.question)
+
+    @abc.abstractmethod
+    def score(self, item: Item, response: str) -> Score:
+        """Score one response as the benchmark's official code does."""
+
+    def aggregate(self, items: list[Item], scores: list[Score]) -> dict[str, Any]:
+        """Mean over scored items, overall and per group, plus counts."""
+        groups: dict[str, list[float]] = {}
+        values = []
+        for item, score in zip(items, scores):
+            if score.value is None:
+                continue
+            values.append(score.value)
+            if item.group:
+                groups.setdefault(item.group, []).append(score.value)
+        return {
+            "score": sum(values) / len(values) if values else 0.0,
+            "n": len(items),
+            "n_scored": len(values),
+            "n_unparsed": sum(not s.parsed for s in scores),
+            "by_group": {g: {"score": sum(v) / len(v), "n": len(v)} for g, v in sorted(groups.items())},
+        }
+
+
+#: name -> "module:Class", imported on first use
+REGISTRY: dict[str, str] = {
+    "where2place": "vlaser.eval.benchmarks.where2place:Where2Place",
+    "point_bench": "vlaser.eval.benchmarks.point_bench:PointBench",
+    "refspatial": "vlaser.eval.benchmarks.refspatial:RefSpatial",
+}
+
+
+def get_benchmark(name: str, protocol: str | None = None, **options) -> Benchmark:
+    if name not in REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(name, REGISTRY, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown benchmark {name!r}{hint} (registered: {sorted(REGISTRY)})")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)(protocol=protocol, **options)

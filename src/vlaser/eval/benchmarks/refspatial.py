@@ -1,0 +1,56 @@
+"""RefSpatial-Bench (RoboRefer): fraction of predicted points inside the mask, per split.
+
+Layout: ``Location/``, ``Placement/``, ``Unseen/``, each with ``question.json`` (``id``, ``object``,
+``prompt``, ``suffix``, ``rgb_path``, ``mask_path``, ...) and its ``image/`` and ``mask/`` folders. Item id:
+``<split folder>/<id>``. Mask: first channel / 255 > 0. The official prompt is ``"{prompt} {suffix}"``;
+such answers are parsed with RoboRefer's ``text2pts`` on the real image size (4-tuples scaled even when
+integer). Out-of-image points count 0, no point gives 0, a failed parse is skipped (as the official code).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
+from vlaser.eval.extract import robopoint_text2pts, vlaser_pixels
+from vlaser.eval.masks import load_mask, mean_value
+
+SPLITS = ("Location", "Placement", "Unseen")
+
+
+class RefSpatial(Benchmark):
+    name = "refspatial"
+
+    def load(self, data_dir: Path) -> list[Item]:
+        present = [s for s in SPLITS if (data_dir / s / "question.json").is_file()]
+        if not present:
+            raise BenchmarkDataError(f"{data_dir}: none of {[f'{s}/question.json' for s in SPLITS]} found")
+        items = []
+        for split in present:
+            path = data_dir / split / "question.json"
+            try:
+                rows = json.loads(path.read_text())
+                for row in rows:
+                    items.append(Item(
+                        id=f"{split}/{row['id']}", question=row["prompt"],
+                        official_prompt=f"{row['prompt']} {row['suffix']}",
+                        images=[data_dir / split / row["rgb_path"]], group=split,
+                        meta={"mask": str(data_dir / split / row["mask_path"]), "step": row.get("step")}))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise BenchmarkDataError(f"{path}: {e!r}") from e
+        return items
+
+    def score(self, item: Item, response: str) -> Score:
+        mask = load_mask(Path(item.meta["mask"]), "nonzero")
+        height, width = mask.shape
+        points = vlaser_pixels(response, width, height)
+        if points is None:
+            try:
+                points = robopoint_text2pts(response, *Image.open(item.images[0]).size, scale_int_boxes=True)
+            except Exception as e:  # the official summary skips answers whose parsing raises
+                return Score(0.0 if self.options.get("unparsed_as_zero") else None, parsed=False,
+                             extra={"error": str(e)})
+        return Score(mean_value(mask, points), parsed=bool(points), points=points)

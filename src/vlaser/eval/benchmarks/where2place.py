@@ -1,0 +1,59 @@
+"""Where2Place (RoboPoint): free-space pointing, scored as RoboPoint's ``summarize_vqa.py`` does.
+
+Layout: ``point_questions.jsonl`` (``question_id``, ``image``, ``text``, ``category``), ``images/``,
+``masks/NN.jpg`` named by line index. Score: mean over questions of the mean mask value at the predicted
+points; the JPEG mask is not binarised (soft edges give partial credit), out-of-image points score 0, and
+an answer whose parsing fails is skipped (left out of the mean) -- all as the official code does.
+RoboPoint-style answers (``[(0.41, 0.52)]``) are scaled with its hard-coded 640x480.
+Options: ``binarize=true`` rounds the mask; ``unparsed_as_zero=true`` scores failed parses 0;
+``real_size=true`` scales RoboPoint answers by the real image size.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
+from vlaser.eval.extract import robopoint_text2pts, vlaser_pixels
+from vlaser.eval.masks import load_mask, mean_value
+
+FORMAT_SPLIT = " Your answer"
+
+
+class Where2Place(Benchmark):
+    name = "where2place"
+
+    def load(self, data_dir: Path) -> list[Item]:
+        questions = data_dir / "point_questions.jsonl"
+        if not questions.is_file():
+            raise BenchmarkDataError(f"{questions} not found (expected RoboPoint's where2place layout)")
+        items = []
+        for index, line in enumerate(questions.read_text().splitlines()):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                text, image = row["text"], data_dir / "images" / row["image"]
+                qid = str(row["question_id"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise BenchmarkDataError(f"{questions}:{index + 1}: {e}") from e
+            items.append(Item(id=qid, question=text.split(FORMAT_SPLIT)[0].strip(), official_prompt=text,
+                              images=[image], group=str(row.get("category", "")),
+                              meta={"mask": str(data_dir / "masks" / f"{index:02d}.jpg")}))
+        return items
+
+    def score(self, item: Item, response: str) -> Score:
+        mask = load_mask(Path(item.meta["mask"]), "round" if self.options.get("binarize") else "soft")
+        height, width = mask.shape
+        points = vlaser_pixels(response, width, height)
+        if points is None:
+            size = Image.open(item.images[0]).size if self.options.get("real_size") else (640, 480)
+            try:
+                points = robopoint_text2pts(response, *size)
+            except Exception as e:  # the official loop skips any answer whose parsing raises
+                return Score(0.0 if self.options.get("unparsed_as_zero") else None, parsed=False,
+                             extra={"error": str(e)})
+        return Score(mean_value(mask, points), parsed=bool(points), points=points)

@@ -1,0 +1,144 @@
+"""The one evaluation loop: load items, ask what is not yet answered, score, write the outputs.
+
+``OUT/predictions.jsonl`` grows line by line as answers arrive, so a re-run resumes where it stopped;
+``OUT/metrics.json`` and ``OUT/report.md`` (plus pictures for pointing benchmarks) come from scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from vlaser.eval.benchmark import Benchmark, Item, Score
+from vlaser.model.preprocess import ImageLoadError
+
+log = logging.getLogger(__name__)
+
+
+def read_predictions(path: Path) -> dict[str, dict]:
+    """``id -> record`` from a predictions JSONL; a torn last line (a killed run) is ignored and reported."""
+    records: dict[str, dict] = {}
+    if not path.is_file():
+        return records
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            records[str(record["id"])] = record
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            if number == len(lines):
+                log.warning("%s:%d: incomplete last line (an interrupted run) is asked again", path, number)
+                continue
+            raise ValueError(f"{path}:{number}: not a prediction record ({e})") from e
+    return records
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """A run killed mid-write leaves a partial last line; cut it so appended answers start on a new line."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        log.warning("%s: dropping an incomplete last line (an interrupted run); that item is asked again", path)
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+
+
+def _check_run_config(out: Path, config: dict) -> None:
+    path = out / "run.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        keys = ("benchmark", "prompt", "protocol", "max_num", "max_new_tokens")
+        changed = [k for k in keys if previous.get(k) != config.get(k)]
+        if changed:
+            raise ValueError(f"{out} holds a run with different {changed}; use a new --out to avoid mixing answers")
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: int = 8, limit: int | None = None,
+        prompt: str = "vlaser", max_num: int | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
+    """Ask every item not yet in ``OUT/predictions.jsonl``, then score all of them."""
+    items = benchmark.load(Path(data_dir))[:limit]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    max_num = benchmark.max_num if max_num is None else max_num
+    max_new_tokens = benchmark.max_new_tokens if max_new_tokens is None else max_new_tokens
+    _check_run_config(out, {"benchmark": benchmark.name, "protocol": benchmark.protocol, "prompt": prompt,
+                            "max_num": max_num, "max_new_tokens": max_new_tokens, "data": str(data_dir),
+                            **backend.info()})
+    pred_path = out / "predictions.jsonl"
+    _drop_torn_tail(pred_path)
+    done = read_predictions(pred_path)
+    todo = [item for item in items if item.id not in done]
+    if done:
+        log.info("resuming: %d of %d items already answered", len(items) - len(todo), len(items))
+    with open(pred_path, "a") as stream, tqdm(total=len(items), initial=len(items) - len(todo),
+                                               desc=benchmark.name, unit="item") as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            for record in _ask(benchmark, backend, batch, prompt, max_num, max_new_tokens):
+                stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+                done[record["id"]] = record
+            stream.flush()
+            bar.update(len(batch))
+    return score(benchmark, items, done, out)
+
+
+def _ask(benchmark: Benchmark, backend, batch: list[Item], prompt: str, max_num: int, max_new_tokens: int
+         ) -> list[dict]:
+    prompts = [benchmark.prompt(item, prompt) for item in batch]
+    try:
+        responses = backend.generate([(item.images, p) for item, p in zip(batch, prompts)], max_num, max_new_tokens)
+        return [{"id": i.id, "prompt": p, "response": r} for i, p, r in zip(batch, prompts, responses)]
+    except ImageLoadError:
+        if len(batch) == 1:
+            raise
+    records = []  # one bad image: ask the others one by one, record the failure against its item
+    for item, p in zip(batch, prompts):
+        try:
+            records.append({"id": item.id, "prompt": p,
+                            "response": backend.generate([(item.images, p)], max_num, max_new_tokens)[0]})
+        except ImageLoadError as e:
+            log.warning("item %s: %s", item.id, e)
+            records.append({"id": item.id, "prompt": p, "response": "", "error": str(e)})
+    return records
+
+
+def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict], out: Path) -> dict[str, Any]:
+    """Score predictions (from any source) and write ``metrics.json``, ``scores.jsonl`` and ``report.md``."""
+    from vlaser.eval.report import write_pictures, write_report
+
+    known = {item.id for item in items}
+    unknown = sorted(set(predictions) - known)
+    missing = [item.id for item in items if item.id not in predictions]
+    answered = [item for item in items if item.id in predictions]
+    scores: list[Score] = []
+    with open(out / "scores.jsonl", "w") as stream:
+        for item in answered:
+            record = predictions[item.id]
+            s = Score(0.0, parsed=False, extra={"error": record["error"]}) if record.get("error") else \
+                benchmark.score(item, str(record.get("response", "")))
+            scores.append(s)
+            stream.write(json.dumps({"id": item.id, "score": s.value, "parsed": s.parsed, "points": s.points,
+                                     "group": item.group, **s.extra}) + "\n")
+    metrics = benchmark.aggregate(answered, scores)
+    metrics.update(benchmark=benchmark.name, protocol=benchmark.protocol, n_items=len(items),
+                   n_missing_predictions=len(missing), unknown_ids=unknown[:20], n_unknown_ids=len(unknown),
+                   errors=[predictions[i.id]["error"] for i in answered if predictions[i.id].get("error")],
+                   options=benchmark.options, scored_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if unknown:
+        log.warning("%d prediction id(s) are not in %s, e.g. %s", len(unknown), benchmark.name, unknown[:3])
+    if missing:
+        log.warning("%d item(s) have no prediction and are not scored", len(missing))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    pictures = write_pictures(benchmark, answered, scores, predictions, out) if benchmark.pointing else []
+    write_report(metrics, out, pictures)
+    return metrics

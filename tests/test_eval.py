@@ -1,0 +1,196 @@
+"""The evaluation harness and the pointing benchmarks on synthetic data in their official layouts."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlaser.cli import main
+from vlaser.eval.benchmark import BenchmarkDataError, get_benchmark
+from vlaser.eval.extract import robopoint_text2pts
+from vlaser.eval.runner import read_predictions, run
+
+
+def _mask(path, box, size, fmt):
+    arr = np.zeros((size[1], size[0]), dtype=np.uint8)
+    x0, y0, x1, y1 = box
+    arr[y0:y1, x0:x1] = 255
+    Image.fromarray(arr).save(path, format=fmt)
+
+
+def where2place(root, n=3):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    lines = []
+    for i in range(n):
+        Image.new("RGB", (640, 480), (90, 90, 90 + 40 * i)).save(root / "images" / f"{i}.jpg")
+        _mask(root / "masks" / f"{i:02d}.jpg", (200, 150, 440, 330), (640, 480), "JPEG")  # centre region
+        lines.append({"question_id": 100 + i, "image": f"{i}.jpg", "category": "seen" if i else "unseen",
+                      "text": f"Find free space {i} on the table. Your answer should be formatted as a list of "
+                              "tuples, i.e. [(x1, y1), (x2, y2), ...]."})
+    (root / "point_questions.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return root
+
+
+def point_bench(root):
+    rows = [{"image_filename": "a.png", "mask_filename": "a_mask.png", "user_input": "Point to the cup",
+             "category": "affordable", "count": 1},
+            {"image_filename": "b.png", "mask_filename": "b_mask.png", "user_input": "Point to all apples",
+             "category": "counting", "count": 2},
+            {"image_filename": "c.png", "user_input": "no mask here", "category": "spatial", "count": 1}]
+    (root / "masks").mkdir(parents=True)
+    for row in rows:
+        folder = root / "images" / row["category"]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (100, 80), (10, 10, 10)).save(folder / row["image_filename"])
+        if "mask_filename" in row:
+            _mask(root / "masks" / row["mask_filename"], (50, 0, 100, 80), (100, 80), "PNG")  # right half
+    (root / "data.json").write_text(json.dumps(rows))
+    return root
+
+
+def refspatial(root):
+    for split in ("Location", "Unseen"):
+        (root / split / "image").mkdir(parents=True)
+        (root / split / "mask").mkdir()
+        rows = []
+        for i in range(2):
+            Image.new("RGB", (200, 100), (0, 0, 0)).save(root / split / "image" / f"{i}.png")
+            _mask(root / split / "mask" / f"{i}.png", (0, 0, 100, 100), (200, 100), "PNG")  # left half
+            rows.append({"id": i, "object": "the mug", "prompt": f"Point to the mug {i}.", "step": 1,
+                         "suffix": "Your answer should be formatted as a list of tuples.", "category": split,
+                         "rgb_path": f"image/{i}.png", "mask_path": f"mask/{i}.png"})
+        (root / split / "question.json").write_text(json.dumps(rows))
+    return root
+
+
+def test_robopoint_parser_quirks():
+    assert robopoint_text2pts("[(0.5, 0.5)]") == [(320, 240)]  # floats scale by the hard-coded 640x480
+    assert robopoint_text2pts("(30, 40)") == [(30, 40)]  # ints are pixels
+    assert robopoint_text2pts("(0.5, 1)") == [(320, 480)]  # mixed: both scale, y=1 leaves the image
+    assert len(robopoint_text2pts("(0.0, 0.0, 0.01, 0.01)")) == 6 * 4  # a box adds every pixel inside
+    assert robopoint_text2pts("(1, 1, 3, 2)", scale_int_boxes=False) == [(1, 1), (2, 1)]
+
+
+def test_where2place_scores_like_robopoint(tmp_path):
+    bench = get_benchmark("where2place")
+    items = bench.load(where2place(tmp_path))
+    assert [i.id for i in items] == ["100", "101", "102"] and items[0].question == "Find free space 0 on the table."
+    item = items[0]
+    assert bench.score(item, "<point>[[500, 500]]</point>").value == pytest.approx(1.0, abs=0.02)
+    assert bench.score(item, "[(0.5, 0.5), (0.05, 0.05)]").value == pytest.approx(0.5, abs=0.02)
+    assert bench.score(item, "(700, 500)").value == 0.0  # outside the image
+    empty = bench.score(item, "I cannot tell.")
+    assert empty.value == 0.0 and not empty.parsed
+    edge = bench.score(item, "(200, 240)").value  # on the JPEG edge: soft credit, officially not binarised
+    binarised = get_benchmark("where2place", binarize=True).score(item, "(200, 240)").value
+    assert binarised in (0.0, 1.0) and 0 <= edge <= 1
+    skipped = bench.score(item, "(0.5, 0.5, 0.4, 0.4)")  # a reversed box makes the official parser raise
+    assert skipped.value is None
+    assert get_benchmark("where2place", unparsed_as_zero=True).score(item, "(0.5, 0.5, 0.4, 0.4)").value == 0.0
+
+
+def test_point_bench_first_point_and_counting(tmp_path):
+    bench = get_benchmark("point_bench")
+    items = {i.id: i for i in bench.load(point_bench(tmp_path))}
+    assert set(items) == {"a.png", "b.png"}  # the item without a mask is not part of the benchmark
+    a, b = items["a.png"], items["b.png"]
+    assert bench.score(a, '[{"point": [75, 40]}, {"point": [10, 10]}]').value == 1.0  # only the first counts
+    assert bench.score(a, '```json\n[{"point": [10, 10]}, {"point": [75, 40]}]\n```').value == 0.0
+    assert bench.score(a, "<point>[[800, 500]]</point>").value == 1.0  # grid 800 -> x 80 of 100
+    assert bench.score(b, "<point>[[800, 500], [900, 100]]</point>").value == 1.0
+    assert bench.score(b, "<point>[[800, 500]]</point>").value == 0.0  # wrong count
+    assert bench.score(b, "<point>[[800, 500], [100, 100]]</point>").value == 0.0  # one outside
+    assert "width=100px, height=80px" in a.official_prompt
+
+
+def test_refspatial_fraction_in_mask_per_split(tmp_path):
+    bench = get_benchmark("refspatial")
+    items = bench.load(refspatial(tmp_path))
+    assert [i.id for i in items] == ["Location/0", "Location/1", "Unseen/0", "Unseen/1"]
+    assert items[0].official_prompt == "Point to the mug 0. Your answer should be formatted as a list of tuples."
+    assert bench.score(items[0], "<point>[[100, 500], [900, 500]]</point>").value == 0.5
+    assert bench.score(items[0], "[(0.1, 0.5), (0.2, 0.5), (0.9, 0.5)]").value == pytest.approx(2 / 3)
+
+
+class ScriptedBackend:
+    """Answers every prompt with a fixed point; counts what it was asked."""
+
+    def __init__(self, answer="<point>[[500, 500]]</point>"):
+        self.answer, self.asked = answer, []
+
+    def info(self):
+        return {"backend": "scripted", "model": "scripted"}
+
+    def generate(self, requests, max_num, max_new_tokens):
+        self.asked += [prompt for _, prompt in requests]
+        return [self.answer] * len(requests)
+
+
+def test_run_writes_outputs_and_resumes(tmp_path):
+    data = where2place(tmp_path / "w2p", n=5)
+    bench = get_benchmark("where2place")
+    full = run(bench, ScriptedBackend(), data, tmp_path / "full", batch_size=2)
+    out = tmp_path / "killed"
+    backend = ScriptedBackend()
+    run(bench, backend, data, out, batch_size=2)
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    (out / "predictions.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:15])  # killed mid-write
+    again = ScriptedBackend()
+    resumed = run(bench, again, data, out, batch_size=2)
+    assert len(again.asked) == 3  # the torn line and the two after it
+    assert resumed["score"] == full["score"] and resumed["n_scored"] == 5
+    assert len(read_predictions(out / "predictions.jsonl")) == 5
+    for name in ("metrics.json", "report.md", "scores.jsonl", "index.html"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "pictures").glob("*.png"))) == 5
+    assert backend.asked[0].startswith("You are InternVL. Your task is to locate several points")
+    with pytest.raises(ValueError, match="different"):
+        run(bench, ScriptedBackend(), data, out, prompt="official")
+
+
+def test_score_reports_unknown_ids_and_missing_items(tmp_path):
+    data = point_bench(tmp_path / "pb")
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text(json.dumps({"id": "a.png", "response": '[{"point": [75, 40]}]'}) + "\n"
+                     + json.dumps({"id": "zzz.png", "response": "x"}) + "\n")
+    assert main(["eval", "score", "--benchmark", "point_bench", "--data", str(data), "--predictions", str(preds),
+                 "--out", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["score"] == 1.0 and metrics["n_unknown_ids"] == 1 and metrics["n_missing_predictions"] == 1
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(BenchmarkDataError, match="point_questions.jsonl"):
+        get_benchmark("where2place").load(tmp_path)
+    data = where2place(tmp_path / "w", n=2)
+    (data / "images" / "1.jpg").unlink()
+    metrics = run(get_benchmark("where2place"), TinyImageCheckingBackend(), data, tmp_path / "o", batch_size=2)
+    assert metrics["n_scored"] == 2 and any("1.jpg" in e for e in metrics["errors"])
+    with pytest.raises(ValueError, match="did you mean 'where2place'"):
+        get_benchmark("where2plac")
+
+
+class TinyImageCheckingBackend(ScriptedBackend):
+    def generate(self, requests, max_num, max_new_tokens):
+        from vlaser.model.preprocess import load_image
+
+        for paths, _ in requests:
+            load_image(paths[0])
+        return super().generate(requests, max_num, max_new_tokens)
+
+
+def test_eval_run_cli_with_tiny_model_and_report(tiny_original, tmp_path, capsys):
+    data = refspatial(tmp_path / "rs")
+    out = tmp_path / "run"
+    assert main(["eval", "run", "--model", str(tiny_original), "--benchmark", "refspatial", "--data", str(data),
+                 "--out", str(out), "--batch-size", "3", "--max-new-tokens", "8", "--dtype", "float32"]) == 0
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["Location/0", "Location/1", "Unseen/0", "Unseen/1"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["by_group"]) == {"Location", "Unseen"}
+    capsys.readouterr()
+    assert main(["eval", "report", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "refspatial" in table and "paper: Vlaser-2B" in table and "43.0" in table
