@@ -194,3 +194,23 @@ def test_eval_run_cli_with_tiny_model_and_report(tiny_original, tmp_path, capsys
     assert main(["eval", "report", str(out)]) == 0
     table = capsys.readouterr().out
     assert "refspatial" in table and "paper: Vlaser-2B" in table and "43.0" in table
+
+
+def test_two_process_eval_equals_one(tiny_original, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data = refspatial(tmp_path / "rs")
+    args = ["--model", str(tiny_original), "--benchmark", "refspatial", "--data", str(data), "--batch-size", "2",
+            "--max-new-tokens", "6", "--dtype", "float32"]
+    assert main(["eval", "run", *args, "--out", str(tmp_path / "one")]) == 0
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "vlaser", "eval", "run", *args, "--out", str(tmp_path / "two")],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = (tmp_path / "one" / "predictions.jsonl").read_text()
+    two = (tmp_path / "two" / "predictions.jsonl").read_text()
+    assert one == two and not list((tmp_path / "two").glob("predictions.rank*"))
+    m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert (m1["score"], m1["by_group"]) == (m2["score"], m2["by_group"])

@@ -10,8 +10,14 @@ class TransformersBackend:
     """Batched greedy generation with a local checkpoint (``VLM.ask_batch``: left-padded ``batch_chat``)."""
 
     def __init__(self, model_path: str, dtype="auto", device=None):
+        import os
+
+        import torch
+
         from vlaser.api import VLM
 
+        if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+            device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun process
         self.model_path = model_path
         self.vlm = VLM.from_pretrained(model_path, dtype=dtype, device=device)
 

@@ -75,7 +75,7 @@ def write_report(metrics: dict, out: Path, pictures: list[dict]) -> None:
         lines.append("")
     if pictures:
         lines += [f"Pictures of {len(pictures)} items: [index.html](index.html)", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
 def cross_run_table(outs: list[Path]) -> str:

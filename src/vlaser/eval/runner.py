@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -63,25 +64,73 @@ def _check_run_config(out: Path, config: dict) -> None:
     path.write_text(json.dumps(config, indent=2) + "\n")
 
 
+def _world() -> tuple[int, int]:
+    """``(rank, world size)`` under torchrun (a gloo group is started for the barriers); ``(0, 1)`` otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), world
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def _merge(items: list[Item], out: Path, pred_path: Path) -> dict[str, dict]:
+    """Fold the per-rank files into ``predictions.jsonl`` (item order), written atomically."""
+    done = read_predictions(pred_path)
+    parts = sorted(out.glob("predictions.rank*.jsonl"))
+    for part in parts:
+        done.update(read_predictions(part))
+    ordered = [done[item.id] for item in items if item.id in done]
+    ordered += [record for key, record in done.items() if key not in {item.id for item in items}]
+    tmp = pred_path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
+    tmp.replace(pred_path)
+    for part in parts:
+        part.unlink()
+    return done
+
+
 def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: int = 8, limit: int | None = None,
         prompt: str = "vlaser", max_num: int | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
-    """Ask every item not yet in ``OUT/predictions.jsonl``, then score all of them."""
+    """Ask every item not yet answered in ``OUT``, then score all of them.
+
+    Under ``torchrun`` each process takes every N-th item and appends to its own file; process 0 then
+    merges them into ``predictions.jsonl`` and scores, so metrics equal a single-process run.
+    """
     items = benchmark.load(Path(data_dir))[:limit]
     out = Path(out)
+    rank, world = _world()
     out.mkdir(parents=True, exist_ok=True)
     max_num = benchmark.max_num if max_num is None else max_num
     max_new_tokens = benchmark.max_new_tokens if max_new_tokens is None else max_new_tokens
-    _check_run_config(out, {"benchmark": benchmark.name, "protocol": benchmark.protocol, "prompt": prompt,
-                            "max_num": max_num, "max_new_tokens": max_new_tokens, "data": str(data_dir),
-                            **backend.info()})
+    if rank == 0:
+        _check_run_config(out, {"benchmark": benchmark.name, "protocol": benchmark.protocol, "prompt": prompt,
+                                "max_num": max_num, "max_new_tokens": max_new_tokens, "data": str(data_dir),
+                                **backend.info()})
     pred_path = out / "predictions.jsonl"
-    _drop_torn_tail(pred_path)
+    my_path = pred_path if world == 1 else out / f"predictions.rank{rank}.jsonl"
+    if world > 1:
+        _barrier()  # the config check has passed before anyone writes
+    _drop_torn_tail(my_path)
+    if world == 1 and any(out.glob("predictions.rank*.jsonl")):
+        _merge(items, out, pred_path)  # answers of an interrupted sharded run
     done = read_predictions(pred_path)
-    todo = [item for item in items if item.id not in done]
-    if done:
-        log.info("resuming: %d of %d items already answered", len(items) - len(todo), len(items))
-    with open(pred_path, "a") as stream, tqdm(total=len(items), initial=len(items) - len(todo),
-                                               desc=benchmark.name, unit="item") as bar:
+    for part in out.glob("predictions.rank*.jsonl"):
+        done.update(read_predictions(part))
+    mine = items[rank::world]
+    todo = [item for item in mine if item.id not in done]
+    if len(todo) < len(mine):
+        log.info("resuming: %d of %d items already answered", len(mine) - len(todo), len(mine))
+    with open(my_path, "a") as stream, tqdm(total=len(mine), initial=len(mine) - len(todo), desc=benchmark.name,
+                                             unit="item", disable=rank != 0) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             for record in _ask(benchmark, backend, batch, prompt, max_num, max_new_tokens):
@@ -89,7 +138,13 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
                 done[record["id"]] = record
             stream.flush()
             bar.update(len(batch))
-    return score(benchmark, items, done, out)
+    if world == 1:
+        return score(benchmark, items, done, out)
+    _barrier()
+    if rank == 0:
+        score(benchmark, items, _merge(items, out, pred_path), out)
+    _barrier()
+    return json.loads((out / "metrics.json").read_text())
 
 
 def _ask(benchmark: Benchmark, backend, batch: list[Item], prompt: str, max_num: int, max_new_tokens: int
