@@ -9,7 +9,7 @@ from PIL import Image
 from vlaser.cli import main
 from vlaser.eval.benchmark import BenchmarkDataError, get_benchmark
 from vlaser.eval.extract import robopoint_text2pts
-from vlaser.eval.runner import read_predictions, run
+from vlaser.eval.runner import read_predictions, run, score
 
 
 def _mask(path, box, size, fmt):
@@ -214,3 +214,52 @@ def test_two_process_eval_equals_one(tiny_original, tmp_path):
     assert one == two and not list((tmp_path / "two").glob("predictions.rank*"))
     m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     assert (m1["score"], m1["by_group"]) == (m2["score"], m2["by_group"])
+
+
+def _vlaser_jsonl(root, rows, name="points.jsonl"):
+    root.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        path = root / row["image"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (200, 100), (0, 0, 0)).save(path)
+    (root / name).write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return root
+
+
+def test_pixmo_points_vlaser_protocol(tmp_path):
+    rows = [{"id": "p1", "image": "a.jpg", "conversations": [
+                {"from": "human", "value": "<image>\nPoint to <ref>the cup</ref>"},
+                {"from": "gpt", "value": "<ref>the cup</ref><point>[[100, 100], [500, 500]]</point>"},
+                {"from": "human", "value": "And <ref>the bowl</ref>"},
+                {"from": "gpt", "value": "<ref>the bowl</ref><point>[[900, 900]]</point>"}]},
+            {"image": "sub/b.jpg", "conversations": [
+                {"from": "human", "value": "<ref>a fork</ref>"},
+                {"from": "gpt", "value": "<ref>a fork</ref>[[10, 10]]"}]}]
+    data = _vlaser_jsonl(tmp_path / "px", rows)
+    bench = get_benchmark("pixmo_points")
+    items = bench.load(data)
+    assert [i.id for i in items] == ["p1#0", "p1#1", "1"]
+    assert bench.prompt(items[0], "vlaser").endswith("Please provide the referring points of the cup.")
+    assert bench.prompt(items[0], "vlaser").startswith(" You are InternVL.")
+    preds = {"p1#0": "<point>[[110, 110], [300, 300], [505.5, 490]]</point>",  # 2 of 3 within 25
+             "p1#1": "nothing",  # no point: one miss
+             "1": "[[10, 10]]"}  # its image has a folder: the official keys miss it, so it is skipped
+    metrics = score(bench, items, {k: {"id": k, "response": v} for k, v in preds.items()}, tmp_path / "out")
+    assert (metrics["correct_points"], metrics["counted_points"], metrics["n_scored"]) == (2, 4, 2)
+    assert metrics["score"] == 0.5
+    fixed = get_benchmark("pixmo_points", match_by_line=True)
+    assert score(fixed, items, {k: {"id": k, "response": v} for k, v in preds.items()},
+                 tmp_path / "out2")["score"] == pytest.approx(3 / 5)
+
+
+def test_paco_lvis_vlaser_protocol(tmp_path):
+    square = [[0, 0, 100, 0, 100, 100, 0, 100]]  # left half of a 200x100 image
+    rows = [{"id": 7, "image": "c.jpg", "segmentation": [square], "conversations": [
+        {"from": "human", "value": "<ref>the handle of the mug</ref>"}, {"from": "gpt", "value": "x"}]}]
+    data = _vlaser_jsonl(tmp_path / "paco", rows, name="paco.jsonl")
+    bench = get_benchmark("paco_lvis")
+    items = bench.load(data)
+    assert [i.id for i in items] == ["7"]
+    s = bench.score(items[0], "<point>[[100, 500], [900, 500], [400, 999]]</point>")
+    assert (s.extra["correct"], s.extra["total"]) == (2, 3) and s.points == [(20, 50), (180, 50), (80, 99)]
+    assert bench.score(items[0], "").extra == {"correct": 0, "total": 1}

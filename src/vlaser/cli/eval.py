@@ -61,7 +61,6 @@ def run(args) -> int:
     else:
         from vlaser.eval.runner import read_predictions, score
 
-        args.out.mkdir(parents=True, exist_ok=True)
         metrics = score(benchmark, benchmark.load(args.data), read_predictions(args.predictions), args.out)
     print(f"{metrics['benchmark']}: {metrics['score']:.4f} over {metrics['n_scored']} items -> {args.out}/report.md")
     return 0

@@ -97,6 +97,8 @@ REGISTRY: dict[str, str] = {
     "where2place": "vlaser.eval.benchmarks.where2place:Where2Place",
     "point_bench": "vlaser.eval.benchmarks.point_bench:PointBench",
     "refspatial": "vlaser.eval.benchmarks.refspatial:RefSpatial",
+    "pixmo_points": "vlaser.eval.benchmarks.pixmo_points:PixmoPoints",
+    "paco_lvis": "vlaser.eval.benchmarks.paco_lvis:PacoLvis",
 }
 
 

@@ -171,6 +171,7 @@ def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict],
     """Score predictions (from any source) and write ``metrics.json``, ``scores.jsonl`` and ``report.md``."""
     from vlaser.eval.report import write_pictures, write_report
 
+    out.mkdir(parents=True, exist_ok=True)
     known = {item.id for item in items}
     unknown = sorted(set(predictions) - known)
     missing = [item.id for item in items if item.id not in predictions]
