@@ -263,3 +263,45 @@ def test_paco_lvis_vlaser_protocol(tmp_path):
     s = bench.score(items[0], "<point>[[100, 500], [900, 500], [400, 999]]</point>")
     assert (s.extra["correct"], s.extra["total"]) == (2, 3) and s.points == [(20, 50), (180, 50), (80, 99)]
     assert bench.score(items[0], "").extra == {"correct": 0, "total": 1}
+
+
+def test_openai_backend_against_a_local_server(tmp_path):
+    """`eval run --api-base` sends images as data URLs and retries a failing server (loopback only)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen, failures = [], [1]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if failures and failures.pop():
+                self.send_response(503)
+                self.end_headers()
+                return
+            seen.append(body)
+            answer = {"choices": [{"message": {"role": "assistant", "content": "<point>[[500, 500]]</point>"}}]}
+            data = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        data = where2place(tmp_path / "w", n=3)
+        out = tmp_path / "api"
+        assert main(["eval", "run", "--api-base", f"http://127.0.0.1:{server.server_port}/v1", "--api-model", "vlaser",
+                     "--benchmark", "where2place", "--data", str(data), "--out", str(out)]) == 0
+    finally:
+        server.shutdown()
+    assert len(seen) == 3 and seen[0]["model"] == "vlaser" and seen[0]["temperature"] == 0.0
+    content = seen[0]["messages"][0]["content"]
+    assert content[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    assert content[1]["text"].startswith("You are InternVL.")
+    assert json.loads((out / "metrics.json").read_text())["score"] == pytest.approx(1.0, abs=0.02)

@@ -28,7 +28,11 @@ def add_parser(sub) -> None:
     verbs = p.add_subparsers(dest="eval_verb", required=True)
     r = verbs.add_parser("run", help="ask a model every item (resumable), then score")
     _common(r)
-    r.add_argument("--model", required=True, help="checkpoint directory")
+    source = r.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="checkpoint directory (local transformers backend)")
+    source.add_argument("--api-base", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    r.add_argument("--api-model", help="model name on the server (with --api-base)")
+    r.add_argument("--concurrency", type=int, default=8, help="parallel requests (with --api-base)")
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--max-num", type=int, default=None, help="tiles per image (default: the benchmark's, 6)")
     r.add_argument("--max-new-tokens", type=int, default=None)
@@ -52,10 +56,15 @@ def run(args) -> int:
         return 0
     benchmark = get_benchmark(args.benchmark, args.protocol, **_options(args.option))
     if args.eval_verb == "run":
-        from vlaser.eval.backends import TransformersBackend
+        from vlaser.eval.backends import OpenAIBackend, TransformersBackend
         from vlaser.eval.runner import run as run_eval
 
-        backend = TransformersBackend(args.model, dtype=args.dtype, device=args.device)
+        if args.api_base:
+            if not args.api_model:
+                raise ValueError("--api-base needs --api-model (the model name the server knows)")
+            backend = OpenAIBackend(args.api_base, args.api_model, concurrency=args.concurrency)
+        else:
+            backend = TransformersBackend(args.model, dtype=args.dtype, device=args.device)
         metrics = run_eval(benchmark, backend, args.data, args.out, batch_size=args.batch_size, limit=args.limit,
                            prompt=args.prompt, max_num=args.max_num, max_new_tokens=args.max_new_tokens)
     else:
