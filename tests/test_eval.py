@@ -144,7 +144,7 @@ def test_run_writes_outputs_and_resumes(tmp_path):
     assert len(read_predictions(out / "predictions.jsonl")) == 5
     for name in ("metrics.json", "report.md", "scores.jsonl", "index.html"):
         assert (out / name).is_file(), name
-    assert len(list((out / "pictures").glob("*.png"))) == 5
+    assert len(list((out / "pictures").glob("*.jpg"))) == 5
     assert backend.asked[0].startswith("You are InternVL. Your task is to locate several points")
     with pytest.raises(ValueError, match="different"):
         run(bench, ScriptedBackend(), data, out, prompt="official")
@@ -173,12 +173,10 @@ def test_missing_files_are_named(tmp_path):
 
 
 class TinyImageCheckingBackend(ScriptedBackend):
-    def generate(self, requests, max_num, max_new_tokens):
+    def prepare(self, paths, max_num):
         from vlaser.model.preprocess import load_image
 
-        for paths, _ in requests:
-            load_image(paths[0])
-        return super().generate(requests, max_num, max_new_tokens)
+        return load_image(paths[0])
 
 
 def test_eval_run_cli_with_tiny_model_and_report(tiny_original, tmp_path, capsys):

@@ -34,7 +34,7 @@ class PointAnswer:
 
 
 @dataclass
-class _Media:
+class Media:
     pixel_values: torch.Tensor | None
     num_patches: list[int]
     prefix: str
@@ -62,25 +62,26 @@ class VLM:
         model, tokenizer = load_model(path, dtype=dtype, device=device)
         return cls(model, tokenizer, **kwargs)
 
-    def _media(self, images: Images, video: str | os.PathLike | None, max_num: int | None,
-               num_segments: int) -> _Media:
+    def media(self, images: Images, video: str | os.PathLike | None = None, max_num: int | None = None,
+              num_segments: int = 8) -> Media:
+        """Load and tile images (or sample a video) once; pass the result to :meth:`generate`."""
         max_num = self.max_num if max_num is None else max_num
         if video is not None:
             if images:
                 raise ValueError("pass either images or a video, not both")
             pixel_values, counts = load_video(video, input_size=self.image_size, num_segments=num_segments)
-            return _Media(pixel_values, counts, video_prefix(len(counts)), [])
+            return Media(pixel_values, counts, video_prefix(len(counts)), [])
         if images is None:
-            return _Media(None, [], "", [])
+            return Media(None, [], "", [])
         items = [images] if isinstance(images, (str, bytes, os.PathLike, Image.Image)) or (
             hasattr(images, "ndim")) else list(images)
         pils = [to_pil(im) for im in items]
         tiles = [image_to_tiles(im, max_num=max_num, image_size=self.image_size) for im in pils]
         prefix = multi_image_prefix(len(pils)) if len(pils) > 1 else ""
-        return _Media(torch.cat(tiles) if tiles else None, [t.shape[0] for t in tiles], prefix,
+        return Media(torch.cat(tiles) if tiles else None, [t.shape[0] for t in tiles], prefix,
                       [im.size for im in pils])
 
-    def _question(self, media: _Media, question: str) -> str:
+    def _question(self, media: Media, question: str) -> str:
         if media.prefix and IMAGE_PLACEHOLDER not in question:
             return media.prefix + question
         return question
@@ -91,17 +92,18 @@ class VLM:
     def ask(self, images: Images, question: str, video: str | os.PathLike | None = None, max_num: int | None = None,
             num_segments: int = 8, **generation) -> str:
         """Answer a question about zero, one or several images (``Image-i:`` prompts) or a video (``Frame-i:``)."""
-        media = self._media(images, video, max_num, num_segments)
-        return self._generate([media], [question], generation)[0]
+        media = self.media(images, video, max_num, num_segments)
+        return self.generate([media], [question], generation)[0]
 
     def ask_batch(self, requests: Sequence[tuple[Images, str]], max_num: int | None = None,
                   **generation) -> list[str]:
         """Answer several ``(images, question)`` pairs in one left-padded batch."""
-        media = [self._media(images, None, max_num, 0) for images, _ in requests]
-        return self._generate(media, [q for _, q in requests], generation)
+        media = [self.media(images, None, max_num, 0) for images, _ in requests]
+        return self.generate(media, [q for _, q in requests], generation)
 
-    def _generate(self, media: Sequence[_Media], questions: Sequence[str], generation: dict,
-                  keep_grounding_tokens: bool = False) -> list[str]:
+    def generate(self, media: Sequence[Media], questions: Sequence[str], generation: dict,
+                 keep_grounding_tokens: bool = False) -> list[str]:
+        """Answer prepared media with questions, in one left-padded batch."""
         prompts = [
             build_chat_prompt(self._question(m, q), self.model.conv_template, m.num_patches,
                               self.model.num_image_token, system_message=self.model.system_message)[1]
@@ -121,9 +123,9 @@ class VLM:
                     prompt: bool = True, **generation) -> list[PointAnswer]:
         """:meth:`point` for several ``(image, query)`` pairs in one batch."""
         pils = [to_pil(image) for image, _ in requests]
-        media = [self._media(im, None, max_num, 0) for im in pils]
+        media = [self.media(im, None, max_num, 0) for im in pils]
         questions = [point_question(q) if prompt else q for _, q in requests]
-        texts = self._generate(media, questions, {"max_new_tokens": max_new_tokens, **generation},
+        texts = self.generate(media, questions, {"max_new_tokens": max_new_tokens, **generation},
                                keep_grounding_tokens=True)
         answers = []
         for text, im in zip(texts, pils):
@@ -135,13 +137,13 @@ class VLM:
     def session(self, images: Images = None, video=None, max_num: int | None = None,
                 num_segments: int = 8) -> Session:
         """A multi-turn conversation about fixed media (the original ``chat`` with ``history``)."""
-        return Session(self, self._media(images, video, max_num, num_segments))
+        return Session(self, self.media(images, video, max_num, num_segments))
 
 
 class Session:
     """Multi-turn chat: each :meth:`ask` sees the earlier turns, exactly like ``model.chat(history=...)``."""
 
-    def __init__(self, vlm: VLM, media: _Media):
+    def __init__(self, vlm: VLM, media: Media):
         self.vlm, self.media = vlm, media
         self.history: list[tuple[str, str]] | None = None
 

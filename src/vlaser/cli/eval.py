@@ -21,6 +21,7 @@ def _common(p) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--protocol", default=None, help="scoring protocol when a benchmark has several")
     p.add_argument("--option", action="append", default=[], help="benchmark option key=value (repeatable)")
+    p.add_argument("--pictures", type=int, default=50, help="pictures of the first N items (0: none)")
 
 
 def add_parser(sub) -> None:
@@ -66,10 +67,12 @@ def run(args) -> int:
         else:
             backend = TransformersBackend(args.model, dtype=args.dtype, device=args.device)
         metrics = run_eval(benchmark, backend, args.data, args.out, batch_size=args.batch_size, limit=args.limit,
-                           prompt=args.prompt, max_num=args.max_num, max_new_tokens=args.max_new_tokens)
+                           prompt=args.prompt, max_num=args.max_num, max_new_tokens=args.max_new_tokens,
+                           pictures=args.pictures)
     else:
         from vlaser.eval.runner import read_predictions, score
 
-        metrics = score(benchmark, benchmark.load(args.data), read_predictions(args.predictions), args.out)
+        metrics = score(benchmark, benchmark.load(args.data), read_predictions(args.predictions), args.out,
+                        args.pictures)
     print(f"{metrics['benchmark']}: {metrics['score']:.4f} over {metrics['n_scored']} items -> {args.out}/report.md")
     return 0

@@ -38,10 +38,15 @@ class TransformersBackend:
     def info(self) -> dict:
         return {"backend": "transformers", "model": self.model_path, "dtype": str(self.vlm.model.dtype)}
 
-    def generate(self, requests: Sequence[tuple[list[Path], str]], max_num: int, max_new_tokens: int) -> list[str]:
-        images = [paths[0] if len(paths) == 1 else paths for paths, _ in requests]
-        return self.vlm.ask_batch([(im, prompt) for im, (_, prompt) in zip(images, requests)], max_num=max_num,
-                                  max_new_tokens=max_new_tokens, do_sample=False)
+    def prepare(self, paths: Sequence[Path], max_num: int):
+        """Load and tile an item's images (the runner does this for the next batch during generation)."""
+        return self.vlm.media(paths[0] if len(paths) == 1 else list(paths), max_num=max_num)
+
+    def generate(self, requests: Sequence[tuple[object, str]], max_num: int, max_new_tokens: int) -> list[str]:
+        """Greedy answers for ``(prepared media or image paths, prompt)`` pairs, in one batch."""
+        media = [m if not isinstance(m, (list, tuple)) else self.prepare(m, max_num) for m, _ in requests]
+        return self.vlm.generate(media, [prompt for _, prompt in requests],
+                                 {"max_new_tokens": max_new_tokens, "do_sample": False})
 
 
 def to_payload(paths: Sequence[Path], prompt: str, model: str, max_new_tokens: int) -> dict:
@@ -96,12 +101,15 @@ class OpenAIBackend:
                 time.sleep(min(2**attempt, 30) * 0.5)
         raise AssertionError("unreachable")
 
-    def generate(self, requests: Sequence[tuple[list[Path], str]], max_num: int, max_new_tokens: int) -> list[str]:
+    def prepare(self, paths: Sequence[Path], max_num: int) -> list[Path]:
+        """Check the images open (a missing or corrupt one is named here, before any request)."""
         from vlaser.model.preprocess import to_pil
 
-        for paths, _ in requests:  # a missing or corrupt image fails here, naming the file, before any request
-            for path in paths:
-                to_pil(path)
+        for path in paths:
+            to_pil(path)
+        return list(paths)
+
+    def generate(self, requests: Sequence[tuple[list[Path], str]], max_num: int, max_new_tokens: int) -> list[str]:
         payloads = [to_payload(paths, prompt, self.model, max_new_tokens) for paths, prompt in requests]
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(self._post, payloads))

@@ -24,32 +24,38 @@ PAPER_TABLE_1: dict[str, dict[str, float]] = {
         "Vlaser-8B": (69.5, 60.3, 68.3, 40.5, 59.2),
     }.items()
 }
-MAX_PICTURES = 50
+PICTURE_WIDTH = 480  #: pictures are shown at 320 px; 480 keeps detail for zooming, and keeps writing them cheap
 
 
 def _overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
-    """The image with the ground-truth mask tinted green."""
-    if mask.shape[::-1] != image.size:
-        mask = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).resize(image.size))
-        mask = mask / 255.0
-    base = np.asarray(image.convert("RGB")).astype(np.float64)
-    alpha = 0.45 * np.clip(mask, 0, 1)[..., None]
-    tinted = base * (1 - alpha) + np.array([40, 220, 90]) * alpha
-    return Image.fromarray(tinted.astype(np.uint8))
+    """The image with the ground-truth mask tinted green (soft masks tint in proportion)."""
+    image = image.convert("RGB")
+    alpha = Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8)).resize(image.size)
+    tinted = Image.blend(image, Image.new("RGB", image.size, (40, 220, 90)), 0.45)
+    return Image.composite(tinted, image, alpha)
+
+
+def _picture(image_path: Path, mask_path: Path, points) -> Image.Image:
+    """The image (at most ``PICTURE_WIDTH`` wide) with the mask tinted and the points drawn."""
+    with Image.open(image_path) as image:
+        scale = min(1.0, PICTURE_WIDTH / image.width)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        small = image.convert("RGB").resize(size, Image.BILINEAR)
+    mask = load_mask(mask_path, "soft")
+    return draw_points(_overlay(small, mask), [(x * scale, y * scale) for x, y in points])
 
 
 def write_pictures(benchmark, items, scores, predictions, out: Path) -> list[dict]:
-    """A PNG per item (the first ``MAX_PICTURES``): mask overlaid, predicted points drawn; and ``index.html``."""
+    """A picture per item given: mask overlaid, points drawn; and ``index.html`` showing them."""
     folder = out / "pictures"
     folder.mkdir(exist_ok=True)
     cards = []
-    for item, score in list(zip(items, scores))[:MAX_PICTURES]:
+    for item, score in zip(items, scores):
         if not item.images[0].is_file() or "mask" not in item.meta or not Path(item.meta["mask"]).is_file():
             continue
-        with Image.open(item.images[0]) as image:
-            picture = draw_points(_overlay(image, load_mask(Path(item.meta["mask"]), "soft")), score.points)
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", item.id) + ".png"
-        picture.save(folder / name)
+        picture = _picture(item.images[0], Path(item.meta["mask"]), score.points)
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", item.id) + ".jpg"
+        picture.save(folder / name, quality=85)
         cards.append({"id": item.id, "file": f"pictures/{name}", "score": score.value,
                       "prompt": predictions[item.id].get("prompt", ""),
                       "response": predictions[item.id].get("response", "")})

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,8 @@ def _merge(items: list[Item], out: Path, pred_path: Path) -> dict[str, dict]:
 
 
 def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: int = 8, limit: int | None = None,
-        prompt: str = "vlaser", max_num: int | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
+        prompt: str = "vlaser", max_num: int | None = None, max_new_tokens: int | None = None,
+        pictures: int = 50) -> dict[str, Any]:
     """Ask every item not yet answered in ``OUT``, then score all of them.
 
     Under ``torchrun`` each process takes every N-th item and appends to its own file; process 0 then
@@ -129,46 +131,63 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     todo = [item for item in mine if item.id not in done]
     if len(todo) < len(mine):
         log.info("resuming: %d of %d items already answered", len(mine) - len(todo), len(mine))
-    with open(my_path, "a") as stream, tqdm(total=len(mine), initial=len(mine) - len(todo), desc=benchmark.name,
-                                             unit="item", disable=rank != 0) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            for record in _ask(benchmark, backend, batch, prompt, max_num, max_new_tokens):
+    batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+    with open(my_path, "a") as stream, ThreadPoolExecutor(max_workers=1) as loader, \
+            tqdm(total=len(mine), initial=len(mine) - len(todo), desc=benchmark.name, unit="item",
+                 disable=rank != 0) as bar:
+        # the next batch's images are read and tiled on a worker thread while this one generates
+        upcoming = loader.submit(_prepare, backend, batches[0], max_num) if batches else None
+        for number, batch in enumerate(batches):
+            prepared = upcoming.result()
+            if number + 1 < len(batches):
+                upcoming = loader.submit(_prepare, backend, batches[number + 1], max_num)
+            for record in _ask(benchmark, backend, batch, prepared, prompt, max_num, max_new_tokens):
                 stream.write(json.dumps(record, ensure_ascii=False) + "\n")
                 done[record["id"]] = record
             stream.flush()
             bar.update(len(batch))
     if world == 1:
-        return score(benchmark, items, done, out)
+        return score(benchmark, items, done, out, pictures)
     _barrier()
     if rank == 0:
-        score(benchmark, items, _merge(items, out, pred_path), out)
+        score(benchmark, items, _merge(items, out, pred_path), out, pictures)
     _barrier()
     return json.loads((out / "metrics.json").read_text())
 
 
-def _ask(benchmark: Benchmark, backend, batch: list[Item], prompt: str, max_num: int, max_new_tokens: int
-         ) -> list[dict]:
-    prompts = [benchmark.prompt(item, prompt) for item in batch]
-    try:
-        responses = backend.generate([(item.images, p) for item, p in zip(batch, prompts)], max_num, max_new_tokens)
-        return [{"id": i.id, "prompt": p, "response": r} for i, p, r in zip(batch, prompts, responses)]
-    except ImageLoadError:
-        if len(batch) == 1:
-            raise
-    records = []  # one bad image: ask the others one by one, record the failure against its item
-    for item, p in zip(batch, prompts):
+def _prepare(backend, batch: list[Item], max_num: int) -> list:
+    """Each item's media as the backend wants it (or the ``ImageLoadError`` that names the bad file)."""
+    prepare = getattr(backend, "prepare", None)
+    out = []
+    for item in batch:
         try:
-            records.append({"id": item.id, "prompt": p,
-                            "response": backend.generate([(item.images, p)], max_num, max_new_tokens)[0]})
+            out.append(prepare(item.images, max_num) if prepare else item.images)
         except ImageLoadError as e:
-            log.warning("item %s: %s", item.id, e)
-            records.append({"id": item.id, "prompt": p, "response": "", "error": str(e)})
+            out.append(e)
+    return out
+
+
+def _ask(benchmark: Benchmark, backend, batch: list[Item], prepared: list, prompt: str, max_num: int,
+         max_new_tokens: int) -> list[dict]:
+    """Records for a batch; an item whose image cannot be read gets an ``error`` record (scored as a miss)."""
+    prompts = [benchmark.prompt(item, prompt) for item in batch]
+    ok = [k for k, media in enumerate(prepared) if not isinstance(media, ImageLoadError)]
+    answers = backend.generate([(prepared[k], prompts[k]) for k in ok], max_num, max_new_tokens) if ok else []
+    by_index = dict(zip(ok, answers))
+    records = []
+    for k, (item, p) in enumerate(zip(batch, prompts)):
+        if k in by_index:
+            records.append({"id": item.id, "prompt": p, "response": by_index[k]})
+        else:
+            log.warning("item %s: %s", item.id, prepared[k])
+            records.append({"id": item.id, "prompt": p, "response": "", "error": str(prepared[k])})
     return records
 
 
-def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict], out: Path) -> dict[str, Any]:
-    """Score predictions (from any source) and write ``metrics.json``, ``scores.jsonl`` and ``report.md``."""
+def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict], out: Path, pictures: int = 50
+          ) -> dict[str, Any]:
+    """Score predictions (from any source); write ``metrics.json``, ``scores.jsonl``, ``report.md`` and, for
+    pointing benchmarks, pictures of the first ``pictures`` items with ``index.html``."""
     from vlaser.eval.report import write_pictures, write_report
 
     out.mkdir(parents=True, exist_ok=True)
@@ -195,6 +214,7 @@ def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict],
     if missing:
         log.warning("%d item(s) have no prediction and are not scored", len(missing))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    pictures = write_pictures(benchmark, answered, scores, predictions, out) if benchmark.pointing else []
-    write_report(metrics, out, pictures)
+    cards = write_pictures(benchmark, answered[:pictures], scores, predictions, out) \
+        if benchmark.pointing and pictures else []
+    write_report(metrics, out, cards)
     return metrics
