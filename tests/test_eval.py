@@ -303,3 +303,43 @@ def test_openai_backend_against_a_local_server(tmp_path):
     assert content[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     assert content[1]["text"].startswith("You are InternVL.")
     assert json.loads((out / "metrics.json").read_text())["score"] == pytest.approx(1.0, abs=0.02)
+
+
+def _image_struct(image):
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def test_parquet_layouts_give_the_same_items_and_scores(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = where2place(tmp_path / "robopoint", n=2)
+    lines = [json.loads(x) for x in (folder / "point_questions.jsonl").read_text().splitlines()]
+    table = pa.Table.from_pylist([
+        {"question_id": x["question_id"], "question": x["text"], "question_type": x["category"],
+         "image": _image_struct(Image.open(folder / "images" / x["image"])),
+         "mask": _image_struct(Image.open(folder / "masks" / f"{i:02d}.jpg"))} for i, x in enumerate(lines)])
+    (tmp_path / "flageval" / "data").mkdir(parents=True)
+    pq.write_table(table, tmp_path / "flageval" / "data" / "test-00000-of-00001.parquet")
+    bench = get_benchmark("where2place")
+    a, b = bench.load(folder), bench.load(tmp_path / "flageval")
+    assert [i.id for i in a] == [i.id for i in b] and [i.question for i in a] == [i.question for i in b]
+    answer = "[(0.5, 0.5), (0.32, 0.32)]"
+    assert [bench.score(i, answer).value for i in a] == pytest.approx([bench.score(i, answer).value for i in b])
+
+    rs = refspatial(tmp_path / "rs")
+    rows = json.loads((rs / "Location" / "question.json").read_text())
+    pq.write_table(pa.Table.from_pylist([
+        {**{k: r[k] for k in ("id", "object", "prompt", "suffix", "step")},
+         "image": _image_struct(Image.open(rs / "Location" / r["rgb_path"])),
+         "mask": _image_struct(Image.open(rs / "Location" / r["mask_path"]))} for r in rows]),
+        tmp_path / "rs_parquet.parquet")
+    (tmp_path / "rsp").mkdir()
+    (tmp_path / "rs_parquet.parquet").rename(tmp_path / "rsp" / "location-00000.parquet")
+    items = get_benchmark("refspatial").load(tmp_path / "rsp")
+    assert [i.id for i in items] == ["Location/0", "Location/1"]
+    assert get_benchmark("refspatial").score(items[0], "<point>[[100, 500], [900, 500]]</point>").value == 0.5

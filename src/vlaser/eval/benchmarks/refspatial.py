@@ -1,8 +1,10 @@
 """RefSpatial-Bench (RoboRefer): fraction of predicted points inside the mask, per split.
 
-Layout: ``Location/``, ``Placement/``, ``Unseen/``, each with ``question.json`` (``id``, ``object``,
-``prompt``, ``suffix``, ``rgb_path``, ``mask_path``, ...) and its ``image/`` and ``mask/`` folders. Item id:
-``<split folder>/<id>``. Mask: first channel / 255 > 0. The official prompt is ``"{prompt} {suffix}"``;
+Layouts: ``Location/``, ``Placement/``, ``Unseen/``, each with ``question.json`` (``id``, ``object``,
+``prompt``, ``suffix``, ``rgb_path``, ``mask_path``, ...) and its ``image/`` and ``mask/`` folders; or the
+parquet splits ``location``/``placement``/``unseen`` (``id``, ``image``, ``mask``, ``prompt``, ``suffix``,
+...). Item id: ``<split folder>/<id>``, e.g. ``Location/12``, in both layouts.
+Mask: first channel / 255 > 0. The official prompt is ``"{prompt} {suffix}"``;
 such answers are parsed with RoboRefer's ``text2pts`` on the real image size (4-tuples scaled even when
 integer). Out-of-image points count 0, no point gives 0, a failed parse is skipped (as the official code).
 """
@@ -17,6 +19,7 @@ from PIL import Image
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
 from vlaser.eval.extract import robopoint_text2pts, vlaser_pixels
 from vlaser.eval.masks import load_mask, mean_value
+from vlaser.eval.parquet import cache_dir, find_parquet, image_file, read_rows
 
 SPLITS = ("Location", "Placement", "Unseen")
 
@@ -27,7 +30,11 @@ class RefSpatial(Benchmark):
     def load(self, data_dir: Path) -> list[Item]:
         present = [s for s in SPLITS if (data_dir / s / "question.json").is_file()]
         if not present:
-            raise BenchmarkDataError(f"{data_dir}: none of {[f'{s}/question.json' for s in SPLITS]} found")
+            parquet = {s: find_parquet(data_dir, s) for s in SPLITS}
+            if any(parquet.values()):
+                return self._load_parquet(parquet)
+            raise BenchmarkDataError(f"{data_dir}: none of {[f'{s}/question.json' for s in SPLITS]} "
+                                     "nor location/placement/unseen parquet files found")
         items = []
         for split in present:
             path = data_dir / split / "question.json"
@@ -41,6 +48,23 @@ class RefSpatial(Benchmark):
                         meta={"mask": str(data_dir / split / row["mask_path"]), "step": row.get("step")}))
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise BenchmarkDataError(f"{path}: {e!r}") from e
+        return items
+
+    def _load_parquet(self, files: dict[str, list[Path]]) -> list[Item]:
+        items = []
+        for split, paths in files.items():
+            for path in paths:
+                folder = cache_dir(path)
+                for index, row in enumerate(read_rows(path)):
+                    where = f"{path} row {index}"
+                    try:
+                        image = image_file(row["image"], folder, f"{row['id']}.img", where)
+                        mask = image_file(row["mask"], folder, f"{row['id']}.mask", where)
+                        items.append(Item(id=f"{split}/{row['id']}", question=row["prompt"],
+                                          official_prompt=f"{row['prompt']} {row['suffix']}", images=[image],
+                                          group=split, meta={"mask": str(mask), "step": row.get("step")}))
+                    except KeyError as e:
+                        raise BenchmarkDataError(f"{where}: no column {e}") from e
         return items
 
     def score(self, item: Item, response: str) -> Score:

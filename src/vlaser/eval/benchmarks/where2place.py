@@ -1,10 +1,12 @@
 """Where2Place (RoboPoint): free-space pointing, scored as RoboPoint's ``summarize_vqa.py`` does.
 
-Layout: ``point_questions.jsonl`` (``question_id``, ``image``, ``text``, ``category``), ``images/``,
-``masks/NN.jpg`` named by line index. Score: mean over questions of the mean mask value at the predicted
-points; the JPEG mask is not binarised (soft edges give partial credit), out-of-image points score 0, and
-an answer whose parsing fails is skipped (left out of the mean) -- all as the official code does.
-RoboPoint-style answers (``[(0.41, 0.52)]``) are scaled with its hard-coded 640x480.
+Layouts: RoboPoint's ``point_questions.jsonl`` (``question_id``, ``image``, ``text``, ``category``),
+``images/``, ``masks/NN.jpg`` named by line index; or FlagEval's parquet (``question_id``, ``question``,
+``question_type``, ``image``, ``mask``). Item id: ``question_id``.
+Score: mean over questions of the mean mask value at the predicted points. The JPEG mask is not
+binarised (soft edges give partial credit), out-of-image points score 0, and an answer whose parsing
+fails is skipped (left out of the mean) -- all as the official code does. RoboPoint-style answers
+(``[(0.41, 0.52)]``) are scaled with its hard-coded 640x480.
 Options: ``binarize=true`` rounds the mask; ``unparsed_as_zero=true`` scores failed parses 0;
 ``real_size=true`` scales RoboPoint answers by the real image size.
 """
@@ -19,6 +21,7 @@ from PIL import Image
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
 from vlaser.eval.extract import robopoint_text2pts, vlaser_pixels
 from vlaser.eval.masks import load_mask, mean_value
+from vlaser.eval.parquet import cache_dir, find_parquet, image_file, read_rows
 
 FORMAT_SPLIT = " Your answer"
 
@@ -29,7 +32,10 @@ class Where2Place(Benchmark):
     def load(self, data_dir: Path) -> list[Item]:
         questions = data_dir / "point_questions.jsonl"
         if not questions.is_file():
-            raise BenchmarkDataError(f"{questions} not found (expected RoboPoint's where2place layout)")
+            if find_parquet(data_dir):
+                return self._load_parquet(find_parquet(data_dir))
+            raise BenchmarkDataError(f"{questions} not found (expected RoboPoint's where2place layout or "
+                                     "FlagEval's parquet)")
         items = []
         for index, line in enumerate(questions.read_text().splitlines()):
             if not line.strip():
@@ -43,6 +49,22 @@ class Where2Place(Benchmark):
             items.append(Item(id=qid, question=text.split(FORMAT_SPLIT)[0].strip(), official_prompt=text,
                               images=[image], group=str(row.get("category", "")),
                               meta={"mask": str(data_dir / "masks" / f"{index:02d}.jpg")}))
+        return items
+
+    def _load_parquet(self, files: list[Path]) -> list[Item]:
+        items = []
+        for path in files:
+            folder = cache_dir(path)
+            for index, row in enumerate(read_rows(path)):
+                where = f"{path} row {index}"
+                try:
+                    qid, text = str(row["question_id"]), row["question"]
+                    image = image_file(row["image"], folder, f"{qid}.img", where)
+                    mask = image_file(row["mask"], folder, f"{qid}.mask", where)
+                except KeyError as e:
+                    raise BenchmarkDataError(f"{where}: no column {e}") from e
+                items.append(Item(id=qid, question=text.split(FORMAT_SPLIT)[0].strip(), official_prompt=text,
+                                  images=[image], group=str(row.get("question_type") or ""), meta={"mask": str(mask)}))
         return items
 
     def score(self, item: Item, response: str) -> Score:

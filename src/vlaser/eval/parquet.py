@@ -1,0 +1,48 @@
+"""Reading benchmark parquet files (the HF dataset exports), with embedded images written out once.
+
+Image columns hold ``{"bytes": ..., "path": ...}`` structs; their bytes are written to a cache folder
+keyed by the parquet file's path, size and modification time, so items can keep pointing at files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from vlaser.eval.benchmark import BenchmarkDataError
+
+
+def find_parquet(data_dir: Path, stem: str = "") -> list[Path]:
+    """Parquet files under ``data_dir`` (recursively) whose name starts with ``stem``, sorted."""
+    return sorted(p for p in data_dir.rglob("*.parquet") if p.name.lower().startswith(stem.lower()))
+
+
+def read_rows(path: Path) -> list[dict]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ImportError("parquet benchmarks need pyarrow: pip install 'vlaser[eval]'") from e
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several error types for unreadable files
+        raise BenchmarkDataError(f"cannot read parquet {path}: {e}") from e
+
+
+def cache_dir(path: Path) -> Path:
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "vlaser-parquet" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def image_file(value, folder: Path, name: str, where: str) -> Path:
+    """Write an image struct (or raw bytes) to ``folder/name`` once and return the path."""
+    data = value.get("bytes") if isinstance(value, dict) else value
+    if not isinstance(data, (bytes, bytearray)):
+        raise BenchmarkDataError(f"{where}: expected embedded image bytes, got {type(data).__name__}")
+    target = folder / name
+    if not target.is_file() or target.stat().st_size != len(data):
+        target.write_bytes(data)
+    return target
