@@ -343,3 +343,46 @@ def test_parquet_layouts_give_the_same_items_and_scores(tmp_path):
     items = get_benchmark("refspatial").load(tmp_path / "rsp")
     assert [i.id for i in items] == ["Location/0", "Location/1"]
     assert get_benchmark("refspatial").score(items[0], "<point>[[100, 500], [900, 500]]</point>").value == 0.5
+
+
+def test_molmo_parser_and_gate():
+    from vlaser.eval.molmo import extract_points, is_valid_format, pointing_scores
+
+    assert extract_points('<point x="50.0" y="25.0" alt="cup">cup</point>', 200, 100) == [(100.0, 25.0)]
+    assert extract_points('<points x1="10" y1="10" x2="150" y2="20">a</points>', 100, 100) == [(10.0, 10.0)]
+    assert extract_points("p=500,250", 200, 100) == [(100.0, 25.0)]
+    assert is_valid_format('<point x="5" y="5" alt="a">a</point>') and is_valid_format("(1, 2)\n(3, 4)")
+    assert not is_valid_format('Sure! <point x="5" y="5" alt="a">a</point>')
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[:5, :5] = True
+    assert pointing_scores([], [], [], True)["f1"] == 1.0 and pointing_scores([(1, 1)], [], [], True)["f1"] == 0.0
+    s = pointing_scores([(1, 1), (8, 8)], [(2, 2)], [mask], True)
+    assert (s["precision"], s["recall"]) == (0.5, 1.0) and s["f1"] == pytest.approx(2 / 3)
+    assert pointing_scores([(1, 1)], [(2, 2)], [mask], False)["f1"] == 0.0
+
+
+def test_pixmo_points_molmo_protocol_on_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (20, 10), (0, 0, 0)).save(tmp_path / "images" / "abc123.jpg")
+    mask = np.zeros((10, 20), dtype=bool)
+    mask[:, :10] = True
+    rows = [{"image_url": "http://x/a.jpg", "image_sha256": "abc123", "label": "the left side",
+             "points": [{"x": 25.0, "y": 50.0}], "masks": [mask.tolist()]},
+            {"image_url": "http://x/a.jpg", "image_sha256": "abc123", "label": "a dragon", "points": [],
+             "masks": []}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "test-00000.parquet")
+    bench = get_benchmark("pixmo_points", protocol="molmo")
+    items = bench.load(tmp_path)
+    assert [i.id for i in items] == ["0", "1"]
+    assert bench.prompt(items[0], "official").startswith("Point to the left side")
+    one = pytest.approx(1.0)  # Molmo's F1 adds 1e-10 to the denominator
+    assert bench.score(items[0], '<point x="25.0" y="50.0" alt="l">l</point>').value == one
+    assert bench.score(items[0], "<point>[[250, 500]]</point>").value == one  # Vlaser answers, grid -> pixels
+    assert bench.score(items[0], "Here: <point>[[250, 500]]</point>").value == 0.0  # fails the format gate
+    assert bench.score(items[1], "There are none.").value == 1.0  # empty ground truth, no points
+    assert bench.score(items[1], "<point>[[250, 500]]</point>").value == 0.0
+    with pytest.raises(BenchmarkDataError, match="protocol molmo"):
+        get_benchmark("pixmo_points").load(tmp_path)

@@ -6,6 +6,7 @@ keyed by the parquet file's path, size and modification time, so items can keep 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tempfile
 from pathlib import Path
@@ -46,3 +47,26 @@ def image_file(value, folder: Path, name: str, where: str) -> Path:
     if not target.is_file() or target.stat().st_size != len(data):
         target.write_bytes(data)
     return target
+
+
+def read_rows_without(path: Path, *skip: str) -> list[dict]:
+    """Rows without the named (large) columns."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = [n for n in pq.ParquetFile(path).schema_arrow.names if n not in skip]
+        return pq.read_table(path, columns=names).to_pylist()
+    except Exception as e:  # pyarrow raises several error types for unreadable files
+        raise BenchmarkDataError(f"cannot read parquet {path}: {e}") from e
+
+
+@functools.lru_cache(maxsize=4)
+def _column(path: Path, name: str):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=[name]).column(name)
+
+
+def row_column(path: Path, row: int, name: str):
+    """One cell, reading (and caching) only that column of the file."""
+    return _column(path, name)[row].as_py()
