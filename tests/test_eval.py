@@ -386,3 +386,30 @@ def test_pixmo_points_molmo_protocol_on_parquet(tmp_path):
     assert bench.score(items[1], "<point>[[250, 500]]</point>").value == 0.0
     with pytest.raises(BenchmarkDataError, match="protocol molmo"):
         get_benchmark("pixmo_points").load(tmp_path)
+
+
+def test_paco_lvis_coco_annotations_generate_part_queries(tmp_path):
+    from pycocotools import mask as coco_mask
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (200, 100)).save(tmp_path / "images" / "000001.jpg")
+    handle = np.zeros((100, 200), dtype=np.uint8, order="F")
+    handle[:, :100] = 1
+    rle = coco_mask.encode(handle)
+    rle["counts"] = rle["counts"].decode()
+    data = {"images": [{"id": 1, "file_name": "000001.jpg", "width": 200, "height": 100}],
+            "categories": [{"id": 5, "name": "mug"}, {"id": 9, "name": "mug:handle"}, {"id": 10, "name": "mug:rim"}],
+            "annotations": [
+                {"id": 100, "image_id": 1, "category_id": 5, "segmentation": rle, "obj_ann_id": None},
+                {"id": 101, "image_id": 1, "category_id": 9, "segmentation": rle, "obj_ann_id": 100},
+                {"id": 102, "image_id": 1, "category_id": 10, "obj_ann_id": 100,
+                 "segmentation": [[150, 0, 199, 0, 199, 99, 150, 99]]}]}
+    (tmp_path / "paco_lvis_v1_test.json").write_text(json.dumps(data))
+    bench = get_benchmark("paco_lvis")
+    items = bench.load(tmp_path)
+    assert [(i.id, i.question) for i in items] == [("1:100:9", "the handle of the mug"),
+                                                    ("1:100:10", "the rim of the mug")]
+    s = bench.score(items[0], "<point>[[100, 500], [900, 500]]</point>")
+    assert (s.extra["correct"], s.extra["total"]) == (1, 2)
+    assert bench.score(items[1], "<point>[[900, 500]]</point>").extra["correct"] == 1  # polygon part
+    assert len(get_benchmark("paco_lvis", max_queries=1).load(tmp_path)) == 1
