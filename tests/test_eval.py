@@ -413,3 +413,34 @@ def test_paco_lvis_coco_annotations_generate_part_queries(tmp_path):
     assert (s.extra["correct"], s.extra["total"]) == (1, 2)
     assert bench.score(items[1], "<point>[[900, 500]]</point>").extra["correct"] == 1  # polygon part
     assert len(get_benchmark("paco_lvis", max_queries=1).load(tmp_path)) == 1
+
+
+def test_sigkill_midway_then_rerun_asks_nothing_twice(tiny_original, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = where2place(tmp_path / "w", n=24)
+    args = [sys.executable, "-m", "vlaser", "eval", "run", "--model", str(tiny_original), "--benchmark",
+            "where2place", "--data", str(data), "--batch-size", "1", "--max-new-tokens", "40", "--dtype", "float32",
+            "--pictures", "0"]
+    assert main(args[3:] + ["--out", str(tmp_path / "full")]) == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    pred = out / "predictions.jsonl"
+    while time.time() < deadline and (not pred.is_file() or pred.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    answered = pred.read_text().count("\n")
+    assert 3 <= answered < 24, "the run must be killed midway"
+    assert main(args[3:] + ["--out", str(out)]) == 0
+    ids = [json.loads(line)["id"] for line in pred.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 24
+    full, resumed = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("full", "killed"))
+    assert (resumed["score"], resumed["n_scored"]) == (full["score"], full["n_scored"])
+    assert sorted((tmp_path / "full" / "predictions.jsonl").read_text().splitlines()) == sorted(
+        pred.read_text().splitlines())
