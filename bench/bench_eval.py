@@ -1,7 +1,8 @@
 """`eval run` items/s at batch size 8 vs 1 on the tiny model (CPU), with identical predictions.
 
-A synthetic Where2Place set (640x480 images and masks in RoboPoint's layout) is answered twice; image
-loading and tiling of the next batch overlap with generation in both runs. Timed without report pictures
+A synthetic Where2Place set (640x480 images and masks in RoboPoint's layout) is answered twice. (On a
+GPU the next batch's images are prepared on a thread during generation; on this CPU that thread only
+competed with generation, so it is off here.) Timed without report pictures
 (they cost the same per item at any batch size); one run with the default 50 pictures is timed too.
 Usage: python bench/bench_eval.py [--items 48] [--new-tokens 100]
 """

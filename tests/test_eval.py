@@ -144,7 +144,7 @@ def test_run_writes_outputs_and_resumes(tmp_path):
     assert len(read_predictions(out / "predictions.jsonl")) == 5
     for name in ("metrics.json", "report.md", "scores.jsonl", "index.html"):
         assert (out / name).is_file(), name
-    assert len(list((out / "pictures").glob("*.jpg"))) == 5
+    assert len(list((out / "pictures").glob("*.png"))) == 5
     assert backend.asked[0].startswith("You are InternVL. Your task is to locate several points")
     with pytest.raises(ValueError, match="different"):
         run(bench, ScriptedBackend(), data, out, prompt="official")
@@ -444,3 +444,51 @@ def test_sigkill_midway_then_rerun_asks_nothing_twice(tiny_original, tmp_path):
     assert (resumed["score"], resumed["n_scored"]) == (full["score"], full["n_scored"])
     assert sorted((tmp_path / "full" / "predictions.jsonl").read_text().splitlines()) == sorted(
         pred.read_text().splitlines())
+
+
+def _pixmo_jsonl(root):
+    rows = [{"id": "q", "image": "a.jpg", "conversations": [
+        {"from": "human", "value": "<ref>the cup</ref>"}, {"from": "gpt", "value": "<ref>the cup</ref>[[500, 500]]"}]}]
+    return _vlaser_jsonl(root, rows)
+
+
+def _paco_jsonl(root):
+    rows = [{"id": 3, "image": "c.jpg", "segmentation": [[[0, 0, 100, 0, 100, 100, 0, 100]]],
+             "conversations": [{"from": "human", "value": "<ref>the rim of the bowl</ref>"}]}]
+    return _vlaser_jsonl(root, rows)
+
+
+BUILDERS = {"where2place": lambda p: where2place(p, n=2), "point_bench": point_bench, "refspatial": refspatial,
+            "pixmo_points": _pixmo_jsonl, "paco_lvis": _paco_jsonl}
+TRICKY = ["", "The free space is to the left of the cup, near the edge of the table.", "<point>[[5000, -3]]</point>",
+          "<point>[[1, 2]</point>", "[(0.5, 1)]", "<point>[[500.5, 400], [100, 900], [3, 3]]</point>",
+          '[{"point": [1, 2]}', "(12, 34, 56)", "<point>\n[ [ 10 , 20 ] ,\n[30,40] ]\n</point>"]
+
+
+def test_every_registered_benchmark_has_a_fixture():
+    from vlaser.eval.benchmark import REGISTRY
+
+    assert set(BUILDERS) == set(REGISTRY)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_tricky_responses_score_within_bounds(name, tmp_path):
+    bench = get_benchmark(name)
+    items = bench.load(BUILDERS[name](tmp_path / name))
+    for response in TRICKY:
+        s = bench.score(items[0], response)
+        assert s.value is None or 0.0 <= s.value <= 1.0, (name, response, s)
+    assert not bench.score(items[0], "").parsed
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_eval_run_end_to_end_with_the_tiny_model(name, tiny_original, tmp_path):
+    data = BUILDERS[name](tmp_path / name)
+    out = tmp_path / "out"
+    assert main(["eval", "run", "--model", str(tiny_original), "--benchmark", name, "--data", str(data), "--out",
+                 str(out), "--max-new-tokens", "8", "--dtype", "float32", "--limit", "3"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    answered = len((out / "predictions.jsonl").read_text().splitlines())
+    assert metrics["n_items"] == answered == min(3, len(get_benchmark(name).load(data)))
+    assert 0.0 <= metrics["score"] <= 1.0 and (out / "report.md").is_file()
+    assert len(list((out / "pictures").glob("*.png"))) == answered and (out / "index.html").is_file()

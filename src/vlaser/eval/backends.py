@@ -35,6 +35,11 @@ class TransformersBackend:
         self.model_path = model_path
         self.vlm = VLM.from_pretrained(model_path, dtype=dtype, device=device)
 
+    @property
+    def overlap_io(self) -> bool:
+        """Prepare the next batch on a thread only when generation does not need this CPU."""
+        return self.vlm.model.device.type != "cpu"
+
     def info(self) -> dict:
         return {"backend": "transformers", "model": self.model_path, "dtype": str(self.vlm.model.dtype)}
 
@@ -76,6 +81,8 @@ class OpenAIBackend:
     Tiling is the server's (vLLM and LMDeploy tile InternVL images themselves); the key comes from
     ``OPENAI_API_KEY`` when set.
     """
+
+    overlap_io = True  # the server does the work; read the next batch's images meanwhile
 
     def __init__(self, api_base: str, model: str, concurrency: int = 8, timeout: float = 300, retries: int = 3):
         self.url = api_base.rstrip("/") + "/chat/completions"

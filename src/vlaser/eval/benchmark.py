@@ -73,6 +73,17 @@ class Benchmark(abc.ABC):
     def score(self, item: Item, response: str) -> Score:
         """Score one response as the benchmark's official code does."""
 
+    def gt_mask(self, item: Item):
+        """The ground-truth mask to draw in pictures (``None`` when the benchmark has none for the item)."""
+        from vlaser.eval.masks import load_mask
+
+        path = Path(item.meta.get("mask", ""))
+        return load_mask(path, "soft") if item.meta.get("mask") and path.is_file() else None
+
+    def gt_points(self, item: Item) -> list[tuple[float, float]]:
+        """Ground-truth points (pixels) to draw in pictures, for benchmarks scored against points."""
+        return []
+
     def aggregate(self, items: list[Item], scores: list[Score]) -> dict[str, Any]:
         """Mean over scored items, overall and per group, plus counts."""
         groups: dict[str, list[float]] = {}

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlaser.eval.masks import load_mask
 from vlaser.points import draw_points
 
 #: Vlaser paper (arXiv 2510.11027v2) Table 1, percent, for the benchmarks vlaser scores.
@@ -35,34 +34,37 @@ def _overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
     return Image.composite(tinted, image, alpha)
 
 
-def _picture(image_path: Path, mask_path: Path, points) -> Image.Image:
-    """The image (at most ``PICTURE_WIDTH`` wide) with the mask tinted and the points drawn."""
+def _picture(image_path: Path, mask: np.ndarray | None, points, gt_points) -> Image.Image:
+    """The image (at most ``PICTURE_WIDTH`` wide), the mask tinted green, GT points green, predictions red."""
     with Image.open(image_path) as image:
         scale = min(1.0, PICTURE_WIDTH / image.width)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        small = image.convert("RGB").resize(size, Image.BILINEAR)
-    mask = load_mask(mask_path, "soft")
-    return draw_points(_overlay(small, mask), [(x * scale, y * scale) for x, y in points])
+        picture = image.convert("RGB").resize(size, Image.BILINEAR)
+    if mask is not None:
+        picture = _overlay(picture, mask)
+    if gt_points:
+        picture = draw_points(picture, [(x * scale, y * scale) for x, y in gt_points], color=(40, 220, 90))
+    return draw_points(picture, [(x * scale, y * scale) for x, y in points])
 
 
 def write_pictures(benchmark, items, scores, predictions, out: Path) -> list[dict]:
-    """A picture per item given: mask overlaid, points drawn; and ``index.html`` showing them."""
+    """A PNG per item given (ground truth in green, predicted points in red) and ``index.html`` showing them."""
     folder = out / "pictures"
     folder.mkdir(exist_ok=True)
     cards = []
     for item, score in zip(items, scores):
-        if not item.images[0].is_file() or "mask" not in item.meta or not Path(item.meta["mask"]).is_file():
+        if not item.images[0].is_file():
             continue
-        picture = _picture(item.images[0], Path(item.meta["mask"]), score.points)
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", item.id) + ".jpg"
-        picture.save(folder / name, quality=85)
+        picture = _picture(item.images[0], benchmark.gt_mask(item), score.points, benchmark.gt_points(item))
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", item.id) + ".png"
+        picture.save(folder / name)
         cards.append({"id": item.id, "file": f"pictures/{name}", "score": score.value,
                       "prompt": predictions[item.id].get("prompt", ""),
                       "response": predictions[item.id].get("response", "")})
     page = ["<!doctype html><meta charset='utf-8'><title>vlaser eval</title>",
             "<style>body{font-family:sans-serif}div.c{display:inline-block;width:330px;margin:6px;"
             "vertical-align:top}img{width:320px}pre{white-space:pre-wrap;font-size:11px}</style>",
-            f"<h1>{html.escape(benchmark.name)}</h1><p>green: ground-truth mask; red: predicted points</p>"]
+            f"<h1>{html.escape(benchmark.name)}</h1><p>green: ground truth (mask or points); red: predicted points</p>"]
     for card in cards:
         score = "skipped" if card["score"] is None else f"{card['score']:.3f}"
         page.append(f"<div class='c'><img src='{card['file']}'><b>{html.escape(card['id'])}</b> score {score}"

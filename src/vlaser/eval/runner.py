@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +132,12 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     if len(todo) < len(mine):
         log.info("resuming: %d of %d items already answered", len(mine) - len(todo), len(mine))
     batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
-    with open(my_path, "a") as stream, ThreadPoolExecutor(max_workers=1) as loader, \
+    # With the model on a GPU (or behind an API) the next batch's images are read and tiled on a worker
+    # thread while this one generates; on a CPU that thread would only compete with generation.
+    loader_cls = ThreadPoolExecutor if getattr(backend, "overlap_io", False) else _InlineExecutor
+    with open(my_path, "a") as stream, loader_cls(max_workers=1) as loader, \
             tqdm(total=len(mine), initial=len(mine) - len(todo), desc=benchmark.name, unit="item",
                  disable=rank != 0) as bar:
-        # the next batch's images are read and tiled on a worker thread while this one generates
         upcoming = loader.submit(_prepare, backend, batches[0], max_num) if batches else None
         for number, batch in enumerate(batches):
             prepared = upcoming.result()
@@ -153,6 +155,24 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
         score(benchmark, items, _merge(items, out, pred_path), out, pictures)
     _barrier()
     return json.loads((out / "metrics.json").read_text())
+
+
+class _InlineExecutor:
+    """The ``submit`` interface of an executor, running each call at once in this thread."""
+
+    def __init__(self, max_workers: int = 1):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
 
 
 def _prepare(backend, batch: list[Item], max_num: int) -> list:

@@ -98,14 +98,18 @@ class PacoLvis(VlaserPointJSONL):
                                                                                          info["height"])}))
         return items
 
-    def score(self, item: Item, response: str) -> Score:
+    def gt_mask(self, item: Item) -> np.ndarray:
+        """The union mask of the query: decoded RLE/polygons (COCO) or filled polygons (Vlaser JSONL)."""
         if "coco" in item.meta:
             width, height = item.meta["size"]
-            mask = rle_mask(item.meta["coco"], width, height)
-        else:
-            with Image.open(item.images[0]) as image:
-                width, height = image.size
-            mask = polygon_mask(item.meta["row"].get("segmentation") or [], width, height)
+            return rle_mask(item.meta["coco"], width, height)
+        with Image.open(item.images[0]) as image:
+            width, height = image.size
+        return polygon_mask(item.meta["row"].get("segmentation") or [], width, height)
+
+    def score(self, item: Item, response: str) -> Score:
+        mask = self.gt_mask(item)
+        height, width = mask.shape
         points = [(int(x / 1000 * width), int(y / 1000 * height)) for x, y in eval_points(response)]
         correct = sum(x < width and y < height and bool(mask[y, x]) for x, y in points)
         return Score(correct / max(len(points), 1), parsed=bool(points), points=points,

@@ -97,8 +97,27 @@ class PixmoPoints(VlaserPointJSONL):
         radius = float(self.options.get("radius", 25.0))
         points = eval_points(response)
         correct = sum(any(math.dist(p, g) <= radius for g in gt) for p in points)
-        return Score(correct / max(len(points), 1), parsed=bool(points), points=[],
+        return Score(correct / max(len(points), 1), parsed=bool(points), points=self._to_pixels(item, points),
                      extra={"correct": correct, "total": max(len(points), 1)})
+
+    def _to_pixels(self, item: Item, grid_points) -> list[tuple[float, float]]:
+        if not grid_points or not item.images[0].is_file():
+            return []
+        with Image.open(item.images[0]) as image:
+            width, height = image.size
+        return [(x / 1000 * width, y / 1000 * height) for x, y in grid_points]
+
+    def gt_mask(self, item: Item):
+        if self.protocol == "vlaser":
+            return None
+        cells = row_column(Path(item.meta["parquet"]), item.meta["row_in_file"], "masks") or []
+        masks = [np.asarray(m, dtype=bool) for m in cells]
+        return np.logical_or.reduce(masks).astype(np.float64) if masks else None
+
+    def gt_points(self, item: Item) -> list[tuple[float, float]]:
+        if self.protocol != "vlaser":
+            return []
+        return self._to_pixels(item, ground_truth(item.meta["row"], item.meta["expression"]) or [])
 
     def _score_molmo(self, item: Item, response: str) -> Score:
         cells = row_column(Path(item.meta["parquet"]), item.meta["row_in_file"], "masks") or []
