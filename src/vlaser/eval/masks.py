@@ -51,3 +51,9 @@ def mean_value(mask: np.ndarray, points: Sequence[Sequence[float]]) -> float:
     """Mean mask value over the points (Where2Place, RefSpatial); 0 with no points."""
     values = values_at(mask, points)
     return sum(values) / len(values) if values else 0.0
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the image header, closing the file."""
+    with Image.open(path) as image:
+        return image.size

@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from PIL import Image
-
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
 from vlaser.eval.extract import json_points, vlaser_pixels
-from vlaser.eval.masks import load_mask, values_at
+from vlaser.eval.masks import image_size, load_mask, values_at
 
 OFFICIAL_PROMPT = (
     "{query}.\nThe image dimensions are width={width}px, height={height}px.\n"
@@ -51,7 +49,7 @@ class PointBench(Benchmark):
             except KeyError as e:
                 raise BenchmarkDataError(f"{data_file}: item {number} lacks {e}") from e
             template = OFFICIAL_PROMPT_COUNTING if category == "counting" else OFFICIAL_PROMPT
-            width, height = Image.open(image).size if image.is_file() else (0, 0)
+            width, height = image_size(image) if image.is_file() else (0, 0)
             items.append(Item(id=str(row["image_filename"]), question=row["user_input"],
                               official_prompt=template.format(query=query, width=width, height=height),
                               images=[image], group=category,

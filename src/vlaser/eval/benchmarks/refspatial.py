@@ -14,11 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from PIL import Image
-
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
 from vlaser.eval.extract import robopoint_text2pts, vlaser_pixels
-from vlaser.eval.masks import load_mask, mean_value
+from vlaser.eval.masks import image_size, load_mask, mean_value
 from vlaser.eval.parquet import cache_dir, find_parquet, image_file, read_rows
 
 SPLITS = ("Location", "Placement", "Unseen")
@@ -73,7 +71,7 @@ class RefSpatial(Benchmark):
         points = vlaser_pixels(response, width, height)
         if points is None:
             try:
-                points = robopoint_text2pts(response, *Image.open(item.images[0]).size, scale_int_boxes=True)
+                points = robopoint_text2pts(response, *image_size(item.images[0]), scale_int_boxes=True)
             except Exception as e:  # the official summary skips answers whose parsing raises
                 return Score(0.0 if self.options.get("unparsed_as_zero") else None, parsed=False,
                              extra={"error": str(e)})

@@ -16,11 +16,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from PIL import Image
-
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
 from vlaser.eval.extract import robopoint_text2pts, vlaser_pixels
-from vlaser.eval.masks import load_mask, mean_value
+from vlaser.eval.masks import image_size, load_mask, mean_value
 from vlaser.eval.parquet import cache_dir, find_parquet, image_file, read_rows
 
 FORMAT_SPLIT = " Your answer"
@@ -72,7 +70,7 @@ class Where2Place(Benchmark):
         height, width = mask.shape
         points = vlaser_pixels(response, width, height)
         if points is None:
-            size = Image.open(item.images[0]).size if self.options.get("real_size") else (640, 480)
+            size = image_size(item.images[0]) if self.options.get("real_size") else (640, 480)
             try:
                 points = robopoint_text2pts(response, *size)
             except Exception as e:  # the official loop skips any answer whose parsing raises
