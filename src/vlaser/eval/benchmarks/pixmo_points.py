@@ -25,11 +25,11 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from vlaser.eval.benchmark import BenchmarkDataError, Item, Score
 from vlaser.eval.benchmarks.vlaser_points import REF, VlaserPointJSONL, eval_points
 from vlaser.eval.extract import vlaser_pixels
+from vlaser.eval.masks import image_size
 from vlaser.eval.molmo import extract_points, is_valid_format, pointing_scores
 from vlaser.eval.parquet import find_parquet, read_rows_without, row_column
 from vlaser.points import referring_point_question
@@ -79,12 +79,12 @@ class PixmoPoints(VlaserPointJSONL):
         return items
 
     def prompt(self, item: Item, style: str) -> str:
-        """Vlaser's referring question, or (molmo protocol, ``--prompt official``) a Molmo pointing prompt."""
-        if self.protocol == "vlaser" or style == "vlaser":
-            return super().prompt(item, style) if self.protocol == "vlaser" else referring_point_question(item.question)
-        if style == "official":
+        """Vlaser's referring question; with the molmo protocol, ``--prompt official`` asks Molmo's way."""
+        if style not in ("vlaser", "official"):
+            raise ValueError(f"--prompt must be vlaser or official, got {style!r}")
+        if self.protocol == "molmo" and style == "official":
             return item.official_prompt
-        raise ValueError(f"--prompt must be vlaser or official, got {style!r}")
+        return referring_point_question(item.question)
 
     def score(self, item: Item, response: str) -> Score:
         if self.protocol == "molmo":
@@ -103,8 +103,7 @@ class PixmoPoints(VlaserPointJSONL):
     def _to_pixels(self, item: Item, grid_points) -> list[tuple[float, float]]:
         if not grid_points or not item.images[0].is_file():
             return []
-        with Image.open(item.images[0]) as image:
-            width, height = image.size
+        width, height = image_size(item.images[0])
         return [(x / 1000 * width, y / 1000 * height) for x, y in grid_points]
 
     def gt_mask(self, item: Item):
@@ -125,8 +124,7 @@ class PixmoPoints(VlaserPointJSONL):
         if masks:
             height, width = masks[0].shape
         else:
-            with Image.open(item.images[0]) as image:
-                width, height = image.size
+            width, height = image_size(item.images[0])
         vlaser = vlaser_pixels(response, width, height)
         if vlaser is not None:
             pred, valid = [(float(x), float(y)) for x, y in vlaser], bool(_VLASER_ONLY.match(response))
