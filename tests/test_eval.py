@@ -458,8 +458,27 @@ def _paco_jsonl(root):
     return _vlaser_jsonl(root, rows)
 
 
+def _mmsi(root):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def jpeg(color):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 48), color).save(buf, format="JPEG")
+        return buf.getvalue()
+
+    root.mkdir(parents=True)
+    rows = [{"id": i, "images": [jpeg((200, 0, 0)), jpeg((0, 0, 200))], "question_type": "Positional Relationship",
+             "question": f"Which image is red?\nOptions: A: the first, B: the second, C: both, D: neither {i}",
+             "answer": "A", "thought": ""} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), root / "MMSI_Bench.parquet")
+    return root
+
+
 BUILDERS = {"where2place": lambda p: where2place(p, n=2), "point_bench": point_bench, "refspatial": refspatial,
-            "pixmo_points": _pixmo_jsonl, "paco_lvis": _paco_jsonl}
+            "pixmo_points": _pixmo_jsonl, "paco_lvis": _paco_jsonl, "mmsi_bench": _mmsi}
 TRICKY = ["", "The free space is to the left of the cup, near the edge of the table.", "<point>[[5000, -3]]</point>",
           "<point>[[1, 2]</point>", "[(0.5, 1)]", "<point>[[500.5, 400], [100, 900], [3, 3]]</point>",
           '[{"point": [1, 2]}', "(12, 34, 56)", "<point>\n[ [ 10 , 20 ] ,\n[30,40] ]\n</point>"]
@@ -491,4 +510,19 @@ def test_eval_run_end_to_end_with_the_tiny_model(name, tiny_original, tmp_path):
     answered = len((out / "predictions.jsonl").read_text().splitlines())
     assert metrics["n_items"] == answered == min(3, len(get_benchmark(name).load(data)))
     assert 0.0 <= metrics["score"] <= 1.0 and (out / "report.md").is_file()
-    assert len(list((out / "pictures").glob("*.png"))) == answered and (out / "index.html").is_file()
+    if get_benchmark(name).pointing:
+        assert len(list((out / "pictures").glob("*.png"))) == answered and (out / "index.html").is_file()
+
+
+def test_mmsi_extraction_and_scoring(tmp_path):
+    from vlaser.eval.benchmarks.mmsi_bench import extract_choice
+
+    assert extract_choice("``B``") == "B" and extract_choice("The answer is `C`.") == "C"
+    assert extract_choice("A bike is on the left") is None  # a letter followed by a word is not a choice
+    assert extract_choice("(D) neither") == "D" and extract_choice("B.") == "B" and extract_choice("e") is None
+    bench = get_benchmark("mmsi_bench")
+    items = bench.load(_mmsi(tmp_path / "m"))
+    assert [i.id for i in items] == ["0", "1", "2"] and len(items[0].images) == 2
+    assert bench.prompt(items[0], "vlaser").endswith("Enclose the option's letter within ``.")
+    assert bench.score(items[0], "`A`").value == 1.0 and bench.score(items[0], "B").value == 0.0
+    assert not bench.score(items[0], "I don't know").parsed

@@ -110,6 +110,7 @@ REGISTRY: dict[str, str] = {
     "refspatial": "vlaser.eval.benchmarks.refspatial:RefSpatial",
     "pixmo_points": "vlaser.eval.benchmarks.pixmo_points:PixmoPoints",
     "paco_lvis": "vlaser.eval.benchmarks.paco_lvis:PacoLvis",
+    "mmsi_bench": "vlaser.eval.benchmarks.mmsi_bench:MMSIBench",
 }
 
 
