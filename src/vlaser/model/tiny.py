@@ -40,7 +40,8 @@ def tiny_tokenizer():
     return tok
 
 
-def tiny_original_config(vocab_size: int, image_size: int = 56, **llm_overrides) -> dict:
+def tiny_original_config(vocab_size: int, image_size: int = 56, vision: dict | None = None,
+                         **llm_overrides) -> dict:
     """An original-layout ``config.json`` shaped like InternVL3-2B's, with tiny dimensions."""
     llm = {
         "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu", "hidden_size": 64,
@@ -54,7 +55,7 @@ def tiny_original_config(vocab_size: int, image_size: int = 56, **llm_overrides)
         "temperature": 1.0, "top_p": 1.0, "id2label": {"0": "LABEL_0"}, "transformers_version": "4.37.2",
     }
     llm.update(llm_overrides)
-    vision = {
+    vision_config = {
         "architectures": ["InternVisionModel"], "model_type": "intern_vit_6b", "hidden_size": 32,
         "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2, "hidden_act": "gelu",
         "image_size": image_size, "patch_size": 14, "num_channels": 3, "layer_norm_eps": 1e-6,
@@ -62,6 +63,7 @@ def tiny_original_config(vocab_size: int, image_size: int = 56, **llm_overrides)
         "dropout": 0.0, "drop_path_rate": 0.0, "initializer_factor": 1.0, "initializer_range": 0.02,
         "use_flash_attn": True,
     }
+    vision_config.update(vision or {})
     return {
         "architectures": ["InternVLChatModel"], "model_type": "internvl_chat",
         "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
@@ -69,7 +71,7 @@ def tiny_original_config(vocab_size: int, image_size: int = 56, **llm_overrides)
         "downsample_ratio": 0.5, "dynamic_image_size": True, "force_image_size": image_size, "select_layer": -1,
         "ps_version": "v2", "template": "internvl2_5", "use_thumbnail": True, "min_dynamic_patch": 1,
         "max_dynamic_patch": 12, "use_backbone_lora": 0, "use_llm_lora": 0, "pad2square": False,
-        "torch_dtype": "float32", "llm_config": llm, "vision_config": vision,
+        "torch_dtype": "float32", "llm_config": llm, "vision_config": vision_config,
     }
 
 
@@ -94,9 +96,41 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> None:
             p.copy_(0.5 * noise)
 
 
+def sincos_2d(dim: int, grid: int) -> torch.Tensor:
+    """``(grid*grid, dim)`` 2-D sine-cosine position embeddings (half the channels per axis)."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                            indexing="ij")
+    parts = [f(axis.reshape(-1, 1) * omega) for axis in (xs, ys) for f in (torch.sin, torch.cos)]
+    out = torch.cat(parts, dim=1)
+    return torch.nn.functional.pad(out, (0, dim - out.shape[1])).float()
+
+
+@torch.no_grad()
+def trainable_init_(model: torch.nn.Module, seed: int = 0) -> None:
+    """An init that trains from scratch: transformers' own init, fan-in scaled patch embedding and projector,
+    and fixed 2-D sine-cosine position embeddings (zeros would leave the ViT blind to where things are)."""
+    torch.manual_seed(seed)
+    model.apply(model._init_weights)
+    vision = model.model.vision_tower.embeddings
+    grid = int((vision.position_embeddings.shape[1] - 1) ** 0.5)
+    vision.position_embeddings[0, 1:] = sincos_2d(vision.position_embeddings.shape[-1], grid)
+    for linear in (vision.patch_embeddings.projection, model.model.multi_modal_projector.linear_1,
+                   model.model.multi_modal_projector.linear_2):
+        fan_in = linear.weight[0].numel()
+        linear.weight.normal_(0, fan_in**-0.5)
+        linear.bias.zero_()
+
+
 def build_tiny_checkpoint(out_dir: str | Path, layout: str = "original", seed: int = 0, image_size: int = 56,
-                          system_message: str | None = None) -> Path:
-    """Write a random tiny InternVL3 checkpoint (weights, config, tokenizer) to ``out_dir``."""
+                          system_message: str | None = None, vision: dict | None = None, llm: dict | None = None,
+                          init: str = "random") -> Path:
+    """Write a tiny InternVL3 checkpoint (weights, config, tokenizer) to ``out_dir``.
+
+    ``init="random"`` gives the non-degenerate random weights the tests compare against; ``"trainable"``
+    an init meant for training from scratch (the quickstart).
+    """
     from huggingface_hub import save_torch_state_dict
 
     from vlaser.model.chat import InternVLChat
@@ -106,17 +140,18 @@ def build_tiny_checkpoint(out_dir: str | Path, layout: str = "original", seed: i
     out = Path(out_dir)
     if layout == "hf":
         with tempfile.TemporaryDirectory() as tmp:
-            src = build_tiny_checkpoint(Path(tmp) / "original", "original", seed, image_size, system_message)
+            src = build_tiny_checkpoint(Path(tmp) / "original", "original", seed, image_size, system_message, vision,
+                                        llm, init)
             return convert_checkpoint(src, out, to="hf")
     if layout != "original":
         raise ValueError(f"layout must be 'original' or 'hf', got {layout!r}")
     out.mkdir(parents=True, exist_ok=True)
     tok = tiny_tokenizer()
-    config = tiny_original_config(len(tok), image_size=image_size)
+    config = tiny_original_config(len(tok), image_size=image_size, vision=vision, **(llm or {}))
     if system_message is not None:
         config["system_message"] = system_message
     model = InternVLChat(build_hf_config(original_to_hf_config(config, tok.convert_tokens_to_ids("<IMG_CONTEXT>"))))
-    randomize_(model, seed)
+    (trainable_init_ if init == "trainable" else randomize_)(model, seed)
     state = hf_to_original_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
     save_torch_state_dict(state, out, metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
