@@ -30,6 +30,14 @@ def read_rows(path: Path) -> list[dict]:
         raise BenchmarkDataError(f"cannot read parquet {path}: {e}") from e
 
 
+def iter_rows(files: list[Path]):
+    """``(row, image cache folder, "FILE row N")`` for every row of the files, in order."""
+    for path in files:
+        folder = cache_dir(path)
+        for index, row in enumerate(read_rows(path)):
+            yield row, folder, f"{path} row {index}"
+
+
 def cache_dir(path: Path) -> Path:
     stat = path.stat()
     key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]

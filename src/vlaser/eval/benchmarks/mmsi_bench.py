@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
-from vlaser.eval.parquet import cache_dir, find_parquet, image_file, read_rows
+from vlaser.eval.parquet import find_parquet, image_file, iter_rows
 
 SUFFIX = "\nAnswer with the option's letter from the given choices directly. Enclose the option's letter within ``."
 _LETTER = re.compile(r"\b[A-D]\b(?!\s[a-zA-Z])")
@@ -39,18 +39,15 @@ class MMSIBench(Benchmark):
         if not files:
             raise BenchmarkDataError(f"{data_dir}: no MMSI_Bench*.parquet found")
         items = []
-        for path in files:
-            folder = cache_dir(path)
-            for index, row in enumerate(read_rows(path)):
-                where = f"{path} row {index}"
-                try:
-                    qid = str(row["id"])
-                    images = [image_file(im, folder, f"{qid}_{k}.jpg", where) for k, im in enumerate(row["images"])]
-                    question, answer = row["question"], str(row["answer"]).strip()
-                except (KeyError, TypeError) as e:
-                    raise BenchmarkDataError(f"{where}: {e!r}") from e
-                items.append(Item(id=qid, question=question, official_prompt=question + SUFFIX, images=images,
-                                  group=str(row.get("question_type") or ""), meta={"answer": answer}))
+        for row, folder, where in iter_rows(files):
+            try:
+                qid = str(row["id"])
+                images = [image_file(im, folder, f"{qid}_{k}.jpg", where) for k, im in enumerate(row["images"])]
+                question, answer = row["question"], str(row["answer"]).strip()
+            except (KeyError, TypeError) as e:
+                raise BenchmarkDataError(f"{where}: {e!r}") from e
+            items.append(Item(id=qid, question=question, official_prompt=question + SUFFIX, images=images,
+                              group=str(row.get("question_type") or ""), meta={"answer": answer}))
         return items
 
     def prompt(self, item: Item, style: str) -> str:

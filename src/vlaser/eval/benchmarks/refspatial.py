@@ -17,7 +17,7 @@ from pathlib import Path
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
 from vlaser.eval.extract import robopoint_text2pts, vlaser_pixels
 from vlaser.eval.masks import image_size, load_mask, mean_value
-from vlaser.eval.parquet import cache_dir, find_parquet, image_file, read_rows
+from vlaser.eval.parquet import find_parquet, image_file, iter_rows
 
 SPLITS = ("Location", "Placement", "Unseen")
 
@@ -51,18 +51,15 @@ class RefSpatial(Benchmark):
     def _load_parquet(self, files: dict[str, list[Path]]) -> list[Item]:
         items = []
         for split, paths in files.items():
-            for path in paths:
-                folder = cache_dir(path)
-                for index, row in enumerate(read_rows(path)):
-                    where = f"{path} row {index}"
-                    try:
-                        image = image_file(row["image"], folder, f"{row['id']}.img", where)
-                        mask = image_file(row["mask"], folder, f"{row['id']}.mask", where)
-                        items.append(Item(id=f"{split}/{row['id']}", question=row["prompt"],
-                                          official_prompt=f"{row['prompt']} {row['suffix']}", images=[image],
-                                          group=split, meta={"mask": str(mask), "step": row.get("step")}))
-                    except KeyError as e:
-                        raise BenchmarkDataError(f"{where}: no column {e}") from e
+            for row, folder, where in iter_rows(paths):
+                try:
+                    image = image_file(row["image"], folder, f"{row['id']}.img", where)
+                    mask = image_file(row["mask"], folder, f"{row['id']}.mask", where)
+                    items.append(Item(id=f"{split}/{row['id']}", question=row["prompt"],
+                                      official_prompt=f"{row['prompt']} {row['suffix']}", images=[image],
+                                      group=split, meta={"mask": str(mask), "step": row.get("step")}))
+                except KeyError as e:
+                    raise BenchmarkDataError(f"{where}: no column {e}") from e
         return items
 
     def score(self, item: Item, response: str) -> Score:

@@ -19,7 +19,7 @@ from pathlib import Path
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
 from vlaser.eval.extract import robopoint_text2pts, vlaser_pixels
 from vlaser.eval.masks import image_size, load_mask, mean_value
-from vlaser.eval.parquet import cache_dir, find_parquet, image_file, read_rows
+from vlaser.eval.parquet import find_parquet, image_file, iter_rows
 
 FORMAT_SPLIT = " Your answer"
 
@@ -51,18 +51,15 @@ class Where2Place(Benchmark):
 
     def _load_parquet(self, files: list[Path]) -> list[Item]:
         items = []
-        for path in files:
-            folder = cache_dir(path)
-            for index, row in enumerate(read_rows(path)):
-                where = f"{path} row {index}"
-                try:
-                    qid, text = str(row["question_id"]), row["question"]
-                    image = image_file(row["image"], folder, f"{qid}.img", where)
-                    mask = image_file(row["mask"], folder, f"{qid}.mask", where)
-                except KeyError as e:
-                    raise BenchmarkDataError(f"{where}: no column {e}") from e
-                items.append(Item(id=qid, question=text.split(FORMAT_SPLIT)[0].strip(), official_prompt=text,
-                                  images=[image], group=str(row.get("question_type") or ""), meta={"mask": str(mask)}))
+        for row, folder, where in iter_rows(files):
+            try:
+                qid, text = str(row["question_id"]), row["question"]
+                image = image_file(row["image"], folder, f"{qid}.img", where)
+                mask = image_file(row["mask"], folder, f"{qid}.mask", where)
+            except KeyError as e:
+                raise BenchmarkDataError(f"{where}: no column {e}") from e
+            items.append(Item(id=qid, question=text.split(FORMAT_SPLIT)[0].strip(), official_prompt=text,
+                              images=[image], group=str(row.get("question_type") or ""), meta={"mask": str(mask)}))
         return items
 
     def score(self, item: Item, response: str) -> Score:
