@@ -22,7 +22,7 @@ from PIL import Image
 from vlaser.data.meta import Annotations, DatasetSpec, Record, Skip, load_meta, media_path, read_annotations
 from vlaser.data.tokenize import SampleError, Tokenized, preprocess_internvl2_5
 from vlaser.model.constants import IMAGE_PLACEHOLDER, IMG_END_TOKEN
-from vlaser.model.preprocess import ImageLoadError, dynamic_preprocess, pil_to_tensor, to_pil
+from vlaser.model.preprocess import ImageLoadError, dynamic_preprocess, image_to_tiles, pil_to_tensor, to_pil
 from vlaser.model.template import get_template
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ class SFTDataset(torch.utils.data.Dataset):
         self._check_usable(tokens, len(tiles_per_image))
         if text_only:  # a white dummy tile keeps the vision tower in every step's graph
             white = Image.new("RGB", (224, 224), (255, 255, 255))
-            pixel_values = torch.stack([pil_to_tensor(t) for t in dynamic_preprocess(
-                white, self.config.min_dynamic_patch, 1, self.config.force_image_size, self.config.use_thumbnail)])
+            pixel_values = image_to_tiles(white, max_num=1, min_num=self.config.min_dynamic_patch,
+                                          image_size=self.config.force_image_size)
         flags = torch.full((pixel_values.shape[0],), 0 if text_only else 1, dtype=torch.long)
         return {
             "input_ids": torch.tensor(tokens.input_ids, dtype=torch.long),
@@ -177,7 +177,10 @@ class SFTDataset(torch.utils.data.Dataset):
 
     def _tiles(self, image: Image.Image, max_num: int, augment: bool, rng) -> torch.Tensor:
         c = self.config
-        if c.dynamic_image_size:
+        if c.dynamic_image_size and not augment:  # the inference path's tiling, exactly
+            return image_to_tiles(image, max_num=max_num, min_num=c.min_dynamic_patch,
+                                  image_size=c.force_image_size, use_thumbnail=c.use_thumbnail)
+        if c.dynamic_image_size:  # augmentation re-encodes each tile, so keep them as images
             tiles = dynamic_preprocess(image, c.min_dynamic_patch, max_num, c.force_image_size, c.use_thumbnail)
         else:
             tiles = [image]

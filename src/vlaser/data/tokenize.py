@@ -87,7 +87,7 @@ def preprocess_internvl2_5(
     encoded = tokenizer(pieces, padding=False, truncation=False)["input_ids"]
     if add_bos:
         encoded = [ids[1:] for ids in encoded]
-    prefix_len = len(tokenizer(f"{template.roles[1]}")["input_ids"]) - (1 if add_bos else 0)
+    prefix_len = len(tokenizer(template.roles[1])["input_ids"]) - (1 if add_bos else 0)
     input_ids, labels = [], []
     for role, ids in zip(roles, encoded):
         input_ids.extend(ids)

@@ -169,7 +169,7 @@ class InternVLChat(InternVLForConditionalGeneration):
         out = self.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **kwargs)
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
         if keep_grounding_tokens:
-            texts = [decode_keep_grounding(tokenizer, ids) for ids in new_tokens]
+            texts = decode_keep_grounding(tokenizer, new_tokens)
         else:
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [t.split(stop)[0].strip() for t in texts]
@@ -193,17 +193,19 @@ class InternVLChat(InternVLForConditionalGeneration):
             cfg_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def decode_keep_grounding(tokenizer, ids: torch.Tensor) -> str:
-    """Decode, dropping special tokens except the grounding tags (``<ref>``, ``<box>``, ``<quad>``)."""
+def decode_keep_grounding(tokenizer, sequences: torch.Tensor) -> list[str]:
+    """Decode each row up to ``<|im_end|>``, dropping special tokens except the grounding tags
+    (``<ref>``, ``<box>``, ``<quad>``)."""
     keep = {tokenizer.convert_tokens_to_ids(t) for t in GROUNDING_TOKENS}
-    special = set(tokenizer.all_special_ids) | {
+    drop = (set(tokenizer.all_special_ids) | {
         i for t, i in tokenizer.get_added_vocab().items() if t.startswith("<") and t.endswith(">")
-    }
+    }) - keep
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    ids = ids.tolist()
-    if stop in ids:
-        ids = ids[: ids.index(stop)]
-    return tokenizer.decode([i for i in ids if i in keep or i not in special], skip_special_tokens=False)
+    texts = []
+    for ids in sequences.tolist():
+        ids = ids[: ids.index(stop)] if stop in ids else ids
+        texts.append(tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False))
+    return texts
 
 
 def _check_patch_total(pixel_values: torch.Tensor | None, counts: Sequence[int]) -> None:
