@@ -6,9 +6,10 @@ import argparse
 import logging
 import sys
 
-from vlaser.cli import chat, convert, data, eval, info, train
+from vlaser.cli import chat, convert, data, eval, info, quickstart, train
 
-_VERBS = {"chat": chat, "convert": convert, "info": info, "train": train, "data": data, "eval": eval}
+_VERBS = {"chat": chat, "convert": convert, "info": info, "train": train, "data": data, "eval": eval,
+          "quickstart": quickstart}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vlaser.eval.benchmarks.mmsi_bench import SUFFIX as MMSI_SUFFIX
 from vlaser.points import point_question
 
 SHAPES = ("circle", "square", "triangle")
+LETTERS = "ABCD"
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 205, 30)}
 WHERE2PLACE_SUFFIX = (" Your answer should be formatted as a list of tuples, i.e. [(x1, y1), (x2, y2), ...], where "
                       "each tuple contains the x and y coordinates of a point satisfying the conditions above.")
@@ -53,13 +55,14 @@ class Scene:
     size: int
     background: tuple[int, int, int]
     objects: list[Shape] = field(default_factory=list)
+    noise: int = 18
     noise_seed: int | None = None
 
     def render(self) -> Image.Image:
         image = Image.new("RGB", (self.size, self.size), self.background)
-        if self.noise_seed is not None:  # a textured table instead of a plain one
+        if self.noise and self.noise_seed is not None:  # a textured table instead of a plain one
             rng = np.random.default_rng(self.noise_seed)
-            noise = rng.integers(-18, 19, (self.size, self.size, 3))
+            noise = rng.integers(-self.noise, self.noise + 1, (self.size, self.size, 3))
             image = Image.fromarray(np.clip(np.asarray(image, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(image)
         for obj in self.objects:
@@ -78,19 +81,22 @@ class Scene:
         return round(obj.cx / self.size * 1000), round(cy / self.size * 1000)
 
 
-def random_scene(rng: np.random.Generator, size: int, n_objects: int, plain: bool, big: bool) -> Scene:
-    """Objects of distinct (colour, shape) placed without overlap on a plain or textured table."""
-    background = tuple(int(v) for v in rng.integers(150, 220, 3)) if not plain else (200, 200, 200)
-    scene = Scene(size=size, background=background, noise_seed=None if plain else int(rng.integers(1 << 30)))
+def random_scene(rng: np.random.Generator, size: int, n_objects: int, plain: bool, radius: tuple[float, float],
+                 texture: int = 18) -> Scene:
+    """Objects of distinct (colour, shape) placed without overlap on a grey or a tinted, textured table;
+    ``radius`` is the range of object radii as a fraction of the image size."""
+    background = (200, 200, 200) if plain else tuple(int(v) for v in rng.integers(150, 220, 3))
+    scene = Scene(size=size, background=background, noise=0 if plain else texture,
+                  noise_seed=None if plain else int(rng.integers(1 << 30)))
     kinds = [(s, c) for s in SHAPES for c in COLOURS]
     picks = rng.choice(len(kinds), size=n_objects, replace=False)
     for pick in picks:
         for _ in range(100):
-            radius = size * (rng.uniform(0.22, 0.32) if big else rng.uniform(0.09, 0.15))
-            cx, cy = rng.uniform(radius, size - radius, 2)
-            if all(math.dist((cx, cy), (o.cx, o.cy)) > radius + o.radius + 2 for o in scene.objects):
+            r = size * rng.uniform(*radius)
+            cx, cy = rng.uniform(r, size - r, 2)
+            if all(math.dist((cx, cy), (o.cx, o.cy)) > r + o.radius + 2 for o in scene.objects):
                 shape, colour = kinds[pick]
-                scene.objects.append(Shape(shape, colour, float(cx), float(cy), float(radius)))
+                scene.objects.append(Shape(shape, colour, float(cx), float(cy), float(r)))
                 break
     return scene
 
@@ -108,55 +114,78 @@ def relation_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str]
     distractors = [f"{c} {s}" for s in SHAPES for c in COLOURS if f"{c} {s}" != answers[0].name]
     options = [answers[0].name] + list(rng.choice(distractors, size=3, replace=False))
     order = rng.permutation(4)
-    letters = "ABCD"
-    text = ", ".join(f"{letters[k]}: {options[j]}" for k, j in enumerate(order))
-    answer = letters[int(np.where(order == 0)[0][0])]
-    return f"Which object is {relation} the {a.name}?\nOptions: {text}", answer
+    text = ", ".join(f"{LETTERS[k]}: {options[j]}" for k, j in enumerate(order))
+    return f"Which object is {relation} the {a.name}?\nOptions: {text}", LETTERS[int(np.where(order == 0)[0][0])]
 
 
-def identity_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
-    """"What colour is the <shape>?" as a multiple choice (the answer needs the image)."""
+def colour_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
+    """"What colour is the <shape>?" as a multiple choice with the colours in a fixed order (the letter is
+    decided by the image alone)."""
     target = scene.objects[int(rng.integers(len(scene.objects)))]
-    options = list(COLOURS)
-    rng.shuffle(options)
-    letters = "ABCD"
-    text = ", ".join(f"{letters[k]}: {c}" for k, c in enumerate(options))
-    return f"What colour is the {target.shape}?\nOptions: {text}", letters[options.index(target.colour)]
+    text = ", ".join(f"{LETTERS[k]}: {c}" for k, c in enumerate(COLOURS))
+    return f"What colour is the {target.shape}?\nOptions: {text}", LETTERS[list(COLOURS).index(target.colour)]
 
 
-def _scene_for(rng, size, preset, curriculum: float) -> Scene:
-    if preset == "basic":
-        return random_scene(rng, size, 1, plain=rng.random() < 1 - curriculum, big=rng.random() < 1 - curriculum)
-    return random_scene(rng, size, int(rng.integers(2, 5)), plain=False, big=False)
+def multiple_choice(scene: Scene, rng: np.random.Generator, preset: str) -> tuple[str, str, str]:
+    """``(question, answer letter, question type)``: relations in the hard preset (when one answer exists)."""
+    if preset == "hard":
+        relation = relation_question(scene, rng)
+        if relation is not None:
+            return relation[0], relation[1], "relation"
+    question, answer = colour_question(scene, rng)
+    return question, answer, "colour"
 
 
-def write_training_set(out: Path, n: int, seed: int = 0, size: int = 112, preset: str = "basic") -> Path:
-    """``out/meta.json`` + ``out/train.jsonl`` + ``out/images``: pointing, naming and choice questions.
+def scene_for(rng: np.random.Generator, size: int, preset: str, easy: bool = False) -> Scene:
+    """A standard scene of the preset, or an easy one (one large object on a grey table).
 
-    The first part of the set is easy (one large object on a plain table), the rest standard (a curriculum
-    in file order; shuffle is the trainer's). A colour-naming question stays mixed in throughout.
+    basic: one object (radius 10-15 % of the image) on a tinted table; hard: 2-4 smaller objects on a
+    textured table.
     """
+    if easy:
+        return random_scene(rng, size, 1, plain=True, radius=(0.22, 0.32))
+    if preset == "basic":
+        return random_scene(rng, size, 1, plain=False, radius=(0.10, 0.15), texture=0)
+    return random_scene(rng, size, int(rng.integers(2, 5)), plain=False, radius=(0.09, 0.15))
+
+
+def _conversation(image: str, question: str, answer: str) -> list[dict]:
+    return [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
+
+
+def write_training_set(out: Path, n: int, seed: int = 0, size: int = 112, preset: str = "basic",
+                       easy_fraction: float = 0.3) -> Path:
+    """``out/meta.json`` + ``out/train.jsonl`` + ``out/images``: one task per sample.
+
+    Half the samples are Vlaser point grounding (the seed's point prompt, ``<point>[[x, y]]</point>`` on the
+    0-1000 grid), a quarter name the object ("red circle": answerable from the image's colours, which keeps
+    the image features in use while pointing is learned), a quarter are multiple choice in MMSI-Bench's
+    prompt format. ``easy_fraction`` of the scenes hold one large object on a grey table all along, so the
+    shuffled stream always has examples where pointing is easy.
+    """
+    from tqdm import tqdm
+
     rng = np.random.default_rng(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines = []
-    for i in range(n):
-        scene = _scene_for(rng, size, preset, curriculum=min(1.0, 2 * i / n))
+    for i in tqdm(range(n), desc="training scenes", unit="scene", mininterval=1.0):
+        scene = scene_for(rng, size, preset, easy=rng.random() < easy_fraction)
         name = f"{i:06d}.png"
         scene.render().save(out / "images" / name)
         target = int(rng.integers(len(scene.objects)))
-        gx, gy = scene.grid_point(target)
-        task = point_question(f"Point to the {scene.objects[target].name}.")
-        turns = [{"from": "human", "value": "<image>\n" + task},
-                 {"from": "gpt", "value": f"<point>[[{gx}, {gy}]]</point>"}]
-        kind = rng.random()
-        if kind < 0.5:
-            turns += [{"from": "human", "value": "What is the object?" if len(scene.objects) == 1 else
-                       f"What colour is the {scene.objects[target].shape}?"},
-                      {"from": "gpt", "value": scene.objects[target].name if len(scene.objects) == 1 else
-                       scene.objects[target].colour}]
+        task = rng.random()
+        if task < 0.5:
+            gx, gy = scene.grid_point(target)
+            turns = _conversation(name, point_question(f"Point to the {scene.objects[target].name}."),
+                                  f"<point>[[{gx}, {gy}]]</point>")
+        elif task < 0.75:
+            turns = _conversation(name, "What is the object?" if len(scene.objects) == 1 else
+                                  f"What colour is the {scene.objects[target].shape}?",
+                                  scene.objects[target].name if len(scene.objects) == 1 else
+                                  scene.objects[target].colour)
         else:
-            question = (relation_question(scene, rng) if preset == "hard" else None) or identity_question(scene, rng)
-            turns += [{"from": "human", "value": question[0]}, {"from": "gpt", "value": question[1]}]
+            question, answer, _ = multiple_choice(scene, rng, preset)
+            turns = _conversation(name, question + MMSI_SUFFIX, answer)
         lines.append({"id": i, "image": name, "width": size, "height": size, "conversations": turns})
     (out / "train.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     meta = {"quickstart": {"root": str(out / "images"), "annotation": str(out / "train.jsonl"), "data_augment": False,
@@ -172,7 +201,7 @@ def write_where2place(out: Path, n: int, seed: int = 1, size: int = 112, preset:
     (out / "masks").mkdir(exist_ok=True)
     lines = []
     for i in range(n):
-        scene = _scene_for(rng, size, preset, curriculum=1.0)
+        scene = scene_for(rng, size, preset)
         target = int(rng.integers(len(scene.objects)))
         scene.render().save(out / "images" / f"{i}.png")
         Image.fromarray(scene.mask(target)).save(out / "masks" / f"{i:02d}.jpg", quality=95)
@@ -191,11 +220,11 @@ def write_mmsi(out: Path, n: int, seed: int = 2, size: int = 112, preset: str = 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     while len(rows) < n:
-        scene = _scene_for(rng, size, preset, curriculum=1.0)
-        question = (relation_question(scene, rng) if preset == "hard" else None) or identity_question(scene, rng)
+        scene = scene_for(rng, size, preset)
+        question, answer, kind = multiple_choice(scene, rng, preset)
         buf = io.BytesIO()
         scene.render().save(buf, format="JPEG", quality=95)
-        rows.append({"id": len(rows), "images": [buf.getvalue()], "question": question[0], "answer": question[1],
-                     "question_type": "relation" if question[0].startswith("Which") else "colour", "thought": ""})
+        rows.append({"id": len(rows), "images": [buf.getvalue()], "question": question, "answer": answer,
+                     "question_type": kind, "thought": ""})
     pq.write_table(pa.Table.from_pylist(rows), out / "MMSI_Bench.parquet")
     return out

@@ -54,8 +54,11 @@ def _record_settings(model, model_args: ModelArguments, data_args: DataTrainingA
     model.config.text_config.use_cache = False
 
 
-def train(argv: list[str]) -> Path:
-    """Run one SFT job; returns the directory of the final checkpoint."""
+def train(argv: list[str], callbacks: list | None = None) -> Path:
+    """Run one SFT job; returns the directory of the final checkpoint.
+
+    ``callbacks`` are transformers ``TrainerCallback``s (the quickstart's time budget and learning curve).
+    """
     from transformers import set_seed
 
     model_args, data_args, args = parse_args(argv)
@@ -90,7 +93,7 @@ def train(argv: list[str]) -> Path:
         model=model, args=args, train_dataset=dataset, data_collator=collator,
         processing_class=tokenizer, loss_reduction=data_args.loss_reduction, vision_lr=model_args.vision_lr,
         mlp_lr=model_args.mlp_lr, lengths=lengths, sample_weights=None if data_args.use_packed_ds else weights,
-        initial_skips=load_skips,
+        initial_skips=load_skips, callbacks=callbacks,
     )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.log_metrics("train", result.metrics)

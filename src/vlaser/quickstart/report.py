@@ -1,0 +1,102 @@
+"""The quickstart's outputs: ``summary.json``, ``report.md``, ``index.html``, ``loss.png`` and ``curve.png``."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+ROWS = (("where2place", "held-out pointing (Where2Place metric)", "best_constant_point", "best constant point"),
+        ("mmsi_bench", "held-out multiple choice (MMSI-Bench metric)", "majority_answer", "majority answer"))
+
+
+def _plots(out: Path, summary: dict) -> list[str]:
+    """``loss.png`` (training loss by step) and ``curve.png`` (held-out scores by training minute)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    stages = summary["training"]["stages"]
+    if any(stage["loss"] for stage in stages):
+        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+        offset = 0
+        for stage in stages:
+            if stage["loss"]:
+                steps, losses = zip(*stage["loss"])
+                ax.plot([offset + s for s in steps], losses, label=stage["name"])
+            offset += stage["steps"]
+        ax.legend(fontsize=7)
+        ax.set(xlabel="step", ylabel="training loss (per token)", yscale="log", title="vlaser train")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "loss.png")
+        plt.close(fig)
+        files.append("loss.png")
+    if summary["curve"]:
+        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+        minutes = [0.0] + [p["train_seconds"] / 60 for p in summary["curve"]]
+        for key, label, baseline, _ in ROWS:
+            line = ax.plot(minutes, [summary["untrained"][key]] + [p[key] for p in summary["curve"]], marker="o",
+                           label=label)[0]
+            ax.axhline(summary["baselines"][baseline]["score"], ls="--", color=line.get_color(), alpha=0.6)
+        ax.set(xlabel="training minutes", ylabel="held-out score", ylim=(0, 1), title="learning curve "
+               "(dashed: blind baselines)")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "curve.png")
+        plt.close(fig)
+        files.append("curve.png")
+    return files
+
+
+def _table(summary: dict) -> list[str]:
+    lines = ["| held-out set | untrained | trained | blind baseline |", "|---|---|---|---|"]
+    for key, label, baseline, name in ROWS:
+        base = summary["baselines"][baseline]
+        lines.append(f"| {label} | {summary['untrained'][key]:.3f} | **{summary['trained'][key]:.3f}** | "
+                     f"{base['score']:.3f} ({name}) |")
+    return lines
+
+
+def write_outputs(out: Path, summary: dict) -> None:
+    """Write every output file and print the table."""
+    summary["files"] = _plots(out, summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    train = summary["training"]
+    pointing_pass = next((p for p in summary["curve"] if p["where2place"] >= 0.5), None)
+    lines = [f"# vlaser quickstart ({summary['preset']} preset, seed {summary['seed']})", "",
+             f"Trained {train['steps']} steps (batch {train['batch_size']}) in {train['train_seconds'] / 60:.1f} "
+             f"training minutes of a {summary['budget_minutes']:g}-minute budget.", "", *_table(summary), "",
+             "Pointing passes 0.5 after " + (f"{pointing_pass['train_seconds'] / 60:.1f} training minutes "
+                                            f"(step {pointing_pass['step']})." if pointing_pass else
+                                            "-- it did not reach 0.5 within this budget."), ""]
+    lines += [f"![{name}]({name})" for name in summary["files"]]
+    lines += ["", "Held-out pictures (mask green, predicted points red): "
+              "[eval/trained/where2place/index.html](eval/trained/where2place/index.html)", ""]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    _html(out, summary, lines)
+    print("\n".join(_table(summary)))
+    print(f"\nwrote {out / 'summary.json'}, {out / 'report.md'} and {out / 'index.html'}")
+
+
+def _html(out: Path, summary: dict, lines: list[str]) -> None:
+    rows = []
+    for key, label, baseline, name in ROWS:
+        base = summary["baselines"][baseline]
+        rows.append(f"<tr><td>{label}</td><td>{summary['untrained'][key]:.3f}</td>"
+                    f"<td><b>{summary['trained'][key]:.3f}</b></td><td>{base['score']:.3f} ({name})</td></tr>")
+    pictures = sorted((out / "eval" / "trained" / "where2place" / "pictures").glob("*.png"))[:12]
+    page = ["<!doctype html><meta charset='utf-8'><title>vlaser quickstart</title>",
+            "<style>body{font-family:sans-serif;max-width:980px;margin:auto}td,th{padding:4px 10px}"
+            "img.p{width:150px;margin:3px;image-rendering:pixelated}</style>",
+            f"<h1>{html.escape(lines[0][2:])}</h1><p>{html.escape(lines[2])}</p>",
+            "<table border=1 cellspacing=0><tr><th>held-out set</th><th>untrained</th><th>trained</th>"
+            "<th>blind baseline</th></tr>", *rows, "</table>",
+            *[f"<p><img src='{name}'></p>" for name in summary["files"]],
+            "<h2>Held-out pointing, trained model</h2><p>green: object mask; red: predicted point. "
+            "<a href='eval/trained/where2place/index.html'>all pictures with prompts and answers</a></p>",
+            *[f"<img class='p' src='{p.relative_to(out)}'>" for p in pictures]]
+    (out / "index.html").write_text("\n".join(page) + "\n")
