@@ -69,3 +69,21 @@ def test_blind_baselines_find_the_best_constant_point_and_the_majority(tmp_path)
     assert x < 5 and y < 5  # the top-left quarter lies in two of the three masks
     assert baselines["best_constant_point"]["score"] == pytest.approx(2 / 3, abs=0.02)  # JPEG edges are soft
     assert baselines["majority_answer"] == {"score": 0.6, "answer": "B"}
+
+
+def test_short_quickstart_runs_the_whole_loop_and_learns(tmp_path):
+    """The CI variant: every stage through the real commands' code, and training that clearly helps."""
+    from vlaser.cli import main
+
+    assert main(["quickstart", "--out", str(tmp_path), "--minutes", str(SHORT_MINUTES), "--seed", "0"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for name in ("report.md", "index.html", "loss.png", "curve.png", "trained/config.json",
+                 "eval/trained/where2place/metrics.json", "eval/trained/where2place/pictures/0.png",
+                 "data/where2place/point_questions.jsonl", "data/mmsi_bench/MMSI_Bench.parquet"):
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "trained" / "config.json").read_text())["architectures"] == ["InternVLChatModel"]
+    before, after, base = summary["untrained"], summary["trained"], summary["baselines"]
+    assert after["mmsi_bench"] >= before["mmsi_bench"] + 0.3
+    assert after["mmsi_bench"] >= base["majority_answer"]["score"] + 0.3
+    assert after["where2place"] > before["where2place"]
+    assert summary["training"]["steps"] > 0 and summary["curve"]

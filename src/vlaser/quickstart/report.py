@@ -70,9 +70,10 @@ def write_outputs(out: Path, summary: dict) -> None:
     lines = [f"# vlaser quickstart ({summary['preset']} preset, seed {summary['seed']})", "",
              f"Trained {train['steps']} steps (batch {train['batch_size']}) in {train['train_seconds'] / 60:.1f} "
              f"training minutes of a {summary['budget_minutes']:g}-minute budget.", "", *_table(summary), "",
-             "Pointing passes 0.5 after " + (f"{pointing_pass['train_seconds'] / 60:.1f} training minutes "
-                                            f"(step {pointing_pass['step']})." if pointing_pass else
-                                            "-- it did not reach 0.5 within this budget."), ""]
+             (f"Held-out pointing first passed 0.5 after {pointing_pass['train_seconds'] / 60:.1f} training "
+              f"minutes (step {pointing_pass['step']})." if pointing_pass else
+              "Held-out pointing did not reach 0.5 within this budget (best during training: "
+              f"{max([p['where2place'] for p in summary['curve']] or [0.0]):.3f})."), ""]
     lines += [f"![{name}]({name})" for name in summary["files"]]
     lines += ["", "Held-out pictures (mask green, predicted points red): "
               "[eval/trained/where2place/index.html](eval/trained/where2place/index.html)", ""]
@@ -88,7 +89,10 @@ def _html(out: Path, summary: dict, lines: list[str]) -> None:
         base = summary["baselines"][baseline]
         rows.append(f"<tr><td>{label}</td><td>{summary['untrained'][key]:.3f}</td>"
                     f"<td><b>{summary['trained'][key]:.3f}</b></td><td>{base['score']:.3f} ({name})</td></tr>")
-    pictures = sorted((out / "eval" / "trained" / "where2place" / "pictures").glob("*.png"))[:12]
+    def pictures(run: str) -> list[Path]:  # numeric order of the item ids
+        found = (out / "eval" / run / "where2place" / "pictures").glob("*.png")
+        return sorted(found, key=lambda p: (len(p.stem), p.stem))[:12]
+
     page = ["<!doctype html><meta charset='utf-8'><title>vlaser quickstart</title>",
             "<style>body{font-family:sans-serif;max-width:980px;margin:auto}td,th{padding:4px 10px}"
             "img.p{width:150px;margin:3px;image-rendering:pixelated}</style>",
@@ -96,7 +100,10 @@ def _html(out: Path, summary: dict, lines: list[str]) -> None:
             "<table border=1 cellspacing=0><tr><th>held-out set</th><th>untrained</th><th>trained</th>"
             "<th>blind baseline</th></tr>", *rows, "</table>",
             *[f"<p><img src='{name}'></p>" for name in summary["files"]],
-            "<h2>Held-out pointing, trained model</h2><p>green: object mask; red: predicted point. "
-            "<a href='eval/trained/where2place/index.html'>all pictures with prompts and answers</a></p>",
-            *[f"<img class='p' src='{p.relative_to(out)}'>" for p in pictures]]
+            "<h2>Held-out pointing</h2><p>green: object mask; red: predicted point. All pictures with prompts "
+            "and answers: <a href='eval/untrained/where2place/index.html'>untrained</a>, "
+            "<a href='eval/trained/where2place/index.html'>trained</a></p>"]
+    for run in ("untrained", "trained"):
+        page += [f"<h3>{run}</h3><div>", *[f"<img class='p' src='{p.relative_to(out)}'>" for p in pictures(run)],
+                 "</div>"]
     (out / "index.html").write_text("\n".join(page) + "\n")
