@@ -9,6 +9,8 @@ from PIL import Image
 
 from vlaser.quickstart import run as quickstart
 
+SHORT_MINUTES = 6.0  #: the CI variant's training budget (the full run's is 10 minutes)
+
 
 def test_budget_stops_training_and_does_not_count_evaluation_time(monkeypatch):
     now = [0.0]
@@ -83,7 +85,10 @@ def test_short_quickstart_runs_the_whole_loop_and_learns(tmp_path):
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "trained" / "config.json").read_text())["architectures"] == ["InternVLChatModel"]
     before, after, base = summary["untrained"], summary["trained"], summary["baselines"]
-    assert after["mmsi_bench"] >= before["mmsi_bench"] + 0.3
-    assert after["mmsi_bench"] >= base["majority_answer"]["score"] + 0.3
-    assert after["where2place"] > before["where2place"]
+    assert after["mmsi_bench"] >= before["mmsi_bench"] + 0.25
+    assert after["mmsi_bench"] >= base["majority_answer"]["score"] + 0.25
+    assert after["where2place"] >= before["where2place"] + 0.2
+    assert after["where2place"] >= base["best_constant_point"]["score"] + 0.15
+    unparsed = json.loads((tmp_path / "eval" / "trained" / "where2place" / "metrics.json").read_text())["n_unparsed"]
+    assert unparsed <= 10  # of 200: the trained model answers in the <point> format
     assert summary["training"]["steps"] > 0 and summary["curve"]
