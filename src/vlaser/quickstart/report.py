@@ -67,11 +67,13 @@ def write_outputs(out: Path, summary: dict) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     train = summary["training"]
     pointing_pass = next((p for p in summary["curve"] if p["where2place"] >= 0.5), None)
+    every = summary["budget_minutes"] / train["preset"]["curve_points"]
     lines = [f"# vlaser quickstart ({summary['preset']} preset, seed {summary['seed']})", "",
              f"Trained {train['steps']} steps (batch {train['batch_size']}) in {train['train_seconds'] / 60:.1f} "
              f"training minutes of a {summary['budget_minutes']:g}-minute budget.", "", *_table(summary), "",
-             (f"Held-out pointing first passed 0.5 after {pointing_pass['train_seconds'] / 60:.1f} training "
-              f"minutes (step {pointing_pass['step']})." if pointing_pass else
+             (f"Held-out pointing was first above 0.5 at the evaluation after "
+              f"{pointing_pass['train_seconds'] / 60:.1f} training minutes (step {pointing_pass['step']}; the "
+              f"curve is evaluated every {every:.1f} minutes)." if pointing_pass else
               "Held-out pointing did not reach 0.5 within this budget (best during training: "
               f"{max([p['where2place'] for p in summary['curve']] or [0.0]):.3f})."), ""]
     lines += [f"![{name}]({name})" for name in summary["files"]]

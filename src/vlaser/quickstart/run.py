@@ -32,6 +32,7 @@ class Stage:
     name: str
     budget_share: float  #: fraction of the time budget
     easy_fraction: float  #: share of easy scenes (one large object on a grey table) in its data
+    scenes: str | None = None  #: whose standard scenes fill the rest: "basic" or "hard" (default: the preset's)
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,14 @@ class Preset:
 
 #: From scratch, the model first learns the answer format and stays blind to where things are; pointing at
 #: a large object on a plain table is what breaks that, so every curriculum starts there.
-CURRICULUM = (Stage("large objects on a grey table", 0.4, 1.0), Stage("standard scenes", 0.6, 0.3))
 PRESETS = {
     "basic": Preset("basic", minutes=10, n_train=16000, n_eval=200, learning_rate=2e-3, vision_lr=6e-4,
-                    curve_points=6, stages=CURRICULUM),
-    "hard": Preset("hard", minutes=30, n_train=40000, n_eval=200, learning_rate=2e-3, vision_lr=6e-4,
-                   curve_points=12, stages=CURRICULUM),
+                    curve_points=6, stages=(Stage("large objects on a grey table", 0.4, 1.0),
+                                            Stage("standard scenes", 0.6, 0.3))),
+    "hard": Preset("hard", minutes=30, n_train=32000, n_eval=200, learning_rate=2e-3, vision_lr=6e-4,
+                   curve_points=12, stages=(Stage("large objects on a grey table", 0.15, 1.0),
+                                            Stage("one object on a tinted table", 0.25, 0.3, "basic"),
+                                            Stage("2-4 objects on a textured table", 0.6, 0.2))),
 }
 #: the tiny model: InternVL3's architecture (InternViT + pixel-shuffle MLP + Qwen2) at toy width and depth
 IMAGE_SIZE = 112
@@ -74,7 +77,7 @@ def _stage(text: str) -> None:
 def generate_data(out: Path, preset: Preset, seed: int) -> dict[str, Path]:
     """A training set (meta JSON + JSONL) per stage and the two held-out sets in their official layouts."""
     stages = {f"stage{k + 1}": scenes.write_training_set(out / f"stage{k + 1}", preset.n_train, seed=seed + 10 * k,
-                                                         size=IMAGE_SIZE, preset=preset.name,
+                                                         size=IMAGE_SIZE, preset=stage.scenes or preset.name,
                                                          easy_fraction=stage.easy_fraction)
               for k, stage in enumerate(preset.stages)}
     return {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,22 +119,32 @@ def relation_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str]
     return f"Which object is {relation} the {a.name}?\nOptions: {text}", LETTERS[int(np.where(order == 0)[0][0])]
 
 
-def colour_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
+def unique_shapes(scene: Scene) -> list[Shape]:
+    """Objects that "the <shape>" names unambiguously."""
+    shapes = Counter(o.shape for o in scene.objects)
+    return [o for o in scene.objects if shapes[o.shape] == 1]
+
+
+def colour_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | None:
     """"What colour is the <shape>?" as a multiple choice with the colours in a fixed order (the letter is
-    decided by the image alone)."""
-    target = scene.objects[int(rng.integers(len(scene.objects)))]
+    decided by the image alone); None when every shape in the scene repeats."""
+    candidates = unique_shapes(scene)
+    if not candidates:
+        return None
+    target = candidates[int(rng.integers(len(candidates)))]
     text = ", ".join(f"{LETTERS[k]}: {c}" for k, c in enumerate(COLOURS))
     return f"What colour is the {target.shape}?\nOptions: {text}", LETTERS[list(COLOURS).index(target.colour)]
 
 
-def multiple_choice(scene: Scene, rng: np.random.Generator, preset: str) -> tuple[str, str, str]:
-    """``(question, answer letter, question type)``: relations in the hard preset (when one answer exists)."""
+def multiple_choice(scene: Scene, rng: np.random.Generator, preset: str) -> tuple[str, str, str] | None:
+    """``(question, answer letter, question type)``: relations in the hard preset (when one answer exists),
+    else the colour question; None when neither has a unique answer."""
     if preset == "hard":
         relation = relation_question(scene, rng)
         if relation is not None:
             return relation[0], relation[1], "relation"
-    question, answer = colour_question(scene, rng)
-    return question, answer, "colour"
+    colour = colour_question(scene, rng)
+    return None if colour is None else (colour[0], colour[1], "colour")
 
 
 def scene_for(rng: np.random.Generator, size: int, preset: str, easy: bool = False) -> Scene:
@@ -174,18 +185,18 @@ def write_training_set(out: Path, n: int, seed: int = 0, size: int = 112, preset
         scene.render().save(out / "images" / name)
         target = int(rng.integers(len(scene.objects)))
         task = rng.random()
-        if task < 0.5:
+        choice = multiple_choice(scene, rng, preset) if task >= 0.75 else None
+        named = unique_shapes(scene)
+        if 0.5 <= task < 0.75 and named:
+            obj = named[int(rng.integers(len(named)))] if len(named) > 1 else named[0]
+            turns = _conversation(name, *(("What is the object?", obj.name) if len(scene.objects) == 1 else
+                                          (f"What colour is the {obj.shape}?", obj.colour)))
+        elif choice is not None:
+            turns = _conversation(name, choice[0] + MMSI_SUFFIX, choice[1])
+        else:  # pointing (half the samples, and any whose question would be ambiguous)
             gx, gy = scene.grid_point(target)
             turns = _conversation(name, point_question(f"Point to the {scene.objects[target].name}."),
                                   f"<point>[[{gx}, {gy}]]</point>")
-        elif task < 0.75:
-            turns = _conversation(name, "What is the object?" if len(scene.objects) == 1 else
-                                  f"What colour is the {scene.objects[target].shape}?",
-                                  scene.objects[target].name if len(scene.objects) == 1 else
-                                  scene.objects[target].colour)
-        else:
-            question, answer, _ = multiple_choice(scene, rng, preset)
-            turns = _conversation(name, question + MMSI_SUFFIX, answer)
         lines.append({"id": i, "image": name, "width": size, "height": size, "conversations": turns})
     (out / "train.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     meta = {"quickstart": {"root": str(out / "images"), "annotation": str(out / "train.jsonl"), "data_augment": False,
@@ -221,7 +232,10 @@ def write_mmsi(out: Path, n: int, seed: int = 2, size: int = 112, preset: str = 
     rows = []
     while len(rows) < n:
         scene = scene_for(rng, size, preset)
-        question, answer, kind = multiple_choice(scene, rng, preset)
+        choice = multiple_choice(scene, rng, preset)
+        if choice is None:
+            continue
+        question, answer, kind = choice
         buf = io.BytesIO()
         scene.render().save(buf, format="JPEG", quality=95)
         rows.append({"id": len(rows), "images": [buf.getvalue()], "question": question, "answer": answer,
