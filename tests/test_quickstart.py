@@ -92,3 +92,4 @@ def test_short_quickstart_runs_the_whole_loop_and_learns(tmp_path):
     unparsed = json.loads((tmp_path / "eval" / "trained" / "where2place" / "metrics.json").read_text())["n_unparsed"]
     assert unparsed <= 10  # of 200: the trained model answers in the <point> format
     assert summary["training"]["steps"] > 0 and summary["curve"]
+    assert main(["quickstart", "--out", str(tmp_path)]) == 2  # a finished run is not silently mixed into

@@ -18,10 +18,12 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", choices=("basic", "hard"), default="basic",
                    help="basic: one object per scene; hard: 2-4 objects, referring pointing, relation questions")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
 
 def run(args) -> int:
     from vlaser.quickstart.run import run_quickstart
 
-    run_quickstart(args.out, minutes=args.minutes, preset=args.preset, seed=args.seed)
+    run_quickstart(args.out, minutes=args.minutes, preset=args.preset, seed=args.seed,
+                   overwrite=args.overwrite)
     return 0

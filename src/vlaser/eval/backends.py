@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 class TransformersBackend:
     """Batched greedy generation with a local checkpoint (``VLM.ask_batch``: left-padded ``batch_chat``)."""
 
-    def __init__(self, model_path: str, dtype="auto", device=None):
+    def __init__(self, model_path: str, dtype="auto", device=None, vlm=None):
+        """Loads ``model_path``; or, given ``vlm`` (a model already in memory, e.g. one being trained), uses it
+        and ``model_path`` only names it in ``run.json``."""
         import os
 
         import torch
@@ -33,7 +35,7 @@ class TransformersBackend:
         if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
             device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun process
         self.model_path = model_path
-        self.vlm = VLM.from_pretrained(model_path, dtype=dtype, device=device)
+        self.vlm = vlm if vlm is not None else VLM.from_pretrained(model_path, dtype=dtype, device=device)
 
     @property
     def overlap_io(self) -> bool:

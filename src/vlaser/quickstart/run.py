@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -166,27 +167,6 @@ class BudgetCallback(TrainerCallback):
         return control
 
 
-class _InMemoryBackend:
-    """The eval runner's backend interface over the model being trained (for the learning curve)."""
-
-    overlap_io = False
-
-    def __init__(self, model, tokenizer):
-        from vlaser.api import VLM
-
-        self.vlm = VLM(model, tokenizer)
-
-    def info(self) -> dict:
-        return {"backend": "transformers", "model": "in training"}
-
-    def prepare(self, paths, max_num: int):
-        return self.vlm.media(paths[0], max_num=max_num)
-
-    def generate(self, requests, max_num: int, max_new_tokens: int) -> list[str]:
-        return self.vlm.generate([m for m, _ in requests], [p for _, p in requests],
-                                 {"max_new_tokens": max_new_tokens, "do_sample": False})
-
-
 def evaluate(backend, data: dict[str, Path], out: Path, pictures: int = 0) -> dict[str, float]:
     """Held-out pointing (Where2Place metric) and multiple-choice accuracy (MMSI-Bench metric)."""
     from vlaser.eval.benchmark import get_benchmark
@@ -215,10 +195,12 @@ def blind_baselines(data: dict[str, Path]) -> dict:
 
 
 def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic", seed: int = 0,
-                   n_train: int | None = None, n_eval: int | None = None) -> dict:
+                   n_train: int | None = None, n_eval: int | None = None, overwrite: bool = False) -> dict:
     """The whole loop; returns (and writes to ``out/summary.json``) the before/after/baseline summary.
 
-    ``n_train`` / ``n_eval`` override the preset's dataset sizes (a short run needs fewer scenes).
+    ``n_train`` / ``n_eval`` override the preset's dataset sizes (a short run needs fewer scenes). A
+    non-empty ``out`` is an error unless ``overwrite`` (the eval runner would otherwise resume from the
+    old run's answers).
     """
     from vlaser.eval.backends import TransformersBackend
     from vlaser.model.tiny import build_tiny_checkpoint
@@ -232,6 +214,10 @@ def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic
     if budget <= 0:
         raise ValueError(f"--minutes must be positive, got {minutes}")
     out = Path(out)
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
@@ -290,7 +276,11 @@ def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic
 
 def _curve_evaluator(data: dict[str, Path], out: Path):
     def evaluate_now(model, tokenizer, step: int) -> dict[str, float]:
-        return evaluate(_InMemoryBackend(model, tokenizer), data, out / f"step-{step:06d}")
+        from vlaser.api import VLM
+        from vlaser.eval.backends import TransformersBackend
+
+        backend = TransformersBackend(f"in training, step {step}", vlm=VLM(model, tokenizer))
+        return evaluate(backend, data, out / f"step-{step:06d}")
 
     return evaluate_now
 
