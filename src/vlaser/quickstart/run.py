@@ -255,6 +255,7 @@ def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic
         curve += callback.curve
         offset_seconds += callback.train_seconds()
         offset_steps += steps
+        per_step = callback.train_seconds() / max(1, steps)  # the next stage plans with this stage's real pace
     wall = time.perf_counter() - started
 
     _stage("5/5 evaluating the trained checkpoint")
