@@ -265,7 +265,7 @@ def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic
         "preset": preset, "seed": seed, "budget_minutes": budget / 60,
         "model": {"image_size": IMAGE_SIZE, "vision": VISION, "llm": LLM},
         "training": {"steps": offset_steps, "train_seconds": round(offset_seconds, 1),
-                     "wall_seconds": round(wall, 1), "seconds_per_step_estimate": round(per_step, 4),
+                     "wall_seconds": round(wall, 1), "last_stage_seconds_per_step": round(per_step, 4),
                      "batch_size": BATCH_SIZE, "preset": asdict(config), "stages": stages},
         "untrained": before, "trained": after, "baselines": blind_baselines(data), "curve": curve,
         "paths": {"data": str(out / "data"), "untrained": str(untrained), "trained": str(checkpoint),
