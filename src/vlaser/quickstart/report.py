@@ -52,13 +52,18 @@ def _plots(out: Path, summary: dict) -> list[str]:
     return files
 
 
+HEADER = ("held-out set", "untrained", "trained", "blind baseline")
+
+
+def _rows(summary: dict) -> list[tuple[str, str, str, str]]:
+    """The before/after/baseline table's cells, shared by ``report.md``, ``index.html`` and the console."""
+    return [(label, f"{summary['untrained'][key]:.3f}", f"{summary['trained'][key]:.3f}",
+             f"{summary['baselines'][baseline]['score']:.3f} ({name})") for key, label, baseline, name in ROWS]
+
+
 def _table(summary: dict) -> list[str]:
-    lines = ["| held-out set | untrained | trained | blind baseline |", "|---|---|---|---|"]
-    for key, label, baseline, name in ROWS:
-        base = summary["baselines"][baseline]
-        lines.append(f"| {label} | {summary['untrained'][key]:.3f} | **{summary['trained'][key]:.3f}** | "
-                     f"{base['score']:.3f} ({name}) |")
-    return lines
+    lines = ["| " + " | ".join(HEADER) + " |", "|---|---|---|---|"]
+    return lines + [f"| {label} | {before} | **{after}** | {base} |" for label, before, after, base in _rows(summary)]
 
 
 def write_outputs(out: Path, summary: dict) -> None:
@@ -68,29 +73,28 @@ def write_outputs(out: Path, summary: dict) -> None:
     train = summary["training"]
     pointing_pass = next((p for p in summary["curve"] if p["where2place"] >= 0.5), None)
     every = summary["budget_minutes"] / train["preset"]["curve_points"]
-    lines = [f"# vlaser quickstart ({summary['preset']} preset, seed {summary['seed']})", "",
-             f"Trained {train['steps']} steps (batch {train['batch_size']}) in {train['train_seconds'] / 60:.1f} "
-             f"training minutes of a {summary['budget_minutes']:g}-minute budget.", "", *_table(summary), "",
-             (f"Held-out pointing was first above 0.5 at the evaluation after "
+    title = f"vlaser quickstart ({summary['preset']} preset, seed {summary['seed']})"
+    trained = (f"Trained {train['steps']} steps (batch {train['batch_size']}) in {train['train_seconds'] / 60:.1f} "
+               f"training minutes of a {summary['budget_minutes']:g}-minute budget.")
+    pointing = (f"Held-out pointing was first above 0.5 at the evaluation after "
               f"{pointing_pass['train_seconds'] / 60:.1f} training minutes (step {pointing_pass['step']}; the "
               f"curve is evaluated every {every:.1f} minutes)." if pointing_pass else
               "Held-out pointing did not reach 0.5 within this budget (best during training: "
-              f"{max([p['where2place'] for p in summary['curve']] or [0.0]):.3f})."), ""]
+              f"{max([p['where2place'] for p in summary['curve']] or [0.0]):.3f}).")
+    lines = [f"# {title}", "", trained, "", *_table(summary), "", pointing, ""]
     lines += [f"![{name}]({name})" for name in summary["files"]]
     lines += ["", "Held-out pictures (mask green, predicted points red): "
               "[eval/trained/where2place/index.html](eval/trained/where2place/index.html)", ""]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    _html(out, summary, lines)
+    _html(out, summary, title, [trained, pointing])
     print("\n".join(_table(summary)))
     print(f"\nwrote {out / 'summary.json'}, {out / 'report.md'} and {out / 'index.html'}")
 
 
-def _html(out: Path, summary: dict, lines: list[str]) -> None:
-    rows = []
-    for key, label, baseline, name in ROWS:
-        base = summary["baselines"][baseline]
-        rows.append(f"<tr><td>{label}</td><td>{summary['untrained'][key]:.3f}</td>"
-                    f"<td><b>{summary['trained'][key]:.3f}</b></td><td>{base['score']:.3f} ({name})</td></tr>")
+def _html(out: Path, summary: dict, title: str, paragraphs: list[str]) -> None:
+    rows = [f"<tr><td>{label}</td><td>{before}</td><td><b>{after}</b></td><td>{base}</td></tr>"
+            for label, before, after, base in _rows(summary)]
+
     def pictures(run: str) -> list[Path]:  # numeric order of the item ids
         found = (out / "eval" / run / "where2place" / "pictures").glob("*.png")
         return sorted(found, key=lambda p: (len(p.stem), p.stem))[:12]
@@ -98,9 +102,9 @@ def _html(out: Path, summary: dict, lines: list[str]) -> None:
     page = ["<!doctype html><meta charset='utf-8'><title>vlaser quickstart</title>",
             "<style>body{font-family:sans-serif;max-width:980px;margin:auto}td,th{padding:4px 10px}"
             "img.p{width:150px;margin:3px;image-rendering:pixelated}</style>",
-            f"<h1>{html.escape(lines[0][2:])}</h1><p>{html.escape(lines[2])}</p>",
-            "<table border=1 cellspacing=0><tr><th>held-out set</th><th>untrained</th><th>trained</th>"
-            "<th>blind baseline</th></tr>", *rows, "</table>",
+            f"<h1>{html.escape(title)}</h1>", *[f"<p>{html.escape(p)}</p>" for p in paragraphs],
+            "<table border=1 cellspacing=0><tr>" + "".join(f"<th>{h}</th>" for h in HEADER) + "</tr>", *rows,
+            "</table>",
             *[f"<p><img src='{name}'></p>" for name in summary["files"]],
             "<h2>Held-out pointing</h2><p>green: object mask; red: predicted point. All pictures with prompts "
             "and answers: <a href='eval/untrained/where2place/index.html'>untrained</a>, "

@@ -9,7 +9,6 @@ Where2Place's and MMSI-Bench's official layouts, before and after training, besi
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 import time
@@ -22,8 +21,6 @@ import torch
 from transformers import TrainerCallback
 
 from vlaser.quickstart import scenes
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,7 +42,7 @@ class Preset:
     n_train: int  #: training samples generated per stage (the trainer draws from them for the stage's budget)
     n_eval: int  #: held-out items per benchmark
     learning_rate: float
-    vision_lr: float  #: the projector's (0.3x keeps the image features from collapsing); the ViT stays frozen
+    projector_lr: float  #: 0.3x the LLM's keeps the image features from collapsing (the ViT stays frozen)
     curve_points: int  #: held-out evaluations during training (the learning curve)
     stages: tuple[Stage, ...] = ()
 
@@ -53,10 +50,10 @@ class Preset:
 #: From scratch, the model first learns the answer format and stays blind to where things are; pointing at
 #: a large object on a plain table is what breaks that, so every curriculum starts there.
 PRESETS = {
-    "basic": Preset("basic", minutes=10, n_train=16000, n_eval=200, learning_rate=2e-3, vision_lr=6e-4,
+    "basic": Preset("basic", minutes=10, n_train=16000, n_eval=200, learning_rate=2e-3, projector_lr=6e-4,
                     curve_points=6, stages=(Stage("large objects on a grey table", 0.4, 1.0),
                                             Stage("standard scenes", 0.6, 0.3))),
-    "hard": Preset("hard", minutes=30, n_train=32000, n_eval=200, learning_rate=2e-3, vision_lr=6e-4,
+    "hard": Preset("hard", minutes=30, n_train=32000, n_eval=200, learning_rate=2e-3, projector_lr=6e-4,
                    curve_points=12, stages=(Stage("large objects on a grey table", 0.15, 1.0),
                                             Stage("one object on a tinted table", 0.25, 0.3, "basic"),
                                             Stage("2-4 objects on a textured table", 0.6, 0.2))),
@@ -96,7 +93,7 @@ def train_flags(model_dir: Path, meta: Path, out: Path, preset: Preset, max_step
         "model_name_or_path": model_dir, "meta_path": meta, "output_dir": out, "conv_style": "internvl2_5",
         "force_image_size": IMAGE_SIZE, "max_dynamic_patch": 1, "down_sample_ratio": 0.5,
         "per_device_train_batch_size": BATCH_SIZE, "learning_rate": preset.learning_rate,
-        "freeze_backbone": True, "mlp_lr": preset.vision_lr, "weight_decay": 0.0, "max_grad_norm": 1.0,
+        "freeze_backbone": True, "mlp_lr": preset.projector_lr, "weight_decay": 0.0, "max_grad_norm": 1.0,
         "max_steps": max_steps, "lr_scheduler_type": "cosine", "warmup_steps": min(50, max_steps // 10),
         "logging_steps": 20, "save_strategy": "no", "report_to": "none", "seed": seed, "data_seed": seed,
         "dataloader_num_workers": 1, "use_cpu": True, "max_seq_length": 512, "disable_tqdm": False,
@@ -248,10 +245,10 @@ def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic
         checkpoint = train(train_flags(checkpoint, data[f"stage{number}"], out / ("trained" if final else
                                                                                  f"stage{number}"),
                                        config, max_steps, seed), callbacks=[callback])
-        steps = _trained_steps(checkpoint)
+        steps, loss = _trainer_state(checkpoint)
         stages.append({"name": stage.name, "checkpoint": str(checkpoint), "steps": steps,
                        "train_seconds": round(callback.train_seconds(), 1), "planned_steps": max_steps,
-                       "stopped_by_budget": callback.stopped_by_budget, "loss": _loss_history(checkpoint)})
+                       "stopped_by_budget": callback.stopped_by_budget, "loss": loss})
         curve += callback.curve
         offset_seconds += callback.train_seconds()
         offset_steps += steps
@@ -286,14 +283,7 @@ def _curve_evaluator(data: dict[str, Path], out: Path):
     return evaluate_now
 
 
-def _loss_history(checkpoint: Path) -> list[list[float]]:
-    """``[step, loss]`` pairs logged by the Trainer."""
-    state = checkpoint / "trainer_state.json"
-    if not state.is_file():
-        return []
-    return [[e["step"], e["loss"]] for e in json.loads(state.read_text())["log_history"] if "loss" in e]
-
-
-def _trained_steps(checkpoint: Path) -> int:
-    state = checkpoint / "trainer_state.json"
-    return int(json.loads(state.read_text())["global_step"]) if state.is_file() else -1
+def _trainer_state(checkpoint: Path) -> tuple[int, list[list[float]]]:
+    """Steps trained and the ``[step, loss]`` pairs the Trainer logged, from ``trainer_state.json``."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return int(state["global_step"]), [[e["step"], e["loss"]] for e in state["log_history"] if "loss" in e]

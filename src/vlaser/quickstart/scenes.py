@@ -160,7 +160,7 @@ def scene_for(rng: np.random.Generator, size: int, preset: str, easy: bool = Fal
     return random_scene(rng, size, int(rng.integers(2, 5)), plain=False, radius=(0.09, 0.15))
 
 
-def _conversation(image: str, question: str, answer: str) -> list[dict]:
+def _conversation(question: str, answer: str) -> list[dict]:
     return [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
 
 
@@ -189,13 +189,13 @@ def write_training_set(out: Path, n: int, seed: int = 0, size: int = 112, preset
         named = unique_shapes(scene)
         if 0.5 <= task < 0.75 and named:
             obj = named[int(rng.integers(len(named)))] if len(named) > 1 else named[0]
-            turns = _conversation(name, *(("What is the object?", obj.name) if len(scene.objects) == 1 else
+            turns = _conversation(*(("What is the object?", obj.name) if len(scene.objects) == 1 else
                                           (f"What colour is the {obj.shape}?", obj.colour)))
         elif choice is not None:
-            turns = _conversation(name, choice[0] + MMSI_SUFFIX, choice[1])
+            turns = _conversation(choice[0] + MMSI_SUFFIX, choice[1])
         else:  # pointing (half the samples, and any whose question would be ambiguous)
             gx, gy = scene.grid_point(target)
-            turns = _conversation(name, point_question(f"Point to the {scene.objects[target].name}."),
+            turns = _conversation(point_question(f"Point to the {scene.objects[target].name}."),
                                   f"<point>[[{gx}, {gy}]]</point>")
         lines.append({"id": i, "image": name, "width": size, "height": size, "conversations": turns})
     (out / "train.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
