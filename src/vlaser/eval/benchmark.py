@@ -27,6 +27,9 @@ class Item:
     images: list[Path]
     meta: dict[str, Any] = field(default_factory=dict)
     group: str = ""
+    #: a clip whose sampled frames follow ``images``; frames are chosen by ``Benchmark.frame_indices``, decoded
+    #: only when the item is asked (``eval score`` never needs the file)
+    video: Path | None = None
 
 
 @dataclass
@@ -48,6 +51,10 @@ class Benchmark(abc.ABC):
     max_num: ClassVar[int] = 6
     max_new_tokens: ClassVar[int] = 100
     pointing: ClassVar[bool] = True
+    #: frames sampled per video item (``--frames`` overrides) and the label of their prompt lines
+    #: (``Frame-1: <image>``, as InternVL's video path; ``Image`` where a benchmark's own InternVL code says so)
+    frames: ClassVar[int] = 8
+    frame_label: ClassVar[str] = "Frame"
 
     def __init__(self, protocol: str | None = None, **options):
         self.protocol = protocol or self.protocols[0]
@@ -68,6 +75,12 @@ class Benchmark(abc.ABC):
         if style != "vlaser":
             raise ValueError(f"--prompt must be vlaser or official, got {style!r}")
         return point_question(item.question)
+
+    def frame_indices(self, item: Item, total_frames: int, n_frames: int) -> list[int]:
+        """Which of the clip's ``total_frames`` frames to show: InternVL's ``get_index`` segment centres."""
+        from vlaser.model.preprocess import get_index
+
+        return [int(i) for i in get_index(None, 1.0, total_frames - 1, num_segments=n_frames)]
 
     @abc.abstractmethod
     def score(self, item: Item, response: str) -> Score:
@@ -111,6 +124,10 @@ REGISTRY: dict[str, str] = {
     "pixmo_points": "vlaser.eval.benchmarks.pixmo_points:PixmoPoints",
     "paco_lvis": "vlaser.eval.benchmarks.paco_lvis:PacoLvis",
     "mmsi_bench": "vlaser.eval.benchmarks.mmsi_bench:MMSIBench",
+    "erqa": "vlaser.eval.benchmarks.erqa:ERQA",
+    "egoplan_bench2": "vlaser.eval.benchmarks.egoplan_bench2:EgoPlanBench2",
+    "vsi_bench": "vlaser.eval.benchmarks.vsi_bench:VSIBench",
+    "vlabench": "vlaser.eval.benchmarks.vlabench:VLABench",
 }
 
 
