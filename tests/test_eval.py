@@ -123,8 +123,8 @@ class ScriptedBackend:
     def info(self):
         return {"backend": "scripted", "model": "scripted"}
 
-    def generate(self, requests, max_num, max_new_tokens):
-        self.asked += [prompt for _, prompt in requests]
+    def generate(self, requests, max_new_tokens):
+        self.asked += [request.prompt for request in requests]
         return [self.answer] * len(requests)
 
 
@@ -145,7 +145,7 @@ def test_run_writes_outputs_and_resumes(tmp_path):
     for name in ("metrics.json", "report.md", "scores.jsonl", "index.html"):
         assert (out / name).is_file(), name
     assert len(list((out / "pictures").glob("*.png"))) == 5
-    assert backend.asked[0].startswith("You are InternVL. Your task is to locate several points")
+    assert backend.asked[0].startswith("<image>\nYou are InternVL. Your task is to locate several points")
     with pytest.raises(ValueError, match="different"):
         run(bench, ScriptedBackend(), data, out, prompt="official")
 
@@ -173,10 +173,11 @@ def test_missing_files_are_named(tmp_path):
 
 
 class TinyImageCheckingBackend(ScriptedBackend):
-    def prepare(self, paths, max_num):
+    def prepare(self, request):
         from vlaser.model.preprocess import load_image
 
-        return load_image(paths[0])
+        load_image(request.pictures[0])
+        return request
 
 
 def test_eval_run_cli_with_tiny_model_and_report(tiny_original, tmp_path, capsys):

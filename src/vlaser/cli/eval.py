@@ -37,6 +37,8 @@ def add_parser(sub) -> None:
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--max-num", type=int, default=None, help="tiles per image (default: the benchmark's, 6)")
     r.add_argument("--max-new-tokens", type=int, default=None)
+    r.add_argument("--frames", type=int, default=None,
+                   help="frames per video item (default: the benchmark's; recorded in run.json)")
     r.add_argument("--limit", type=int, default=None, help="only the first K items")
     r.add_argument("--prompt", default="vlaser", choices=["vlaser", "official"])
     r.add_argument("--dtype", default="auto")
@@ -68,7 +70,7 @@ def run(args) -> int:
             backend = TransformersBackend(args.model, dtype=args.dtype, device=args.device)
         metrics = run_eval(benchmark, backend, args.data, args.out, batch_size=args.batch_size, limit=args.limit,
                            prompt=args.prompt, max_num=args.max_num, max_new_tokens=args.max_new_tokens,
-                           pictures=args.pictures)
+                           pictures=args.pictures, frames=args.frames)
     else:
         from vlaser.eval.runner import read_predictions, score
 

@@ -1,23 +1,55 @@
 """Where answers come from: a local model through the inference core, or any OpenAI-compatible server.
 
-Both take ``[(image paths, prompt), ...]`` and return one text per request, so a model served by vLLM or
-LMDeploy is evaluated by the same runner and scorers as a local checkpoint.
+Both take the runner's :class:`Request` (a prompt with one ``<image>`` tag per picture, the pictures, and
+how many tiles each may use): ``prepare`` readies one request's media (run ahead, on a thread where that
+helps) and ``generate`` answers a batch of prepared requests. So a model served by vLLM or LMDeploy is
+evaluated by the same runner and scorers as a local checkpoint.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from vlaser.model.constants import IMAGE_PLACEHOLDER
+
+if TYPE_CHECKING:
+    from vlaser.api import Media
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    """One item's question: ``prompt`` holds an ``<image>`` tag where each picture goes, in order.
+
+    ``pictures`` are image files or decoded video frames; ``max_tiles[i]`` is the dynamic-tiling limit of
+    picture ``i`` (``max_num`` for still images, 1 for video frames, as InternVL's video path).
+    """
+
+    prompt: str
+    pictures: list[Path | Image.Image]
+    max_tiles: list[int]
+
+    def __post_init__(self) -> None:
+        tags = self.prompt.count(IMAGE_PLACEHOLDER)
+        if tags != len(self.pictures) or len(self.max_tiles) != len(self.pictures):
+            raise ValueError(f"a request has {tags} {IMAGE_PLACEHOLDER} tag(s), {len(self.pictures)} picture(s) and "
+                             f"{len(self.max_tiles)} tile limit(s); they must match")
 
 
 class TransformersBackend:
@@ -45,26 +77,52 @@ class TransformersBackend:
     def info(self) -> dict:
         return {"backend": "transformers", "model": self.model_path, "dtype": str(self.vlm.model.dtype)}
 
-    def prepare(self, paths: Sequence[Path], max_num: int):
-        """Load and tile an item's images (the runner does this for the next batch during generation)."""
-        return self.vlm.media(paths[0] if len(paths) == 1 else list(paths), max_num=max_num)
+    def prepare(self, request: Request) -> tuple[Media, str]:
+        """Load and tile a request's pictures (the runner does this for the next batch during generation)."""
+        import torch
 
-    def generate(self, requests: Sequence[tuple[object, str]], max_num: int, max_new_tokens: int) -> list[str]:
-        """Greedy answers for ``(prepared media or image paths, prompt)`` pairs, in one batch."""
-        media = [m if not isinstance(m, (list, tuple)) else self.prepare(m, max_num) for m, _ in requests]
-        return self.vlm.generate(media, [prompt for _, prompt in requests],
+        from vlaser.api import Media
+        from vlaser.model.preprocess import image_to_tiles, to_pil
+
+        pils = [to_pil(picture) for picture in request.pictures]
+        tiles = [image_to_tiles(im, max_num=n, image_size=self.vlm.image_size)
+                 for im, n in zip(pils, request.max_tiles)]
+        media = Media(torch.cat(tiles) if tiles else None, [t.shape[0] for t in tiles], "", [im.size for im in pils])
+        return media, request.prompt
+
+    def generate(self, prepared: Sequence[tuple[Media, str]], max_new_tokens: int) -> list[str]:
+        """Greedy answers for prepared requests, in one left-padded batch."""
+        return self.vlm.generate([m for m, _ in prepared], [prompt for _, prompt in prepared],
                                  {"max_new_tokens": max_new_tokens, "do_sample": False})
 
 
-def to_payload(paths: Sequence[Path], prompt: str, model: str, max_new_tokens: int) -> dict:
-    """An OpenAI chat-completions request: images as base64 data URLs, then the prompt; greedy decoding."""
-    content = []
-    for path in paths:
-        data = Path(path).read_bytes()
-        mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
-        content.append({"type": "image_url",
-                        "image_url": {"url": f"data:{mime};base64,{base64.b64encode(data).decode()}"}})
-    content.append({"type": "text", "text": prompt})
+def _data_url(picture: Path | Image.Image) -> str:
+    """A file's bytes as they are, or a decoded frame as JPEG (quality 95), in a base64 data URL."""
+    if isinstance(picture, Image.Image):
+        buffer = io.BytesIO()
+        picture.convert("RGB").save(buffer, format="JPEG", quality=95)
+        data = buffer.getvalue()
+    else:
+        data = Path(picture).read_bytes()
+    mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def to_payload(request: Request, model: str, max_new_tokens: int) -> dict:
+    """An OpenAI chat-completions request; greedy decoding.
+
+    The prompt is cut at its ``<image>`` tags into text and image parts in the same order, so a server places
+    each picture where the prompt puts it; the newline that follows a tag (InternVL's ``<image>\n``) is left
+    to the server's own template, and empty text parts are dropped.
+    """
+    content: list[dict] = []
+    texts = request.prompt.split(IMAGE_PLACEHOLDER)
+    for k, text in enumerate(texts):
+        text = re.sub(r"^\n", "", text) if k else text
+        if text:
+            content.append({"type": "text", "text": text})
+        if k < len(request.pictures):
+            content.append({"type": "image_url", "image_url": {"url": _data_url(request.pictures[k])}})
     return {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_new_tokens,
             "temperature": 0.0}
 
@@ -110,15 +168,16 @@ class OpenAIBackend:
                 time.sleep(min(2**attempt, 30) * 0.5)
         raise AssertionError("unreachable")
 
-    def prepare(self, paths: Sequence[Path], max_num: int) -> list[Path]:
-        """Check the images open (a missing or corrupt one is named here, before any request)."""
+    def prepare(self, request: Request) -> Request:
+        """Check the image files open (a missing or corrupt one is named here, before any request)."""
         from vlaser.model.preprocess import to_pil
 
-        for path in paths:
-            to_pil(path)
-        return list(paths)
+        for picture in request.pictures:
+            if not isinstance(picture, Image.Image):
+                to_pil(picture)
+        return request
 
-    def generate(self, requests: Sequence[tuple[list[Path], str]], max_num: int, max_new_tokens: int) -> list[str]:
-        payloads = [to_payload(paths, prompt, self.model, max_new_tokens) for paths, prompt in requests]
+    def generate(self, prepared: Sequence[Request], max_new_tokens: int) -> list[str]:
+        payloads = [to_payload(request, self.model, max_new_tokens) for request in prepared]
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(self._post, payloads))

@@ -16,8 +16,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vlaser.eval.backends import Request
 from vlaser.eval.benchmark import Benchmark, Item, Score
-from vlaser.model.preprocess import ImageLoadError
+from vlaser.model.constants import IMAGE_PLACEHOLDER
+from vlaser.model.preprocess import ImageLoadError, decode_frames
+from vlaser.model.template import multi_image_prefix
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ def _check_run_config(out: Path, config: dict) -> None:
     path = out / "run.json"
     if path.is_file():
         previous = json.loads(path.read_text())
-        keys = ("benchmark", "prompt", "protocol", "max_num", "max_new_tokens")
+        keys = ("benchmark", "prompt", "protocol", "max_num", "max_new_tokens", "frames")
         changed = [k for k in keys if previous.get(k) != config.get(k)]
         if changed:
             raise ValueError(f"{out} holds a run with different {changed}; use a new --out to avoid mixing answers")
@@ -101,8 +104,9 @@ def _merge(items: list[Item], out: Path, pred_path: Path) -> dict[str, dict]:
 
 def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: int = 8, limit: int | None = None,
         prompt: str = "vlaser", max_num: int | None = None, max_new_tokens: int | None = None,
-        pictures: int = 50) -> dict[str, Any]:
-    """Ask every item not yet answered in ``OUT``, then score all of them.
+        pictures: int = 50, frames: int | None = None) -> dict[str, Any]:
+    """Ask every item not yet answered in ``OUT`` (items that failed on unreadable media are asked again),
+    then score all of them.
 
     Under ``torchrun`` each process takes every N-th item and appends to its own file; process 0 then
     merges them into ``predictions.jsonl`` and scores, so metrics equal a single-process run.
@@ -113,10 +117,11 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     out.mkdir(parents=True, exist_ok=True)
     max_num = benchmark.max_num if max_num is None else max_num
     max_new_tokens = benchmark.max_new_tokens if max_new_tokens is None else max_new_tokens
+    frames = (benchmark.frames if frames is None else frames) if any(item.video for item in items) else None
     if rank == 0:
         _check_run_config(out, {"benchmark": benchmark.name, "protocol": benchmark.protocol, "prompt": prompt,
-                                "max_num": max_num, "max_new_tokens": max_new_tokens, "data": str(data_dir),
-                                **backend.info()})
+                                "max_num": max_num, "max_new_tokens": max_new_tokens, "frames": frames,
+                                "data": str(data_dir), **backend.info()})
     pred_path = out / "predictions.jsonl"
     my_path = pred_path if world == 1 else out / f"predictions.rank{rank}.jsonl"
     if world > 1:
@@ -128,7 +133,7 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     for part in out.glob("predictions.rank*.jsonl"):
         done.update(read_predictions(part))
     mine = items[rank::world]
-    todo = [item for item in mine if item.id not in done]
+    todo = [item for item in mine if item.id not in done or done[item.id].get("error")]
     if len(todo) < len(mine):
         log.info("resuming: %d of %d items already answered", len(mine) - len(todo), len(mine))
     batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
@@ -138,12 +143,15 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     with open(my_path, "a") as stream, loader_cls(max_workers=1) as loader, \
             tqdm(total=len(mine), initial=len(mine) - len(todo), desc=benchmark.name, unit="item",
                  disable=rank != 0) as bar:
-        upcoming = loader.submit(_prepare, backend, batches[0], max_num) if batches else None
+        def prepare(batch: list[Item]) -> list:
+            return [_prepare(benchmark, backend, item, prompt, max_num, frames) for item in batch]
+
+        upcoming = loader.submit(prepare, batches[0]) if batches else None
         for number, batch in enumerate(batches):
             prepared = upcoming.result()
             if number + 1 < len(batches):
-                upcoming = loader.submit(_prepare, backend, batches[number + 1], max_num)
-            for record in _ask(benchmark, backend, batch, prepared, prompt, max_num, max_new_tokens):
+                upcoming = loader.submit(prepare, batches[number + 1])
+            for record in _ask(backend, batch, prepared, max_new_tokens):
                 stream.write(json.dumps(record, ensure_ascii=False) + "\n")
                 done[record["id"]] = record
             stream.flush()
@@ -175,33 +183,59 @@ class _InlineExecutor:
         return future
 
 
-def _prepare(backend, batch: list[Item], max_num: int) -> list:
-    """Each item's media as the backend wants it (or the ``ImageLoadError`` that names the bad file)."""
-    prepare = getattr(backend, "prepare", None)
-    out = []
-    for item in batch:
-        try:
-            out.append(prepare(item.images, max_num) if prepare else item.images)
-        except ImageLoadError as e:
-            out.append(e)
-    return out
+def build_request(benchmark: Benchmark, item: Item, style: str, max_num: int,
+                  frames: list | None = None) -> Request:
+    """The text sent for an item, with an ``<image>`` tag per picture, and its pictures.
+
+    The benchmark's prompt places still images with its own tags; without tags one image goes first
+    (``<image>\n``, as ``model.chat``) and several as ``Image-i: <image>`` lines. Video frames come first,
+    one ``{frame_label}-i: <image>`` line each, one tile per frame (InternVL's video path).
+    """
+    text = benchmark.prompt(item, style)
+    tags = text.count(IMAGE_PLACEHOLDER)
+    if not tags and item.images:
+        text = (IMAGE_PLACEHOLDER + "\n" if len(item.images) == 1 else multi_image_prefix(len(item.images))) + text
+    elif tags != len(item.images):
+        raise ValueError(f"{benchmark.name} item {item.id}: the prompt has {tags} {IMAGE_PLACEHOLDER} tag(s) for "
+                         f"{len(item.images)} image(s)")
+    frames = frames or []
+    lines = "".join(f"{benchmark.frame_label}-{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(len(frames)))
+    return Request(lines + text, [*frames, *item.images], [1] * len(frames) + [max_num] * len(item.images))
 
 
-def _ask(benchmark: Benchmark, backend, batch: list[Item], prepared: list, prompt: str, max_num: int,
-         max_new_tokens: int) -> list[dict]:
-    """Records for a batch; an item whose image cannot be read gets an ``error`` record (scored as a miss)."""
-    prompts = [benchmark.prompt(item, prompt) for item in batch]
-    ok = [k for k, media in enumerate(prepared) if not isinstance(media, ImageLoadError)]
-    answers = backend.generate([(prepared[k], prompts[k]) for k in ok], max_num, max_new_tokens) if ok else []
+class MediaError(Exception):
+    """An item whose media could not be read; the message names the item and the file."""
+
+
+def _prepare(benchmark: Benchmark, backend, item: Item, style: str, max_num: int, n_frames: int | None):
+    """``(prompt text, request readied by the backend)`` for an item (video frames are decoded here, ahead of
+    generation), or the ``MediaError`` that names the unreadable file."""
+    try:
+        frames = None
+        if item.video is not None:
+            frames = decode_frames(item.video, lambda total: benchmark.frame_indices(item, total, n_frames))
+        request = build_request(benchmark, item, style, max_num, frames)
+        prepare = getattr(backend, "prepare", None)
+        return request.prompt, prepare(request) if prepare else request
+    except ImageLoadError as e:
+        return MediaError(f"item {item.id}: {e}")
+
+
+def _ask(backend, batch: list[Item], prepared: list, max_new_tokens: int) -> list[dict]:
+    """Records for a batch; an item whose media cannot be read gets an ``error`` record (scored as a miss,
+    asked again on the next run)."""
+    ok = [k for k, ready in enumerate(prepared) if not isinstance(ready, MediaError)]
+    answers = backend.generate([prepared[k][1] for k in ok], max_new_tokens) if ok else []
     by_index = dict(zip(ok, answers))
     records = []
-    for k, (item, p) in enumerate(zip(batch, prompts)):
+    for k, item in enumerate(batch):
         if k in by_index:
-            records.append({"id": item.id, "prompt": p, "response": by_index[k]})
+            records.append({"id": item.id, "prompt": prepared[k][0], "response": by_index[k]})
         else:
-            log.warning("item %s: %s", item.id, prepared[k])
-            records.append({"id": item.id, "prompt": p, "response": "", "error": str(prepared[k])})
+            log.warning("%s", prepared[k])
+            records.append({"id": item.id, "response": "", "error": str(prepared[k])})
     return records
+
 
 
 def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict], out: Path, pictures: int = 50
@@ -228,6 +262,7 @@ def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict],
     metrics.update(benchmark=benchmark.name, protocol=benchmark.protocol, n_items=len(items),
                    n_missing_predictions=len(missing), unknown_ids=unknown[:20], n_unknown_ids=len(unknown),
                    errors=[predictions[i.id]["error"] for i in answered if predictions[i.id].get("error")],
+                   n_errors=sum(bool(predictions[i.id].get("error")) for i in answered),
                    options=benchmark.options, scored_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     if unknown:
         log.warning("%d prediction id(s) are not in %s, e.g. %s", len(unknown), benchmark.name, unknown[:3])
