@@ -1,0 +1,166 @@
+"""The harness with multi-image and video items: prompts, frame sampling, batching, errors, resume, sharding."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from media import frame_index, write_counter_video
+from vlaser.eval.backends import OpenAIBackend, Request, TransformersBackend, to_payload
+from vlaser.eval.benchmark import Benchmark, Item, Score
+from vlaser.eval.runner import build_request, read_predictions, run
+
+
+class ClipQA(Benchmark):
+    """A minimal video + image benchmark: ``items.json`` rows ``{id, video?, images, question, answer}``."""
+
+    name = "clip_qa"
+    pointing = False
+    max_num = 2
+    max_new_tokens = 6
+    frames = 4
+
+    def load(self, data_dir: Path) -> list[Item]:
+        rows = json.loads((data_dir / "items.json").read_text())
+        return [Item(id=r["id"], question=r["question"], official_prompt=r["question"],
+                     images=[data_dir / name for name in r.get("images", [])],
+                     video=data_dir / r["video"] if r.get("video") else None, meta={"answer": r["answer"]})
+                for r in rows]
+
+    def prompt(self, item: Item, style: str) -> str:
+        return item.official_prompt
+
+    def score(self, item: Item, response: str) -> Score:
+        return Score(float(response.strip() == item.meta["answer"]), parsed=bool(response.strip()))
+
+
+def clip_qa(root: Path, n: int = 6) -> Path:
+    root.mkdir(parents=True)
+    Image.new("RGB", (300, 120), (200, 30, 30)).save(root / "wide.png")
+    Image.new("RGB", (90, 90), (30, 30, 200)).save(root / "square.png")
+    rows = []
+    for i in range(n):
+        video = f"clip{i}.mp4"
+        write_counter_video(root / video, 20 + 7 * i)
+        images = [[], ["wide.png"], ["wide.png", "square.png"]][i % 3]
+        question = ["What happens?", "Where is <image> this?", "Compare."][i % 3]
+        rows.append({"id": f"c{i}", "video": video if i % 2 == 0 else None, "images": images,
+                     "question": question, "answer": "A"})
+    (root / "items.json").write_text(json.dumps(rows))
+    return root
+
+
+def test_requests_place_frames_first_and_images_at_their_tags(tmp_path):
+    bench = ClipQA()
+    items = bench.load(clip_qa(tmp_path / "d"))
+    frames = [Image.new("RGB", (8, 8))] * 2
+    request = build_request(bench, items[0], "official", 6, frames)
+    assert request.prompt == "Frame-1: <image>\nFrame-2: <image>\nWhat happens?"
+    assert request.max_tiles == [1, 1]
+    assert build_request(bench, items[1], "official", 6).prompt == "Where is <image> this?"
+    two = build_request(bench, items[2], "official", 6, frames)
+    assert two.prompt == "Frame-1: <image>\nFrame-2: <image>\nImage-1: <image>\nImage-2: <image>\nCompare."
+    assert two.max_tiles == [1, 1, 6, 6] and two.pictures[2:] == items[2].images
+    items[1].images.append(items[1].images[0])
+    with pytest.raises(ValueError, match="c1: the prompt has 1 <image> tag"):
+        build_request(bench, items[1], "official", 6)
+    with pytest.raises(ValueError, match="must match"):
+        Request("no tags", [Path("a.png")], [6])
+
+
+def test_openai_payload_interleaves_text_images_and_frames(tmp_path):
+    image = tmp_path / "a.png"
+    Image.new("RGB", (4, 4)).save(image)
+    frame = Image.new("RGB", (4, 4), (255, 0, 0))
+    payload = to_payload(Request("Frame-1: <image>\nLook at <image>\nand answer.", [frame, image], [1, 6]), "m", 16)
+    content = payload["messages"][0]["content"]
+    assert [part["type"] for part in content] == ["text", "image_url", "text", "image_url", "text"]
+    assert [content[k]["text"] for k in (0, 2, 4)] == ["Frame-1: ", "Look at ", "and answer."]
+    assert content[1]["image_url"]["url"].startswith("data:image/jpeg;base64,")  # decoded frames go as JPEG
+    assert content[3]["image_url"]["url"].startswith("data:image/png;base64,")  # files go as they are
+    assert (payload["max_tokens"], payload["temperature"]) == (16, 0.0)
+    single = to_payload(Request("<image>\nWhat is it?", [image], [6]), "m", 8)["messages"][0]["content"]
+    assert [p["type"] for p in single] == ["image_url", "text"] and single[1]["text"] == "What is it?"
+    assert OpenAIBackend("http://x/v1", "m").prepare(Request("<image>", [frame], [1])).pictures == [frame]
+
+
+def test_frames_follow_the_benchmarks_choice(tmp_path):
+    from vlaser.model.preprocess import decode_frames
+
+    data = clip_qa(tmp_path / "d", n=1)
+    bench = ClipQA()
+    item = bench.load(data)[0]
+    frames = decode_frames(item.video, lambda total: bench.frame_indices(item, total, 4))
+    # 20 frames, 4 segments of 4.75 frames: InternVL's get_index takes the segment centres
+    assert [frame_index(f) for f in frames] == [2, 7, 12, 16]
+
+
+class CountingBackend(TransformersBackend):
+    """The tiny model, recording each generate call's batch size."""
+
+    def __init__(self, path):
+        super().__init__(str(path), dtype=torch.float32, device="cpu")
+        self.batches = []
+
+    def generate(self, prepared, max_new_tokens):
+        self.batches.append(len(prepared))
+        return super().generate(prepared, max_new_tokens)
+
+
+@pytest.mark.slow
+def test_batched_mixed_media_equals_one_by_one_and_errors_are_retried(tiny_original, tmp_path):
+    data = clip_qa(tmp_path / "d")
+    backend = CountingBackend(tiny_original)
+    bench = ClipQA()
+    one = run(bench, backend, data, tmp_path / "one", batch_size=1)
+    many = run(bench, backend, data, tmp_path / "many", batch_size=6)
+    assert backend.batches == [1] * 6 + [6]
+    first = json.loads((tmp_path / "one" / "predictions.jsonl").read_text().splitlines()[0])
+    assert (tmp_path / "one" / "predictions.jsonl").read_text() == (tmp_path / "many" / "predictions.jsonl").read_text()
+    assert first["prompt"].startswith("Frame-1: <image>\nFrame-2: <image>\nFrame-3: <image>\nFrame-4: <image>\n")
+    assert one["n_errors"] == many["n_errors"] == 0
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["frames"] == 4
+
+    (data / "clip2.mp4").write_bytes(b"not a video")
+    (data / "clip4.mp4").unlink()
+    out = tmp_path / "broken"
+    metrics = run(bench, backend, data, out, batch_size=3)
+    assert metrics["n_errors"] == 2 and metrics["n_items"] == 6 and metrics["n"] == 6
+    errors = {e.split(":")[0] for e in metrics["errors"]}
+    assert errors == {"item c2", "item c4"}
+    assert any("clip4.mp4" in e and "not found" in e for e in metrics["errors"])
+    write_counter_video(data / "clip2.mp4", 34)
+    write_counter_video(data / "clip4.mp4", 48)
+    backend.batches.clear()
+    again = run(bench, backend, data, out, batch_size=3)
+    assert backend.batches == [2] and again["n_errors"] == 0  # only the two failed items are asked again
+    assert read_predictions(out / "predictions.jsonl") == read_predictions(tmp_path / "many" / "predictions.jsonl")
+    with pytest.raises(ValueError, match="frames"):
+        run(bench, backend, data, out, frames=8)
+
+
+@pytest.mark.slow
+def test_video_benchmark_two_processes_equal_one(tiny_original, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data = clip_qa(tmp_path / "d")
+    script = tmp_path / "run_clip.py"
+    script.write_text(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_eval_media import ClipQA\n"
+        "from vlaser.eval.backends import TransformersBackend\n"
+        "from vlaser.eval.runner import run\n"
+        f"backend = TransformersBackend({str(tiny_original)!r}, dtype=torch.float32, device='cpu')\n"
+        f"run(ClipQA(), backend, {str(data)!r}, sys.argv[1], batch_size=2, frames=3)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=env, check=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = ((tmp_path / d / "predictions.jsonl").read_text() for d in ("one", "two"))
+    assert one == two and one.count("Frame-3: <image>") == 3
