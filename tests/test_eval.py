@@ -527,3 +527,17 @@ def test_mmsi_extraction_and_scoring(tmp_path):
     assert bench.prompt(items[0], "vlaser").endswith("Enclose the option's letter within ``.")
     assert bench.score(items[0], "`A`").value == 1.0 and bench.score(items[0], "B").value == 0.0
     assert not bench.score(items[0], "I don't know").parsed
+
+
+def test_paper_table_rows_average_to_the_published_avg():
+    """A typo in the transcribed Table 1 would move a row's mean off the paper's Avg column."""
+    from vlaser.eval.report import PAPER_COLUMNS, PAPER_TABLE_1
+
+    published_avg = {"GPT-4o-20241120": 34.2, "Claude-3.7-Sonnet": 33.6, "Gemini-2.5-Pro": 44.4, "ChatVLA-2B": 9.1,
+                     "InternVL3-2B": 15.2, "Qwen2.5VL-3B": 31.6, "Embodied-R1-3B": 32.5, "RoboBrain2.0-3B": 35.3,
+                     "Vlaser-2B": 45.3, "Magma-8B": 14.6, "Cosmos-Reason1-7B": 26.2, "VeBrain-7B": 28.8,
+                     "InternVL3-8B": 22.3, "Qwen2.5VL-7B": 35.7, "Embodied-R1-7B": 38.9, "RoboBrain2.0-7B": 37.0,
+                     "Vlaser-8B": 51.3}
+    assert set(PAPER_TABLE_1) == set(published_avg) and len(PAPER_COLUMNS) == 12
+    for model, avg in published_avg.items():
+        assert sum(PAPER_TABLE_1[model].values()) / 12 == pytest.approx(avg, abs=0.06), model

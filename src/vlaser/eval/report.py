@@ -12,17 +12,33 @@ from PIL import Image
 
 from vlaser.points import draw_points
 
-#: Vlaser paper (arXiv 2510.11027v2) Table 1, percent, for the benchmarks vlaser scores.
-_PAPER_COLUMNS = ("where2place", "point_bench", "paco_lvis", "pixmo_points", "refspatial")
+#: Vlaser paper (arXiv 2510.11027v2) Table 1, percent: every row and column, in the paper's order.
+PAPER_COLUMNS = ("erqa", "egoplan_bench2", "where2place", "point_bench", "paco_lvis", "pixmo_points", "vsi_bench",
+                 "refspatial", "mmsi_bench", "vlabench", "eb_alfred", "eb_habitat")
 PAPER_TABLE_1: dict[str, dict[str, float]] = {
-    model: dict(zip(_PAPER_COLUMNS, values))
+    model: dict(zip(PAPER_COLUMNS, values))
     for model, values in {
-        "InternVL3-2B": (5.2, 7.1, 15.4, 1.4, 1.8),
-        "Vlaser-2B": (74.0, 57.8, 72.5, 44.6, 43.0),
-        "InternVL3-8B": (10.0, 14.2, 21.1, 5.7, 5.6),
-        "Vlaser-8B": (69.5, 60.3, 68.3, 40.5, 59.2),
+        "GPT-4o-20241120": (47.0, 41.8, 29.1, 29.5, 16.2, 10.8, 42.5, 8.8, 30.3, 39.3, 56.3, 59.0),
+        "Claude-3.7-Sonnet": (35.5, 41.3, 25.6, 22.2, 12.4, 7.2, 47.0, 7.7, 30.2, 41.7, 67.0, 65.7),
+        "Gemini-2.5-Pro": (55.0, 42.9, 39.9, 62.8, 45.5, 25.8, 43.4, 30.3, 36.9, 34.8, 62.7, 53.0),
+        "ChatVLA-2B": (34.3, 25.3, 3.7, 10.1, 10.2, 2.1, 2.4, 0.9, 20.1, 0.0, 0.0, 0.0),
+        "InternVL3-2B": (31.5, 30.9, 5.2, 7.1, 15.4, 1.4, 31.5, 1.8, 25.3, 19.4, 1.3, 12.0),
+        "Qwen2.5VL-3B": (35.3, 30.3, 31.0, 41.7, 67.4, 36.6, 27.9, 24.9, 26.5, 31.3, 6.7, 19.7),
+        "Embodied-R1-3B": (36.0, 36.0, 35.1, 45.3, 68.3, 36.6, 28.0, 28.5, 26.0, 24.6, 7.0, 19.3),
+        "RoboBrain2.0-3B": (37.3, 41.8, 64.2, 46.0, 67.6, 36.9, 28.8, 46.5, 26.8, 18.1, 0.0, 10.0),
+        "Vlaser-2B": (35.8, 38.3, 74.0, 57.8, 72.5, 44.6, 57.5, 43.0, 23.6, 23.1, 42.3, 30.7),
+        "Magma-8B": (29.3, 27.9, 10.9, 29.6, 15.3, 10.1, 12.7, 4.5, 26.2, 8.5, 0.0, 0.0),
+        "Cosmos-Reason1-7B": (39.3, 26.9, 11.4, 40.8, 61.8, 23.6, 33.9, 5.4, 26.4, 35.5, 4.0, 5.3),
+        "VeBrain-7B": (38.3, 27.3, 33.1, 38.9, 55.1, 20.1, 39.9, 20.6, 28.3, 25.9, 5.7, 12.3),
+        "InternVL3-8B": (35.3, 40.0, 10.0, 14.2, 21.1, 5.7, 42.1, 5.6, 25.7, 24.7, 19.0, 23.7),
+        "Qwen2.5VL-7B": (39.3, 29.7, 31.1, 56.3, 68.0, 43.5, 38.2, 32.1, 25.9, 36.4, 10.0, 18.3),
+        "Embodied-R1-7B": (38.3, 37.1, 69.5, 51.2, 69.9, 39.2, 38.6, 31.1, 28.1, 35.5, 10.0, 19.0),
+        "RoboBrain2.0-7B": (42.0, 33.2, 63.6, 49.5, 73.1, 37.8, 36.1, 32.5, 26.5, 6.6, 14.0, 29.3),
+        "Vlaser-8B": (41.0, 53.4, 69.5, 60.3, 68.3, 40.5, 60.3, 59.2, 27.2, 45.6, 50.0, 40.0),
     }.items()
 }
+#: the rows shown beside a run by default: the models Vlaser is built from and compared with first
+PAPER_ROWS = ("InternVL3-2B", "Vlaser-2B", "InternVL3-8B", "Vlaser-8B")
 PICTURE_WIDTH = 480  #: pictures are shown at 320 px; 480 keeps detail for zooming, and keeps writing them cheap
 
 
@@ -94,9 +110,10 @@ def cross_run_table(outs: list[Path]) -> str:
         model = json.loads((Path(out) / "run.json").read_text()).get("model", str(out)) \
             if (Path(out) / "run.json").is_file() else str(out)
         runs.setdefault(f"{model} ({out})", {})[metrics["benchmark"]] = 100 * metrics["score"]
-    benchmarks = sorted({b for scores in runs.values() for b in scores})
+    present = {b for scores in runs.values() for b in scores}
+    benchmarks = [b for b in PAPER_COLUMNS if b in present] + sorted(present - set(PAPER_COLUMNS))
     rows = ["| model | " + " | ".join(benchmarks) + " |", "|---" * (len(benchmarks) + 1) + "|"]
-    for name, scores in list(runs.items()) + [(f"paper: {k}", v) for k, v in PAPER_TABLE_1.items()]:
+    for name, scores in list(runs.items()) + [(f"paper: {k}", PAPER_TABLE_1[k]) for k in PAPER_ROWS]:
         cells = [f"{scores[b]:.1f}" if b in scores else "-" for b in benchmarks]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
