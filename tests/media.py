@@ -20,15 +20,15 @@ def counter_frame(index: int) -> np.ndarray:
     return np.broadcast_to(row[None, :, None], (HEIGHT, WIDTH, 3)).copy()
 
 
-def write_counter_video(path: Path, n_frames: int, fps: int = 10) -> Path:
-    """An H.264 mp4 of ``n_frames`` counter frames at ``fps``."""
+def write_counter_video(path: Path, n_frames: int, fps: int = 10, gop: int | None = None) -> Path:
+    """An H.264 mp4 of ``n_frames`` counter frames at ``fps`` (B-frames on; a key frame every ``gop`` frames)."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        stream.options = {"crf": "10"}
+        stream.options = {"crf": "10", "bf": "2", **({"g": str(gop), "keyint_min": str(gop)} if gop else {})}
         for index in range(n_frames):
             frame = av.VideoFrame.from_ndarray(counter_frame(index), format="rgb24")
             container.mux(stream.encode(frame))

@@ -158,3 +158,26 @@ def test_missing_video_is_named(tmp_path):
     bad.write_bytes(b"\x00" * 100)
     with pytest.raises(ImageLoadError, match="bad.mp4"):
         load_video(bad)
+
+
+def test_seeking_decoder_returns_the_frames_a_full_decode_gives(tmp_path):
+    """Frames are reached by seeking to key frames (B-frames, a GOP of 12): the same pixels as decoding all."""
+    import random
+
+    from media import frame_index, write_counter_video
+    from vlaser.model.preprocess import ImageLoadError, _decode_all, decode_frames
+
+    path = write_counter_video(tmp_path / "long.mp4", 200, gop=12)
+    rng = random.Random(0)
+    for trial in range(40):
+        wanted = [rng.randrange(200) for _ in range(rng.randint(1, 10))]  # any order, repeats allowed
+        frames = decode_frames(path, lambda n, w=wanted: w)
+        assert [frame_index(f) for f in frames] == wanted
+        if trial < 3:
+            full = _decode_all(path, lambda n, w=wanted: w)
+            assert [np.asarray(a).tolist() for a in frames] == [np.asarray(b).tolist() for b in full]
+    counted = []
+    decode_frames(path, lambda n: counted.append(n) or [0])
+    assert counted == [200]
+    with pytest.raises(ImageLoadError, match="has 200 frames; frame 200"):
+        decode_frames(path, lambda n: [n])

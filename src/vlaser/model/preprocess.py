@@ -234,24 +234,91 @@ def _decode(path: Path, wanted: set[int] | None) -> tuple[dict[int, Image.Image]
 def decode_frames(path: str | os.PathLike, choose: Callable[[int], Sequence[int]]) -> list[Image.Image]:
     """Decode the frames ``choose(frame_count)`` selects (indexed like decord's ``VideoReader``) with PyAV.
 
-    The frame count comes from the container header when it has one; if decoding then finds a different
-    count, ``choose`` is asked again with the true count and the video decoded again.
+    Like decord, the frames are indexed from the packets (read without decoding, in presentation order), and
+    each wanted frame is reached by seeking to the key frame before it, so a few frames of a long clip cost a
+    few GOPs of decoding rather than the whole clip. A stream without timestamps is decoded in full instead.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(f"video file not found: {path}")
+    index = _frame_index(path)
+    if index is None:
+        return _decode_all(path, choose)
+    timestamps, keyframes = index
+    if not timestamps:
+        raise ImageLoadError(f"video {path} has no frames")
+    indices = [int(i) for i in choose(len(timestamps))]
+    for i in indices:
+        if not 0 <= i < len(timestamps):
+            raise ImageLoadError(f"video {path} has {len(timestamps)} frames; frame {i} was asked for")
+    kept = _decode_at(path, sorted({timestamps[i] for i in indices}), keyframes)
+    return [kept[timestamps[i]] for i in indices]
+
+
+def _frame_index(path: Path) -> tuple[list[int], list[int]] | None:
+    """Presentation timestamps of the video packets and of its key frames, each sorted (None when a packet
+    has no timestamp)."""
+    import av
+
     container, stream = _open_video(path)
+    stamps, keys = [], []
     with container:
-        n_frames = stream.frames
-    if n_frames <= 0:
-        n_frames = _decode(path, set())[1]
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's final flush packet
+                if packet.pts is None:
+                    return None
+                stamps.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append(packet.pts)
+        except av.FFmpegError as e:
+            raise ImageLoadError(f"cannot read video {path}: {e}") from e
+    return sorted(stamps), sorted(keys)
+
+
+def _decode_at(path: Path, targets: list[int], keyframes: list[int]) -> dict[int, Image.Image]:
+    """The frames with these presentation timestamps (ascending). Decoding goes forward while the next target
+    is in the GOP being decoded; otherwise it seeks to the key frame before the target."""
+    import bisect
+
+    import av
+
+    container, stream = _open_video(path)
+    wanted, kept = set(targets), {}
+    with container:
+        frames, position = None, None
+        try:
+            for target in targets:
+                if target in kept:
+                    continue
+                key = keyframes[bisect.bisect_right(keyframes, target) - 1] if keyframes and keyframes[0] <= target \
+                    else None
+                if frames is None or position is None or position > target or (key is not None and position < key):
+                    container.seek(target if key is None else key, backward=True, any_frame=False, stream=stream)
+                    frames, position = container.decode(stream), None
+                while position is None or position < target:
+                    frame = next(frames, None)
+                    if frame is None:
+                        break
+                    position = frame.pts
+                    if position in wanted:
+                        kept[position] = frame.to_image()
+        except av.FFmpegError as e:
+            raise ImageLoadError(f"cannot decode video {path}: {e}") from e
+    missing = [t for t in targets if t not in kept]
+    if missing:
+        raise ImageLoadError(f"video {path}: frames at timestamps {missing[:3]} did not decode")
+    return kept
+
+
+def _decode_all(path: Path, choose: Callable[[int], Sequence[int]]) -> list[Image.Image]:
+    """Decode every frame in order (streams without packet timestamps), keeping those ``choose`` selects."""
+    n_frames = _decode(path, set())[1]
     indices = [int(i) for i in choose(n_frames)]
-    kept, decoded, _ = _decode(path, set(indices))
-    if decoded != n_frames and decoded > 0:
-        indices = [int(i) for i in choose(decoded)]
-        kept = _decode(path, set(indices))[0]
-    if not kept:
-        raise ImageLoadError(f"video {path} has no decodable frames")
+    kept = _decode(path, set(indices))[0]
+    if not kept or any(i not in kept for i in indices):
+        raise ImageLoadError(f"video {path} has {n_frames} decodable frames; frames {indices} were asked for")
     return [kept[i] for i in indices]
 
 
