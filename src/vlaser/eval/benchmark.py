@@ -51,10 +51,10 @@ class Benchmark(abc.ABC):
     max_num: ClassVar[int] = 6
     max_new_tokens: ClassVar[int] = 100
     pointing: ClassVar[bool] = True
-    #: frames sampled per video item (``--frames`` overrides) and the label of their prompt lines
-    #: (``Frame-1: <image>``, as InternVL's video path; ``Image`` where a benchmark's own InternVL code says so)
+    #: frames sampled per video item (``--frames`` overrides) and the prompt line of frame ``i`` (1-based):
+    #: ``Frame-{i}: <image>``, as InternVL's video path, unless a benchmark's own InternVL code says otherwise
     frames: ClassVar[int] = 8
-    frame_label: ClassVar[str] = "Frame"
+    frame_line: ClassVar[str] = "Frame-{i}: <image>\n"
 
     def __init__(self, protocol: str | None = None, **options):
         self.protocol = protocol or self.protocols[0]

@@ -189,7 +189,7 @@ def build_request(benchmark: Benchmark, item: Item, style: str, max_num: int,
 
     The benchmark's prompt places still images with its own tags; without tags one image goes first
     (``<image>\n``, as ``model.chat``) and several as ``Image-i: <image>`` lines. Video frames come first,
-    one ``{frame_label}-i: <image>`` line each, one tile per frame (InternVL's video path).
+    one ``frame_line`` each (``Frame-i: <image>``), one tile per frame (InternVL's video path).
     """
     text = benchmark.prompt(item, style)
     tags = text.count(IMAGE_PLACEHOLDER)
@@ -199,7 +199,7 @@ def build_request(benchmark: Benchmark, item: Item, style: str, max_num: int,
         raise ValueError(f"{benchmark.name} item {item.id}: the prompt has {tags} {IMAGE_PLACEHOLDER} tag(s) for "
                          f"{len(item.images)} image(s)")
     frames = frames or []
-    lines = "".join(f"{benchmark.frame_label}-{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(len(frames)))
+    lines = "".join(benchmark.frame_line.format(i=i + 1) for i in range(len(frames)))
     return Request(lines + text, [*frames, *item.images], [1] * len(frames) + [max_num] * len(item.images))
 
 

@@ -151,7 +151,7 @@ class EgoPlanBench2(Benchmark):
     pointing = False
     max_new_tokens = 512
     frames = 8
-    frame_label = "Image"
+    frame_line = "Image-{i}: <image>\n"
 
     def __init__(self, protocol: str | None = None, **options):
         unknown = sorted(set(options) - set(OPTIONS))
