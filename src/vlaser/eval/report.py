@@ -92,11 +92,17 @@ def write_pictures(benchmark, items, scores, predictions, out: Path) -> list[dic
 def write_report(metrics: dict, out: Path, pictures: list[dict]) -> None:
     lines = [f"# {metrics['benchmark']} ({metrics['protocol']})", "",
              f"**score {metrics['score']:.4f}** over {metrics['n_scored']} scored of {metrics['n_items']} items "
-             f"({metrics['n_unparsed']} answers without points, {metrics['n_missing_predictions']} unanswered)", ""]
-    if metrics["by_group"]:
-        lines += ["| group | score | n |", "|---|---|---|"]
-        lines += [f"| {g} | {v['score']:.4f} | {v['n']} |" for g, v in metrics["by_group"].items()]
-        lines.append("")
+             f"({metrics['n_unparsed']} answers not parsed, {metrics['n_missing_predictions']} unanswered)", ""]
+    if metrics.get("n_errors"):
+        lines += [f"**{metrics['n_errors']} item(s) failed on unreadable media** (scored as misses; asked again "
+                  "when the run is repeated):", ""] + [f"- {e}" for e in metrics["errors"][:20]] + [""]
+    shown: list[dict] = []
+    for key, table in metrics.items():  # by_group, and any other breakdown a benchmark adds (by_scenario, ...)
+        if key.startswith("by_") and isinstance(table, dict) and table and table not in shown:
+            shown.append(table)
+            lines += [f"| {key[3:]} | score | n |", "|---|---|---|"]
+            lines += [f"| {g} | {v['score']:.4f} | {v['n']} |" for g, v in table.items()]
+            lines.append("")
     if pictures:
         lines += [f"Pictures of {len(pictures)} items: [index.html](index.html)", ""]
     (out / "report.md").write_text("\n".join(lines) + "\n")
