@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 
 class BenchmarkDataError(ValueError):
     """The benchmark's files are missing or malformed; the message names the file."""
@@ -77,10 +79,10 @@ class Benchmark(abc.ABC):
         return point_question(item.question)
 
     def frame_indices(self, item: Item, total_frames: int, n_frames: int) -> list[int]:
-        """Which of the clip's ``total_frames`` frames to show: InternVL's ``get_index`` segment centres."""
-        from vlaser.model.preprocess import get_index
-
-        return [int(i) for i in get_index(None, 1.0, total_frames - 1, num_segments=n_frames)]
+        """Which of the clip's ``total_frames`` frames to show: InternVL's ``get_index`` with no time bound, i.e.
+        the centres of ``n_frames`` equal segments of ``[0, total_frames - 1]``."""
+        segment = (total_frames - 1) / n_frames
+        return [int(segment / 2 + np.round(segment * k)) for k in range(n_frames)]
 
     @abc.abstractmethod
     def score(self, item: Item, response: str) -> Score:
