@@ -61,7 +61,7 @@ def _check_run_config(out: Path, config: dict) -> None:
     path = out / "run.json"
     if path.is_file():
         previous = json.loads(path.read_text())
-        keys = ("benchmark", "prompt", "protocol", "max_num", "max_new_tokens", "frames")
+        keys = ("benchmark", "prompt", "protocol", "options", "max_num", "max_new_tokens", "frames")
         changed = [k for k in keys if previous.get(k) != config.get(k)]
         if changed:
             raise ValueError(f"{out} holds a run with different {changed}; use a new --out to avoid mixing answers")
@@ -119,7 +119,8 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     max_new_tokens = benchmark.max_new_tokens if max_new_tokens is None else max_new_tokens
     frames = (benchmark.frames if frames is None else frames) if any(item.video for item in items) else None
     if rank == 0:
-        _check_run_config(out, {"benchmark": benchmark.name, "protocol": benchmark.protocol, "prompt": prompt,
+        _check_run_config(out, {"benchmark": benchmark.name, "protocol": benchmark.protocol,
+                                "options": benchmark.options, "prompt": prompt,
                                 "max_num": max_num, "max_new_tokens": max_new_tokens, "frames": frames,
                                 "data": str(data_dir), **backend.info()})
     pred_path = out / "predictions.jsonl"
