@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from test_eval_egoplan_bench2 import make_dataset as egoplan_bench2
+from test_eval_erqa import make_dataset as erqa
 from test_eval_vlabench import make_dataset as vlabench
 from test_eval_vsi_bench import make_dataset as vsi_bench
 from vlaser.cli import main
@@ -483,7 +484,8 @@ def _mmsi(root):
 
 BUILDERS = {"where2place": lambda p: where2place(p, n=2), "point_bench": point_bench, "refspatial": refspatial,
             "pixmo_points": _pixmo_jsonl, "paco_lvis": _paco_jsonl, "mmsi_bench": _mmsi,
-            "egoplan_bench2": egoplan_bench2, "vsi_bench": vsi_bench, "vlabench": vlabench}
+            "egoplan_bench2": egoplan_bench2, "vsi_bench": vsi_bench, "vlabench": vlabench,
+            "erqa": erqa}
 TRICKY = ["", "The free space is to the left of the cup, near the edge of the table.", "<point>[[5000, -3]]</point>",
           "<point>[[1, 2]</point>", "[(0.5, 1)]", "<point>[[500.5, 400], [100, 900], [3, 3]]</point>",
           '[{"point": [1, 2]}', "(12, 34, 56)", "<point>\n[ [ 10 , 20 ] ,\n[30,40] ]\n</point>"]

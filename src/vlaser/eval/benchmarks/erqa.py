@@ -1,0 +1,276 @@
+"""ERQA (Embodied Reasoning QA, Gemini Robotics): 400 multiple-choice questions on one or more images.
+
+Layouts (``--data``), read without TensorFlow:
+- the official ``erqa.tfrecord`` (``embodiedreasoning/ERQA:data/erqa.tfrecord``; one ``tf.train.Example`` per
+  question with ``question``, ``image/encoded`` (1-16 JPEGs), ``answer``, ``question_type`` (a list; its first
+  entry is the category, as ``loading_example.py`` reads it) and ``visual_indices``), parsed by
+  ``vlaser.eval.tfrecord`` (both record checksums verified). Item id: the record's 0-based index, ``"0"``..``"399"``;
+- FlagEval's parquet (HF ``FlagEval/ERQA``: ``question_id``, ``question``, ``question_type``, ``answer``,
+  ``visual_indices``, ``images`` as image structs), as lmms-eval reads it. Item id: ``question_id`` (``ERQA_1``...).
+The two id schemes differ, so predictions carry over only between runs on the same layout. A folder holding
+both layouts is refused (point ``--data`` at one). Embedded images are written once to a cache folder.
+
+Prompt: the question as shipped -- it holds the options and ends "Please answer directly with only the letter of
+the correct option and nothing else." (the instruction the Vlaser paper's ERQA example shows); nothing is added.
+Images go where ``visual_indices`` (character offsets into the question) put them, as
+``open-compass/VLMEvalKit@546ab517:vlmeval/dataset/erqabench.py`` ``ERQABench.build_prompt`` does (the same steps as
+copies of the official ``eval_harness.py``; the harness itself was not available to us): sort the (image, offset)
+pairs by offset (stably); an offset of 0 puts the image before the text, an offset inside the question emits the text
+since the previous cut and then the image, an offset past the end emits the image right away (so before the rest of
+the text -- a quirk kept); then the tail of the question. No offsets, all offsets 0, or as many offsets as images not
+matching: every image first, in file order.
+Rendering for InternVL (``<image>`` tags; both backends place images at the tags):
+- images first: one image ``"<image>\\n" + question`` (InternVL's ``chat``); several ``"Image-1: <image>\\n"`` lines
+  then the question, as Vlaser's ``eval_example.py`` and InternVL's multi-image chat;
+- interleaved: the tag replaces nothing and adds no space: ``question[:k] + "<image>" + question[k:]``; an image
+  at offset 0 is ``"<image>\\n"`` (InternVL's single-image form). ``Item.images`` is in tag order.
+VLMEvalKit's InternVL wrapper instead lists every image first and leaves ``<Image-k>`` markers in the text
+(``vlmeval/vlm/internvl/utils.py`` ``reorganize_prompt``); that layout is not offered.
+
+Protocols:
+- ``vlaser`` (default; the numbers reported for Vlaser's Table 1): the official harness's answer matching was not
+  available to us (the README says answers are single letters), so this documented, conservative extraction
+  (``extract_letter``): (1) the whole response, stripped of spaces, punctuation and wrappers (``. , : ; ! ? ( ) [ ]
+  { } * _ ` " '``), is one letter A-D, in either case ("b." is B); else (2) the last clearly marked answer: "answer",
+  "option" or "choice" (any case, optionally "final"), then "is", a colon or "=", optional wrappers, then a capital
+  A-D not followed by a letter or digit and not by "or"/"and"/","/"/" and another letter ("Answer: B", "The answer is
+  (C).", "**Final answer:** D"), or ``\\boxed{C}``; else (3) the response opens with a capital A-D option label:
+  ``A.``, ``(B)``, ``C)``, ``D:`` or the letter alone on the first line. Anything else (``"A robot picks..."``,
+  ``"I think C"``, a lower-case letter inside prose) is unparsed and scores 0. Correct: the letter equals ``answer``.
+- ``lmms_eval``: ``EvolvingLMMs-Lab/lmms-eval@5a89faf9:lmms_eval/tasks/erqa/utils.py``: images first in file order
+  (``erqa_doc_to_messages`` ignores ``visual_indices``) and
+  ``@c228e273:lmms_eval/tasks/_task_utils/mcq_extract.py`` ``extract_mcq_answer(response, ["A","B","C","D"])``
+  compared with ``==`` (``lmms_eval_choice`` reproduces it, quirks included: case-sensitive letters; priorities
+  start 10 > end 9 > answer phrase 7 > ``(A)`` 6 > ``A.`` 5 > ``A:`` 4 > ``A)`` 3 > ``A `` 2 > any capital 0, the
+  last within a priority; so "A robot picks..." reads as A and "the answer is Because" as B). Later lmms-eval
+  versions replaced this extractor with a scoped one; this is the priority version named in the ports we read.
+
+Generation: greedy, ``max_new_tokens=1024`` -- Vlaser says to run its ``eval_example.py`` generation inside each
+benchmark's official code (``OpenGVLab/Vlaser@a17f4dad:Vlaser_VLM/internvl_chat/eval/eval_example.py``:
+``dict(max_new_tokens=1024, do_sample=False)``); the room also keeps a model that reasons before its letter from being
+cut off (VLMEvalKit's InternVL default is 4096; InternVL's own MCQ scripts use 100). Tiles: ``max_num=6`` per image
+(``OpenGVLab/InternVL@136dc047:internvl_chat/eval/mmbench/evaluate_mmbench.py`` ``--max-num 6``;
+``VLMEvalKit@0496b7d8:vlmeval/vlm/internvl/internvl_chat.py`` ``set_max_num`` gives ERQA 6, and caps an item at 64
+tiles in all; ``eval_example.py``'s 12 would put a 16-image item near 53k image tokens, past InternVL3's context).
+``--max-num`` overrides.
+
+Metrics: accuracy (``score``) over every item (unparsed answers score 0), and per ``question_type`` (``by_group``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
+from vlaser.eval.parquet import cache_dir, find_parquet, image_file, iter_rows
+from vlaser.eval.tfrecord import read_examples
+
+LETTERS = ("A", "B", "C", "D")
+IMAGE = "<image>"
+
+# ---- prompt layout ------------------------------------------------------------------------------------------------
+
+
+def images_first(question: str, n_images: int) -> str:
+    """Every image before the question: InternVL's ``<image>\\n`` for one, ``Image-i: <image>\\n`` lines for more."""
+    if n_images == 1:
+        return f"{IMAGE}\n{question}"
+    return "".join(f"Image-{i + 1}: {IMAGE}\n" for i in range(n_images)) + question
+
+
+def interleave(question: str, visual_indices: list[int], n_images: int) -> tuple[str, list[int]]:
+    """The prompt with ``<image>`` tags where ``visual_indices`` place the images, and the image order of the tags.
+
+    Follows the official harness / VLMEvalKit ``build_prompt`` (see the module docstring), quirks included.
+    """
+    if len(visual_indices) != n_images or all(index == 0 for index in visual_indices):
+        return images_first(question, n_images), list(range(n_images))
+    pairs = sorted(enumerate(visual_indices), key=lambda pair: pair[1])  # stable: ties keep file order
+    pieces, last = [], 0
+    for _, offset in pairs:
+        if offset == 0:
+            pieces.append(f"{IMAGE}\n")
+        elif offset <= len(question):
+            pieces += [question[last:offset], IMAGE]
+            last = offset
+        else:  # past the end: emitted now, i.e. before the tail -- as the official code does
+            pieces.append(IMAGE)
+    pieces.append(question[last:])
+    return "".join(pieces), [image for image, _ in pairs]
+
+
+# ---- answer extraction --------------------------------------------------------------------------------------------
+
+_WRAPPERS = " \t\r\n.,:;!?()[]{}*_`\"'"
+_MARKED = re.compile(
+    r"(?i:\b(?:final\s+)?(?:answer|option|choice))"  # the marker, any case
+    r"[\s*_`]*(?:(?i:is)\b[\s*_`]*:?|[:=])"  # "is" (or "is:") or a colon
+    r"[\s*_`\"'(\[{]*"  # presentation wrappers
+    r"([A-D])(?![A-Za-z0-9])"  # a capital letter that is not the start of a word
+    r"(?!\s*(?:,|/|(?i:or|and)\b)\s*[(\[]?[A-D](?![A-Za-z0-9]))"  # not one of several alternatives
+)
+_BOXED = re.compile(r"\\boxed\{\s*([A-D])\s*\}")
+_LEADING = re.compile(r"[*_`\"'(\[]*([A-D])(?:[.):\]]|[*_`\"']*[ \t]*(?:\n|$))")
+
+
+def extract_letter(response: str) -> str | None:
+    """The ``vlaser`` protocol's answer letter (rules in the module docstring), or None."""
+    bare = response.strip(_WRAPPERS)
+    if len(bare) == 1 and bare.upper() in LETTERS:
+        return bare.upper()
+    marked = [(m.start(), m.group(1)) for pattern in (_MARKED, _BOXED) for m in pattern.finditer(response)]
+    if marked:
+        return max(marked)[1]
+    leading = _LEADING.match(response.strip())
+    return leading.group(1) if leading else None
+
+
+_LMMS_PHRASES = (
+    "the answer is", "answer is", "the correct answer is", "correct answer is", "the best answer is",
+    "best answer is", "the correct option is", "correct option is", "the best option is", "best option is",
+    "the choice is", "choice is", "the correct choice is", "correct choice is", "i choose", "i select", "i pick",
+    "my answer is", "my choice is", "옵션", "정답은", "답은", "답:", "答案是", "答案为", "选", "答えは",
+)
+#: lmms-eval's suffixed formats and their priorities ("(A)" is handled apart: it has a prefix too)
+_LMMS_SUFFIXES = ((".", 5), (":", 4), (")", 3), (" ", 2))
+
+
+def lmms_eval_choice(response: str, choices: tuple[str, ...] = LETTERS) -> str:
+    """lmms-eval's priority extractor (``mcq_extract.py`` at c228e273), reproduced in behaviour; ``""`` for none."""
+    if not response or not response.strip():
+        return ""
+    text = response.strip()
+    for char in ",.!?;:'\"":
+        text = text.strip(char)
+    text = f" {text} "
+    candidates: list[tuple[int, int, str]] = []  # (priority, position, letter)
+    candidates += [(6, text.rfind(f"({c})"), c) for c in choices if f"({c})" in text]
+    for suffix, priority in _LMMS_SUFFIXES:
+        candidates += [(priority, text.rfind(c + suffix), c) for c in choices if c + suffix in text]
+    lowered = text.lower()
+    for phrase in _LMMS_PHRASES:
+        start = lowered.find(phrase)
+        if start >= 0:  # the first capital of each choice anywhere after the phrase's first occurrence
+            after = start + len(phrase)
+            candidates += [(7, text.find(c, after), c) for c in choices if text.find(c, after) >= 0]
+    core = text.strip()
+    candidates += [(10, 0, c) for c in choices if core.startswith(c) and (len(core) == 1 or not core[1].isalpha())]
+    candidates += [(9, len(text) - 1, c) for c in choices
+                   if core.endswith(c) and (len(core) == 1 or not core[-2].isalpha())]
+    if not candidates:
+        candidates = [(0, text.rfind(c), c) for c in choices if c in text]
+    if not candidates:
+        return ""
+    best = max(candidate[:2] for candidate in candidates)
+    return next(letter for priority, position, letter in candidates if (priority, position) == best)
+
+
+# ---- the benchmark ------------------------------------------------------------------------------------------------
+
+
+def _text(value: Any, name: str, where: str) -> str:
+    """A string field: a ``str`` (parquet) or the first entry of a bytes list (tf.Example)."""
+    if isinstance(value, list):
+        if not value:
+            raise BenchmarkDataError(f"{where}: {name} is empty")
+        value = value[0]
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BenchmarkDataError(f"{where}: {name} is not UTF-8 text") from e
+    if not isinstance(value, str) or not value.strip():
+        raise BenchmarkDataError(f"{where}: {name} missing or not text (got {type(value).__name__})")
+    return value
+
+
+def _indices(value: Any, where: str) -> list[int]:
+    """``visual_indices``: absent or null is an empty list; anything else must be offsets >= 0."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise BenchmarkDataError(f"{where}: visual_indices must be a list of integers, got {value!r:.80}")
+    if any(v < 0 for v in value):
+        raise BenchmarkDataError(f"{where}: negative visual_indices {list(value)}")
+    return list(value)
+
+
+class ERQA(Benchmark):
+    name = "erqa"
+    protocols = ("vlaser", "lmms_eval")
+    pointing = False
+    max_num = 6
+    max_new_tokens = 1024
+
+    def load(self, data_dir: Path) -> list[Item]:
+        data_dir = Path(data_dir)
+        records, tables = sorted(data_dir.rglob("*.tfrecord")), find_parquet(data_dir)
+        if records and tables:
+            raise BenchmarkDataError(f"{data_dir}: holds both the official tfrecord ({records[0].name}) and parquet "
+                                     f"({tables[0].name}); their item ids differ, so point --data at one of them")
+        if len(records) > 1:
+            raise BenchmarkDataError(f"{data_dir}: several .tfrecord files ({', '.join(p.name for p in records)}); "
+                                     "ERQA ids are record indices within erqa.tfrecord, so keep only that file")
+        if records:
+            return self._load_tfrecord(records[0])
+        if tables:
+            return self._load_parquet(tables)
+        raise BenchmarkDataError(f"{data_dir}: no erqa.tfrecord (official ERQA) or parquet (FlagEval/ERQA) found")
+
+    def _load_tfrecord(self, path: Path) -> list[Item]:
+        folder = cache_dir(path)
+        items = []
+        for index, features in read_examples(path):
+            where = f"{path} record {index}"
+            images = features.get("image/encoded") or []
+            if not all(isinstance(image, bytes) for image in images):
+                raise BenchmarkDataError(f"{where}: image/encoded is not a bytes list")
+            files = [image_file(image, folder, f"{index}_{k}.jpg", where) for k, image in enumerate(images)]
+            items.append(self._item(str(index), features.get("question"), features.get("answer"),
+                                    features.get("question_type"), files, features.get("visual_indices", []), where))
+        return items
+
+    def _load_parquet(self, files: list[Path]) -> list[Item]:
+        items = []
+        for row, folder, where in iter_rows(files):
+            qid = row.get("question_id")
+            if qid is None or not str(qid).strip():
+                raise BenchmarkDataError(f"{where}: question_id missing")
+            try:
+                images = [image_file(im, folder, f"{qid}_{k}.jpg", where) for k, im in enumerate(row["images"])]
+            except (KeyError, TypeError) as e:
+                raise BenchmarkDataError(f"{where}: images missing or not a list of images ({e!r})") from e
+            items.append(self._item(str(qid), row.get("question"), row.get("answer"), row.get("question_type"),
+                                    images, row.get("visual_indices"), where))
+        return items
+
+    def _item(self, qid: str, question: Any, answer: Any, question_type: Any, images: list[Path], indices: Any,
+              where: str) -> Item:
+        """Validate one record and lay out its prompt for this protocol."""
+        question = _text(question, "question", where)
+        answer = _text(answer, "answer", where).strip()
+        if answer not in LETTERS:
+            raise BenchmarkDataError(f"{where}: answer {answer!r} is not one of {'/'.join(LETTERS)}")
+        group = _text(question_type, "question_type", where)
+        if not images:
+            raise BenchmarkDataError(f"{where}: no images")
+        indices = _indices(indices, where)
+        if self.protocol == "lmms_eval":
+            prompt, order = images_first(question, len(images)), list(range(len(images)))
+        else:
+            prompt, order = interleave(question, indices, len(images))
+        return Item(id=qid, question=question, official_prompt=prompt, images=[images[k] for k in order],
+                    group=group, meta={"answer": answer, "visual_indices": indices})
+
+    def prompt(self, item: Item, style: str) -> str:
+        if style not in ("vlaser", "official"):
+            raise ValueError(f"--prompt must be vlaser or official, got {style!r}")
+        return item.official_prompt  # a multiple-choice benchmark: no pointing prefix
+
+    def score(self, item: Item, response: str) -> Score:
+        lmms = self.protocol == "lmms_eval"
+        choice = (lmms_eval_choice(response) or None) if lmms else extract_letter(response)
+        return Score(float(choice == item.meta["answer"]), parsed=choice is not None,
+                     extra={"choice": choice, "answer": item.meta["answer"]})
