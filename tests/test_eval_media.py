@@ -141,26 +141,55 @@ def test_batched_mixed_media_equals_one_by_one_and_errors_are_retried(tiny_origi
         run(bench, backend, data, out, frames=8)
 
 
+def vsi_many(root: Path, n: int) -> Path:
+    """A VSI-Bench set (the HF parquet + ``scannet/<scene>.mp4`` counter clips) with ``n`` counting questions."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for k in range(3):
+        write_counter_video(root / "scannet" / f"s{k}.mp4", 30 + 10 * k)
+    rows = [{"id": i, "dataset": "scannet", "scene_name": f"s{i % 3}", "question_type": "object_counting",
+             "question": f"How many chairs are in room {i}?", "options": None, "ground_truth": str(2 + i % 4)}
+            for i in range(n)]
+    pq.write_table(pa.Table.from_pylist(rows), root / "test-00000-of-00001.parquet")
+    return root
+
+
 @pytest.mark.slow
-def test_video_benchmark_two_processes_equal_one(tiny_original, tmp_path):
+def test_video_benchmark_sigkill_resume_and_two_processes(tiny_original, tmp_path):
     import os
+    import signal
     import subprocess
     import sys
+    import time
 
-    data = clip_qa(tmp_path / "d")
-    script = tmp_path / "run_clip.py"
-    script.write_text(
-        "import sys, torch\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from test_eval_media import ClipQA\n"
-        "from vlaser.eval.backends import TransformersBackend\n"
-        "from vlaser.eval.runner import run\n"
-        f"backend = TransformersBackend({str(tiny_original)!r}, dtype=torch.float32, device='cpu')\n"
-        f"run(ClipQA(), backend, {str(data)!r}, sys.argv[1], batch_size=2, frames=3)\n")
+    from vlaser.cli import main
+
+    data = vsi_many(tmp_path / "vsi", 24)
+    args = [sys.executable, "-m", "vlaser", "eval", "run", "--model", str(tiny_original), "--benchmark", "vsi_bench",
+            "--data", str(data), "--batch-size", "1", "--max-new-tokens", "12", "--dtype", "float32", "--frames", "3"]
+    assert main(args[3:] + ["--out", str(tmp_path / "full")]) == 0
+    full = (tmp_path / "full" / "predictions.jsonl").read_text()
+    assert full.count("Frame3: <image>") == 24 and "Frame4" not in full
+    assert json.loads((tmp_path / "full" / "run.json").read_text())["frames"] == 3
+
+    out = tmp_path / "killed"
+    pred = out / "predictions.jsonl"
+    proc = subprocess.Popen(args + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not pred.is_file() or pred.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 3 <= pred.read_text().count("\n") < 24, "the run must be killed midway"
+    assert main(args[3:] + ["--out", str(out)]) == 0
+    assert sorted(pred.read_text().splitlines()) == sorted(full.splitlines())
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=env, check=True, timeout=300)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = ((tmp_path / d / "predictions.jsonl").read_text() for d in ("one", "two"))
-    assert one == two and one.count("Frame-3: <image>") == 3
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          *args[1:], "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (tmp_path / "two" / "predictions.jsonl").read_text() == full
+    metrics = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("full", "killed", "two")]
+    assert metrics[0]["vsi"] == metrics[1]["vsi"] == metrics[2]["vsi"]
