@@ -48,6 +48,11 @@ def add_parser(sub) -> None:
     s.add_argument("--predictions", required=True, type=Path)
     rep = verbs.add_parser("report", help="one table across run folders, beside the paper's Table 1")
     rep.add_argument("outs", nargs="+", type=Path)
+    imp = verbs.add_parser("import", help="read results a benchmark's own harness wrote (EmbodiedBench)")
+    imp.add_argument("source", choices=["embodiedbench"])
+    imp.add_argument("results_dir", type=Path, help="EmbodiedBench's running/ folder, an env folder or one run")
+    imp.add_argument("--out", required=True, type=Path)
+    imp.add_argument("--env", default=None, choices=["eb_alfred", "eb_habitat", "eb-alf", "eb-hab"])
 
 
 def run(args) -> int:
@@ -56,6 +61,12 @@ def run(args) -> int:
 
     if args.eval_verb == "report":
         print(cross_run_table(args.outs))
+        return 0
+    if args.eval_verb == "import":
+        from vlaser.eval.embodiedbench import import_results
+
+        for env, metrics in import_results(args.results_dir, args.out, env=args.env).items():
+            print(f"{env}: {metrics['score']:.4f} over {metrics['n_scored']} episodes -> {args.out / env}/report.md")
         return 0
     benchmark = get_benchmark(args.benchmark, args.protocol, **_options(args.option))
     if args.eval_verb == "run":
