@@ -69,14 +69,13 @@ class Benchmark(abc.ABC):
         """Every item of the benchmark, read from its official on-disk layout under ``data_dir``."""
 
     def prompt(self, item: Item, style: str) -> str:
-        """``vlaser``: the seed's point prefix + the question; ``official``: the benchmark's own prompt."""
+        """``official``: the benchmark's own prompt; ``vlaser``: for pointing benchmarks the seed's point prefix +
+        the question, for question-answering ones the official prompt too."""
         from vlaser.points import point_question
 
-        if style == "official":
-            return item.official_prompt
-        if style != "vlaser":
+        if style not in ("vlaser", "official"):
             raise ValueError(f"--prompt must be vlaser or official, got {style!r}")
-        return point_question(item.question)
+        return point_question(item.question) if style == "vlaser" and self.pointing else item.official_prompt
 
     def frame_indices(self, item: Item, total_frames: int, n_frames: int) -> list[int]:
         """Which of the clip's ``total_frames`` frames to show: InternVL's ``get_index`` with no time bound, i.e.

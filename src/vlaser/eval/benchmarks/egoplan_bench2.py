@@ -182,11 +182,6 @@ class EgoPlanBench2(Benchmark):
             items.append(item)
         return items
 
-    def prompt(self, item: Item, style: str) -> str:
-        if style not in ("vlaser", "official"):
-            raise ValueError(f"--prompt must be vlaser or official, got {style!r}")
-        return item.official_prompt  # no pointing prefix for a multiple-choice benchmark
-
     def frame_indices(self, item: Item, total_frames: int, n_frames: int) -> list[int]:
         """The official ``linspace`` over the item's frame range; a range past the clip's end is an error
         (the official ``imageio`` read fails there too), never clamped to other frames."""

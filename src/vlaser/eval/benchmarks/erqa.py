@@ -264,11 +264,6 @@ class ERQA(Benchmark):
         return Item(id=qid, question=question, official_prompt=prompt, images=[images[k] for k in order],
                     group=group, meta={"answer": answer, "visual_indices": indices})
 
-    def prompt(self, item: Item, style: str) -> str:
-        if style not in ("vlaser", "official"):
-            raise ValueError(f"--prompt must be vlaser or official, got {style!r}")
-        return item.official_prompt  # a multiple-choice benchmark: no pointing prefix
-
     def score(self, item: Item, response: str) -> Score:
         lmms = self.protocol == "lmms_eval"
         choice = (lmms_eval_choice(response) or None) if lmms else extract_letter(response)

@@ -50,11 +50,6 @@ class MMSIBench(Benchmark):
                               group=str(row.get("question_type") or ""), meta={"answer": answer}))
         return items
 
-    def prompt(self, item: Item, style: str) -> str:
-        if style not in ("vlaser", "official"):
-            raise ValueError(f"--prompt must be vlaser or official, got {style!r}")
-        return item.official_prompt  # no pointing prefix for a multiple-choice benchmark
-
     def score(self, item: Item, response: str) -> Score:
         choice = extract_choice(response)
         correct = choice is not None and item.meta["answer"].lower() == choice.lower()[0]

@@ -382,11 +382,6 @@ class VLABench(Benchmark):
                     meta={"task": task, "skill_sequence": sequence,
                           "dependency": SEQ_INDEPENDENT if task in SEQ_INDEPENDENT_TASKS else SEQUENTIAL})
 
-    def prompt(self, item: Item, style: str) -> str:
-        if style not in ("vlaser", "official"):
-            raise ValueError(f"--prompt must be vlaser or official, got {style!r}")
-        return item.official_prompt  # a planning benchmark: no pointing prefix
-
     def score(self, item: Item, response: str) -> Score:
         zeros = dict.fromkeys(METRICS, 0)
         predicted = parse_answer(response)

@@ -227,11 +227,6 @@ class VSIBench(Benchmark):
             items.append(item)
         return items
 
-    def prompt(self, item: Item, style: str) -> str:
-        if style not in ("vlaser", "official"):
-            raise ValueError(f"--prompt must be vlaser or official, got {style!r}")
-        return item.official_prompt  # no pointing prefix for a QA benchmark
-
     def score(self, item: Item, response: str) -> Score:
         token = fuzzy_matching(response)
         truth = item.meta["ground_truth"]
