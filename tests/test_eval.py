@@ -199,6 +199,7 @@ def test_eval_run_cli_with_tiny_model_and_report(tiny_original, tmp_path, capsys
     assert "refspatial" in table and "paper: Vlaser-2B" in table and "43.0" in table
 
 
+@pytest.mark.slow
 def test_two_process_eval_equals_one(tiny_original, tmp_path):
     import os
     import subprocess
@@ -420,6 +421,7 @@ def test_paco_lvis_coco_annotations_generate_part_queries(tmp_path):
     assert len(get_benchmark("paco_lvis", max_queries=1).load(tmp_path)) == 1
 
 
+@pytest.mark.slow
 def test_sigkill_midway_then_rerun_asks_nothing_twice(tiny_original, tmp_path):
     import os
     import signal

@@ -73,6 +73,7 @@ def test_blind_baselines_find_the_best_constant_point_and_the_majority(tmp_path)
     assert baselines["majority_answer"] == {"score": 0.6, "answer": "B"}
 
 
+@pytest.mark.slow
 def test_short_quickstart_runs_the_whole_loop_and_learns(tmp_path):
     """The CI variant: every stage through the real commands' code, and training that clearly helps."""
     from vlaser.cli import main

@@ -153,6 +153,7 @@ def test_skipped_samples_are_counted_in_the_log(tiny_original, tmp_path):
     assert counts[0] >= 1 and counts[-1] == 2  # the bad JSON line at once, the missing image when drawn (once)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tiny_original, tmp_path):
     """torchrun --nproc_per_node 2 (gloo, CPU) with the same global batch gives the same loss curve."""
     meta = colour_data(tmp_path, n_text=4)
