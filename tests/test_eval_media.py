@@ -193,3 +193,26 @@ def test_video_benchmark_sigkill_resume_and_two_processes(tiny_original, tmp_pat
     assert (tmp_path / "two" / "predictions.jsonl").read_text() == full
     metrics = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("full", "killed", "two")]
     assert metrics[0]["vsi"] == metrics[1]["vsi"] == metrics[2]["vsi"]
+
+
+def test_each_clip_is_decoded_once_and_answers_are_stored_in_item_order(tmp_path, monkeypatch):
+    import vlaser.model.preprocess as preprocess
+    from vlaser.eval.benchmark import get_benchmark
+
+    class Echo:
+        def info(self):
+            return {"backend": "echo", "model": "echo"}
+
+        def generate(self, requests, max_new_tokens):
+            return [str(frame_index(r.pictures[-1])) for r in requests]
+
+    decoded = []
+    original = preprocess._decode_at
+    monkeypatch.setattr(preprocess, "_decode_at", lambda path, *a: decoded.append(path.name) or original(path, *a))
+    data = vsi_many(tmp_path / "vsi", 12)  # items 0, 3, 6, 9 ask about clip s0, and so on
+    run(get_benchmark("vsi_bench"), Echo(), data, tmp_path / "out", batch_size=5)
+    assert sorted(decoded) == ["s0.mp4", "s1.mp4", "s2.mp4"]
+    records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [str(i) for i in range(12)]
+    # each clip's last sampled frame (8 segment centres of 30, 40, 50 frames) came with its own questions
+    assert [r["response"] for r in records[:3]] == ["26", "36", "46"] and records[3]["response"] == "26"

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from vlaser.eval.backends import Request
 from vlaser.eval.benchmark import Benchmark, Item, Score
 from vlaser.model.constants import IMAGE_PLACEHOLDER
-from vlaser.model.preprocess import ImageLoadError, decode_frames
+from vlaser.model.preprocess import ImageLoadError, LastClip, decode_frames
 from vlaser.model.template import multi_image_prefix
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ def _barrier() -> None:
 
 
 def _merge(items: list[Item], out: Path, pred_path: Path) -> dict[str, dict]:
-    """Fold the per-rank files into ``predictions.jsonl`` (item order), written atomically."""
+    """Fold the per-rank files into ``predictions.jsonl`` and write it in item order (answers may arrive in
+    another order), atomically."""
     done = read_predictions(pred_path)
     parts = sorted(out.glob("predictions.rank*.jsonl"))
     for part in parts:
@@ -135,6 +136,8 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
         done.update(read_predictions(part))
     mine = items[rank::world]
     todo = [item for item in mine if item.id not in done or done[item.id].get("error")]
+    # questions about the same clip are asked one after another, so its frames are decoded once
+    todo.sort(key=lambda item: str(item.video or ""))
     if len(todo) < len(mine):
         log.info("resuming: %d of %d items already answered", len(mine) - len(todo), len(mine))
     batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
@@ -144,8 +147,10 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     with open(my_path, "a") as stream, loader_cls(max_workers=1) as loader, \
             tqdm(total=len(mine), initial=len(mine) - len(todo), desc=benchmark.name, unit="item",
                  disable=rank != 0) as bar:
+        clip = LastClip()
+
         def prepare(batch: list[Item]) -> list:
-            return [_prepare(benchmark, backend, item, prompt, max_num, frames) for item in batch]
+            return [_prepare(benchmark, backend, item, prompt, max_num, frames, clip) for item in batch]
 
         upcoming = loader.submit(prepare, batches[0]) if batches else None
         for number, batch in enumerate(batches):
@@ -158,7 +163,7 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
             stream.flush()
             bar.update(len(batch))
     if world == 1:
-        return score(benchmark, items, done, out, pictures)
+        return score(benchmark, items, _merge(items, out, pred_path) if todo else done, out, pictures)
     _barrier()
     if rank == 0:
         score(benchmark, items, _merge(items, out, pred_path), out, pictures)
@@ -208,13 +213,14 @@ class MediaError(Exception):
     """An item whose media could not be read; the message names the item and the file."""
 
 
-def _prepare(benchmark: Benchmark, backend, item: Item, style: str, max_num: int, n_frames: int | None):
+def _prepare(benchmark: Benchmark, backend, item: Item, style: str, max_num: int, n_frames: int | None,
+             clip: LastClip | None = None):
     """``(prompt text, request readied by the backend)`` for an item (video frames are decoded here, ahead of
     generation), or the ``MediaError`` that names the unreadable file."""
     try:
         frames = None
         if item.video is not None:
-            frames = decode_frames(item.video, lambda total: benchmark.frame_indices(item, total, n_frames))
+            frames = decode_frames(item.video, lambda total: benchmark.frame_indices(item, total, n_frames), clip)
         request = build_request(benchmark, item, style, max_num, frames)
         prepare = getattr(backend, "prepare", None)
         return request.prompt, prepare(request) if prepare else request
