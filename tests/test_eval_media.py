@@ -216,3 +216,24 @@ def test_each_clip_is_decoded_once_and_answers_are_stored_in_item_order(tmp_path
     assert [r["id"] for r in records] == [str(i) for i in range(12)]
     # each clip's last sampled frame (8 segment centres of 30, 40, 50 frames) came with its own questions
     assert [r["response"] for r in records[:3]] == ["26", "36", "46"] and records[3]["response"] == "26"
+
+
+def test_reused_frames_and_tiles_give_the_answers_fresh_ones_give(tiny_original, tmp_path):
+    from vlaser.eval.benchmark import get_benchmark
+
+    class Fresh(TransformersBackend):
+        """Tiles every picture anew, and gets frames decoded anew (no clip is kept between items)."""
+
+        def prepare(self, request):
+            self._last_tiles = {}
+            return super().prepare(request)
+
+    data = vsi_many(tmp_path / "vsi", 6)
+    bench = get_benchmark("vsi_bench")
+    shared = TransformersBackend(str(tiny_original), dtype=torch.float32, device="cpu")
+    run(bench, shared, data, tmp_path / "shared", batch_size=4, frames=3)
+    fresh = Fresh(str(tiny_original), dtype=torch.float32, device="cpu")
+    for k in range(6):  # one item per run: nothing to share
+        run(bench, fresh, data, tmp_path / "fresh", batch_size=1, frames=3, limit=k + 1)
+    assert (tmp_path / "shared" / "predictions.jsonl").read_text() == (
+        tmp_path / "fresh" / "predictions.jsonl").read_text()

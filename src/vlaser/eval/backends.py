@@ -68,6 +68,7 @@ class TransformersBackend:
             device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun process
         self.model_path = model_path
         self.vlm = vlm if vlm is not None else VLM.from_pretrained(model_path, dtype=dtype, device=device)
+        self._last_tiles: dict[tuple[int, int], tuple[Image.Image, object]] = {}
 
     @property
     def overlap_io(self) -> bool:
@@ -78,17 +79,33 @@ class TransformersBackend:
         return {"backend": "transformers", "model": self.model_path, "dtype": str(self.vlm.model.dtype)}
 
     def prepare(self, request: Request) -> tuple[Media, str]:
-        """Load and tile a request's pictures (the runner does this for the next batch during generation)."""
+        """Load and tile a request's pictures (the runner does this for the next batch during generation).
+
+        Decoded frames shared with the previous request (the runner hands the same frame objects to questions
+        about one clip) reuse their tiles.
+        """
         import torch
 
         from vlaser.api import Media
+
+        tiles, sizes, reused = [], [], {}
+        for picture, max_tiles in zip(request.pictures, request.max_tiles):
+            key = (id(picture), max_tiles)
+            hit = self._last_tiles.get(key)
+            pil, tensor = hit if hit is not None and hit[0] is picture else self._tile(picture, max_tiles)
+            if isinstance(picture, Image.Image):
+                reused[key] = (picture, tensor)
+            tiles.append(tensor)
+            sizes.append(pil.size)
+        self._last_tiles = reused
+        media = Media(torch.cat(tiles) if tiles else None, [t.shape[0] for t in tiles], "", sizes)
+        return media, request.prompt
+
+    def _tile(self, picture: Path | Image.Image, max_tiles: int):
         from vlaser.model.preprocess import image_to_tiles, to_pil
 
-        pils = [to_pil(picture) for picture in request.pictures]
-        tiles = [image_to_tiles(im, max_num=n, image_size=self.vlm.image_size)
-                 for im, n in zip(pils, request.max_tiles)]
-        media = Media(torch.cat(tiles) if tiles else None, [t.shape[0] for t in tiles], "", [im.size for im in pils])
-        return media, request.prompt
+        pil = to_pil(picture)
+        return pil, image_to_tiles(pil, max_num=max_tiles, image_size=self.vlm.image_size)
 
     def generate(self, prepared: Sequence[tuple[Media, str]], max_new_tokens: int) -> list[str]:
         """Greedy answers for prepared requests, in one left-padded batch."""
