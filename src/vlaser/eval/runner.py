@@ -112,6 +112,8 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     Under ``torchrun`` each process takes every N-th item and appends to its own file; process 0 then
     merges them into ``predictions.jsonl`` and scores, so metrics equal a single-process run.
     """
+    if frames is not None and frames < 1:
+        raise ValueError(f"--frames must be at least 1, got {frames}")
     items = benchmark.load(Path(data_dir))[:limit]
     out = Path(out)
     rank, world = _world()
