@@ -53,11 +53,11 @@ def test_session_is_multi_turn_chat(vlm):
 def test_point_parses_and_scales(vlm, monkeypatch):
     seen = {}
 
-    def fake_generate_text(tokenizer, prompts, pixel_values, generation_config, keep_grounding_tokens=False):
+    def fake_generate_answers(tokenizer, prompts, pixel_values, generation_config, keep_grounding_tokens=False):
         seen.update(prompts=prompts, tiles=pixel_values.shape[0], gen=generation_config, keep=keep_grounding_tokens)
-        return ["<point>[[500, 250], [100, 900]]</point> <ref>cup</ref><box>[[0, 0, 500, 500]]</box>"]
+        return ["<point>[[500, 250], [100, 900]]</point> <ref>cup</ref><box>[[0, 0, 500, 500]]</box>"], [False]
 
-    monkeypatch.setattr(vlm.model, "generate_text", fake_generate_text)
+    monkeypatch.setattr(vlm.model, "generate_answers", fake_generate_answers)
     answer = vlm.point(_img((0, 0, 0), (640, 480)), "Point to the cup.")
     assert answer.points == [(500.0, 250.0), (100.0, 900.0)]
     assert answer.pixels == [(320, 120), (64, 432)]
@@ -68,9 +68,9 @@ def test_point_parses_and_scales(vlm, monkeypatch):
 
 def test_point_uses_at_most_six_tiles(vlm, monkeypatch):
     tiles = {}
-    monkeypatch.setattr(vlm.model, "generate_text",
+    monkeypatch.setattr(vlm.model, "generate_answers",
                         lambda tok, prompts, pv, gen, keep_grounding_tokens=False: tiles.setdefault("n", pv.shape[0])
-                        and [""])
+                        and ([""], [False]))
     vlm.point(_img((0, 0, 0), (1000, 1000)), "Point.")
     assert tiles["n"] == 5  # a 2x2 grid plus the thumbnail; with 12 tiles it would be 3x3 plus the thumbnail
 

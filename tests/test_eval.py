@@ -11,6 +11,7 @@ from test_eval_erqa import make_dataset as erqa
 from test_eval_vlabench import make_dataset as vlabench
 from test_eval_vsi_bench import make_dataset as vsi_bench
 from vlaser.cli import main
+from vlaser.eval.backends import Answer
 from vlaser.eval.benchmark import BenchmarkDataError, get_benchmark
 from vlaser.eval.extract import robopoint_text2pts
 from vlaser.eval.runner import read_predictions, run, score
@@ -127,9 +128,10 @@ class ScriptedBackend:
     def info(self):
         return {"backend": "scripted", "model": "scripted"}
 
-    def generate(self, requests, max_new_tokens):
+    def generate(self, requests, generation):
         self.asked += [request.prompt for request in requests]
-        return [self.answer] * len(requests)
+        self.generation = generation
+        return [Answer(self.answer)] * len(requests)
 
 
 def test_run_writes_outputs_and_resumes(tmp_path):
@@ -305,10 +307,18 @@ def test_openai_backend_against_a_local_server(tmp_path):
     finally:
         server.shutdown()
     assert len(seen) == 3 and seen[0]["model"] == "vlaser" and seen[0]["temperature"] == 0.0
-    content = seen[0]["messages"][0]["content"]
+    from vlaser.model.template import INTERNVL2_5_SYSTEM_MESSAGE
+
+    system, user = seen[0]["messages"]
+    assert system == {"role": "system", "content": INTERNVL2_5_SYSTEM_MESSAGE}  # vLLM would not add it
+    content = user["content"]
     assert content[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    assert content[0]["image_url"]["max_dynamic_patch"] == 12  # LMDeploy's per-image field
+    assert seen[0]["mm_processor_kwargs"] == {"max_dynamic_patch": 12}  # vLLM's per-request field
+    assert seen[0]["max_tokens"] == 1024  # Where2Place's default protocol: eval_example.py's settings
     assert content[1]["text"].startswith("You are InternVL.")
     assert json.loads((out / "metrics.json").read_text())["score"] == pytest.approx(1.0, abs=0.02)
+    assert json.loads((out / "run.json").read_text())["settings"]["max_num"] == 12
 
 
 def _image_struct(image):

@@ -8,6 +8,7 @@ import pytest
 
 from media import frame_index, write_counter_video
 from vlaser.cli import main
+from vlaser.eval.backends import Answer
 from vlaser.eval.benchmark import BenchmarkDataError, get_benchmark
 from vlaser.eval.benchmarks.egoplan_bench2 import (
     FIXED_PREFIXES,
@@ -64,9 +65,9 @@ class RecordingBackend:
     def info(self):
         return {"backend": "recording", "model": "none"}
 
-    def generate(self, requests, max_new_tokens):
+    def generate(self, requests, generation):
         self.requests += list(requests)
-        return [self.answer] * len(requests)
+        return [Answer(self.answer)] * len(requests)
 
 
 def test_load_reads_the_official_fields(tmp_path):
@@ -78,7 +79,7 @@ def test_load_reads_the_official_fields(tmp_path):
     assert items[0].images == [] and items[0].group == "Hobbies" and items[2].meta["scenario"] == "cooking"
     assert bench.prompt(items[0], "official") == bench.prompt(items[0], "vlaser") == PROMPT_0
     assert items[0].question == PROMPT_0[PROMPT_0.index("Considering"):-1]
-    assert (bench.frames, bench.max_new_tokens, bench.pointing) == (8, 512, False)
+    assert (bench.settings.frames, bench.settings.max_new_tokens, bench.pointing) == (8, 512, False)
     assert bench.frame_line == "Image-{i}: <image>\n"
 
 
@@ -203,7 +204,7 @@ def test_run_sends_image_lines_and_the_official_frames(tmp_path):
     sent = [[frame_index(f) for f in r.pictures] for r in backend.requests]
     assert len(sent) == 3 and [5, 6, 7, 8, 9, 10, 11, 12] in sent
     assert metrics["score"] == pytest.approx(1 / 3) and metrics["n_scored"] == 3
-    assert json.loads((tmp_path / "out" / "run.json").read_text())["frames"] == 8
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["settings"]["frames"] == 8
 
 
 def test_missing_video_names_file_and_item(tmp_path):

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from media import frame_index, write_counter_video
-from vlaser.eval.backends import OpenAIBackend, Request, TransformersBackend, to_payload
-from vlaser.eval.benchmark import Benchmark, Item, Score
+from vlaser.eval.backends import Answer, Generation, OpenAIBackend, Request, TransformersBackend, to_payload
+from vlaser.eval.benchmark import Benchmark, Item, Protocol, Score
 from vlaser.eval.runner import build_request, read_predictions, run
 
 
@@ -18,9 +18,7 @@ class ClipQA(Benchmark):
 
     name = "clip_qa"
     pointing = False
-    max_num = 2
-    max_new_tokens = 6
-    frames = 4
+    protocols = (Protocol("official", max_num=2, max_new_tokens=6, frames=4),)
 
     def load(self, data_dir: Path) -> list[Item]:
         rows = json.loads((data_dir / "items.json").read_text())
@@ -74,14 +72,15 @@ def test_openai_payload_interleaves_text_images_and_frames(tmp_path):
     image = tmp_path / "a.png"
     Image.new("RGB", (4, 4)).save(image)
     frame = Image.new("RGB", (4, 4), (255, 0, 0))
-    payload = to_payload(Request("Frame-1: <image>\nLook at <image>\nand answer.", [frame, image], [1, 6]), "m", 16)
+    payload = to_payload(Request("Frame-1: <image>\nLook at <image>\nand answer.", [frame, image], [1, 6]), "m",
+                         Generation(16))
     content = payload["messages"][0]["content"]
     assert [part["type"] for part in content] == ["text", "image_url", "text", "image_url", "text"]
     assert [content[k]["text"] for k in (0, 2, 4)] == ["Frame-1: ", "Look at ", "and answer."]
     assert content[1]["image_url"]["url"].startswith("data:image/jpeg;base64,")  # decoded frames go as JPEG
     assert content[3]["image_url"]["url"].startswith("data:image/png;base64,")  # files go as they are
     assert (payload["max_tokens"], payload["temperature"]) == (16, 0.0)
-    single = to_payload(Request("<image>\nWhat is it?", [image], [6]), "m", 8)["messages"][0]["content"]
+    single = to_payload(Request("<image>\nWhat is it?", [image], [6]), "m", Generation(8))["messages"][0]["content"]
     assert [p["type"] for p in single] == ["image_url", "text"] and single[1]["text"] == "What is it?"
     assert OpenAIBackend("http://x/v1", "m").prepare(Request("<image>", [frame], [1])).pictures == [frame]
 
@@ -104,9 +103,9 @@ class CountingBackend(TransformersBackend):
         super().__init__(str(path), dtype=torch.float32, device="cpu")
         self.batches = []
 
-    def generate(self, prepared, max_new_tokens):
+    def generate(self, prepared, generation):
         self.batches.append(len(prepared))
-        return super().generate(prepared, max_new_tokens)
+        return super().generate(prepared, generation)
 
 
 @pytest.mark.slow
@@ -121,7 +120,7 @@ def test_batched_mixed_media_equals_one_by_one_and_errors_are_retried(tiny_origi
     assert (tmp_path / "one" / "predictions.jsonl").read_text() == (tmp_path / "many" / "predictions.jsonl").read_text()
     assert first["prompt"].startswith("Frame-1: <image>\nFrame-2: <image>\nFrame-3: <image>\nFrame-4: <image>\n")
     assert one["n_errors"] == many["n_errors"] == 0
-    assert json.loads((tmp_path / "one" / "run.json").read_text())["frames"] == 4
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["settings"]["frames"] == 4
 
     (data / "clip2.mp4").write_bytes(b"not a video")
     (data / "clip4.mp4").unlink()
@@ -173,7 +172,7 @@ def test_video_benchmark_sigkill_resume_and_two_processes(tiny_original, tmp_pat
     assert main(args[3:] + ["--out", str(tmp_path / "full")]) == 0
     full = (tmp_path / "full" / "predictions.jsonl").read_text()
     assert full.count("Frame3: <image>") == 24 and "Frame4" not in full
-    assert json.loads((tmp_path / "full" / "run.json").read_text())["frames"] == 3
+    assert json.loads((tmp_path / "full" / "run.json").read_text())["settings"]["frames"] == 3
 
     out = tmp_path / "killed"
     pred = out / "predictions.jsonl"
@@ -205,8 +204,8 @@ def test_each_clip_is_decoded_once_and_answers_are_stored_in_item_order(tmp_path
         def info(self):
             return {"backend": "echo", "model": "echo"}
 
-        def generate(self, requests, max_new_tokens):
-            return [str(frame_index(r.pictures[-1])) for r in requests]
+        def generate(self, requests, generation):
+            return [Answer(str(frame_index(r.pictures[-1]))) for r in requests]
 
     decoded = []
     original = preprocess._decode_at

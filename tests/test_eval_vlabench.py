@@ -96,7 +96,7 @@ def test_prompt_is_get_ti_list_joined_as_the_internvl_wrapper(tmp_path):
                 "Language instruction:\nPut the apple on the plate.\n"
                 "Please give the output skill sequence\n")
     assert bench.prompt(item, "vlaser") == bench.prompt(item, "official") == expected
-    request = build_request(bench, item, "vlaser", bench.max_num)
+    request = build_request(bench, item, "vlaser", bench.settings.max_num)
     assert request.prompt == expected and request.pictures == item.images  # the labelled picture second
     cot = get_benchmark("vlabench", prompt_file=str(pre), cot=True).load(data)[1]
     assert cot.official_prompt == expected + "Please analyze the problem step by step and give the answer\n"
@@ -105,7 +105,7 @@ def test_prompt_is_get_ti_list_joined_as_the_internvl_wrapper(tmp_path):
     text = default.prompt(default.load(data)[1], "vlaser")
     assert text.startswith("(A paraphrase by vlaser of the VLABench skill-library prompt; not the official wording.)")
     assert text.count("<image>") == 2 and default.prompt_source.startswith("paraphrase")
-    assert (default.max_new_tokens, default.max_num) == (512, 6)
+    assert (default.settings.max_new_tokens, default.settings.max_num) == (512, 6)
 
 
 def test_exact_answer_and_total_weighting(items):

@@ -64,7 +64,7 @@ def test_prompts_are_the_official_text(tmp_path):
     assert bench.prompt(items[1], "official") == (
         "These are frames of a video.\n" + REL_HARD + "\nOptions:\nA. front-left\nB. back-right\nC. back-left\n"
         "D. front-right\nAnswer with the option's letter from the given choices directly.")
-    assert (bench.max_new_tokens, bench.frames, bench.pointing) == (16, 8, False)
+    assert (bench.settings.max_new_tokens, bench.settings.frames, bench.pointing) == (16, 8, False)
     assert items[1].video == tmp_path / "scannet" / "scene0011_00.mp4" and items[1].images == []
     other = get_benchmark("vsi_bench", videos=str(tmp_path / "elsewhere")).load(tmp_path)
     assert other[0].video == tmp_path / "elsewhere" / "arkitscenes" / "41069025.mp4"
@@ -225,7 +225,7 @@ def test_eval_run_with_the_tiny_model(tiny_original, tmp_path):
     assert metrics["n_items"] == len(records) == 3 and not any(r.get("error") for r in records)
     assert all(r["prompt"].count("<image>") == 8 and r["prompt"].startswith("Frame1: <image>\nFrame2: ")
                for r in records)
-    assert 0.0 <= metrics["score"] <= 1.0 and json.loads((out / "run.json").read_text())["frames"] == 8
+    assert 0.0 <= metrics["score"] <= 1.0 and json.loads((out / "run.json").read_text())["settings"]["frames"] == 8
     assert main(["eval", "run", "--model", str(tiny_original), "--benchmark", "vsi_bench", "--data", str(data),
                  "--out", str(tmp_path / "f32"), "--max-new-tokens", "4", "--dtype", "float32", "--limit", "1",
                  "--frames", "32", "--option", "config=debiased"]) == 0

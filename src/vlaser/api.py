@@ -104,14 +104,23 @@ class VLM:
     def generate(self, media: Sequence[Media], questions: Sequence[str], generation: dict,
                  keep_grounding_tokens: bool = False) -> list[str]:
         """Answer prepared media with questions, in one left-padded batch."""
+        return self.generate_answers(media, questions, generation, keep_grounding_tokens)[0]
+
+    def generate_answers(self, media: Sequence[Media], questions: Sequence[str], generation: dict,
+                         keep_grounding_tokens: bool = False, system_messages: Sequence[str | None] | None = None
+                         ) -> tuple[list[str], list[bool]]:
+        """:meth:`generate`, plus whether each answer was cut off at ``max_new_tokens``; a question's system
+        message may replace the model's (None keeps it)."""
+        systems = system_messages or [None] * len(questions)
         prompts = [
             build_chat_prompt(self._question(m, q), self.model.conv_template, m.num_patches,
-                              self.model.num_image_token, system_message=self.model.system_message)[1]
-            for m, q in zip(media, questions)
+                              self.model.num_image_token,
+                              system_message=self.model.system_message if s is None else s)[1]
+            for m, q, s in zip(media, questions, systems)
         ]
         tiles = [m.pixel_values for m in media if m.pixel_values is not None]
-        return self.model.generate_text(self.tokenizer, prompts, torch.cat(tiles) if tiles else None,
-                                        self._gen(generation), keep_grounding_tokens=keep_grounding_tokens)
+        return self.model.generate_answers(self.tokenizer, prompts, torch.cat(tiles) if tiles else None,
+                                           self._gen(generation), keep_grounding_tokens=keep_grounding_tokens)
 
     def point(self, image: ImageInput, query: str, max_num: int = 6, max_new_tokens: int = 100,
               prompt: bool = True, **generation) -> PointAnswer:

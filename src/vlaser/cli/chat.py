@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from vlaser.cli.args import at_least
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("chat", help="ask a model about images or a video")
@@ -11,11 +13,11 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory (either layout)")
     p.add_argument("--image", action="append", default=[], help="image file; repeat for several images")
     p.add_argument("--video", help="video file (frames sampled like InternVL's load_video)")
-    p.add_argument("--num-segments", type=int, default=8, help="video frames to sample (default 8)")
-    p.add_argument("--max-num", type=int, default=None, help="max tiles per image (default 12, 6 with --point)")
+    p.add_argument("--num-segments", type=at_least(1), default=8, help="video frames to sample (default 8)")
+    p.add_argument("--max-num", type=at_least(1), default=None, help="max tiles per image (default 12, 6 with --point)")
     p.add_argument("--point", action="store_true", help="ask with Vlaser's point prompt and print pixel points")
     p.add_argument("--draw", help="with --point: save the image with the points drawn to this PNG")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default 1024 (100 with --point)")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=None, help="default 1024 (100 with --point)")
     p.add_argument("--dtype", default="auto", help="auto (checkpoint dtype), bfloat16, float16 or float32")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cuda when available)")
 

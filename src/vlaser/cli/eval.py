@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlaser.cli.args import at_least
+
 
 def _options(pairs: list[str]) -> dict:
     out = {}
@@ -19,9 +21,10 @@ def _common(p) -> None:
     p.add_argument("--benchmark", required=True, help="registered name, e.g. where2place")
     p.add_argument("--data", required=True, type=Path, help="the benchmark's folder in its official layout")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--protocol", default=None, help="scoring protocol when a benchmark has several")
+    p.add_argument("--protocol", default=None,
+                   help="the benchmark's protocol (default: the one Vlaser's numbers came from); see its docstring")
     p.add_argument("--option", action="append", default=[], help="benchmark option key=value (repeatable)")
-    p.add_argument("--pictures", type=int, default=50, help="pictures of the first N items (0: none)")
+    p.add_argument("--pictures", type=at_least(0), default=50, help="pictures of the first N items (0: none)")
 
 
 def add_parser(sub) -> None:
@@ -33,14 +36,18 @@ def add_parser(sub) -> None:
     source.add_argument("--model", help="checkpoint directory (local transformers backend)")
     source.add_argument("--api-base", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
     r.add_argument("--api-model", help="model name on the server (with --api-base)")
-    r.add_argument("--concurrency", type=int, default=8, help="parallel requests (with --api-base)")
-    r.add_argument("--batch-size", type=int, default=8)
-    r.add_argument("--max-num", type=int, default=None, help="tiles per image (default: the benchmark's, 6)")
-    r.add_argument("--max-new-tokens", type=int, default=None)
-    r.add_argument("--frames", type=int, default=None,
+    r.add_argument("--concurrency", type=at_least(1), default=8, help="parallel requests (with --api-base)")
+    r.add_argument("--system-message", default=None,
+                   help="with --api-base: the system message to send (default InternVL's; '' sends none)")
+    r.add_argument("--batch-size", type=at_least(1), default=8)
+    r.add_argument("--max-num", type=at_least(1), default=None, help="tiles per image (default: the protocol's)")
+    r.add_argument("--max-new-tokens", type=at_least(1), default=None, help="default: the protocol's")
+    r.add_argument("--min-new-tokens", type=at_least(0), default=None, help="default: the protocol's")
+    r.add_argument("--frames", type=at_least(1), default=None,
                    help="frames per video item (default: the benchmark's; recorded in run.json)")
-    r.add_argument("--limit", type=int, default=None, help="only the first K items")
-    r.add_argument("--prompt", default="vlaser", choices=["vlaser", "official"])
+    r.add_argument("--limit", type=at_least(1), default=None, help="only the first K items")
+    r.add_argument("--prompt", default=None, choices=["vlaser", "official"],
+                   help="prompt builder (default: the protocol's): vlaser = the seed's point prefix")
     r.add_argument("--dtype", default="auto")
     r.add_argument("--device", default=None)
     s = verbs.add_parser("score", help="score a predictions file ({'id', 'response'} per line) from anywhere")
@@ -76,12 +83,13 @@ def run(args) -> int:
         if args.api_base:
             if not args.api_model:
                 raise ValueError("--api-base needs --api-model (the model name the server knows)")
-            backend = OpenAIBackend(args.api_base, args.api_model, concurrency=args.concurrency)
+            backend = OpenAIBackend(args.api_base, args.api_model, concurrency=args.concurrency,
+                                    system_message=args.system_message)
         else:
             backend = TransformersBackend(args.model, dtype=args.dtype, device=args.device)
         metrics = run_eval(benchmark, backend, args.data, args.out, batch_size=args.batch_size, limit=args.limit,
                            prompt=args.prompt, max_num=args.max_num, max_new_tokens=args.max_new_tokens,
-                           pictures=args.pictures, frames=args.frames)
+                           pictures=args.pictures, frames=args.frames, min_new_tokens=args.min_new_tokens)
     else:
         from vlaser.eval.runner import read_predictions, score
 

@@ -1,9 +1,10 @@
 """Where answers come from: a local model through the inference core, or any OpenAI-compatible server.
 
-Both take the runner's :class:`Request` (a prompt with one ``<image>`` tag per picture, the pictures, and
-how many tiles each may use): ``prepare`` readies one request's media (run ahead, on a thread where that
-helps) and ``generate`` answers a batch of prepared requests. So a model served by vLLM or LMDeploy is
-evaluated by the same runner and scorers as a local checkpoint.
+Both take the runner's :class:`Request` (a prompt with one ``<image>`` tag per picture, the pictures, how
+many tiles each may use, the system message) and one :class:`Generation` (the settings): ``prepare``
+readies one request's media (run ahead, on a thread where that helps) and ``generate`` answers a batch of
+prepared requests with :class:`Answer` s. So a model served by vLLM or LMDeploy is evaluated by the same
+runner and scorers as a local checkpoint.
 """
 
 from __future__ import annotations
@@ -33,17 +34,43 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Generation:
+    """Generation settings of a run (InternVL's evaluations decode greedily within a token budget)."""
+
+    max_new_tokens: int
+    min_new_tokens: int = 0
+    do_sample: bool = False
+
+    def as_dict(self) -> dict:
+        """Keyword arguments for transformers' ``generate`` (``min_new_tokens`` only when set)."""
+        out = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
+        if self.min_new_tokens:
+            out["min_new_tokens"] = self.min_new_tokens
+        return out
+
+
+@dataclass
+class Answer:
+    """A generated answer; ``truncated``: it stopped at ``max_new_tokens`` without an end token."""
+
+    text: str
+    truncated: bool = False
+
+
 @dataclass
 class Request:
     """One item's question: ``prompt`` holds an ``<image>`` tag where each picture goes, in order.
 
     ``pictures`` are image files or decoded video frames; ``max_tiles[i]`` is the dynamic-tiling limit of
     picture ``i`` (``max_num`` for still images, 1 for video frames, as InternVL's video path).
+    ``system_message`` None means the model's own (InternVL's default for the checkpoints vlaser runs).
     """
 
     prompt: str
     pictures: list[Path | Image.Image]
     max_tiles: list[int]
+    system_message: str | None = None
 
     def __post_init__(self) -> None:
         tags = self.prompt.count(IMAGE_PLACEHOLDER)
@@ -78,7 +105,7 @@ class TransformersBackend:
     def info(self) -> dict:
         return {"backend": "transformers", "model": self.model_path, "dtype": str(self.vlm.model.dtype)}
 
-    def prepare(self, request: Request) -> tuple[Media, str]:
+    def prepare(self, request: Request) -> tuple[Media, Request]:
         """Load and tile a request's pictures (the runner does this for the next batch during generation).
 
         Decoded frames shared with the previous request (the runner hands the same frame objects to questions
@@ -99,7 +126,7 @@ class TransformersBackend:
             sizes.append(pil.size)
         self._last_tiles = reused
         media = Media(torch.cat(tiles) if tiles else None, [t.shape[0] for t in tiles], "", sizes)
-        return media, request.prompt
+        return media, request
 
     def _tile(self, picture: Path | Image.Image, max_tiles: int):
         from vlaser.model.preprocess import image_to_tiles, to_pil
@@ -107,10 +134,12 @@ class TransformersBackend:
         pil = to_pil(picture)
         return pil, image_to_tiles(pil, max_num=max_tiles, image_size=self.vlm.image_size)
 
-    def generate(self, prepared: Sequence[tuple[Media, str]], max_new_tokens: int) -> list[str]:
-        """Greedy answers for prepared requests, in one left-padded batch."""
-        return self.vlm.generate([m for m, _ in prepared], [prompt for _, prompt in prepared],
-                                 {"max_new_tokens": max_new_tokens, "do_sample": False})
+    def generate(self, prepared: Sequence[tuple[Media, Request]], generation: Generation) -> list[Answer]:
+        """Answers for prepared requests, in one left-padded batch."""
+        texts, cut = self.vlm.generate_answers([m for m, _ in prepared], [r.prompt for _, r in prepared],
+                                               generation.as_dict(),
+                                               system_messages=[r.system_message for _, r in prepared])
+        return [Answer(text, truncated) for text, truncated in zip(texts, cut)]
 
 
 def _data_url(picture: Path | Image.Image) -> str:
@@ -125,12 +154,19 @@ def _data_url(picture: Path | Image.Image) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def to_payload(request: Request, model: str, max_new_tokens: int) -> dict:
-    """An OpenAI chat-completions request; greedy decoding.
+def to_payload(request: Request, model: str, generation: Generation, system_message: str | None = None) -> dict:
+    """An OpenAI chat-completions request.
 
-    The prompt is cut at its ``<image>`` tags into text and image parts in the same order, so a server places
-    each picture where the prompt puts it; the newline that follows a tag (InternVL's ``<image>\n``) is left
-    to the server's own template, and empty text parts are dropped.
+    - The prompt is cut at its ``<image>`` tags into text and image parts in the same order, so a server places
+      each picture where the prompt puts it; the newline that follows a tag (InternVL's ``<image>\n``) is left
+      to the server's own template, and empty text parts are dropped.
+    - The system message (the request's, else ``system_message``) goes first: vLLM's InternVL path does not add
+      InternVL's default one, a known cause of large score drops.
+    - Tiles: LMDeploy reads ``max_dynamic_patch`` inside each ``image_url`` part (so frames get 1 and still
+      images ``max_num``); vLLM reads ``mm_processor_kwargs.max_dynamic_patch`` for the whole request (the
+      still images' limit, or 1 when there are only frames). Each server ignores the other's field.
+    - Greedy is ``temperature`` 0; ``min_new_tokens`` goes as vLLM's ``min_tokens`` and LMDeploy's
+      ``min_new_tokens``.
     """
     content: list[dict] = []
     texts = request.prompt.split(IMAGE_PLACEHOLDER)
@@ -139,37 +175,60 @@ def to_payload(request: Request, model: str, max_new_tokens: int) -> dict:
         if text:
             content.append({"type": "text", "text": text})
         if k < len(request.pictures):
-            content.append({"type": "image_url", "image_url": {"url": _data_url(request.pictures[k])}})
-    return {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_new_tokens,
-            "temperature": 0.0}
+            content.append({"type": "image_url", "image_url": {"url": _data_url(request.pictures[k]),
+                                                               "max_dynamic_patch": request.max_tiles[k]}})
+    messages = [{"role": "user", "content": content}]
+    system = request.system_message if request.system_message is not None else system_message
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    payload = {"model": model, "messages": messages, "max_tokens": generation.max_new_tokens,
+               "temperature": 1.0 if generation.do_sample else 0.0}
+    if request.pictures:
+        still = [n for n, p in zip(request.max_tiles, request.pictures) if not isinstance(p, Image.Image)]
+        payload["mm_processor_kwargs"] = {"max_dynamic_patch": max(still) if still else 1}
+    if generation.min_new_tokens:
+        payload["min_tokens"] = payload["min_new_tokens"] = generation.min_new_tokens
+    return payload
 
 
-def from_response(body: dict) -> str:
-    """The answer text of a chat-completions response (``""`` when the server returned no content)."""
+def from_response(body: dict) -> Answer:
+    """The answer of a chat-completions response (``""`` when the server returned no content); a
+    ``finish_reason`` of ``length`` means it was cut off at ``max_tokens``."""
     try:
-        return body["choices"][0]["message"].get("content") or ""
-    except (KeyError, IndexError, TypeError) as e:
+        choice = body["choices"][0]
+        return Answer(choice["message"].get("content") or "", choice.get("finish_reason") == "length")
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
         raise ValueError(f"not a chat-completions response: {json.dumps(body)[:300]}") from e
 
 
-class OpenAIBackend:
-    """Concurrent requests to ``{api_base}/chat/completions``, with bounded retries and back-off.
+class ServerError(RuntimeError):
+    """The server refused a request (a 4xx other than 429): retrying would not help."""
 
-    Tiling is the server's (vLLM and LMDeploy tile InternVL images themselves); the key comes from
-    ``OPENAI_API_KEY`` when set.
+
+class OpenAIBackend:
+    """Concurrent requests to ``{api_base}/chat/completions``; transient failures (connection errors,
+    timeouts, 429, 5xx) are retried with back-off, other 4xx fail at once with the server's message.
+
+    Sends InternVL's default system message unless ``system_message`` says otherwise (``""``: none); the key
+    comes from ``OPENAI_API_KEY`` when set.
     """
 
     overlap_io = True  # the server does the work; read the next batch's images meanwhile
 
-    def __init__(self, api_base: str, model: str, concurrency: int = 8, timeout: float = 300, retries: int = 3):
+    def __init__(self, api_base: str, model: str, concurrency: int = 8, timeout: float = 300, retries: int = 3,
+                 system_message: str | None = None):
+        from vlaser.model.template import INTERNVL2_5_SYSTEM_MESSAGE
+
         self.url = api_base.rstrip("/") + "/chat/completions"
         self.model, self.concurrency, self.timeout, self.retries = model, concurrency, timeout, retries
+        self.system_message = INTERNVL2_5_SYSTEM_MESSAGE if system_message is None else system_message
         self.api_key = os.environ.get("OPENAI_API_KEY")
 
     def info(self) -> dict:
-        return {"backend": "openai", "model": self.model, "api_base": self.url}
+        return {"backend": "openai", "model": self.model, "api_base": self.url,
+                "system_message": self.system_message}
 
-    def _post(self, payload: dict) -> str:
+    def _post(self, payload: dict) -> Answer:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -178,11 +237,17 @@ class OpenAIBackend:
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     return from_response(json.loads(response.read()))
+            except urllib.error.HTTPError as e:
+                message = e.read().decode("utf-8", "replace")[:1000]
+                if e.code != 429 and e.code < 500:
+                    raise ServerError(f"{self.url} answered {e.code}: {message}") from e
+                problem: Exception = e
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                if attempt == self.retries:
-                    raise RuntimeError(f"{self.url}: no answer after {self.retries + 1} tries: {e}") from e
-                log.warning("%s: %s; retrying", self.url, e)
-                time.sleep(min(2**attempt, 30) * 0.5)
+                problem = e
+            if attempt == self.retries:
+                raise RuntimeError(f"{self.url}: no answer after {self.retries + 1} tries: {problem}") from problem
+            log.warning("%s: %s; retrying", self.url, problem)
+            time.sleep(min(2**attempt, 30) * 0.5)
         raise AssertionError("unreachable")
 
     def prepare(self, request: Request) -> Request:
@@ -194,7 +259,7 @@ class OpenAIBackend:
                 to_pil(picture)
         return request
 
-    def generate(self, prepared: Sequence[Request], max_new_tokens: int) -> list[str]:
-        payloads = [to_payload(request, self.model, max_new_tokens) for request in prepared]
+    def generate(self, prepared: Sequence[Request], generation: Generation) -> list[Answer]:
+        payloads = [to_payload(request, self.model, generation, self.system_message) for request in prepared]
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(self._post, payloads))

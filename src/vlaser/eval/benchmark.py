@@ -7,6 +7,7 @@ sharding, aggregation and reporting live once, in ``runner.py``.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,24 +45,56 @@ class Score:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: where the pointing benchmarks Vlaser ran inside their official code take their settings from
+VLASER_EXAMPLE = ("OpenGVLab/Vlaser internvl_chat/eval/eval_example.py, inserted into the benchmark's official code "
+                  "(the Vlaser README): load_image(max_num=12), max_new_tokens=1024, do_sample=False")
+#: Vlaser's own evaluators (evaluate_point_pixmo.py, evaluate_point_paco.py)
+VLASER_EVALUATOR = ("OpenGVLab/Vlaser internvl_chat/eval/evaluate_point_{pixmo,paco}.py: --max-num 6, "
+                    "max_new_tokens=100, min_new_tokens=1, greedy")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One named way to ask and score a benchmark: prompt builder, tiles, frames and generation settings.
+
+    The benchmark's ``score`` reads ``Benchmark.protocol`` (the name) where the answer parser or scorer
+    differs between protocols. ``version`` is bumped whenever the protocol's prompt, parser or scorer
+    changes, so recorded runs say which rules made their numbers.
+    """
+
+    name: str
+    version: int = 1
+    prompt: str = "official"  #: "vlaser": the seed's point prefix + the question; "official": the benchmark's own
+    max_num: int = 6  #: tiles per still image
+    max_new_tokens: int = 1024
+    min_new_tokens: int = 0
+    frames: int = 8  #: frames per video item
+    source: str = ""  #: where these settings come from
+
+    def settings(self) -> dict[str, Any]:
+        """The choices that change answers (what a resumed run must share)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "source"}
+
+
 class Benchmark(abc.ABC):
-    """Subclass per benchmark: ``load`` the official files, build prompts, ``score`` one response."""
+    """Subclass per benchmark: ``load`` the official files, build prompts, ``score`` one response.
+
+    ``protocols`` lists its protocols, the default first: the one Vlaser's published numbers came from.
+    """
 
     name: ClassVar[str]
-    protocols: ClassVar[tuple[str, ...]] = ("official",)
-    #: defaults of Vlaser's point evaluation
-    max_num: ClassVar[int] = 6
-    max_new_tokens: ClassVar[int] = 100
+    protocols: ClassVar[tuple[Protocol, ...]] = (Protocol("official"),)
     pointing: ClassVar[bool] = True
-    #: frames sampled per video item (``--frames`` overrides) and the prompt line of frame ``i`` (1-based):
-    #: ``Frame-{i}: <image>``, as InternVL's video path, unless a benchmark's own InternVL code says otherwise
-    frames: ClassVar[int] = 8
+    #: the prompt line of video frame ``i`` (1-based): ``Frame-{i}: <image>``, as InternVL's video path, unless
+    #: a benchmark's own InternVL code says otherwise
     frame_line: ClassVar[str] = "Frame-{i}: <image>\n"
 
     def __init__(self, protocol: str | None = None, **options):
-        self.protocol = protocol or self.protocols[0]
-        if self.protocol not in self.protocols:
-            raise ValueError(f"{self.name}: unknown protocol {self.protocol!r}; choose from {list(self.protocols)}")
+        names = [p.name for p in self.protocols]
+        self.protocol = protocol or names[0]
+        if self.protocol not in names:
+            raise ValueError(f"{self.name}: unknown protocol {self.protocol!r}; choose from {names}")
+        self.settings: Protocol = self.protocols[names.index(self.protocol)]
         self.options = options
 
     @abc.abstractmethod

@@ -16,8 +16,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from vlaser.eval.backends import Request
+from vlaser.eval.backends import Generation, Request
 from vlaser.eval.benchmark import Benchmark, Item, Score
+from vlaser.eval.provenance import check_and_write, git_commit, run_record, vlaser_version
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageLoadError, LastClip, decode_frames
 from vlaser.model.template import multi_image_prefix
@@ -57,17 +58,6 @@ def _drop_torn_tail(path: Path) -> None:
             f.truncate(keep)
 
 
-def _check_run_config(out: Path, config: dict) -> None:
-    path = out / "run.json"
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        keys = ("benchmark", "prompt", "protocol", "options", "max_num", "max_new_tokens", "frames")
-        changed = [k for k in keys if previous.get(k) != config.get(k)]
-        if changed:
-            raise ValueError(f"{out} holds a run with different {changed}; use a new --out to avoid mixing answers")
-    path.write_text(json.dumps(config, indent=2) + "\n")
-
-
 def _world() -> tuple[int, int]:
     """``(rank, world size)`` under torchrun (a gloo group is started for the barriers); ``(0, 1)`` otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -103,29 +93,52 @@ def _merge(items: list[Item], out: Path, pred_path: Path) -> dict[str, dict]:
     return done
 
 
+def effective_settings(benchmark: Benchmark, has_video: bool, **overrides) -> dict[str, Any]:
+    """The benchmark protocol's settings with the given (non-None) overrides, checked; ``frames`` is None for a
+    benchmark without video."""
+    settings = {**benchmark.settings.settings(), **{k: v for k, v in overrides.items() if v is not None}}
+    for key in ("version", "name", "source"):
+        settings.pop(key, None)
+    if settings["prompt"] not in ("vlaser", "official"):
+        raise ValueError(f"--prompt must be vlaser or official, got {settings['prompt']!r}")
+    for key, least in (("max_num", 1), ("max_new_tokens", 1), ("min_new_tokens", 0), ("frames", 1)):
+        value = settings[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"{flag} must be an integer of at least {least}, got {value!r}")
+    if settings["min_new_tokens"] > settings["max_new_tokens"]:
+        raise ValueError(f"min_new_tokens {settings['min_new_tokens']} exceeds max_new_tokens "
+                         f"{settings['max_new_tokens']}")
+    if not has_video:
+        settings["frames"] = None
+    settings["do_sample"] = False
+    return settings
+
+
 def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: int = 8, limit: int | None = None,
-        prompt: str = "vlaser", max_num: int | None = None, max_new_tokens: int | None = None,
-        pictures: int = 50, frames: int | None = None) -> dict[str, Any]:
+        prompt: str | None = None, max_num: int | None = None, max_new_tokens: int | None = None,
+        pictures: int = 50, frames: int | None = None, min_new_tokens: int | None = None) -> dict[str, Any]:
     """Ask every item not yet answered in ``OUT`` (items that failed on unreadable media are asked again),
     then score all of them.
 
-    Under ``torchrun`` each process takes every N-th item and appends to its own file; process 0 then
-    merges them into ``predictions.jsonl`` and scores, so metrics equal a single-process run.
+    The benchmark's protocol gives the prompt style, tiles, frames and generation settings; the arguments
+    override them. Under ``torchrun`` each process takes every N-th item and appends to its own file; process
+    0 then merges them into ``predictions.jsonl`` and scores, so metrics equal a single-process run.
     """
-    if frames is not None and frames < 1:
-        raise ValueError(f"--frames must be at least 1, got {frames}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1 (all items: leave it out), got {limit}")
     items = benchmark.load(Path(data_dir))[:limit]
+    settings = effective_settings(benchmark, any(item.video for item in items), prompt=prompt, max_num=max_num,
+                                  max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, frames=frames)
+    generation = Generation(settings["max_new_tokens"], settings["min_new_tokens"])
     out = Path(out)
     rank, world = _world()
     out.mkdir(parents=True, exist_ok=True)
-    max_num = benchmark.max_num if max_num is None else max_num
-    max_new_tokens = benchmark.max_new_tokens if max_new_tokens is None else max_new_tokens
-    frames = (benchmark.frames if frames is None else frames) if any(item.video for item in items) else None
+    record = run_record(benchmark, settings, backend.info(), Path(data_dir))
     if rank == 0:
-        _check_run_config(out, {"benchmark": benchmark.name, "protocol": benchmark.protocol,
-                                "options": benchmark.options, "prompt": prompt,
-                                "max_num": max_num, "max_new_tokens": max_new_tokens, "frames": frames,
-                                "data": str(data_dir), **backend.info()})
+        check_and_write(out, record)
     pred_path = out / "predictions.jsonl"
     my_path = pred_path if world == 1 else out / f"predictions.rank{rank}.jsonl"
     if world > 1:
@@ -152,23 +165,24 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
         clip = LastClip()
 
         def prepare(batch: list[Item]) -> list:
-            return [_prepare(benchmark, backend, item, prompt, max_num, frames, clip) for item in batch]
+            return [_prepare(benchmark, backend, item, settings["prompt"], settings["max_num"], settings["frames"],
+                             clip) for item in batch]
 
         upcoming = loader.submit(prepare, batches[0]) if batches else None
         for number, batch in enumerate(batches):
             prepared = upcoming.result()
             if number + 1 < len(batches):
                 upcoming = loader.submit(prepare, batches[number + 1])
-            for record in _ask(backend, batch, prepared, max_new_tokens):
-                stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-                done[record["id"]] = record
+            for answer in _ask(backend, batch, prepared, generation):
+                stream.write(json.dumps(answer, ensure_ascii=False) + "\n")
+                done[answer["id"]] = answer
             stream.flush()
             bar.update(len(batch))
     if world == 1:
-        return score(benchmark, items, _merge(items, out, pred_path) if todo else done, out, pictures)
+        return score(benchmark, items, _merge(items, out, pred_path) if todo else done, out, pictures, record)
     _barrier()
     if rank == 0:
-        score(benchmark, items, _merge(items, out, pred_path), out, pictures)
+        score(benchmark, items, _merge(items, out, pred_path), out, pictures, record)
     _barrier()
     return json.loads((out / "metrics.json").read_text())
 
@@ -230,16 +244,18 @@ def _prepare(benchmark: Benchmark, backend, item: Item, style: str, max_num: int
         return MediaError(f"item {item.id}: {e}")
 
 
-def _ask(backend, batch: list[Item], prepared: list, max_new_tokens: int) -> list[dict]:
+def _ask(backend, batch: list[Item], prepared: list, generation: Generation) -> list[dict]:
     """Records for a batch; an item whose media cannot be read gets an ``error`` record (scored as a miss,
-    asked again on the next run)."""
+    asked again on the next run). ``truncated``: the answer stopped at ``max_new_tokens``."""
     ok = [k for k, ready in enumerate(prepared) if not isinstance(ready, MediaError)]
-    answers = backend.generate([prepared[k][1] for k in ok], max_new_tokens) if ok else []
+    answers = backend.generate([prepared[k][1] for k in ok], generation) if ok else []
     by_index = dict(zip(ok, answers))
     records = []
     for k, item in enumerate(batch):
         if k in by_index:
-            records.append({"id": item.id, "prompt": prepared[k][0], "response": by_index[k]})
+            answer = by_index[k]
+            records.append({"id": item.id, "prompt": prepared[k][0], "response": answer.text,
+                            "truncated": answer.truncated})
         else:
             log.warning("%s", prepared[k])
             records.append({"id": item.id, "response": "", "error": str(prepared[k])})
@@ -247,8 +263,8 @@ def _ask(backend, batch: list[Item], prepared: list, max_new_tokens: int) -> lis
 
 
 
-def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict], out: Path, pictures: int = 50
-          ) -> dict[str, Any]:
+def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict], out: Path, pictures: int = 50,
+          record: dict | None = None) -> dict[str, Any]:
     """Score predictions (from any source); write ``metrics.json``, ``scores.jsonl``, ``report.md`` and, for
     pointing benchmarks, pictures of the first ``pictures`` items with ``index.html``."""
     from vlaser.eval.report import write_pictures, write_report
@@ -272,6 +288,10 @@ def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict],
                    n_missing_predictions=len(missing), unknown_ids=unknown[:20], n_unknown_ids=len(unknown),
                    errors=[predictions[i.id]["error"] for i in answered if predictions[i.id].get("error")],
                    n_errors=sum(bool(predictions[i.id].get("error")) for i in answered),
+                   n_truncated=sum(bool(predictions[i.id].get("truncated")) for i in answered),
+                   protocol_version=benchmark.settings.version,
+                   run=record or {"vlaser_version": vlaser_version(), "git_commit": git_commit(),
+                                  "scored_only": True},
                    options=benchmark.options, scored_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     if unknown:
         log.warning("%d prediction id(s) are not in %s, e.g. %s", len(unknown), benchmark.name, unknown[:3])

@@ -144,7 +144,6 @@ class InternVLChat(InternVLForConditionalGeneration):
 
     # ---- shared generation -------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def generate_text(
         self, tokenizer, prompts: Sequence[str], pixel_values: torch.Tensor | None, generation_config: dict,
         keep_grounding_tokens: bool = False,
@@ -154,6 +153,15 @@ class InternVLChat(InternVLForConditionalGeneration):
         Decoding skips special tokens and cuts at ``<|im_end|>`` like the original; with
         ``keep_grounding_tokens`` the ``<ref>``/``<box>``/``<quad>`` tags survive for box parsing.
         """
+        return self.generate_answers(tokenizer, prompts, pixel_values, generation_config, keep_grounding_tokens)[0]
+
+    @torch.inference_mode()
+    def generate_answers(
+        self, tokenizer, prompts: Sequence[str], pixel_values: torch.Tensor | None, generation_config: dict,
+        keep_grounding_tokens: bool = False,
+    ) -> tuple[list[str], list[bool]]:
+        """:meth:`generate_text`, plus for each answer whether it was cut off: it reached ``max_new_tokens``
+        without the end token (a point list cut there has no ``</point>`` and parses to nothing)."""
         stop = self.conv_template.stop_token
         side = tokenizer.padding_side
         tokenizer.padding_side = "left"
@@ -168,11 +176,12 @@ class InternVLChat(InternVLForConditionalGeneration):
             kwargs["pixel_values"] = pixel_values.to(self.device, self.dtype)
         out = self.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **kwargs)
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        truncated = [kwargs["eos_token_id"] not in row for row in new_tokens.tolist()]
         if keep_grounding_tokens:
             texts = decode_keep_grounding(tokenizer, new_tokens)
         else:
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [t.split(stop)[0].strip() for t in texts]
+        return [t.split(stop)[0].strip() for t in texts], truncated
 
     def _check_tokens(self, tokenizer, start: str, end: str, context: str) -> None:
         if tokenizer.convert_tokens_to_ids(context) != self.img_context_token_id:

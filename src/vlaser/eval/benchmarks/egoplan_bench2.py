@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score
 
 ANNOTATION = "EgoPlan-Bench2.json"
 INSTRUCTION = ("Select the best answer to the following multiple-choice question based on the video. "
@@ -149,8 +149,8 @@ def _item(row: Any, videos: Path, where: str) -> Item:
 class EgoPlanBench2(Benchmark):
     name = "egoplan_bench2"
     pointing = False
-    max_new_tokens = 512
-    frames = 8
+    protocols = (Protocol("official", max_new_tokens=512, frames=8,
+                          source="qiulu66/EgoPlan-Bench2 eval.py and models/InternVL2.py (LMDeploy defaults)"),)
     frame_line = "Image-{i}: <image>\n"
 
     def __init__(self, protocol: str | None = None, **options):

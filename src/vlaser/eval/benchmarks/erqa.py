@@ -63,7 +63,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score
 from vlaser.eval.parquet import cache_dir, find_parquet, image_file, iter_rows
 from vlaser.eval.tfrecord import read_examples
 
@@ -199,10 +199,10 @@ def _indices(value: Any, where: str) -> list[int]:
 
 class ERQA(Benchmark):
     name = "erqa"
-    protocols = ("vlaser", "lmms_eval")
+    protocols = (Protocol("vlaser", max_num=6, max_new_tokens=1024, source="see the module docstring"),
+                 Protocol("lmms_eval", max_num=6, max_new_tokens=1024,
+                          source="lmms-eval's erqa task: images first, its priority letter extractor"))
     pointing = False
-    max_num = 6
-    max_new_tokens = 1024
 
     def load(self, data_dir: Path) -> list[Item]:
         data_dir = Path(data_dir)

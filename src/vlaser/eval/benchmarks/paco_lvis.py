@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlaser.eval.benchmark import BenchmarkDataError, Item, Score
+from vlaser.eval.benchmark import VLASER_EVALUATOR, BenchmarkDataError, Item, Protocol, Score
 from vlaser.eval.benchmarks.vlaser_points import VlaserPointJSONL, eval_points
 from vlaser.points import referring_point_question
 
@@ -57,7 +57,9 @@ def rle_mask(segmentations: list, width: int, height: int) -> np.ndarray:
 
 class PacoLvis(VlaserPointJSONL):
     name = "paco_lvis"
-    protocols = ("vlaser",)
+    protocols = (
+        Protocol("vlaser", prompt="vlaser", max_num=6, max_new_tokens=100, min_new_tokens=1, source=VLASER_EVALUATOR),
+    )
 
     def load(self, data_dir: Path) -> list[Item]:
         coco = sorted(p for p in data_dir.glob("*.json") if p.name.startswith("paco"))

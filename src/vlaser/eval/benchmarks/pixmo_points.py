@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlaser.eval.benchmark import BenchmarkDataError, Item, Score
+from vlaser.eval.benchmark import VLASER_EVALUATOR, BenchmarkDataError, Item, Protocol, Score
 from vlaser.eval.benchmarks.vlaser_points import REF, VlaserPointJSONL, eval_points
 from vlaser.eval.extract import vlaser_pixels
 from vlaser.eval.masks import image_size
@@ -54,7 +54,11 @@ _VLASER_ONLY = re.compile(r"^\s*<point>\s*\[.*\]\s*</point>\s*$", re.DOTALL)
 
 class PixmoPoints(VlaserPointJSONL):
     name = "pixmo_points"
-    protocols = ("vlaser", "molmo")
+    protocols = (
+        Protocol("vlaser", prompt="vlaser", max_num=6, max_new_tokens=100, min_new_tokens=1, source=VLASER_EVALUATOR),
+        Protocol("molmo", prompt="official", max_num=6, max_new_tokens=100, min_new_tokens=1,
+                 source="Molmo's PointingEval data and scorer, asked with Vlaser's evaluator settings"),
+    )
 
     def load(self, data_dir: Path) -> list[Item]:
         if self.protocol == "vlaser":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
+from vlaser.eval.benchmark import VLASER_EXAMPLE, Benchmark, BenchmarkDataError, Item, Protocol, Score
 from vlaser.eval.extract import json_points, vlaser_pixels
 from vlaser.eval.masks import image_size, load_mask, values_at
 
@@ -30,6 +30,11 @@ OFFICIAL_PROMPT_COUNTING = (
 
 class PointBench(Benchmark):
     name = "point_bench"
+    protocols = (
+        Protocol("vlaser", prompt="vlaser", max_num=12, max_new_tokens=1024, source=VLASER_EXAMPLE),
+        Protocol("official", prompt="official", max_num=12, max_new_tokens=1024,
+                 source="the benchmark's own prompt, with eval_example.py's generation settings"),
+    )
 
     def load(self, data_dir: Path) -> list[Item]:
         data_file = data_dir / "data.json"

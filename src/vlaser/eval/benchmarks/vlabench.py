@@ -65,7 +65,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 
 #: ``SUBTASK_PATTERN`` of the official scorer, tried in this order at every position
@@ -293,8 +293,8 @@ def _mean(values: list[float]) -> float:
 class VLABench(Benchmark):
     name = "vlabench"
     pointing = False
-    max_num = 6
-    max_new_tokens = 512
+    protocols = (Protocol("official", max_num=6, max_new_tokens=512,
+                          source="VLABench's InternVL wrapper (LMDeploy defaults); 6 tiles for two pictures"),)
 
     def __init__(self, protocol: str | None = None, **options):
         super().__init__(protocol, **options)

@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score
 from vlaser.eval.parquet import read_rows
 
 log = logging.getLogger(__name__)
@@ -152,8 +152,9 @@ def _labels(options: list[str]) -> list[str]:
 class VSIBench(Benchmark):
     name = "vsi_bench"
     pointing = False
-    max_new_tokens = 16  # vsibench.yaml generation_kwargs
-    frames = 8  # evaluate_all_in_one.sh: max_frames_num=8 for InternVL2 (32 for most other open models)
+    #: vsibench.yaml generation_kwargs; evaluate_all_in_one.sh: max_frames_num=8 for InternVL2 (32 for most others)
+    protocols = (Protocol("official", max_new_tokens=16, frames=8,
+                          source="thinking-in-space vsibench.yaml and evaluate_all_in_one.sh (InternVL2 setting)"),)
     #: the official InternVL2 wrapper's line: ``Frame1: <image>``, no hyphen
     frame_line = "Frame{i}: <image>\n"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
+from vlaser.eval.benchmark import VLASER_EXAMPLE, Benchmark, BenchmarkDataError, Item, Protocol, Score
 from vlaser.eval.extract import robopoint_text2pts, vlaser_pixels
 from vlaser.eval.masks import image_size, load_mask, mean_value
 from vlaser.eval.parquet import find_parquet, image_file, iter_rows
@@ -26,6 +26,11 @@ FORMAT_SPLIT = " Your answer"
 
 class Where2Place(Benchmark):
     name = "where2place"
+    protocols = (
+        Protocol("vlaser", prompt="vlaser", max_num=12, max_new_tokens=1024, source=VLASER_EXAMPLE),
+        Protocol("official", prompt="official", max_num=12, max_new_tokens=1024,
+                 source="the benchmark's own prompt, with eval_example.py's generation settings"),
+    )
 
     def load(self, data_dir: Path) -> list[Item]:
         questions = data_dir / "point_questions.jsonl"
