@@ -10,6 +10,7 @@ runner and scorers as a local checkpoint.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import logging
@@ -103,7 +104,14 @@ class TransformersBackend:
         return self.vlm.model.device.type != "cpu"
 
     def info(self) -> dict:
-        return {"backend": "transformers", "model": self.model_path, "dtype": str(self.vlm.model.dtype)}
+        return {"backend": "transformers", "model": self.model_path, "dtype": str(self.vlm.model.dtype),
+                "device": str(self.vlm.model.device), "config_sha256": self._config_hash()}
+
+    def _config_hash(self) -> str:
+        """sha256 of the checkpoint's ``config.json`` (of the in-memory config for a model being trained)."""
+        config = Path(self.model_path) / "config.json"
+        data = config.read_bytes() if config.is_file() else self.vlm.model.config.to_json_string().encode()
+        return hashlib.sha256(data).hexdigest()
 
     def prepare(self, request: Request) -> tuple[Media, Request]:
         """Load and tile a request's pictures (the runner does this for the next batch during generation).

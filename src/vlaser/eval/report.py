@@ -93,6 +93,11 @@ def write_report(metrics: dict, out: Path, pictures: list[dict]) -> None:
     lines = [f"# {metrics['benchmark']} ({metrics['protocol']})", "",
              f"**score {metrics['score']:.4f}** over {metrics['n_scored']} scored of {metrics['n_items']} items "
              f"({metrics['n_unparsed']} answers not parsed, {metrics['n_missing_predictions']} unanswered)", ""]
+    if metrics.get("n_truncated"):
+        budget = metrics.get("run", {}).get("settings", {}).get("max_new_tokens", "the token budget")
+        lines += [f"**Warning: {metrics['n_truncated']} answer(s) were cut off at max_new_tokens ({budget})** without "
+                  "an end token; a cut-off point list has no `</point>` and parses to nothing. They are marked "
+                  "`truncated` in predictions.jsonl.", ""]
     if metrics.get("n_errors"):
         lines += [f"**{metrics['n_errors']} item(s) failed on unreadable media** (scored as misses; asked again "
                   "when the run is repeated):", ""] + [f"- {e}" for e in metrics["errors"][:20]] + [""]

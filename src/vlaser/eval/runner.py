@@ -277,9 +277,9 @@ def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict],
     scores: list[Score] = []
     with open(out / "scores.jsonl", "w") as stream:
         for item in answered:
-            record = predictions[item.id]
-            s = Score(0.0, parsed=False, extra={"error": record["error"]}) if record.get("error") else \
-                benchmark.score(item, str(record.get("response", "")))
+            prediction = predictions[item.id]
+            s = Score(0.0, parsed=False, extra={"error": prediction["error"]}) if prediction.get("error") else \
+                benchmark.score(item, str(prediction.get("response", "")))
             scores.append(s)
             stream.write(json.dumps({"id": item.id, "score": s.value, "parsed": s.parsed, "points": s.points,
                                      "group": item.group, **s.extra}) + "\n")
