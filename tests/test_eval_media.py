@@ -138,7 +138,7 @@ def test_batched_mixed_media_equals_one_by_one_and_errors_are_retried(tiny_origi
     assert read_predictions(out / "predictions.jsonl") == read_predictions(tmp_path / "many" / "predictions.jsonl")
     with pytest.raises(ValueError, match="frames"):
         run(bench, backend, data, out, frames=8)
-    with pytest.raises(ValueError, match="--frames must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="--frames must be an integer of at least 1, got 0"):
         run(bench, backend, data, out, frames=0)
 
 
