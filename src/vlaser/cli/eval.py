@@ -1,4 +1,4 @@
-"""``vlaser eval run | score | report``."""
+"""``vlaser eval run | score | report | import | suite``."""
 
 from __future__ import annotations
 
@@ -60,6 +60,69 @@ def add_parser(sub) -> None:
     imp.add_argument("results_dir", type=Path, help="EmbodiedBench's running/ folder, an env folder or one run")
     imp.add_argument("--out", required=True, type=Path)
     imp.add_argument("--env", default=None, choices=["eb_alfred", "eb_habitat", "eb-alf", "eb-hab"])
+    _add_suite(verbs)
+
+
+def _add_suite(verbs) -> None:
+    """``eval suite``: the model's source as ``eval run``; a data root instead of one benchmark's folder."""
+    su = verbs.add_parser("suite", help="every benchmark found under a data root (resumable), one table beside the "
+                                        "paper's Table 1")
+    source = su.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="checkpoint directory (local transformers backend)")
+    source.add_argument("--api-base", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    su.add_argument("--api-model", help="model name on the server (with --api-base)")
+    su.add_argument("--concurrency", type=at_least(1), default=8, help="parallel requests (with --api-base)")
+    su.add_argument("--system-message", default=None,
+                    help="with --api-base: the system message to send (default InternVL's; '' sends none)")
+    su.add_argument("--data-root", required=True, type=Path,
+                    help="a folder holding DIR/<benchmark>/ per benchmark (names: see vlaser.eval.suite)")
+    su.add_argument("--out", required=True, type=Path, help="output folder: OUT/<benchmark>/ runs and the table")
+    su.add_argument("--benchmarks", default=None,
+                    help="comma-separated names (default: every registered benchmark, plus eb_alfred/eb_habitat "
+                         "when imported into OUT)")
+    su.add_argument("--protocol", action="append", default=[], metavar="BENCHMARK=PROTOCOL",
+                    help="a benchmark's protocol other than its default (repeatable)")
+    su.add_argument("--option", action="append", default=[], metavar="BENCHMARK.KEY=VALUE",
+                    help="a benchmark option (repeatable), e.g. vlabench.prompt_file=PATH")
+    su.add_argument("--batch-size", type=at_least(1), default=8)
+    su.add_argument("--limit", type=at_least(1), default=None, help="only the first K items of each benchmark")
+    su.add_argument("--max-num", type=at_least(1), default=None, help="tiles per image (default: each protocol's)")
+    su.add_argument("--max-new-tokens", type=at_least(1), default=None, help="default: each protocol's")
+    su.add_argument("--min-new-tokens", type=at_least(0), default=None, help="default: each protocol's")
+    su.add_argument("--frames", type=at_least(1), default=None, help="frames per video item (default: each "
+                                                                       "benchmark's)")
+    su.add_argument("--prompt", default=None, choices=["vlaser", "official"],
+                    help="prompt builder for every benchmark (default: each protocol's)")
+    su.add_argument("--pictures", type=at_least(0), default=50, help="pictures of the first N items (0: none)")
+    su.add_argument("--dtype", default="auto")
+    su.add_argument("--device", default=None)
+
+
+def _backend(args):
+    """The backend ``--model`` or ``--api-base`` names (``eval run`` and ``eval suite``)."""
+    from vlaser.eval.backends import OpenAIBackend, TransformersBackend
+
+    if args.api_base:
+        if not args.api_model:
+            raise ValueError("--api-base needs --api-model (the model name the server knows)")
+        return OpenAIBackend(args.api_base, args.api_model, concurrency=args.concurrency,
+                             system_message=args.system_message)
+    return TransformersBackend(args.model, dtype=args.dtype, device=args.device)
+
+
+def _suite(args) -> int:
+    """Names, protocols, options and settings are checked before the model loads; exit 1 when a benchmark
+    failed or none ran."""
+    from vlaser.eval.suite import OVERRIDES, check, run_suite, scoped, select
+
+    names = select([n.strip() for n in args.benchmarks.split(",") if n.strip()] if args.benchmarks else None)
+    protocols, options = scoped(args.protocol, "--protocol"), scoped(args.option, "--option")
+    overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+    check(names, overrides, protocols, options)
+    table = run_suite(_backend(args), args.data_root, args.out, names, batch_size=args.batch_size, limit=args.limit,
+                      protocols=protocols, options=options, pictures=args.pictures,
+                      echo=lambda line: print(line, flush=True), **overrides)
+    return 1 if table["failed"] or not table["columns"] else 0
 
 
 def run(args) -> int:
@@ -69,6 +132,8 @@ def run(args) -> int:
     if args.eval_verb == "report":
         print(cross_run_table(args.outs))
         return 0
+    if args.eval_verb == "suite":
+        return _suite(args)
     if args.eval_verb == "import":
         from vlaser.eval.embodiedbench import import_results
 
@@ -77,16 +142,9 @@ def run(args) -> int:
         return 0
     benchmark = get_benchmark(args.benchmark, args.protocol, **_options(args.option))
     if args.eval_verb == "run":
-        from vlaser.eval.backends import OpenAIBackend, TransformersBackend
         from vlaser.eval.runner import run as run_eval
 
-        if args.api_base:
-            if not args.api_model:
-                raise ValueError("--api-base needs --api-model (the model name the server knows)")
-            backend = OpenAIBackend(args.api_base, args.api_model, concurrency=args.concurrency,
-                                    system_message=args.system_message)
-        else:
-            backend = TransformersBackend(args.model, dtype=args.dtype, device=args.device)
+        backend = _backend(args)
         metrics = run_eval(benchmark, backend, args.data, args.out, batch_size=args.batch_size, limit=args.limit,
                            prompt=args.prompt, max_num=args.max_num, max_new_tokens=args.max_new_tokens,
                            pictures=args.pictures, frames=args.frames, min_new_tokens=args.min_new_tokens)
