@@ -291,7 +291,7 @@ def render_markdown(table: dict) -> str:
             links = ", ".join(f"[{kind}]({c[kind]})" for kind in ("report", "pictures") if c.get(kind))
             lines.append(f"- {c['name']}: {_count_line(c)}" + (f" -- {links}" if links else ""))
     else:
-        lines += ["No benchmark ran: no data was found (see below).", ""]
+        lines += ["No benchmark ran (see the absent and failed benchmarks below).", ""]
     if table["absent"]:
         lines += ["", "## Absent", ""] + [f"- {a['name']}: looked for `{a['looked_for']}` -- {a['reason']}"
                                           for a in table["absent"]]
@@ -326,7 +326,7 @@ def render_html(table: dict) -> str:
         page += [f"<li>{e(c['name'])}: {e(_count_line(c))}</li>" for c in columns]
         page.append("</ul>")
     else:
-        page.append("<p>No benchmark ran: no data was found (see below).</p>")
+        page.append("<p>No benchmark ran (see the absent and failed benchmarks below).</p>")
     if table["absent"]:
         page.append("<h2>Absent</h2><ul>")
         page += [f"<li>{e(a['name'])}: looked for <code>{e(a['looked_for'])}</code> -- {e(a['reason'])}</li>"
