@@ -1,15 +1,29 @@
 """Pixmo-Points: Vlaser's protocol on its JSONL, and Molmo's ``PointingEval`` on the HF parquet.
 
-``--protocol vlaser`` (default; ``evaluate_point_pixmo.py``): points within radius 25 of a GT point.
+``--protocol vlaser`` (default): ``OpenGVLab/Vlaser@a17f4da:Vlaser_VLM/internvl_chat/eval/evaluate_point_pixmo.py``
+(prompt, 6 tiles, ``max_new_tokens=100``, ``min_new_tokens=1``, greedy; ``load_gt_points`` and the scoring loop).
+Queries and the annotation file as in :mod:`vlaser_points` (known name: ``pixmo`` in it, or ``data_N.jsonl``).
+Ground truth is built the evaluator's way: one dict over the whole file, keyed by (``image`` as written, EXPR),
+from every gpt turn whose first ``<ref>`` is EXPR and which holds at least one integer ``[x, y]`` pair (0-1000
+grid); a later turn or line with the same key replaces the earlier one. Each query looks its ground truth up
+by (base name of its ``image``, EXPR). So, reproduced by default:
+- every line sharing a key is scored against the *last* such line's points (``n_gt_from_other_line`` in the
+  metrics counts the queries scored against another line's points; ``gt_line`` in scores.jsonl names it);
+- a line whose ``image`` has a folder finds no ground truth and is skipped (``n_skipped``), as is a query
+  whose line has no matching gpt turn.
+``match_by_line=true`` scores each query against its own line's points (the line's last gpt turn for that
+expression) whatever the image field, and skips only queries without one.
+A predicted point is correct when it lies within ``radius`` (default 25, on the 0-1000 grid; predictions are
+not rescaled either) of any ground-truth point; precision over points as in :mod:`vlaser_points`.
 
-Ground truth: the ``[x, y]`` integer pairs of the gpt turn carrying the same ``<ref>EXPR</ref>``, on the
-0-1000 grid; predictions stay on the grid too. A predicted point is correct when it lies within
-``radius`` (default 25) of any GT point. The official script keys ground truth by the ``image`` field as
-written but predictions by its base name, so a line whose ``image`` has a folder finds no ground truth
-and is skipped; that is reproduced (``match_by_line=true`` pairs them by line instead).
-
-``--protocol molmo``: the ``allenai/pixmo-points-eval`` parquet (``image_url``, ``image_sha256``,
-``label``, ``points``, ``masks``) with its images downloaded beside it as ``images/<image_sha256>.*``.
+``--protocol molmo``: the ``allenai/pixmo-points-eval`` parquet (``image_url``, ``image_sha256``, ``label``,
+``points``, ``masks``), scored as ``allenai/molmo@793fa38:olmo/eval/evaluators.py`` ``PointingEval``. Images:
+the row's ``image`` column when present (Molmo's local copy, ``olmo/data/pixmo_datasets.py``
+``PixMoPointsEval.download`` adds it: a file path -- an absolute one as written, a relative one under the
+parquet's folder or the data folder -- falling back to ``images/<its base name>``, or an image struct with
+embedded bytes), else
+``images/<image_sha256>.*`` beside the parquet download. Molmo keeps that copy with ``datasets.save_to_disk``;
+``datasets.load_from_disk(DIR).to_parquet("pixmo_points_eval.parquet")`` turns it into a file read here.
 Item id: the 0-based row index. Molmo answers (percent) and Vlaser ``<point>`` answers (0-1000 grid)
 are both accepted; a Vlaser answer passes the format gate when it is exactly one ``<point>`` block.
 Molmo matches predictions (pixels) against the dataset's points as stored (percent): reproduced;
@@ -23,29 +37,63 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vlaser.eval.benchmark import VLASER_EVALUATOR, BenchmarkDataError, Item, Protocol, Score
-from vlaser.eval.benchmarks.vlaser_points import REF, VlaserPointJSONL, eval_points
+from vlaser.eval.benchmarks.vlaser_points import VlaserPointJSONL, annotation_jsonl_present, eval_points, first_ref
 from vlaser.eval.extract import vlaser_pixels
 from vlaser.eval.masks import image_size
 from vlaser.eval.molmo import extract_points, is_valid_format, pointing_scores
-from vlaser.eval.parquet import find_parquet, read_rows_without, row_column
+from vlaser.eval.parquet import cache_dir, find_parquet, image_file, read_rows_without, row_column
 from vlaser.points import referring_point_question
 
+#: ``load_gt_points``' pair pattern: integers only
 _INT_PAIR = re.compile(r"\[\s*(\d+)\s*,\s*(\d+)\s*\]")
+GridPoints = list[tuple[int, int]]
 
 
-def ground_truth(row: dict, expression: str) -> list[tuple[int, int]] | None:
-    """The integer pairs of the gpt turn that refers to ``expression`` (at least one pair), else None."""
+def gt_turns(row: dict) -> list[tuple[str, GridPoints]]:
+    """``(expression, pairs)`` of each gpt turn with a ``<ref>`` and at least one integer pair, in order."""
+    found = []
     for turn in row["conversations"]:
-        refs = [r.strip() for r in REF.findall(turn["value"])] if turn["from"] == "gpt" else []
-        if expression in refs:
-            pairs = [(int(x), int(y)) for x, y in _INT_PAIR.findall(turn["value"])]
-            if pairs:
-                return pairs
-    return None
+        if turn["from"] != "gpt":
+            continue
+        expression, pairs = first_ref(turn["value"]), _INT_PAIR.findall(turn["value"])
+        if expression is not None and pairs:
+            found.append((expression, [(int(x), int(y)) for x, y in pairs]))
+    return found
+
+
+def official_ground_truth(rows: list[tuple[int, dict]]) -> dict[tuple[str, str], tuple[GridPoints, int]]:
+    """``load_gt_points``: ``(image as written, expression) -> (points, line)``, the last turn with a key winning."""
+    table: dict[tuple[str, str], tuple[GridPoints, int]] = {}
+    for number, row in rows:
+        for expression, points in gt_turns(row):
+            table[(row["image"], expression)] = (points, number)
+    return table
+
+
+def line_ground_truth(row: dict, expression: str) -> GridPoints | None:
+    """The line's own points for ``expression`` (its last matching gpt turn), for ``match_by_line``."""
+    own = [points for e, points in gt_turns(row) if e == expression]
+    return own[-1] if own else None
+
+
+def molmo_image(value: Any, parquet: Path, data_dir: Path, name: str, where: str) -> Path | None:
+    """The file of a Molmo ``image`` cell (a path, or a struct with bytes or a path); None for an empty cell."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return image_file(value, cache_dir(parquet), name, where)
+        value = value.get("path")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BenchmarkDataError(f"{where}: 'image' must be a path or an image struct, got {type(value).__name__}")
+    path = Path(value)
+    candidates = [parquet.parent / path, data_dir / path, data_dir / "images" / path.name]  # absolute: as written
+    return next((c for c in candidates if c.is_file()), candidates[0])
 
 
 MOLMO_PROMPT = "Point to {label}\nPlease say 'This isn't in the image.' if it is not in the image."
@@ -55,31 +103,57 @@ _VLASER_ONLY = re.compile(r"^\s*<point>\s*\[.*\]\s*</point>\s*$", re.DOTALL)
 class PixmoPoints(VlaserPointJSONL):
     name = "pixmo_points"
     protocols = (
-        Protocol("vlaser", prompt="vlaser", max_num=6, max_new_tokens=100, min_new_tokens=1, source=VLASER_EVALUATOR),
+        Protocol("vlaser", version=2, prompt="vlaser", max_num=6, max_new_tokens=100, min_new_tokens=1,
+                 source=VLASER_EVALUATOR),
         Protocol("molmo", prompt="official", max_num=6, max_new_tokens=100, min_new_tokens=1,
                  source="Molmo's PointingEval data and scorer, asked with Vlaser's evaluator settings"),
     )
 
+    annotation_names = (r"pixmo", r"^data_\d+\.jsonl$")
+
     def load(self, data_dir: Path) -> list[Item]:
         if self.protocol == "vlaser":
-            if not list(data_dir.glob("*.jsonl")):
-                raise BenchmarkDataError(f"{data_dir}: the vlaser protocol reads Vlaser's JSONL; for the HF parquet "
-                                         "use --protocol molmo")
-            return super().load(data_dir)
+            return self._load_jsonl(data_dir)
         files = find_parquet(data_dir)
         if not files:
             raise BenchmarkDataError(f"{data_dir}: no parquet file (allenai/pixmo-points-eval) found")
         items, index = [], 0
         for path in files:
             for row_in_file, row in enumerate(read_rows_without(path, "masks")):
-                sha = row.get("image_sha256") or ""
-                found = sorted((data_dir / "images").glob(f"{sha}*")) if sha else []
-                image = found[0] if found else data_dir / "images" / f"{sha or index}.missing"
-                items.append(Item(id=str(index), question=row["label"], images=[image],
-                                  official_prompt=MOLMO_PROMPT.format(label=row["label"]),
-                                  meta={"points": [(p["x"], p["y"]) for p in row.get("points") or []],
-                                        "parquet": str(path), "row_in_file": row_in_file}))
+                where = f"{path} row {row_in_file}"
+                try:
+                    label, points = row["label"], [(p["x"], p["y"]) for p in row.get("points") or []]
+                except (KeyError, TypeError) as e:
+                    raise BenchmarkDataError(f"{where}: {e!r} (expected 'label' and 'points' of {{x, y}})") from e
+                image = self._row_image(row, path, data_dir, index, where)
+                items.append(Item(id=str(index), question=label, images=[image],
+                                  official_prompt=MOLMO_PROMPT.format(label=label),
+                                  meta={"points": points, "parquet": str(path), "row_in_file": row_in_file}))
                 index += 1
+        return items
+
+    def _row_image(self, row: dict, parquet: Path, data_dir: Path, index: int, where: str) -> Path:
+        """Molmo's local ``image`` column when the row has one, else ``images/<image_sha256>.*``."""
+        local = molmo_image(row.get("image"), parquet, data_dir, f"{index}.img", where)
+        if local is not None:
+            return local
+        sha = row.get("image_sha256") or ""
+        found = sorted((data_dir / "images").glob(f"{sha}*")) if sha else []
+        return found[0] if found else data_dir / "images" / f"{sha or index}.missing"
+
+    def _load_jsonl(self, data_dir: Path) -> list[Item]:
+        """Vlaser's queries, each with the ground truth the evaluator gives it and its own line's."""
+        if not annotation_jsonl_present(data_dir):
+            raise BenchmarkDataError(f"{data_dir}: the vlaser protocol reads Vlaser's JSONL; for the HF parquet "
+                                     "use --protocol molmo")
+        path = self.annotation(data_dir)
+        rows = self.read_lines(path)
+        table = official_ground_truth(rows)
+        items = self.items_from(data_dir, path, rows)
+        for item in items:
+            row, expression = item.meta["row"], item.meta["expression"]
+            points, line = table.get((os.path.basename(row["image"]), expression), (None, None))
+            item.meta.update(gt=points, gt_line=line, own_gt=line_ground_truth(row, expression))
         return items
 
     def prompt(self, item: Item, style: str) -> str:
@@ -90,19 +164,25 @@ class PixmoPoints(VlaserPointJSONL):
             return item.official_prompt
         return referring_point_question(item.question)
 
+    def ground_truth(self, item: Item) -> tuple[GridPoints | None, int | None]:
+        """The points a query is scored against and the line they come from (see the module docstring)."""
+        if self.options.get("match_by_line"):
+            own = item.meta["own_gt"]
+            return own, item.meta["line"] if own is not None else None
+        return item.meta["gt"], item.meta["gt_line"]
+
     def score(self, item: Item, response: str) -> Score:
         if self.protocol == "molmo":
             return self._score_molmo(item, response)
-        row = item.meta["row"]
-        gt = ground_truth(row, item.meta["expression"])
-        keyed_apart = os.path.basename(row["image"]) != row["image"] and not self.options.get("match_by_line")
-        if gt is None or keyed_apart:
-            return Score(None, parsed=bool(eval_points(response)), extra={"skipped": "no ground truth for this key"})
-        radius = float(self.options.get("radius", 25.0))
+        gt, line = self.ground_truth(item)
         points = eval_points(response)
+        if gt is None:
+            key = (os.path.basename(item.meta["row"]["image"]), item.meta["expression"])
+            return Score(None, parsed=bool(points), extra={"skipped": f"no ground truth for {key}"})
+        radius = float(self.options.get("radius", 25.0))
         correct = sum(any(math.dist(p, g) <= radius for g in gt) for p in points)
         return Score(correct / max(len(points), 1), parsed=bool(points), points=self._to_pixels(item, points),
-                     extra={"correct": correct, "total": max(len(points), 1)})
+                     extra={"correct": correct, "total": max(len(points), 1), "gt_line": line})
 
     def _to_pixels(self, item: Item, grid_points) -> list[tuple[float, float]]:
         if not grid_points or not item.images[0].is_file():
@@ -120,7 +200,7 @@ class PixmoPoints(VlaserPointJSONL):
     def gt_points(self, item: Item) -> list[tuple[float, float]]:
         if self.protocol != "vlaser":
             return []
-        return self._to_pixels(item, ground_truth(item.meta["row"], item.meta["expression"]) or [])
+        return self._to_pixels(item, self.ground_truth(item)[0] or [])
 
     def _score_molmo(self, item: Item, response: str) -> Score:
         cells = row_column(Path(item.meta["parquet"]), item.meta["row_in_file"], "masks") or []
@@ -142,7 +222,10 @@ class PixmoPoints(VlaserPointJSONL):
 
     def aggregate(self, items: list[Item], scores: list[Score]) -> dict:
         if self.protocol == "vlaser":
-            return super().aggregate(items, scores)
+            metrics = super().aggregate(items, scores)
+            metrics["n_gt_from_other_line"] = sum(s.extra.get("gt_line", item.meta["line"]) != item.meta["line"]
+                                                  for item, s in zip(items, scores))
+            return metrics
         used = [s for s in scores if s.value is not None]
         mean = {k: sum(s.extra[k] for s in used) / len(used) if used else 0.0 for k in ("precision", "recall", "f1")}
         return {"score": mean["f1"], **mean, "n": len(items), "n_scored": len(used),

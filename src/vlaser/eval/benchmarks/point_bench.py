@@ -1,39 +1,120 @@
 """Point-Bench (PointArena): binary success per item, as PointArena's ``model_evaluator.py`` scores it.
 
+Source: ``pointarena/pointarena@289838b:model_evaluator.py`` (the stored snapshot; ``benchmarks.md`` cites
+``dcd82f2``, whose summary of these prompts agrees): ``evaluate_model`` (items, scoring),
+``get_original_points_info`` (steerable reference points), ``call_claude``/``call_grok`` (prompt), ``load_mask``
+and ``is_point_in_mask``.
+
 Layout: ``data.json`` (``image_filename``, ``mask_filename``, ``user_input``, ``category``, ``count``),
-``images/<category>/<image_filename>``, ``masks/<mask_filename>``. Masks are > 127 in any channel.
-Success: the first point inside the mask; for ``counting`` items, exactly ``count`` points, all inside.
-No point (or an out-of-image point) is a failure; items without a mask are not part of the benchmark.
-The official prompt asks for pixel coordinates as JSON (``[{"point": [x, y]}]``).
+``images/<category>/<image_filename>``, ``masks/<mask_filename>``, and ``pixmo_metadata.csv``
+(``image_filename``, ``points``: a JSON list of ``{"x", "y"}`` in percent) for the steerable items.
+Item id: ``image_filename``. Items without a ``mask_filename`` key are not part of the benchmark.
+
+Prompts. ``vlaser`` (default protocol): the Vlaser point prefix + ``user_input`` (eval_example.py's settings).
+``official``: PointArena prompts each model family its own way; the JSON pixel-coordinate prompt of its API
+families is reproduced exactly as ``call_claude``/``call_grok`` send it in one user message -- the system
+sentence, a blank line, then the triple-quoted f-string with its source indentation (12 spaces) -- with the
+query as given (``{user_input}.``) and the real image size; the image goes first, as both send it. (At
+``dcd82f2`` ``call_openai`` sent the same prompt with the sentence as a system message, per ``benchmarks.md``;
+at ``289838b`` it asks about numbered marks on ``*_marked`` images instead.) Counting items ask for several
+points. A steerable item whose image has a row in ``pixmo_metadata.csv`` gets PointArena's sentence
+``"\\nThe image contains an existing original point at pixel coordinates: [x, y].\\nThe query refers to this
+existing point."`` after the size (percent -> pixels, ``.1f``). As officially, a steerable item without a row
+gets no sentence; that is warned about at load and counted in the metrics (``n_steerable``,
+``n_steerable_with_reference_point``, ``pixmo_metadata_csv``), as is a missing CSV (which PointArena only
+prints). A malformed CSV row is refused (PointArena would silently drop the whole file).
+
+Scoring: masks are > 127 in any channel. Success: the first point inside the mask; for ``counting``
+items, exactly ``count`` (default 1) points, all inside. No point (or an out-of-image point) is a failure.
+Answers are parsed as Vlaser ``<point>`` blocks (0-1000 grid) or as the JSON ``[{"point": [x, y]}]`` pixels
+the official prompt asks for.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
+import logging
+import os
 from pathlib import Path
+from typing import Any
 
 from vlaser.eval.benchmark import VLASER_EXAMPLE, Benchmark, BenchmarkDataError, Item, Protocol, Score
 from vlaser.eval.extract import json_points, vlaser_pixels
 from vlaser.eval.masks import image_size, load_mask, values_at
 
+log = logging.getLogger(__name__)
+
+SYSTEM = "You are a helpful assistant that can identify objects in images and provide their coordinates."
+_LINE = "\n" + " " * 12  # each line of the official triple-quoted f-string starts with its source indentation
 OFFICIAL_PROMPT = (
-    "{query}.\nThe image dimensions are width={width}px, height={height}px.\n"
-    'The answer should follow the json format: [{{"point": <point>}}]. IMPORTANT: Return EXACTLY ONE POINT. '
-    "The point should be in PIXEL COORDINATES (not normalized)."
+    SYSTEM + "\n\n" + _LINE + "{query}." + _LINE
+    + "The image dimensions are width={width}px, height={height}px.{reference}" + _LINE
+    + 'The answer should follow the json format: [{{"point": <point>}}]. ' + _LINE
+    + "IMPORTANT: Return EXACTLY ONE POINT. The point MUST be in [x, y] format where x is the horizontal position "
+      "(left-to-right) and y is the vertical position (top-to-bottom) in PIXEL COORDINATES (not normalized)." + _LINE
+    + "Example: For a point in the center of the image, return [width/2, height/2]." + _LINE
 )
 OFFICIAL_PROMPT_COUNTING = (
-    "{query}.\nThe image dimensions are width={width}px, height={height}px.\n"
-    'The answer should follow the json format: [{{"point": <point>}}, ...]. '
-    "The points should be in PIXEL COORDINATES (not normalized)."
+    SYSTEM + "\n\n" + _LINE + "{query}." + _LINE
+    + "The image dimensions are width={width}px, height={height}px.{reference}" + _LINE
+    + 'The answer should follow the json format: [{{"point": <point>}}, ...]. ' + _LINE
+    + "IMPORTANT: The points MUST be in [x, y] format where x is the horizontal position (left-to-right) and y is "
+      "the vertical position (top-to-bottom) in PIXEL COORDINATES (not normalized)." + _LINE
+    + "Example: For a point in the center of the image, return [width/2, height/2]." + _LINE
 )
+REFERENCE = ("\nThe image contains an existing original point at pixel coordinates: {points}."
+             "\nThe query refers to this existing point.")
+METADATA = "pixmo_metadata.csv"
+
+
+def read_reference_points(path: Path) -> dict[str, list[tuple[Any, Any]]]:
+    """``pixmo_metadata.csv`` as PointArena reads it: ``image_filename -> [(x, y), ...]`` (percent) for rows whose
+    ``points`` is neither empty nor ``[]``, a later row replacing an earlier one."""
+    table: dict[str, list[tuple[Any, Any]]] = {}
+    with open(path, newline="") as stream:
+        reader = csv.DictReader(stream)
+        missing = {"image_filename", "points"} - set(reader.fieldnames or [])
+        if missing:
+            raise BenchmarkDataError(f"{path}: no column(s) {sorted(missing)} (expected image_filename, points)")
+        for row in reader:
+            raw = row["points"]
+            if not raw or raw == "[]":
+                continue
+            try:
+                points = [(p["x"], p["y"]) for p in json.loads(raw)]
+                if not all(isinstance(v, (int, float)) for point in points for v in point):
+                    raise TypeError("x and y must be numbers")
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise BenchmarkDataError(f"{path}:{reader.line_num}: points {raw[:80]!r}: {e!r} (expected a JSON "
+                                         'list of {"x": .., "y": ..} in percent)') from e
+            table[row["image_filename"]] = points
+    return table
+
+
+def reference_sentence(points: list[tuple[Any, Any]] | None, width: int, height: int) -> str:
+    """``get_original_points_info``: the percent points in pixels, or "" when there are none."""
+    if not points:
+        return ""
+    pixels = ", ".join(f"[{x * width / 100:.1f}, {y * height / 100:.1f}]" for x, y in points)
+    return REFERENCE.format(points=pixels)
+
+
+def official_text(item: Item, width: int, height: int) -> str:
+    """The official prompt of an item whose image is ``width`` x ``height`` pixels."""
+    template = OFFICIAL_PROMPT_COUNTING if item.group == "counting" else OFFICIAL_PROMPT
+    return template.format(query=item.question, width=width, height=height,
+                           reference=reference_sentence(item.meta.get("reference"), width, height))
 
 
 class PointBench(Benchmark):
     name = "point_bench"
     protocols = (
         Protocol("vlaser", prompt="vlaser", max_num=12, max_new_tokens=1024, source=VLASER_EXAMPLE),
-        Protocol("official", prompt="official", max_num=12, max_new_tokens=1024,
-                 source="the benchmark's own prompt, with eval_example.py's generation settings"),
+        Protocol("official", version=2, prompt="official", max_num=12, max_new_tokens=1024,
+                 source="pointarena/pointarena model_evaluator.py call_claude/call_grok prompt (steerable reference "
+                        "points from pixmo_metadata.csv), with eval_example.py's generation settings"),
     )
 
     def load(self, data_dir: Path) -> list[Item]:
@@ -44,23 +125,56 @@ class PointBench(Benchmark):
             rows = json.loads(data_file.read_text())
         except json.JSONDecodeError as e:
             raise BenchmarkDataError(f"{data_file}: {e}") from e
+        csv_path = data_dir / METADATA
+        references = read_reference_points(csv_path) if csv_path.is_file() else None
         items = []
         for number, row in enumerate(rows):
-            if not row.get("mask_filename"):
+            if "mask_filename" not in row:
                 continue
             try:
                 image = data_dir / "images" / row["category"] / row["image_filename"]
-                query, category = row["user_input"].rstrip("."), row["category"]
+                item = Item(id=str(row["image_filename"]), question=row["user_input"], official_prompt="",
+                            images=[image], group=row["category"],
+                            meta={"mask": str(data_dir / "masks" / row["mask_filename"]), "count": row.get("count", 1)})
             except KeyError as e:
                 raise BenchmarkDataError(f"{data_file}: item {number} lacks {e}") from e
-            template = OFFICIAL_PROMPT_COUNTING if category == "counting" else OFFICIAL_PROMPT
-            width, height = image_size(image) if image.is_file() else (0, 0)
-            items.append(Item(id=str(row["image_filename"]), question=row["user_input"],
-                              official_prompt=template.format(query=query, width=width, height=height),
-                              images=[image], group=category,
-                              meta={"mask": str(data_dir / "masks" / row["mask_filename"]),
-                                    "count": row.get("count")}))
+            except TypeError as e:  # a null file name or category
+                raise BenchmarkDataError(f"{data_file}: item {number}: {e} (file names and category are text)") from e
+            if item.group == "steerable":
+                found = references.get(os.path.basename(image)) if references is not None else None
+                item.meta["reference"] = found
+                item.meta["reference_status"] = "present" if found else (
+                    f"no row in {METADATA}" if references is not None else f"{METADATA} absent")
+            items.append(item)
+        for item in items:  # the official prompt needs the image's size: filled in when the image is at hand
+            if item.images[0].is_file():
+                with contextlib.suppress(OSError):  # unreadable: asking it later records the error
+                    item.official_prompt = official_text(item, *image_size(item.images[0]))
+        self._warn_missing_references(items, csv_path)
         return items
+
+    def _warn_missing_references(self, items: list[Item], csv_path: Path) -> None:
+        """Say (the official code does not) when steerable items will be asked without their reference point."""
+        lacking = [i.id for i in items if i.group == "steerable" and not i.meta["reference"]]
+        if lacking:
+            why = "it is absent" if not csv_path.is_file() else "they have no row in it"
+            log.warning("point_bench: %d steerable item(s) (e.g. %s) get no reference-point sentence in the official "
+                        "prompt: %s, %s", len(lacking), lacking[:3], csv_path, why)
+
+    def official_prompt(self, item: Item) -> str:
+        """PointArena's prompt for the item, with its image's real size (read from the image file)."""
+        try:
+            width, height = image_size(item.images[0])
+        except OSError as e:
+            from vlaser.model.preprocess import ImageLoadError
+
+            raise ImageLoadError(f"cannot read {item.images[0]} for the official prompt's image size: {e}") from e
+        return official_text(item, width, height)
+
+    def prompt(self, item: Item, style: str) -> str:
+        if style == "official":
+            return self.official_prompt(item)
+        return super().prompt(item, style)
 
     def score(self, item: Item, response: str) -> Score:
         mask = load_mask(Path(item.meta["mask"]), "gt127")
@@ -77,3 +191,13 @@ class PointBench(Benchmark):
             points = points[:1]
             ok = values_at(mask, points)[0] > 0
         return Score(float(ok), parsed=True, points=points)
+
+    def aggregate(self, items: list[Item], scores: list[Score]) -> dict[str, Any]:
+        """The base metrics plus how many steerable items had their reference point (see the docstring)."""
+        metrics = super().aggregate(items, scores)
+        steerable = [i for i in items if i.group == "steerable"]
+        statuses = {i.meta["reference_status"] for i in steerable}
+        metrics.update(n_steerable=len(steerable),
+                       n_steerable_with_reference_point=sum(bool(i.meta["reference"]) for i in steerable),
+                       pixmo_metadata_csv=None if not steerable else f"{METADATA} absent" not in statuses)
+        return metrics
