@@ -170,3 +170,10 @@ def test_python_api_numbers_are_checked(tmp_path):
                             ({"frames": 0}, "--frames must be an integer of at least 1")):
         with pytest.raises(ValueError, match=message):
             run(bench, ScriptedBackend(), data, tmp_path / "o", **kwargs)
+
+
+def test_a_misspelt_option_is_refused_for_every_benchmark():
+    for name in REGISTRY:
+        with pytest.raises(ValueError, match=rf"{name}: unknown option\(s\) \['no_such_option'\]; it takes"):
+            get_benchmark(name, no_such_option=True)
+    assert get_benchmark("where2place", binarize=True).options == {"binarize": True}

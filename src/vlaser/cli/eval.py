@@ -32,24 +32,7 @@ def add_parser(sub) -> None:
     verbs = p.add_subparsers(dest="eval_verb", required=True)
     r = verbs.add_parser("run", help="ask a model every item (resumable), then score")
     _common(r)
-    source = r.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="checkpoint directory (local transformers backend)")
-    source.add_argument("--api-base", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
-    r.add_argument("--api-model", help="model name on the server (with --api-base)")
-    r.add_argument("--concurrency", type=at_least(1), default=8, help="parallel requests (with --api-base)")
-    r.add_argument("--system-message", default=None,
-                   help="with --api-base: the system message to send (default InternVL's; '' sends none)")
-    r.add_argument("--batch-size", type=at_least(1), default=8)
-    r.add_argument("--max-num", type=at_least(1), default=None, help="tiles per image (default: the protocol's)")
-    r.add_argument("--max-new-tokens", type=at_least(1), default=None, help="default: the protocol's")
-    r.add_argument("--min-new-tokens", type=at_least(0), default=None, help="default: the protocol's")
-    r.add_argument("--frames", type=at_least(1), default=None,
-                   help="frames per video item (default: the benchmark's; recorded in run.json)")
-    r.add_argument("--limit", type=at_least(1), default=None, help="only the first K items")
-    r.add_argument("--prompt", default=None, choices=["vlaser", "official"],
-                   help="prompt builder (default: the protocol's): vlaser = the seed's point prefix")
-    r.add_argument("--dtype", default="auto")
-    r.add_argument("--device", default=None)
+    _model_and_settings(r)
     s = verbs.add_parser("score", help="score a predictions file ({'id', 'response'} per line) from anywhere")
     _common(s)
     s.add_argument("--predictions", required=True, type=Path)
@@ -67,13 +50,7 @@ def _add_suite(verbs) -> None:
     """``eval suite``: the model's source as ``eval run``; a data root instead of one benchmark's folder."""
     su = verbs.add_parser("suite", help="every benchmark found under a data root (resumable), one table beside the "
                                         "paper's Table 1")
-    source = su.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="checkpoint directory (local transformers backend)")
-    source.add_argument("--api-base", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
-    su.add_argument("--api-model", help="model name on the server (with --api-base)")
-    su.add_argument("--concurrency", type=at_least(1), default=8, help="parallel requests (with --api-base)")
-    su.add_argument("--system-message", default=None,
-                    help="with --api-base: the system message to send (default InternVL's; '' sends none)")
+    _model_and_settings(su)
     su.add_argument("--data-root", required=True, type=Path,
                     help="a folder holding DIR/<benchmark>/ per benchmark (names: see vlaser.eval.suite)")
     su.add_argument("--out", required=True, type=Path, help="output folder: OUT/<benchmark>/ runs and the table")
@@ -84,18 +61,29 @@ def _add_suite(verbs) -> None:
                     help="a benchmark's protocol other than its default (repeatable)")
     su.add_argument("--option", action="append", default=[], metavar="BENCHMARK.KEY=VALUE",
                     help="a benchmark option (repeatable), e.g. vlabench.prompt_file=PATH")
-    su.add_argument("--batch-size", type=at_least(1), default=8)
-    su.add_argument("--limit", type=at_least(1), default=None, help="only the first K items of each benchmark")
-    su.add_argument("--max-num", type=at_least(1), default=None, help="tiles per image (default: each protocol's)")
-    su.add_argument("--max-new-tokens", type=at_least(1), default=None, help="default: each protocol's")
-    su.add_argument("--min-new-tokens", type=at_least(0), default=None, help="default: each protocol's")
-    su.add_argument("--frames", type=at_least(1), default=None, help="frames per video item (default: each "
-                                                                       "benchmark's)")
-    su.add_argument("--prompt", default=None, choices=["vlaser", "official"],
-                    help="prompt builder for every benchmark (default: each protocol's)")
     su.add_argument("--pictures", type=at_least(0), default=50, help="pictures of the first N items (0: none)")
-    su.add_argument("--dtype", default="auto")
-    su.add_argument("--device", default=None)
+
+
+def _model_and_settings(p) -> None:
+    """The model's source and the settings that override a protocol's (``eval run`` and ``eval suite``)."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="checkpoint directory (local transformers backend)")
+    source.add_argument("--api-base", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    p.add_argument("--api-model", help="model name on the server (with --api-base)")
+    p.add_argument("--concurrency", type=at_least(1), default=8, help="parallel requests (with --api-base)")
+    p.add_argument("--system-message", default=None,
+                   help="with --api-base: the system message to send (default InternVL's; '' sends none)")
+    p.add_argument("--batch-size", type=at_least(1), default=8)
+    p.add_argument("--limit", type=at_least(1), default=None, help="only the first K items (of each benchmark)")
+    p.add_argument("--max-num", type=at_least(1), default=None, help="tiles per image (default: the protocol's)")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=None, help="default: the protocol's")
+    p.add_argument("--min-new-tokens", type=at_least(0), default=None, help="default: the protocol's")
+    p.add_argument("--frames", type=at_least(1), default=None,
+                   help="frames per video item (default: the protocol's; recorded in run.json)")
+    p.add_argument("--prompt", default=None, choices=["vlaser", "official"],
+                   help="prompt builder (default: the protocol's): vlaser = the seed's point prefix")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default=None)
 
 
 def _backend(args):

@@ -88,8 +88,13 @@ class Benchmark(abc.ABC):
     #: the prompt line of video frame ``i`` (1-based): ``Frame-{i}: <image>``, as InternVL's video path, unless
     #: a benchmark's own InternVL code says otherwise
     frame_line: ClassVar[str] = "Frame-{i}: <image>\n"
+    #: the ``--option`` keys the benchmark reads (a misspelt one is an error, not silently ignored)
+    known_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, protocol: str | None = None, **options):
+        unknown = sorted(set(options) - set(self.known_options))
+        if unknown:
+            raise ValueError(f"{self.name}: unknown option(s) {unknown}; it takes {sorted(self.known_options)}")
         names = [p.name for p in self.protocols]
         self.protocol = protocol or names[0]
         if self.protocol not in names:

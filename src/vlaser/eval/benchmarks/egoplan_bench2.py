@@ -88,7 +88,6 @@ FIXED_PREFIXES: tuple[str, ...] = (
     "The correct option",
 )
 CHOICES = ("A", "B", "C", "D")
-OPTIONS = ("videos", "fixed_prefixes")
 _FIELDS = ("sample_id", "domain", "scenario", "task_goal", "choice_a", "choice_b", "choice_c", "choice_d",
            "golden_choice_idx", "task_start_frame", "current_observation_frame")
 _LETTER = re.compile(r"[ABCD]")
@@ -152,12 +151,7 @@ class EgoPlanBench2(Benchmark):
     protocols = (Protocol("official", max_new_tokens=512, frames=8,
                           source="qiulu66/EgoPlan-Bench2 eval.py and models/InternVL2.py (LMDeploy defaults)"),)
     frame_line = "Image-{i}: <image>\n"
-
-    def __init__(self, protocol: str | None = None, **options):
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ValueError(f"{self.name}: unknown option(s) {unknown}; choose from {list(OPTIONS)}")
-        super().__init__(protocol, **options)
+    known_options = ("videos", "fixed_prefixes")
 
     def load(self, data_dir: Path) -> list[Item]:
         path = Path(data_dir) / ANNOTATION

@@ -82,6 +82,7 @@ def rle_mask(segmentations: list, width: int, height: int) -> np.ndarray:
 
 class PacoLvis(VlaserPointJSONL):
     name = "paco_lvis"
+    known_options = ("annotation", "max_queries", "seed")
     protocols = (
         Protocol("vlaser", version=2, prompt="vlaser", max_num=6, max_new_tokens=100, min_new_tokens=1,
                  source=VLASER_EVALUATOR),

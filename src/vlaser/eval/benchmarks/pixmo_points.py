@@ -102,6 +102,7 @@ _VLASER_ONLY = re.compile(r"^\s*<point>\s*\[.*\]\s*</point>\s*$", re.DOTALL)
 
 class PixmoPoints(VlaserPointJSONL):
     name = "pixmo_points"
+    known_options = ("annotation", "match_by_line", "radius", "fix_gt_scale")
     protocols = (
         Protocol("vlaser", version=2, prompt="vlaser", max_num=6, max_new_tokens=100, min_new_tokens=1,
                  source=VLASER_EVALUATOR),

@@ -24,6 +24,7 @@ SPLITS = ("Location", "Placement", "Unseen")
 
 class RefSpatial(Benchmark):
     name = "refspatial"
+    known_options = ("unparsed_as_zero",)
     protocols = (
         Protocol("vlaser", prompt="vlaser", max_num=12, max_new_tokens=1024, source=VLASER_EXAMPLE),
         Protocol("official", prompt="official", max_num=12, max_new_tokens=1024,

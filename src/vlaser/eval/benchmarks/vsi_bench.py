@@ -157,6 +157,7 @@ class VSIBench(Benchmark):
                           source="thinking-in-space vsibench.yaml and evaluate_all_in_one.sh (InternVL2 setting)"),)
     #: the official InternVL2 wrapper's line: ``Frame1: <image>``, no hyphen
     frame_line = "Frame{i}: <image>\n"
+    known_options = ("config", "videos")
 
     def __init__(self, protocol: str | None = None, **options):
         super().__init__(protocol, **options)

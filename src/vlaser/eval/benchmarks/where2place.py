@@ -26,6 +26,7 @@ FORMAT_SPLIT = " Your answer"
 
 class Where2Place(Benchmark):
     name = "where2place"
+    known_options = ("binarize", "real_size", "unparsed_as_zero")
     protocols = (
         Protocol("vlaser", prompt="vlaser", max_num=12, max_new_tokens=1024, source=VLASER_EXAMPLE),
         Protocol("official", prompt="official", max_num=12, max_new_tokens=1024,
