@@ -177,3 +177,13 @@ def test_a_misspelt_option_is_refused_for_every_benchmark():
         with pytest.raises(ValueError, match=rf"{name}: unknown option\(s\) \['no_such_option'\]; it takes"):
             get_benchmark(name, no_such_option=True)
     assert get_benchmark("where2place", binarize=True).options == {"binarize": True}
+
+
+def test_mmsi_prompt_is_the_official_text(tmp_path):
+    from test_eval import _mmsi
+
+    bench = get_benchmark("mmsi_bench")
+    item = bench.load(_mmsi(tmp_path / "m"))[0]
+    expected = ("Which image is red?\nOptions: A: the first, B: the second, C: both, D: neither 0\nAnswer with the "
+                "option's letter from the given choices directly. Enclose the option's letter within ``.")
+    assert bench.prompt(item, "official") == bench.prompt(item, "vlaser") == expected
