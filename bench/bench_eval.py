@@ -130,9 +130,10 @@ def main() -> None:
         vsi = get_benchmark("vsi_bench")
         for per_clip in (16, 1):
             data = make_vsi(root / f"vsi{per_clip}", args.video_items, max(1, args.video_items // per_clip))
-            times, _, decoding = timed_runs(vsi, backend, data, root / f"v{per_clip}", vsi.settings.max_new_tokens)
-            print(f"video (vsi_bench): items={args.video_items} questions per clip={per_clip} frames={vsi.settings.frames} "
-                  f"max_new_tokens={vsi.settings.max_new_tokens}")
+            tokens = vsi.settings.max_new_tokens
+            times, _, decoding = timed_runs(vsi, backend, data, root / f"v{per_clip}", tokens)
+            print(f"video (vsi_bench): items={args.video_items} questions per clip={per_clip} "
+                  f"frames={vsi.settings.frames} max_new_tokens={tokens}")
             for batch, t in times.items():
                 print(f"  batch {batch}: {t:6.2f} s  {args.video_items / t:6.1f} items/s")
             print(f"  speed-up {times[1] / times[8]:.2f}x (target >= 2.5x); predictions identical")
