@@ -9,7 +9,9 @@ from PIL import Image
 
 from vlaser.quickstart import run as quickstart
 
-SHORT_MINUTES = 6.0  #: the CI variant's training budget (the full run's is 10 minutes)
+#: the CI variant's training, as steps so that it does not depend on the machine's speed (about 6 minutes here;
+#: the full run trains for 10 minutes, about 4,600 steps)
+SHORT_STEPS = 2400
 
 
 def test_budget_stops_training_and_does_not_count_evaluation_time(monkeypatch):
@@ -78,7 +80,7 @@ def test_short_quickstart_runs_the_whole_loop_and_learns(tmp_path):
     """The CI variant: every stage through the real commands' code, and training that clearly helps."""
     from vlaser.cli import main
 
-    assert main(["quickstart", "--out", str(tmp_path), "--minutes", str(SHORT_MINUTES), "--seed", "0"]) == 0
+    assert main(["quickstart", "--out", str(tmp_path), "--max-steps", str(SHORT_STEPS), "--seed", "0"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     for name in ("report.md", "index.html", "loss.png", "curve.png", "trained/config.json",
                  "eval/trained/where2place/metrics.json", "eval/trained/where2place/pictures/0.png",
@@ -92,5 +94,6 @@ def test_short_quickstart_runs_the_whole_loop_and_learns(tmp_path):
     assert after["where2place"] >= base["best_constant_point"]["score"] + 0.15
     unparsed = json.loads((tmp_path / "eval" / "trained" / "where2place" / "metrics.json").read_text())["n_unparsed"]
     assert unparsed <= 10  # of 200: the trained model answers in the <point> format
-    assert summary["training"]["steps"] > 0 and summary["curve"]
+    assert summary["training"]["steps"] == SHORT_STEPS and summary["curve"]
+    assert [s["steps"] for s in summary["training"]["stages"]] == [960, 1440]  # the time shares, 0.4 and 0.6
     assert main(["quickstart", "--out", str(tmp_path)]) == 2  # a finished run is not silently mixed into

@@ -74,8 +74,10 @@ def write_outputs(out: Path, summary: dict) -> None:
     pointing_pass = next((p for p in summary["curve"] if p["where2place"] >= 0.5), None)
     every = summary["budget_minutes"] / train["preset"]["curve_points"]
     title = f"vlaser quickstart ({summary['preset']} preset, seed {summary['seed']})"
+    budget = (f"a {summary['max_steps']}-step budget" if summary.get("max_steps") else
+              f"a {summary['budget_minutes']:g}-minute budget")
     trained = (f"Trained {train['steps']} steps (batch {train['batch_size']}) in {train['train_seconds'] / 60:.1f} "
-               f"training minutes of a {summary['budget_minutes']:g}-minute budget.")
+               f"training minutes of {budget}.")
     pointing = (f"Held-out pointing was first above 0.5 at the evaluation after "
               f"{pointing_pass['train_seconds'] / 60:.1f} training minutes (step {pointing_pass['step']}; the "
               f"curve is evaluated every {every:.1f} minutes)." if pointing_pass else

@@ -192,12 +192,14 @@ def blind_baselines(data: dict[str, Path]) -> dict:
 
 
 def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic", seed: int = 0,
-                   n_train: int | None = None, n_eval: int | None = None, overwrite: bool = False) -> dict:
+                   n_train: int | None = None, n_eval: int | None = None, overwrite: bool = False,
+                   max_steps: int | None = None) -> dict:
     """The whole loop; returns (and writes to ``out/summary.json``) the before/after/baseline summary.
 
-    ``n_train`` / ``n_eval`` override the preset's dataset sizes (a short run needs fewer scenes). A
-    non-empty ``out`` is an error unless ``overwrite`` (the eval runner would otherwise resume from the
-    old run's answers).
+    ``max_steps`` replaces the time budget with a step budget, shared between the stages as the time is:
+    the same training on any machine, however fast (tests use it). ``n_train`` / ``n_eval`` override the
+    preset's dataset sizes (a short run needs fewer scenes). A non-empty ``out`` is an error unless
+    ``overwrite`` (the eval runner would otherwise resume from the old run's answers).
     """
     from vlaser.eval.backends import TransformersBackend
     from vlaser.model.tiny import build_tiny_checkpoint
@@ -210,6 +212,8 @@ def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic
     budget = 60 * (config.minutes if minutes is None else minutes)
     if budget <= 0:
         raise ValueError(f"--minutes must be positive, got {minutes}")
+    if max_steps is not None and max_steps < 10 * len(config.stages):
+        raise ValueError(f"--max-steps must be at least {10 * len(config.stages)}, got {max_steps}")
     out = Path(out)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
@@ -230,24 +234,28 @@ def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic
                       out / "eval" / "untrained", pictures=PICTURES)
 
     per_step = step_seconds(untrained, data["stage1"])
-    _stage(f"4/5 training with vlaser train for {budget / 60:g} min in {len(config.stages)} stages "
+    if max_steps is not None:  # a step budget: time plays no part in what is trained
+        budget = per_step * max_steps
+    plan = f"{max_steps} steps (~{budget / 60:.1f} min)" if max_steps else f"{budget / 60:g} min"
+    _stage(f"4/5 training with vlaser train for {plan} in {len(config.stages)} stages "
            f"(~{per_step:.2f} s/step on this machine)")
     checkpoint, stages, curve, offset_seconds, offset_steps = untrained, [], [], 0.0, 0
     evaluate_now = _curve_evaluator(data, out / "eval" / "curve")
     started = time.perf_counter()
     for number, stage in enumerate(config.stages, start=1):
         seconds = budget * stage.budget_share
-        max_steps = max(10, int(seconds / per_step))
-        print(f"-- stage {number}: {stage.name}, {seconds / 60:.1f} min, up to {max_steps} steps", flush=True)
-        callback = BudgetCallback(seconds, evaluate_now, every=budget / config.curve_points,
-                                  offset_seconds=offset_seconds, offset_steps=offset_steps)
+        stage_steps = max(10, round(max_steps * stage.budget_share) if max_steps else int(seconds / per_step))
+        print(f"-- stage {number}: {stage.name}, {seconds / 60:.1f} min, up to {stage_steps} steps", flush=True)
+        callback = BudgetCallback(math.inf if max_steps else seconds, evaluate_now,
+                                  every=budget / config.curve_points, offset_seconds=offset_seconds,
+                                  offset_steps=offset_steps)
         final = number == len(config.stages)
         checkpoint = train(train_flags(checkpoint, data[f"stage{number}"], out / ("trained" if final else
                                                                                  f"stage{number}"),
-                                       config, max_steps, seed), callbacks=[callback])
+                                       config, stage_steps, seed), callbacks=[callback])
         steps, loss = _trainer_state(checkpoint)
         stages.append({"name": stage.name, "checkpoint": str(checkpoint), "steps": steps,
-                       "train_seconds": round(callback.train_seconds(), 1), "planned_steps": max_steps,
+                       "train_seconds": round(callback.train_seconds(), 1), "planned_steps": stage_steps,
                        "stopped_by_budget": callback.stopped_by_budget, "loss": loss})
         curve += callback.curve
         offset_seconds += callback.train_seconds()
@@ -259,7 +267,7 @@ def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic
     after = evaluate(TransformersBackend(str(checkpoint), dtype="float32", device="cpu"), data,
                      out / "eval" / "trained", pictures=PICTURES)
     summary = {
-        "preset": preset, "seed": seed, "budget_minutes": budget / 60,
+        "preset": preset, "seed": seed, "budget_minutes": budget / 60, "max_steps": max_steps,
         "model": {"image_size": IMAGE_SIZE, "vision": VISION, "llm": LLM},
         "training": {"steps": offset_steps, "train_seconds": round(offset_seconds, 1),
                      "wall_seconds": round(wall, 1), "last_stage_seconds_per_step": round(per_step, 4),
