@@ -138,21 +138,23 @@ class Benchmark(abc.ABC):
 
     def aggregate(self, items: list[Item], scores: list[Score]) -> dict[str, Any]:
         """Mean over scored items, overall and per group, plus counts."""
-        groups: dict[str, list[float]] = {}
-        values = []
-        for item, score in zip(items, scores):
-            if score.value is None:
-                continue
-            values.append(score.value)
-            if item.group:
-                groups.setdefault(item.group, []).append(score.value)
+        values = [score.value for score in scores if score.value is not None]
         return {
             "score": sum(values) / len(values) if values else 0.0,
             "n": len(items),
             "n_scored": len(values),
             "n_unparsed": sum(not s.parsed for s in scores),
-            "by_group": {g: {"score": sum(v) / len(v), "n": len(v)} for g, v in sorted(groups.items())},
+            "by_group": mean_by([item.group for item in items], scores),
         }
+
+
+def mean_by(keys: list[str], scores: list[Score]) -> dict[str, dict[str, float]]:
+    """``{key: {"score": mean, "n": count}}`` over the scored items, keys sorted (empty keys left out)."""
+    groups: dict[str, list[float]] = {}
+    for key, score in zip(keys, scores):
+        if key and score.value is not None:
+            groups.setdefault(key, []).append(score.value)
+    return {key: {"score": sum(v) / len(v), "n": len(v)} for key, v in sorted(groups.items())}
 
 
 #: name -> "module:Class", imported on first use

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score, mean_by
 
 ANNOTATION = "EgoPlan-Bench2.json"
 INSTRUCTION = ("Select the best answer to the following multiple-choice question based on the video. "
@@ -200,15 +200,7 @@ class EgoPlanBench2(Benchmark):
         """The official accuracy plus vlaser's per-domain and per-scenario tables (not in ``eval.py``)."""
         metrics = super().aggregate(items, scores)
         metrics["by_domain"] = metrics["by_group"]
-        metrics["by_scenario"] = _grouped([item.meta["scenario"] for item in items], scores)
+        metrics["by_scenario"] = mean_by([item.meta["scenario"] for item in items], scores)
         metrics["breakdown_note"] = "by_domain/by_scenario are vlaser's breakdown; eval.py reports only accuracy"
         return metrics
 
-
-def _grouped(keys: list[str], scores: list[Score]) -> dict[str, dict[str, float]]:
-    """Mean score and count per key, over scored items, keys sorted."""
-    groups: dict[str, list[float]] = {}
-    for key, score in zip(keys, scores):
-        if score.value is not None:
-            groups.setdefault(key, []).append(score.value)
-    return {key: {"score": sum(v) / len(v), "n": len(v)} for key, v in sorted(groups.items())}

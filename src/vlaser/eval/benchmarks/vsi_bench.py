@@ -116,10 +116,9 @@ def mean_relative_accuracy(pred: float, target: float) -> float:
     return float(np.mean(abs(pred - target) / target <= 1 - THRESHOLDS))
 
 
-def vsi_table(per_type: dict[str, list[float]]) -> tuple[dict[str, float], list[str]]:
-    """The official aggregation in percent: per-type means, direction types merged, unweighted ``overall``;
-    also the question types with no scored item (a partial run)."""
-    means = {t: sum(v) / len(v) for t, v in per_type.items() if v}
+def vsi_table(means: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+    """The official aggregation in percent from the per-type means: direction types merged, unweighted
+    ``overall``; also the question types with no scored item (a partial run)."""
     table: dict[str, float] = {}
     for key, qtype in TASKS.items():
         if qtype == "object_rel_direction":
@@ -242,11 +241,7 @@ class VSIBench(Benchmark):
     def aggregate(self, items: list[Item], scores: list[Score]) -> dict[str, Any]:
         """The base counts and per-type means, with ``score`` = the official ``overall`` (0..1) and the
         official table in percent under ``vsi``."""
-        metrics = super().aggregate(items, scores)
-        per_type: dict[str, list[float]] = {}
-        for item, score in zip(items, scores):
-            if score.value is not None:
-                per_type.setdefault(item.meta["question_type"], []).append(score.value)
-        table, missing = vsi_table(per_type)
+        metrics = super().aggregate(items, scores)  # items are grouped by question type
+        table, missing = vsi_table({qtype: group["score"] for qtype, group in metrics["by_group"].items()})
         metrics.update(score=table["overall"] / 100.0, vsi=table, vsi_missing_types=missing)
         return metrics
