@@ -72,8 +72,8 @@ class Protocol:
     source: str = ""  #: where these settings come from
 
     def settings(self) -> dict[str, Any]:
-        """The choices that change answers (what a resumed run must share)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "source"}
+        """The choices that change answers (name, version and source aside)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("name", "version", "source")}
 
 
 class Benchmark(abc.ABC):

@@ -97,8 +97,6 @@ def effective_settings(benchmark: Benchmark, has_video: bool, **overrides) -> di
     """The benchmark protocol's settings with the given (non-None) overrides, checked; ``frames`` is None for a
     benchmark without video."""
     settings = {**benchmark.settings.settings(), **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("version", "name", "source"):
-        settings.pop(key, None)
     if settings["prompt"] not in ("vlaser", "official"):
         raise ValueError(f"--prompt must be vlaser or official, got {settings['prompt']!r}")
     for key, least in (("max_num", 1), ("max_new_tokens", 1), ("min_new_tokens", 0), ("frames", 1)):
