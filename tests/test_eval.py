@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakes import ChatServer, ScriptedBackend
 from test_eval_egoplan_bench2 import make_dataset as egoplan_bench2
 from test_eval_erqa import make_dataset as erqa
 from test_eval_vlabench import make_dataset as vlabench
 from test_eval_vsi_bench import make_dataset as vsi_bench
 from vlaser.cli import main
-from vlaser.eval.backends import Answer
 from vlaser.eval.benchmark import BenchmarkDataError, get_benchmark
 from vlaser.eval.extract import robopoint_text2pts
 from vlaser.eval.runner import read_predictions, run, score
@@ -117,21 +117,6 @@ def test_refspatial_fraction_in_mask_per_split(tmp_path):
     assert items[0].official_prompt == "Point to the mug 0. Your answer should be formatted as a list of tuples."
     assert bench.score(items[0], "<point>[[100, 500], [900, 500]]</point>").value == 0.5
     assert bench.score(items[0], "[(0.1, 0.5), (0.2, 0.5), (0.9, 0.5)]").value == pytest.approx(2 / 3)
-
-
-class ScriptedBackend:
-    """Answers every prompt with a fixed point; counts what it was asked."""
-
-    def __init__(self, answer="<point>[[500, 500]]</point>"):
-        self.answer, self.asked = answer, []
-
-    def info(self):
-        return {"backend": "scripted", "model": "scripted"}
-
-    def generate(self, requests, generation):
-        self.asked += [request.prompt for request in requests]
-        self.generation = generation
-        return [Answer(self.answer)] * len(requests)
 
 
 def test_run_writes_outputs_and_resumes(tmp_path):
@@ -273,39 +258,16 @@ def test_paco_lvis_vlaser_protocol(tmp_path):
 
 def test_openai_backend_against_a_local_server(tmp_path):
     """`eval run --api-base` sends images as data URLs and retries a failing server (loopback only)."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    seen, failures = [], [1]
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if failures and failures.pop():
-                self.send_response(503)
-                self.end_headers()
-                return
-            seen.append(body)
-            answer = {"choices": [{"message": {"role": "assistant", "content": "<point>[[500, 500]]</point>"}}]}
-            data = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    answer = {"choices": [{"message": {"role": "assistant", "content": "<point>[[500, 500]]</point>"}}]}
+    server = ChatServer([(503, {})] + [(200, answer)] * 3)
     try:
         data = where2place(tmp_path / "w", n=3)
         out = tmp_path / "api"
-        assert main(["eval", "run", "--api-base", f"http://127.0.0.1:{server.server_port}/v1", "--api-model", "vlaser",
+        assert main(["eval", "run", "--api-base", server.url, "--api-model", "vlaser",
                      "--benchmark", "where2place", "--data", str(data), "--out", str(out)]) == 0
     finally:
-        server.shutdown()
+        server.close()
+    seen = server.seen[1:]  # the first request was answered 503 and sent again
     assert len(seen) == 3 and seen[0]["model"] == "vlaser" and seen[0]["temperature"] == 0.0
     from vlaser.model.template import INTERNVL2_5_SYSTEM_MESSAGE
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from fakes import ScriptedBackend
 from media import frame_index, write_counter_video
 from vlaser.cli import main
-from vlaser.eval.backends import Answer
 from vlaser.eval.benchmark import BenchmarkDataError, get_benchmark
 from vlaser.eval.benchmarks.egoplan_bench2 import (
     FIXED_PREFIXES,
@@ -54,20 +54,6 @@ PROMPT_0 = ("\nSelect the best answer to the following multiple-choice question 
             "and my current observation in the last frame, what action should I take next in order to bake pastry "
             "in the oven and set a stopwatch?\n\nA. attach stopwatch\nB. place oven tray\nC. operate oven\n"
             "D. set stopwatch\n")
-
-
-class RecordingBackend:
-    """Answers every request with a fixed text; keeps the requests (prompt and pictures) it was given."""
-
-    def __init__(self, answer="A"):
-        self.answer, self.requests = answer, []
-
-    def info(self):
-        return {"backend": "recording", "model": "none"}
-
-    def generate(self, requests, generation):
-        self.requests += list(requests)
-        return [Answer(self.answer)] * len(requests)
 
 
 def test_load_reads_the_official_fields(tmp_path):
@@ -195,7 +181,7 @@ def test_bad_annotations_are_named(tmp_path):
 
 def test_run_sends_image_lines_and_the_official_frames(tmp_path):
     data = make_dataset(tmp_path / "d")
-    backend = RecordingBackend()
+    backend = ScriptedBackend("A")
     metrics = run(get_benchmark("egoplan_bench2"), backend, data, tmp_path / "out", batch_size=2)
     lines = "".join(f"Image-{i}: <image>\n" for i in range(1, 9))  # models/InternVL2.py's frame lines
     (first,) = [r for r in backend.requests if r.prompt == lines + PROMPT_0]
@@ -210,7 +196,7 @@ def test_run_sends_image_lines_and_the_official_frames(tmp_path):
 def test_missing_video_names_file_and_item(tmp_path):
     data = make_dataset(tmp_path / "d")
     (data / "videos" / f"{VIDEO_2}.mp4").unlink()
-    metrics = run(get_benchmark("egoplan_bench2"), RecordingBackend("D"), data, tmp_path / "out")
+    metrics = run(get_benchmark("egoplan_bench2"), ScriptedBackend("D"), data, tmp_path / "out")
     assert metrics["n_scored"] == 3 and metrics["score"] == pytest.approx(0.0)  # the failed item scores 0
     (error,) = metrics["errors"]
     assert f"{VIDEO_2}_0" in error and f"{VIDEO_2}.mp4" in error

@@ -2,13 +2,12 @@
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
 
-from test_eval import ScriptedBackend, where2place
+from fakes import ChatServer, ScriptedBackend
+from test_eval import where2place
 from vlaser.cli import main
 from vlaser.eval.backends import Generation, OpenAIBackend, Request, ServerError, TransformersBackend
 from vlaser.eval.benchmark import REGISTRY, get_benchmark
@@ -88,41 +87,12 @@ def test_generate_answers_knows_which_rows_stopped(loaded):
     assert stopped == [False]  # the end token, biased up, comes first
 
 
-class _Server:
-    """A loopback chat-completions server answering from a script of (status, body) pairs."""
-
-    def __init__(self, script):
-        self.script, self.seen = list(script), []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                outer.seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                status, body = outer.script.pop(0)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-
-    def close(self):
-        self.server.shutdown()
-
-
 OK = {"choices": [{"message": {"content": "B"}, "finish_reason": "length"}]}
 
 
 @pytest.mark.parametrize("status", [400, 404, 422])
 def test_openai_client_errors_fail_at_once_with_the_servers_message(status):
-    server = _Server([(status, {"error": {"message": "max_tokens is too large"}})] + [(200, OK)] * 3)
+    server = ChatServer([(status, {"error": {"message": "max_tokens is too large"}})] + [(200, OK)] * 3)
     try:
         with pytest.raises(ServerError, match=f"answered {status}: .*max_tokens is too large"):
             OpenAIBackend(server.url, "m", retries=3).generate([Request("hi", [], [])], Generation(8))
@@ -133,7 +103,7 @@ def test_openai_client_errors_fail_at_once_with_the_servers_message(status):
 
 def test_openai_transient_failures_are_retried_and_truncation_read(monkeypatch):
     monkeypatch.setattr("time.sleep", lambda s: None)
-    server = _Server([(503, {}), (429, {}), (200, OK)])
+    server = ChatServer([(503, {}), (429, {}), (200, OK)])
     try:
         backend = OpenAIBackend(server.url, "m", retries=3, system_message="")
         (answer,) = backend.generate([Request("hi", [], [])], Generation(8, min_new_tokens=1))

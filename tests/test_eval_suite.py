@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from fakes import ScriptedBackend
 from test_embodiedbench import make_dataset as embodiedbench_run
-from test_eval import ScriptedBackend, _mmsi, refspatial, where2place
+from test_eval import _mmsi, refspatial, where2place
 from vlaser.cli import main
 from vlaser.eval.benchmark import REGISTRY
 from vlaser.eval.embodiedbench import import_results

@@ -1,0 +1,52 @@
+"""Stand-ins for a model: a scripted backend for the runner, and a loopback chat-completions server."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from vlaser.eval.backends import Answer
+
+
+class ScriptedBackend:
+    """Answers every request with a fixed text; keeps the requests, their prompts and the settings."""
+
+    def __init__(self, answer="<point>[[500, 500]]</point>"):
+        self.answer, self.asked, self.requests = answer, [], []
+
+    def info(self):
+        return {"backend": "scripted", "model": "scripted"}
+
+    def generate(self, requests, generation):
+        self.requests += list(requests)
+        self.asked += [request.prompt for request in requests]
+        self.generation = generation
+        return [Answer(self.answer)] * len(requests)
+
+
+class ChatServer:
+    """A loopback chat-completions server answering from a script of (status, body) pairs."""
+
+    def __init__(self, script):
+        self.script, self.seen = list(script), []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                outer.seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                status, body = outer.script.pop(0)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+
+    def close(self):
+        self.server.shutdown()
