@@ -5,7 +5,6 @@ their pixel positions. CI installs both (``.ci/run``); a missing browser is a fa
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
 import socket
@@ -37,7 +36,8 @@ def test_page_routes_and_config():
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'src="static/app.js"' in page.text and 'href="static/style.css"' in page.text
     assert client.get("/ui/config").json() == {"model": "tiny-vlaser", "point_prompt": POINT_PROMPT}
-    assert client.get("/static/app.js").headers["content-type"].startswith(("text/javascript", "application/javascript"))
+    assert client.get("/static/app.js").headers["content-type"].split(";")[0] in ("text/javascript",
+                                                                                 "application/javascript")
     assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
     assert client.get("/static/missing.js").status_code == 404
     assert not {route.path for route in app.routes} & set(app.openapi()["paths"])  # the page stays out of the API
@@ -82,7 +82,8 @@ class FakeChat:
         for piece in pieces:
             chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": piece}}]}
             yield f"data: {json.dumps(chunk)}\n\n"
-        yield 'data: {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
+        last = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        yield f"data: {json.dumps(last)}\n\n"
         yield "data: [DONE]\n\n"
 
 
@@ -166,7 +167,8 @@ def ask(tab, question: str, files: list[Path] = (), point: bool = False, turn: i
 
 
 def markers(tab, kind: str) -> list[dict]:
-    return tab.eval_on_selector_all(f"#overlay .marker.{kind}", "els => els.map(e => ({...e.dataset, text: e.textContent}))")
+    script = "els => els.map(e => ({...e.dataset, text: e.textContent}))"
+    return tab.eval_on_selector_all(f"#overlay .marker.{kind}", script)
 
 
 def image_part(message: dict) -> list[str]:
@@ -212,7 +214,8 @@ def test_point_question_draws_the_marker_at_its_pixel(page, tmp_path):
 
 def test_two_points_and_a_box_numbered_and_listed(page, tmp_path):
     tab, fake = page
-    fake.answers.append("<point>[[100, 200], [ 900.5 ,750 ]]</point> and <ref>cup</ref><box>[[100, 100, 500, 600]]</box>")
+    fake.answers.append("<point>[[100, 200], [ 900.5 ,750 ]]</point>"
+                        " and <ref>cup</ref><box>[[100, 100, 500, 600]]</box>")
     ask(tab, "Point and box", [png(tmp_path / "a.png", (640, 480))])
     assert fake.requests[0]["body"]["messages"][-1]["content"][-1]["text"] == "Point and box"  # point off
     points = markers(tab, "point")
@@ -221,7 +224,8 @@ def test_two_points_and_a_box_numbered_and_listed(page, tmp_path):
     assert (box["x1"], box["y1"], box["x2"], box["y2"], box["text"]) == ("64", "48", "320", "288", "B1 cup")
     scale = tab.eval_on_selector("#stage-image", "img => img.clientWidth / 640")
     assert float(box["width"]) == pytest.approx(256 * scale, abs=0.01)
-    assert tab.inner_text("#coords").splitlines() == ["1 (64, 96) px", "2 (576, 360) px", "B1 cup (64, 48) – (320, 288) px"]
+    listed = tab.inner_text("#coords").splitlines()
+    assert listed == ["1 (64, 96) px", "2 (576, 360) px", "B1 cup (64, 48) – (320, 288) px"]
 
 
 def test_multi_turn_without_streaming_sends_the_conversation(page, tmp_path):
