@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from vlaser.cli import main
@@ -51,9 +52,61 @@ def test_interactive_chat_reads_turns_from_stdin(tiny_original, tmp_path):
 
 def test_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["chat", "--model", str(tmp_path / "missing"), "Hi"]) == 2
-    assert "checkpoint directory not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("vlaser chat: error: ") and "checkpoint directory not found" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert main(["info", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_a_missing_file_the_user_named_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "nope.yaml"
+    assert main(["train", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vlaser train: error: ") and str(missing) in err and "Traceback" not in err
+
+
+def test_a_bug_inside_vlaser_shows_its_traceback(tiny_original, monkeypatch, capsys):
+    import vlaser.cli.info
+
+    def broken(path):
+        raise KeyError("llm_config")  # what a bug looks like: not a VlaserError
+
+    monkeypatch.setattr(vlaser.cli.info, "describe", broken)
+    assert main(["info", str(tiny_original)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "KeyError: 'llm_config'" in err and "bug in vlaser" in err
+
+    def wrong_value(path):
+        raise ValueError("an invariant broke")  # a plain ValueError is a bug too, not a user mistake
+
+    monkeypatch.setattr(vlaser.cli.info, "describe", wrong_value)
+    assert main(["info", str(tiny_original)]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_file_vlaser_derived_but_missing_is_a_bug(tiny_original, monkeypatch, capsys):
+    import vlaser.cli.info
+
+    def open_derived(path):
+        return open(tiny_original / "not_a_user_path.json")
+
+    monkeypatch.setattr(vlaser.cli.info, "describe", open_derived)
+    assert main(["info", str(tiny_original)]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path, capsys):
+    assert main(["--debug", "info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "CheckpointError" in err
+    assert err.strip().splitlines()[-1].startswith("vlaser info: error: ")
+
+
+def test_usage_errors_exit_2_with_argparse_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", "a"])
+    assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err
 
 
 def test_convert_cli(tiny_original, tmp_path, capsys):

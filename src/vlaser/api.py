@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from vlaser.errors import UserInputError
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageInput, image_to_tiles, load_video, to_pil
 from vlaser.model.template import build_chat_prompt, multi_image_prefix, video_prefix
@@ -68,7 +69,7 @@ class VLM:
         max_num = self.max_num if max_num is None else max_num
         if video is not None:
             if images:
-                raise ValueError("pass either images or a video, not both")
+                raise UserInputError("pass either images or a video, not both")
             pixel_values, counts = load_video(video, input_size=self.image_size, num_segments=num_segments)
             return Media(pixel_values, counts, video_prefix(len(counts)), [])
         if images is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from vlaser.cli.args import at_least
+from vlaser.errors import UserInputError
 
 
 def add_parser(sub) -> None:
@@ -26,9 +27,9 @@ def run(args) -> int:
     from vlaser.api import VLM
 
     if args.draw and not args.point:
-        raise ValueError("--draw needs --point")
+        raise UserInputError("--draw needs --point")
     if args.point and (len(args.image) != 1 or args.video):
-        raise ValueError("--point needs exactly one --image")
+        raise UserInputError("--point needs exactly one --image")
     vlm = VLM.from_pretrained(args.model, dtype=args.dtype, device=args.device)
     if args.point:
         return _point(vlm, args)
@@ -50,7 +51,7 @@ def _point(vlm, args) -> int:
     from vlaser.points import draw_boxes, draw_points
 
     if not args.question:
-        raise ValueError("--point needs a question, e.g. 'Point to the red cup.'")
+        raise UserInputError("--point needs a question, e.g. 'Point to the red cup.'")
     gen = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
     answer = vlm.point(args.image[0], args.question, max_num=args.max_num or 6, **gen)
     print(answer.text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlaser.cli.args import at_least
+from vlaser.errors import UserInputError
 
 
 def _options(pairs: list[str]) -> dict:
@@ -12,7 +13,7 @@ def _options(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ValueError(f"--option expects key=value, got {pair!r}")
+            raise UserInputError(f"--option expects key=value, got {pair!r}")
         out[key] = {"true": True, "false": False}.get(value.lower(), value)
     return out
 
@@ -92,7 +93,7 @@ def _backend(args):
 
     if args.api_base:
         if not args.api_model:
-            raise ValueError("--api-base needs --api-model (the model name the server knows)")
+            raise UserInputError("--api-base needs --api-model (the model name the server knows)")
         return OpenAIBackend(args.api_base, args.api_model, concurrency=args.concurrency,
                              system_message=args.system_message)
     return TransformersBackend(args.model, dtype=args.dtype, device=args.device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vlaser.errors import UserInputError
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -18,7 +20,7 @@ def run(args) -> int:
     from vlaser.train.sft import train
 
     if not args.passthrough:
-        raise ValueError("no flags given; see 'vlaser train --help'")
+        raise UserInputError("no flags given; see 'vlaser train --help'")
     out = train(args.passthrough)
     print(f"saved to {out}")
     return 0

@@ -21,6 +21,7 @@ from PIL import Image
 
 from vlaser.data.meta import Annotations, DatasetSpec, Record, Skip, load_meta, media_path, read_annotations
 from vlaser.data.tokenize import SampleError, Tokenized, preprocess_internvl2_5
+from vlaser.errors import UserInputError
 from vlaser.model.constants import IMAGE_PLACEHOLDER, IMG_END_TOKEN
 from vlaser.model.preprocess import ImageLoadError, dynamic_preprocess, image_to_tiles, pil_to_tensor, to_pil
 from vlaser.model.template import get_template
@@ -85,7 +86,7 @@ class SFTDataset(torch.utils.data.Dataset):
         for skip in self.load_skips:
             log.warning("skipped %s", skip)
         if not self.records:
-            raise ValueError(f"{meta_path}: no usable samples ({len(self.load_skips)} skipped)")
+            raise UserInputError(f"{meta_path}: no usable samples ({len(self.load_skips)} skipped)")
 
     def resampling_weights(self) -> list[float]:
         """``--use_data_resampling``: each dataset drawn in proportion to sqrt(its size), as InternVL weighs them.

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlaser.errors import UserInputError
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -56,7 +58,7 @@ class Annotations:
     skips: list[Skip] = field(default_factory=list)
 
 
-class MetaError(ValueError):
+class MetaError(UserInputError):
     """The meta JSON itself is unusable; the message names the file and the entry."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vlaser.data.meta import Skip
+from vlaser.errors import UserInputError
 from vlaser.model.loss import IGNORE_INDEX, len2weight
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ class PackedSFTDataset(torch.utils.data.IterableDataset):
             produced = True
             yield pack_samples(pack.samples, self.reduction)
         if not produced:
-            raise ValueError(f"no sample fits in a pack of {self.max_tokens} tokens and {self.max_tiles} tiles; "
-                             f"e.g. {carried[-1] if carried else 'every sample was skipped'}")
+            raise UserInputError(f"no sample fits in a pack of {self.max_tokens} tokens and {self.max_tiles} tiles; "
+                                 f"e.g. {carried[-1] if carried else 'every sample was skipped'}")
 
     def __iter__(self) -> Iterator[dict]:
         carried: list[Skip] = []

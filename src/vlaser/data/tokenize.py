@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vlaser.errors import UserInputError
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.loss import IGNORE_INDEX
 from vlaser.model.template import ChatTemplate, image_tokens
@@ -17,7 +18,7 @@ from vlaser.model.template import ChatTemplate, image_tokens
 _ROLES = {"human": "user", "gpt": "assistant"}
 
 
-class SampleError(ValueError):
+class SampleError(UserInputError):
     """A sample that cannot be trained on as it is; the dataset records it as a skip with this reason."""
 
 

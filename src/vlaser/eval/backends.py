@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from vlaser.errors import ExternalServiceError
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 
 if TYPE_CHECKING:
@@ -206,10 +207,10 @@ def from_response(body: dict) -> Answer:
         choice = body["choices"][0]
         return Answer(choice["message"].get("content") or "", choice.get("finish_reason") == "length")
     except (KeyError, IndexError, TypeError, AttributeError) as e:
-        raise ValueError(f"not a chat-completions response: {json.dumps(body)[:300]}") from e
+        raise ExternalServiceError(f"not a chat-completions response: {json.dumps(body)[:300]}") from e
 
 
-class ServerError(RuntimeError):
+class ServerError(ExternalServiceError):
     """The server refused a request (a 4xx other than 429): retrying would not help."""
 
 
@@ -253,7 +254,8 @@ class OpenAIBackend:
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 problem = e
             if attempt == self.retries:
-                raise RuntimeError(f"{self.url}: no answer after {self.retries + 1} tries: {problem}") from problem
+                raise ExternalServiceError(f"{self.url}: no answer after {self.retries + 1} tries: "
+                                           f"{problem}") from problem
             log.warning("%s: %s; retrying", self.url, problem)
             time.sleep(min(2**attempt, 30) * 0.5)
         raise AssertionError("unreachable")

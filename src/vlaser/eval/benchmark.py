@@ -15,8 +15,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vlaser.errors import UserInputError
 
-class BenchmarkDataError(ValueError):
+
+class BenchmarkDataError(UserInputError):
     """The benchmark's files are missing or malformed; the message names the file."""
 
 
@@ -94,11 +96,11 @@ class Benchmark(abc.ABC):
     def __init__(self, protocol: str | None = None, **options):
         unknown = sorted(set(options) - set(self.known_options))
         if unknown:
-            raise ValueError(f"{self.name}: unknown option(s) {unknown}; it takes {sorted(self.known_options)}")
+            raise UserInputError(f"{self.name}: unknown option(s) {unknown}; it takes {sorted(self.known_options)}")
         names = [p.name for p in self.protocols]
         self.protocol = protocol or names[0]
         if self.protocol not in names:
-            raise ValueError(f"{self.name}: unknown protocol {self.protocol!r}; choose from {names}")
+            raise UserInputError(f"{self.name}: unknown protocol {self.protocol!r}; choose from {names}")
         self.settings: Protocol = self.protocols[names.index(self.protocol)]
         self.options = options
 
@@ -112,7 +114,7 @@ class Benchmark(abc.ABC):
         from vlaser.points import point_question
 
         if style not in ("vlaser", "official"):
-            raise ValueError(f"--prompt must be vlaser or official, got {style!r}")
+            raise UserInputError(f"--prompt must be vlaser or official, got {style!r}")
         return point_question(item.question) if style == "vlaser" and self.pointing else item.official_prompt
 
     def frame_indices(self, item: Item, total_frames: int, n_frames: int) -> list[int]:
@@ -178,6 +180,6 @@ def get_benchmark(name: str, protocol: str | None = None, **options) -> Benchmar
 
         close = difflib.get_close_matches(name, REGISTRY, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown benchmark {name!r}{hint} (registered: {sorted(REGISTRY)})")
+        raise UserInputError(f"unknown benchmark {name!r}{hint} (registered: {sorted(REGISTRY)})")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)(protocol=protocol, **options)

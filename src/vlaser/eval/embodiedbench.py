@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlaser.errors import UserInputError
 from vlaser.eval.benchmark import BenchmarkDataError
 
 log = logging.getLogger(__name__)
@@ -427,7 +428,7 @@ def import_results(results_dir: str | Path, out: str | Path, env: str | None = N
     results_dir, out = Path(results_dir), Path(out)
     env = ENV_ALIASES.get(env, env)
     if env is not None and env not in SUBSETS:
-        raise ValueError(f"env must be one of {sorted(SUBSETS)} (or {sorted(ENV_ALIASES)}), got {env!r}")
+        raise UserInputError(f"env must be one of {sorted(SUBSETS)} (or {sorted(ENV_ALIASES)}), got {env!r}")
     if not results_dir.is_dir():
         raise BenchmarkDataError(f"{results_dir}: not a folder")
     episodes, ignored = _episodes(results_dir, env)

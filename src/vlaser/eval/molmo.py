@@ -12,6 +12,8 @@ import re
 
 import numpy as np
 
+from vlaser.errors import require
+
 _NUM = r"(\d+(?:\.\d+)?)"
 _CLICK = re.compile(rf"Click\(\s*{_NUM}\s*,\s*{_NUM}\s*\)")
 _TUPLE = re.compile(rf"\(\s*{_NUM}\s*,\s*{_NUM}\s*\)")
@@ -44,7 +46,7 @@ def is_valid_format(text: str) -> bool:
 def pointing_scores(pred: list[tuple[float, float]], gt: list[tuple[float, float]], masks: list[np.ndarray],
                     valid: bool) -> dict[str, float]:
     """Precision, recall and F1 of one example, with Molmo's empty-ground-truth and format rules."""
-    from scipy.optimize import linear_sum_assignment
+    linear_sum_assignment = require("scipy.optimize", "eval", "Molmo's point matching").linear_sum_assignment
     from scipy.spatial.distance import cdist
 
     if not gt:

@@ -11,6 +11,7 @@ import hashlib
 import tempfile
 from pathlib import Path
 
+from vlaser.errors import require
 from vlaser.eval.benchmark import BenchmarkDataError
 
 
@@ -19,11 +20,12 @@ def find_parquet(data_dir: Path, stem: str = "") -> list[Path]:
     return sorted(p for p in data_dir.rglob("*.parquet") if p.name.lower().startswith(stem.lower()))
 
 
+def _pyarrow():
+    return require("pyarrow.parquet", "eval", "parquet benchmarks")
+
+
 def read_rows(path: Path) -> list[dict]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise ImportError("parquet benchmarks need pyarrow: pip install 'vlaser[eval]'") from e
+    pq = _pyarrow()
     try:
         return pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises several error types for unreadable files
@@ -59,8 +61,7 @@ def image_file(value, folder: Path, name: str, where: str) -> Path:
 
 def read_rows_without(path: Path, *skip: str) -> list[dict]:
     """Rows without the named (large) columns."""
-    import pyarrow.parquet as pq
-
+    pq = _pyarrow()
     try:
         names = [n for n in pq.ParquetFile(path).schema_arrow.names if n not in skip]
         return pq.read_table(path, columns=names).to_pylist()
@@ -70,9 +71,7 @@ def read_rows_without(path: Path, *skip: str) -> list[dict]:
 
 @functools.lru_cache(maxsize=4)
 def _column(path: Path, name: str):
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path, columns=[name]).column(name)
+    return _pyarrow().read_table(path, columns=[name]).column(name)
 
 
 def row_column(path: Path, row: int, name: str):

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vlaser.errors import UserInputError
+
 #: what a resumed run must share with the recorded one: anything else would mix answers made differently
 SAME_FOR_RESUME = ("benchmark", "protocol", "protocol_version", "settings", "options", "backend.backend",
                    "backend.model", "backend.config_sha256", "backend.system_message")
@@ -80,8 +82,8 @@ def check_and_write(out: Path, record: dict) -> None:
         recorded = json.loads(path.read_text())
         changed = differences(recorded, record)
         if changed:
-            raise ValueError(f"{out} holds a run made with other settings ({'; '.join(changed)}); use a new --out, "
-                             "or the recorded settings, so answers made differently are not mixed")
+            raise UserInputError(f"{out} holds a run made with other settings ({'; '.join(changed)}); use a new --out, "
+                                 "or the recorded settings, so answers made differently are not mixed")
         record = {**record, "started_at": recorded.get("started_at", record["started_at"]),
                   "resumed_at": record["started_at"]}
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")

@@ -16,8 +16,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vlaser.errors import UserInputError, VlaserError
 from vlaser.eval.backends import Generation, Request
-from vlaser.eval.benchmark import Benchmark, Item, Score
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
 from vlaser.eval.provenance import check_and_write, git_commit, run_record, vlaser_version
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageLoadError, LastClip, decode_frames
@@ -42,7 +43,7 @@ def read_predictions(path: Path) -> dict[str, dict]:
             if number == len(lines):
                 log.warning("%s:%d: incomplete last line (an interrupted run) is asked again", path, number)
                 continue
-            raise ValueError(f"{path}:{number}: not a prediction record ({e})") from e
+            raise UserInputError(f"{path}:{number}: not a prediction record ({e})") from e
     return records
 
 
@@ -98,15 +99,15 @@ def effective_settings(benchmark: Benchmark, has_video: bool, **overrides) -> di
     benchmark without video."""
     settings = {**benchmark.settings.settings(), **{k: v for k, v in overrides.items() if v is not None}}
     if settings["prompt"] not in ("vlaser", "official"):
-        raise ValueError(f"--prompt must be vlaser or official, got {settings['prompt']!r}")
+        raise UserInputError(f"--prompt must be vlaser or official, got {settings['prompt']!r}")
     for key, least in (("max_num", 1), ("max_new_tokens", 1), ("min_new_tokens", 0), ("frames", 1)):
         value = settings[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             flag = "--" + key.replace("_", "-")
-            raise ValueError(f"{flag} must be an integer of at least {least}, got {value!r}")
+            raise UserInputError(f"{flag} must be an integer of at least {least}, got {value!r}")
     if settings["min_new_tokens"] > settings["max_new_tokens"]:
-        raise ValueError(f"min_new_tokens {settings['min_new_tokens']} exceeds max_new_tokens "
-                         f"{settings['max_new_tokens']}")
+        raise UserInputError(f"min_new_tokens {settings['min_new_tokens']} exceeds max_new_tokens "
+                             f"{settings['max_new_tokens']}")
     if not has_video:
         settings["frames"] = None
     settings["do_sample"] = False
@@ -124,9 +125,9 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     0 then merges them into ``predictions.jsonl`` and scores, so metrics equal a single-process run.
     """
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1 (all items: leave it out), got {limit}")
+        raise UserInputError(f"--limit must be at least 1 (all items: leave it out), got {limit}")
     items = benchmark.load(Path(data_dir))[:limit]
     settings = effective_settings(benchmark, any(item.video for item in items), prompt=prompt, max_num=max_num,
                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, frames=frames)
@@ -216,14 +217,14 @@ def build_request(benchmark: Benchmark, item: Item, style: str, max_num: int,
     if not tags and item.images:
         text = (IMAGE_PLACEHOLDER + "\n" if len(item.images) == 1 else multi_image_prefix(len(item.images))) + text
     elif tags != len(item.images):
-        raise ValueError(f"{benchmark.name} item {item.id}: the prompt has {tags} {IMAGE_PLACEHOLDER} tag(s) for "
-                         f"{len(item.images)} image(s)")
+        raise BenchmarkDataError(f"{benchmark.name} item {item.id}: the prompt has {tags} {IMAGE_PLACEHOLDER} "
+                                 f"tag(s) for {len(item.images)} image(s)")
     frames = frames or []
     lines = "".join(benchmark.frame_line.format(i=i + 1) for i in range(len(frames)))
     return Request(lines + text, [*frames, *item.images], [1] * len(frames) + [max_num] * len(item.images))
 
 
-class MediaError(Exception):
+class MediaError(VlaserError):
     """An item whose media could not be read; the message names the item and the file."""
 
 

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vlaser.errors import UserInputError, VlaserError
 from vlaser.eval.benchmark import REGISTRY, get_benchmark
 from vlaser.eval.report import PAPER_COLUMNS, PAPER_TABLE_1
 
@@ -80,8 +81,8 @@ def select(names: list[str] | None) -> list[str]:
         names = known
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown benchmark(s) {unknown}; registered: {sorted(REGISTRY)}, imported from "
-                         f"EmbodiedBench: {sorted(IMPORTED)}")
+        raise UserInputError(f"unknown benchmark(s) {unknown}; registered: {sorted(REGISTRY)}, imported from "
+                             f"EmbodiedBench: {sorted(IMPORTED)}")
     order = {name: k for k, name in enumerate(PAPER_COLUMNS)}
     return sorted(dict.fromkeys(names), key=lambda n: (order.get(n, len(order)), n))
 
@@ -94,12 +95,12 @@ def scoped(pairs: list[str], flag: str) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if flag == "--protocol":
             if not sep or not key or not value:
-                raise ValueError(f"{flag} expects BENCHMARK=PROTOCOL, got {pair!r}")
+                raise UserInputError(f"{flag} expects BENCHMARK=PROTOCOL, got {pair!r}")
             out[key] = value
             continue
         name, dot, option = key.partition(".")
         if not sep or not dot or not name or not option:
-            raise ValueError(f"{flag} expects BENCHMARK.KEY=VALUE, got {pair!r}")
+            raise UserInputError(f"{flag} expects BENCHMARK.KEY=VALUE, got {pair!r}")
         out.setdefault(name, {})[option] = {"true": True, "false": False}.get(value.lower(), value)
     return out
 
@@ -111,12 +112,12 @@ def check(names: list[str], overrides: dict[str, Any], protocols: dict[str, str]
 
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; a suite may override {list(OVERRIDES)}")
+        raise UserInputError(f"unknown setting(s) {unknown}; a suite may override {list(OVERRIDES)}")
     for scope, given in (("--protocol", protocols or {}), ("--option", options or {})):
         stray = sorted(set(given) - (set(names) & set(REGISTRY)))
         if stray:
-            raise ValueError(f"{scope} names benchmark(s) {stray} that this suite does not run "
-                             f"(it runs {[n for n in names if n in REGISTRY]})")
+            raise UserInputError(f"{scope} names benchmark(s) {stray} that this suite does not run "
+                                 f"(it runs {[n for n in names if n in REGISTRY]})")
     for name in names:
         if name in REGISTRY:
             bench = get_benchmark(name, (protocols or {}).get(name), **(options or {}).get(name, {}))
@@ -185,7 +186,7 @@ def _run_one(name: str, backend, data_dir: Path, out: Path, batch_size: int, lim
     try:
         metrics = run(bench, backend, data_dir, out / name, batch_size=batch_size, limit=limit, pictures=pictures,
                       **overrides)
-    except (ValueError, OSError) as e:  # BenchmarkDataError, a run made differently in OUT/<name>, unreadable file
+    except (VlaserError, OSError) as e:  # bad or missing data, a run made differently in OUT/<name>, unreadable file
         log.info("%s failed", name, exc_info=True)
         return {"status": "failed", "name": name, "data": str(data_dir), "error": f"{type(e).__name__}: {e}"}
     recorded = (metrics.get("run") or {}).get("settings") or {}

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from vlaser.errors import UserInputError
+
 ORIGINAL = "original"
 HF = "hf"
 
@@ -20,7 +22,7 @@ _SAFE_INDEX = "model.safetensors.index.json"
 _BIN_INDEX = "pytorch_model.bin.index.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserInputError):
     """A directory is not a checkpoint vlaser can read; the message says what was found."""
 
 

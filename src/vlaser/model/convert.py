@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from vlaser.errors import UserInputError
 from vlaser.model.checkpoint import HF, ORIGINAL, CheckpointError, inspect_checkpoint, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -304,11 +305,11 @@ def convert_checkpoint(src: str | Path, dst: str | Path, to: str, max_shard_size
     from vlaser.model.tokenizer import chat_generation_config, load_tokenizer, save_hf_tokenizer
 
     if to not in (HF, ORIGINAL):
-        raise ValueError(f"--to must be '{HF}' or '{ORIGINAL}', got {to!r}")
+        raise UserInputError(f"--to must be '{HF}' or '{ORIGINAL}', got {to!r}")
     info = inspect_checkpoint(src)
     dst = Path(dst)
     if dst.resolve() == info.path.resolve():
-        raise ValueError(f"destination {dst} is the source directory; choose a new directory")
+        raise UserInputError(f"destination {dst} is the source directory; choose a new directory")
     dst.mkdir(parents=True, exist_ok=True)
     state = read_state_dict(info.path)
     tokenizer = load_tokenizer(info.path)

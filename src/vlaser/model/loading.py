@@ -9,6 +9,7 @@ import os
 import torch
 from transformers import GenerationConfig, InternVLConfig
 
+from vlaser.errors import UserInputError
 from vlaser.model.chat import InternVLChat
 from vlaser.model.checkpoint import ORIGINAL, CheckpointError, inspect_checkpoint, read_state_dict
 from vlaser.model.constants import IMG_CONTEXT_TOKEN
@@ -26,7 +27,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, config_dtype: str | None) -> 
     name = aliases.get(str(name), str(name or "float32")).replace("torch.", "")
     value = getattr(torch, name, None)
     if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+        raise UserInputError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
     return value
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vlaser.errors import UserInputError, require
 from vlaser.model.constants import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 
 ImageInput = str | os.PathLike | bytes | np.ndarray | Image.Image
@@ -26,7 +27,7 @@ _MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(UserInputError):
     """An image (or video) could not be read; the message names the file or the input."""
 
 
@@ -202,10 +203,7 @@ def get_index(
 
 
 def _open_video(path: Path):
-    try:
-        import av
-    except ImportError as e:
-        raise ImportError("video input needs PyAV: pip install 'vlaser[video]'") from e
+    av = require("av", "video", "video input", package="PyAV")
     try:
         container = av.open(str(path))
         return container, container.streams.video[0]

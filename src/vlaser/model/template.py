@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vlaser.errors import UserInputError
 from vlaser.model.constants import IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN
 
 INTERNVL2_5_SYSTEM_MESSAGE = (
@@ -59,7 +60,7 @@ def get_template(name: str) -> ChatTemplate:
     try:
         return TEMPLATES[name]
     except KeyError:
-        raise ValueError(
+        raise UserInputError(
             f"unknown conversation template {name!r}; vlaser supports {sorted(TEMPLATES)} "
             "(InternVL3 and Vlaser checkpoints use 'internvl2_5')"
         ) from None

@@ -6,14 +6,15 @@ import html
 import json
 from pathlib import Path
 
+from vlaser.errors import require
+
 ROWS = (("where2place", "held-out pointing (Where2Place metric)", "best_constant_point", "best constant point"),
         ("mmsi_bench", "held-out multiple choice (MMSI-Bench metric)", "majority_answer", "majority answer"))
 
 
 def _plots(out: Path, summary: dict) -> list[str]:
     """``loss.png`` (training loss by step) and ``curve.png`` (held-out scores by training minute)."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "quickstart", "the quickstart's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

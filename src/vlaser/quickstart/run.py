@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from vlaser.errors import UserInputError
 from vlaser.quickstart import scenes
 
 
@@ -207,17 +208,17 @@ def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic
     from vlaser.train.sft import train
 
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        raise UserInputError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     config = replace(PRESETS[preset], **{k: v for k, v in (("n_train", n_train), ("n_eval", n_eval)) if v})
     budget = 60 * (config.minutes if minutes is None else minutes)
     if budget <= 0:
-        raise ValueError(f"--minutes must be positive, got {minutes}")
+        raise UserInputError(f"--minutes must be positive, got {minutes}")
     if max_steps is not None and max_steps < 10 * len(config.stages):
-        raise ValueError(f"--max-steps must be at least {10 * len(config.stages)}, got {max_steps}")
+        raise UserInputError(f"--max-steps must be at least {10 * len(config.stages)}, got {max_steps}")
     out = Path(out)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise ValueError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
+            raise UserInputError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

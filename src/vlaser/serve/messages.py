@@ -31,6 +31,7 @@ from typing import Any
 
 from PIL import Image
 
+from vlaser.errors import UserInputError
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageLoadError, to_pil
 from vlaser.model.template import ChatTemplate, build_chat_prompt
@@ -68,8 +69,8 @@ def _decode_image(url: Any, where: str) -> Image.Image:
                          "data: URL ('data:image/png;base64,...')")
     header, comma, payload = url.partition(",")
     if not comma or not header.endswith(";base64"):
-        raise ValueError(f"{where}: a data: URL must be base64-encoded ('data:image/png;base64,...'), "
-                         f"got header {header[:60]!r}")
+        raise UserInputError(f"{where}: a data: URL must be base64-encoded ('data:image/png;base64,...'), "
+                             f"got header {header[:60]!r}")
     try:
         data = base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError) as e:
@@ -83,16 +84,16 @@ def _decode_image(url: Any, where: str) -> Image.Image:
 def _part(part: Any, where: str, images_allowed: bool) -> tuple[str, Any]:
     """One content part as ``("text", str)`` or ``("image", PIL image)``."""
     if not isinstance(part, dict):
-        raise ValueError(f"{where}: a content part must be an object, got {type(part).__name__}")
+        raise UserInputError(f"{where}: a content part must be an object, got {type(part).__name__}")
     kind = part.get("type")
     if kind == "text":
         text = part.get("text")
         if not isinstance(text, str):
-            raise ValueError(f"{where}: a text part needs a string 'text'")
+            raise UserInputError(f"{where}: a text part needs a string 'text'")
         return "text", text
     if kind == "image_url":
         if not images_allowed:
-            raise ValueError(f"{where}: images are only accepted in user messages")
+            raise UserInputError(f"{where}: images are only accepted in user messages")
         image_url = part.get("image_url")
         url = image_url.get("url") if isinstance(image_url, dict) else image_url
         return "image", _decode_image(url, where)
@@ -140,7 +141,7 @@ def _turns(messages: list, images: list[Image.Image]) -> tuple[str | None, list[
     for index, message in enumerate(messages):
         where = f"message {index}"
         if not isinstance(message, dict):
-            raise ValueError(f"{where}: a message must be an object, got {type(message).__name__}")
+            raise UserInputError(f"{where}: a message must be an object, got {type(message).__name__}")
         role = message.get("role")
         if role in SYSTEM_ROLES:
             if index != 0:
@@ -151,13 +152,13 @@ def _turns(messages: list, images: list[Image.Image]) -> tuple[str | None, list[
             raise ValueError(f"{where}: unsupported role {role!r} (supported: system, developer, user, assistant)")
         text = _content(message, where, images, images_allowed=role == "user")
         if not turns and role == "assistant":
-            raise ValueError(f"{where}: the conversation must start with a user message")
+            raise UserInputError(f"{where}: the conversation must start with a user message")
         if turns and turns[-1][0] == role:
             turns[-1] = (role, turns[-1][1] + "\n" + text)
         else:
             turns.append((role, text))
     if not turns or turns[-1][0] != "user":
-        raise ValueError(f"message {len(messages) - 1}: the last message must be a user message")
+        raise UserInputError(f"message {len(messages) - 1}: the last message must be a user message")
     return system, turns
 
 
@@ -168,7 +169,7 @@ def _number(body: dict, key: str, integer: bool, minimum: float) -> Any:
         return None
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
-        raise ValueError(f"{key} must be {'an integer' if integer else 'a number'} >= {minimum}, got {value!r}")
+        raise UserInputError(f"{key} must be {'an integer' if integer else 'a number'} >= {minimum}, got {value!r}")
     return value
 
 
@@ -179,7 +180,7 @@ def parse_chat_request(body: dict) -> ChatRequest:
     ``response_format`` is kept as sent, for the server to honour or refuse.
     """
     if not isinstance(body, dict):
-        raise ValueError(f"a chat request is a JSON object, got {type(body).__name__}")
+        raise UserInputError(f"a chat request is a JSON object, got {type(body).__name__}")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("a chat request needs a non-empty 'messages' list")
@@ -191,7 +192,7 @@ def parse_chat_request(body: dict) -> ChatRequest:
         max_tokens = _number(body, "max_tokens", True, 1)
     response_format = body.get("response_format")
     if response_format is not None and not isinstance(response_format, dict):
-        raise ValueError(f"response_format must be an object, got {type(response_format).__name__}")
+        raise UserInputError(f"response_format must be an object, got {type(response_format).__name__}")
     model = body.get("model")
     return ChatRequest(question=turns[-1][1], images=images, system=system, history=history, max_tokens=max_tokens,
                        temperature=_number(body, "temperature", False, 0), response_format=response_format,

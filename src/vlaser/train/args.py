@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlaser.errors import UserInputError, require
+
 log = logging.getLogger(__name__)
 
 
@@ -91,16 +93,26 @@ def translate_legacy(argv: list[str]) -> list[str]:
     return out
 
 
+def _read_config(path: Path):
+    """A YAML/JSON file's values; a syntax error names the file."""
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise UserInputError(f"{path}: not valid JSON ({e})") from e
+    yaml = require("yaml", "train", "a YAML training config", package="pyyaml")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserInputError(f"{path}: not valid YAML ({e})") from e
+
+
 def _file_flags(path: Path) -> list[str]:
     """A YAML/JSON config file as command-line flags."""
-    if path.suffix == ".json":
-        values = json.loads(path.read_text())
-    else:
-        import yaml
-
-        values = yaml.safe_load(path.read_text())
+    values = _read_config(path)
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of flag names to values")
+        raise UserInputError(f"{path}: expected a mapping of flag names to values")
     flags = []
     for key, value in values.items():
         if value is False and key.endswith("_strategy"):
@@ -117,7 +129,10 @@ def parse_args(argv: list[str]):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         argv = _file_flags(Path(argv[0])) + list(argv[1:])
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=translate_legacy(argv))
+    try:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=translate_legacy(argv))
+    except ValueError as e:  # unknown flags, or TrainingArguments refusing a combination of them
+        raise UserInputError(str(e)) from e
     _validate(model_args, data_args, training_args)
     return model_args, data_args, training_args
 
@@ -139,4 +154,4 @@ def _validate(model_args: ModelArguments, data_args: DataTrainingArguments, trai
     if model_args.save_format not in (None, "original", "hf"):
         problems.append("--save_format must be original or hf")
     if problems:
-        raise ValueError("invalid training arguments:\n  " + "\n  ".join(problems))
+        raise UserInputError("invalid training arguments:\n  " + "\n  ".join(problems))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from vlaser.errors import require
 from vlaser.train.args import ModelArguments
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,9 @@ def apply_freezing(model, args: ModelArguments) -> None:
 
 
 def _inject(module, rank: int, targets: tuple[str, ...]) -> None:
-    from peft import LoraConfig, inject_adapter_in_model
-
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05, target_modules=list(targets))
-    inject_adapter_in_model(config, module)
+    peft = require("peft", "train", "LoRA (--use_backbone_lora / --use_llm_lora)")
+    config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05, target_modules=list(targets))
+    peft.inject_adapter_in_model(config, module)
     for name, param in module.named_parameters():  # like get_peft_model on this part: only adapters train
         param.requires_grad = "lora_" in name
 

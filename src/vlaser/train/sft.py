@@ -15,6 +15,7 @@ import torch
 from vlaser.data.collator import SFTCollator
 from vlaser.data.dataset import DataConfig, SFTDataset
 from vlaser.data.packing import PackedCollator, PackedSFTDataset
+from vlaser.errors import UserInputError
 from vlaser.model.checkpoint import ORIGINAL, inspect_checkpoint
 from vlaser.model.loading import load_model
 from vlaser.model.packed_attention import use_packed_attention
@@ -30,10 +31,11 @@ def data_config(model, data_args: DataTrainingArguments, seed: int = 0) -> DataC
     """The dataset settings for this model, checked against what the checkpoint was built with."""
     image_size = int(model.config.vision_config.image_size[0])
     if data_args.force_image_size != image_size:
-        raise ValueError(f"--force_image_size {data_args.force_image_size} but the checkpoint's tiles are {image_size}")
+        raise UserInputError(f"--force_image_size {data_args.force_image_size} but the checkpoint's tiles are "
+                             f"{image_size}")
     if abs(data_args.down_sample_ratio - model.config.downsample_ratio) > 1e-9:
-        raise ValueError(f"--down_sample_ratio {data_args.down_sample_ratio} but the checkpoint uses "
-                         f"{model.config.downsample_ratio}")
+        raise UserInputError(f"--down_sample_ratio {data_args.down_sample_ratio} but the checkpoint uses "
+                             f"{model.config.downsample_ratio}")
     return DataConfig(
         num_image_token=model.num_image_token, force_image_size=image_size, conv_style=data_args.conv_style,
         max_seq_length=data_args.max_seq_length, dynamic_image_size=data_args.dynamic_image_size,

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from vlaser.errors import UserInputError
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score, mean_by
 
 ANNOTATION = "EgoPlan-Bench2.json"
@@ -182,7 +183,7 @@ class EgoPlanBench2(Benchmark):
         from vlaser.model.preprocess import ImageLoadError
 
         if n_frames < 1:
-            raise ValueError(f"{self.name}: frames per item must be at least 1, got {n_frames}")
+            raise UserInputError(f"{self.name}: frames per item must be at least 1, got {n_frames}")
         start, end = item.meta["start_frame"], item.meta["end_frame"]
         indices = official_frames(start, end, n_frames)
         if max(indices) >= total_frames:

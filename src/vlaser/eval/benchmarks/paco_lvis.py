@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vlaser.errors import require
 from vlaser.eval.benchmark import VLASER_EVALUATOR, BenchmarkDataError, Item, Protocol, Score
 from vlaser.eval.benchmarks.vlaser_points import VlaserPointJSONL, annotation_jsonl_present, eval_points
 from vlaser.eval.masks import image_size
@@ -66,7 +67,7 @@ def polygon_mask(segmentation: list, width: int, height: int) -> np.ndarray:
 
 def rle_mask(segmentations: list, width: int, height: int) -> np.ndarray:
     """Union of COCO segmentations (RLE dicts or polygon lists) decoded with pycocotools."""
-    from pycocotools import mask as coco_mask
+    coco_mask = require("pycocotools.mask", "eval", "PACO-LVIS masks")
 
     union = np.zeros((height, width), dtype=np.uint8)
     for seg in segmentations:

@@ -65,6 +65,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from vlaser.errors import UserInputError
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 
@@ -302,9 +303,9 @@ class VLABench(Benchmark):
         super().__init__(protocol, **options)
         for key, allowed in OPTIONS.items():
             if allowed and key in options and options[key] not in allowed:
-                raise ValueError(f"vlabench: --option {key} must be one of {list(allowed)}, got {options[key]!r}")
+                raise UserInputError(f"vlabench: --option {key} must be one of {list(allowed)}, got {options[key]!r}")
         if options.get("cot", False) not in (True, False):
-            raise ValueError(f"vlabench: --option cot must be true or false, got {options['cot']!r}")
+            raise UserInputError(f"vlabench: --option cot must be true or false, got {options['cot']!r}")
         self.total = options.get("total", "official")
         self.entity_ids = options.get("entity_ids", "exact")
         self.cot = bool(options.get("cot", False))

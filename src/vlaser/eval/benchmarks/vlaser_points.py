@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
+from vlaser.errors import UserInputError
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
 from vlaser.points import referring_point_question
 
@@ -124,7 +125,7 @@ class VlaserPointJSONL(Benchmark):
 
     def prompt(self, item: Item, style: str) -> str:
         if style not in ("vlaser", "official"):
-            raise ValueError(f"--prompt must be vlaser or official, got {style!r}")
+            raise UserInputError(f"--prompt must be vlaser or official, got {style!r}")
         return item.official_prompt  # Vlaser's own evaluator: the two are the same
 
     def aggregate(self, items: list[Item], scores: list[Score]) -> dict[str, Any]:

@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from vlaser.errors import UserInputError
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score
 from vlaser.eval.parquet import read_rows
 
@@ -165,7 +166,7 @@ class VSIBench(Benchmark):
     def _config(self) -> str:
         config = str(self.options.get("config", "full"))
         if config not in CONFIG_FILES:
-            raise ValueError(f"vsi_bench: config must be one of {sorted(CONFIG_FILES)}, got {config!r}")
+            raise UserInputError(f"vsi_bench: config must be one of {sorted(CONFIG_FILES)}, got {config!r}")
         return config
 
     def _rows(self, data_dir: Path) -> list[tuple[dict, str]]:
