@@ -222,6 +222,8 @@ def test_two_points_and_a_box_numbered_and_listed(page, tmp_path):
     assert [(p["text"], p["x"], p["y"]) for p in points] == [("1", "64", "96"), ("2", "576", "360")]
     (box,) = markers(tab, "box")
     assert (box["x1"], box["y1"], box["x2"], box["y2"], box["text"]) == ("64", "48", "320", "288", "B1 cup")
+    style = "e => [getComputedStyle(e).borderTopColor, getComputedStyle(e.firstChild).backgroundColor]"
+    assert tab.eval_on_selector("#overlay .marker.box", style) == ["rgb(255, 64, 64)"] * 2  # drawn in its colour
     scale = tab.eval_on_selector("#stage-image", "img => img.clientWidth / 640")
     assert float(box["width"]) == pytest.approx(256 * scale, abs=0.01)
     listed = tab.inner_text("#coords").splitlines()
