@@ -66,8 +66,9 @@ def main() -> None:
         root = Path(tmp)
         model, tok = vlaser.load_model(build_tiny_checkpoint(root / "tiny"), dtype=torch.float32, device="cpu")
         model.train()
-        dataset = SFTDataset(make_data(root, args.samples), tok, DataConfig(num_image_token=4, force_image_size=56,
-                                                                            max_dynamic_patch=4))
+        config = DataConfig(num_image_token=4, force_image_size=56, max_dynamic_patch=4, dynamic_image_size=True,
+                            use_thumbnail=True)
+        dataset = SFTDataset(make_data(root, args.samples), tok, config)
         samples = [dataset[i] for i in range(len(dataset))]
         collate = SFTCollator(tok.pad_token_id)
         order = np.random.default_rng(0).permutation(len(samples))

@@ -25,7 +25,8 @@ def tok(tiny_original):
 
 
 def _config(**kw):
-    base = dict(num_image_token=4, force_image_size=56, max_seq_length=4096, max_dynamic_patch=6)
+    base = dict(num_image_token=4, force_image_size=56, max_seq_length=4096, max_dynamic_patch=6,
+                dynamic_image_size=True, use_thumbnail=True)
     base.update(kw)
     return DataConfig(**base)
 

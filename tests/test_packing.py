@@ -28,7 +28,8 @@ def dataset(tiny_original, tmp_path_factory):
                                        {"from": "gpt", "value": " ".join(str(k) for k in range(i + 2))}]})
     (root / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (root / "meta.json").write_text(json.dumps({"d": {"root": str(root), "annotation": str(root / "d.jsonl")}}))
-    config = DataConfig(num_image_token=4, force_image_size=56, max_dynamic_patch=4)
+    config = DataConfig(num_image_token=4, force_image_size=56, max_dynamic_patch=4, dynamic_image_size=True,
+                        use_thumbnail=True)
     return SFTDataset(root / "meta.json", load_tokenizer(tiny_original), config)
 
 

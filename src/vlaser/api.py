@@ -6,6 +6,7 @@ logic lives here beyond choosing the seed's multi-image / video prefixes and the
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from vlaser.model.template import build_chat_prompt, multi_image_prefix, video_p
 from vlaser.points import parse_boxes, parse_points, point_question, to_pixels
 
 Images = ImageInput | Sequence[ImageInput] | None
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,10 +53,14 @@ class VLM:
         >>> vlm.point("scene.jpg", "Point to the red cup.").pixels
     """
 
-    def __init__(self, model, tokenizer, max_num: int = 12, max_new_tokens: int = 1024):
+    def __init__(self, model, tokenizer, max_num: int | None = None, max_new_tokens: int = 1024):
+        """``max_num`` (tiles per image) defaults to the checkpoint's ``max_dynamic_patch`` (1 when it turned
+        ``dynamic_image_size`` off); the tile size, ``min_dynamic_patch`` and ``use_thumbnail`` are the checkpoint's."""
         self.model, self.tokenizer = model, tokenizer
-        self.max_num, self.max_new_tokens = max_num, max_new_tokens
-        self.image_size = int(model.config.vision_config.image_size[0])
+        self.settings = model.processor_settings
+        self.max_num = self.settings.max_tiles if max_num is None else max_num
+        self.max_new_tokens = max_new_tokens
+        self.image_size = self.settings.image_size
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype="auto", device=None, **kwargs) -> VLM:
@@ -77,10 +83,24 @@ class VLM:
         items = [images] if isinstance(images, (str, bytes, os.PathLike, Image.Image)) or (
             hasattr(images, "ndim")) else list(images)
         pils = [to_pil(im) for im in items]
-        tiles = [image_to_tiles(im, max_num=max_num, image_size=self.image_size) for im in pils]
+        tiles = [self._tiles(im, max_num) for im in pils]
+        for i, (item, im, t) in enumerate(zip(items, pils, tiles)):
+            name = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"{i + 1}"
+            log.info("image %s: %dx%d -> %s (max_num %d)", name, *im.size, self._tiles_text(t.shape[0]), max_num)
         prefix = multi_image_prefix(len(pils)) if len(pils) > 1 else ""
         return Media(torch.cat(tiles) if tiles else None, [t.shape[0] for t in tiles], prefix,
                       [im.size for im in pils])
+
+    def _tiles(self, image: Image.Image, max_num: int) -> torch.Tensor:
+        """The checkpoint's tiling with ``max_num`` tiles at most (its ``min_dynamic_patch`` capped to fit)."""
+        return image_to_tiles(image, max_num=max_num, min_num=min(self.settings.min_num, max_num),
+                              image_size=self.image_size, use_thumbnail=self.settings.use_thumbnail)
+
+    def _tiles_text(self, n: int) -> str:
+        """``n`` tiles as the grid and thumbnail they are: ``"6 tiles + thumbnail"``."""
+        thumbnail = self.settings.use_thumbnail and n > 1
+        grid = n - thumbnail
+        return f"{grid} tile{'s' if grid > 1 else ''}" + (" + thumbnail" if thumbnail else "")
 
     def _question(self, media: Media, question: str) -> str:
         if media.prefix and IMAGE_PLACEHOLDER not in question:

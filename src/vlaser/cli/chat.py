@@ -15,7 +15,9 @@ def add_parser(sub) -> None:
     p.add_argument("--image", action="append", default=[], help="image file; repeat for several images")
     p.add_argument("--video", help="video file (frames sampled like InternVL's load_video)")
     p.add_argument("--num-segments", type=at_least(1), default=8, help="video frames to sample (default 8)")
-    p.add_argument("--max-num", type=at_least(1), default=None, help="max tiles per image (default 12, 6 with --point)")
+    p.add_argument("--max-num", type=at_least(1), default=None,
+                   help="max tiles per image (default: the checkpoint's max_dynamic_patch; 6 with --point); "
+                        "-v logs how each image was tiled")
     p.add_argument("--point", action="store_true", help="ask with Vlaser's point prompt and print pixel points")
     p.add_argument("--draw", help="with --point: save the image with the points drawn to this PNG")
     p.add_argument("--max-new-tokens", type=at_least(1), default=None, help="default 1024 (100 with --point)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("info", help="describe a checkpoint: layout, sizes, dtype, special tokens")
+    p = sub.add_parser("info", help="describe a checkpoint: layout, sizes, dtype, tiling and template, special tokens")
     p.add_argument("path", help="checkpoint directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -22,8 +22,8 @@ def _part(key: str) -> str:
 
 def describe(path: str) -> dict:
     """Layout, architecture sizes, parameter counts and dtypes, tokens and chat settings of a checkpoint."""
-    from vlaser.model.checkpoint import ORIGINAL, inspect_checkpoint, iter_shapes, weight_files
-    from vlaser.model.convert import DEFAULT_CHAT_SETTINGS
+    from vlaser.model.checkpoint import inspect_checkpoint, iter_shapes, weight_files
+    from vlaser.model.settings import ProcessorSettings
     from vlaser.model.tokenizer import load_tokenizer
 
     ckpt = inspect_checkpoint(path)
@@ -33,8 +33,7 @@ def describe(path: str) -> dict:
         n = math.prod(shape)
         params[_part(key)] += n
         dtypes[dtype] += n
-    settings = dict(DEFAULT_CHAT_SETTINGS)
-    settings.update(ckpt.config if ckpt.layout == ORIGINAL else ckpt.config.get("internvl_chat") or {})
+    settings = ProcessorSettings.from_config(ckpt.config, source=str(ckpt.path / "config.json"))
     tok = load_tokenizer(ckpt.path)
     tokens = ["<img>", "</img>", "<IMG_CONTEXT>", "<ref>", "</ref>", "<box>", "</box>", "<|im_start|>", "<|im_end|>"]
     vis, llm = ckpt.vision_config, ckpt.llm_config
@@ -48,10 +47,8 @@ def describe(path: str) -> dict:
                                            "patch_size")},
         "language_model": {k: llm.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers",
                                                    "num_attention_heads", "num_key_value_heads", "vocab_size")},
-        "template": settings.get("template"),
-        "system_message": settings.get("system_message", "(template default)"),
-        "tiling": {k: settings.get(k) for k in ("dynamic_image_size", "use_thumbnail", "min_dynamic_patch",
-                                                "max_dynamic_patch")},
+        "processor": settings.to_config(),
+        "processor_summary": settings.summary(),
         "special_tokens": {t: tok.convert_tokens_to_ids(t) for t in tokens},
     }
 
@@ -68,7 +65,7 @@ def run(args) -> int:
     print(f"  weights: {', '.join(info['weight_files'])}  dtypes: {info['dtypes']}")
     print(f"  vision: {info['vision']}")
     print(f"  language model: {info['language_model']}")
-    print(f"  template: {info['template']}  system message: {info['system_message']}")
-    print(f"  tiling: {info['tiling']}")
+    print(f"  processor: {info['processor_summary']}")
+    print("    config keys: " + ", ".join(f"{k}={v!r}" for k, v in info["processor"].items()))
     print(f"  special tokens: {info['special_tokens']}")
     return 0

@@ -13,12 +13,12 @@ import io
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
+from vlaser.data.config import DataConfig
 from vlaser.data.meta import Annotations, DatasetSpec, Record, Skip, load_meta, media_path, read_annotations
 from vlaser.data.tokenize import SampleError, Tokenized, preprocess_internvl2_5
 from vlaser.errors import UserInputError
@@ -28,23 +28,6 @@ from vlaser.model.template import get_template
 
 log = logging.getLogger(__name__)
 _MAX_SKIPS_IN_A_ROW = 100
-
-
-@dataclass
-class DataConfig:
-    """The data flags of InternVL's fine-tune script (same names), resolved for one model."""
-
-    num_image_token: int = 256
-    force_image_size: int = 448
-    conv_style: str = "internvl2_5"
-    max_seq_length: int = 8192
-    dynamic_image_size: bool = True
-    use_thumbnail: bool = True
-    min_dynamic_patch: int = 1
-    max_dynamic_patch: int = 12
-    min_num_frame: int = 8
-    max_num_frame: int = 32
-    seed: int = 0
 
 
 def jpeg_degrade(image: Image.Image, rng: np.random.Generator) -> Image.Image:

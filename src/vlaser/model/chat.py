@@ -17,6 +17,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vlaser.model.constants import GROUNDING_TOKENS, IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN
 from vlaser.model.loss import weighted_lm_loss
+from vlaser.model.settings import ProcessorSettings
 from vlaser.model.template import ChatTemplate, build_chat_prompt, get_template
 
 PatchCounts = Sequence[int] | Sequence[Sequence[int]]
@@ -26,13 +27,14 @@ class InternVLChat(InternVLForConditionalGeneration):
     """``InternVLForConditionalGeneration`` plus InternVL's ``chat`` and ``batch_chat``."""
 
     @property
-    def chat_settings(self) -> dict:
-        """Original-layout settings (template, system message, tiling) kept in ``config.internvl_chat``."""
-        return getattr(self.config, "internvl_chat", None) or {}
+    def processor_settings(self) -> ProcessorSettings:
+        """The checkpoint's tiling and prompt settings, read from the config each time so that a model being
+        trained (whose config ``vlaser train`` updates) is always described as it is now."""
+        return ProcessorSettings.from_config(self.config)
 
     @property
     def template(self) -> str:
-        return self.chat_settings.get("template", "internvl2_5")
+        return self.processor_settings.template
 
     @property
     def conv_template(self) -> ChatTemplate:
@@ -40,7 +42,9 @@ class InternVLChat(InternVLForConditionalGeneration):
 
     @property
     def system_message(self) -> str:
-        return self.chat_settings.get("system_message", self.conv_template.system_message)
+        settings = self.processor_settings
+        return get_template(settings.template).system_message if settings.system_message is None \
+            else settings.system_message
 
     @property
     def num_image_token(self) -> int:

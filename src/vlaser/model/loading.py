@@ -14,6 +14,7 @@ from vlaser.model.chat import InternVLChat
 from vlaser.model.checkpoint import ORIGINAL, CheckpointError, inspect_checkpoint, read_state_dict
 from vlaser.model.constants import IMG_CONTEXT_TOKEN
 from vlaser.model.convert import normalize_hf_state_dict, original_to_hf_config, original_to_hf_state_dict
+from vlaser.model.settings import ProcessorSettings
 from vlaser.model.tokenizer import chat_generation_config, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def load_model(
         attn_implementation: default SDPA, or flash-attention 2 on GPU when ``flash_attn`` is installed.
 
     The model is transformers' ``InternVLForConditionalGeneration`` with ``chat``/``batch_chat`` added;
-    original-layout weights are mapped onto it in memory (no remote code, no conversion on disk).
+    original-layout weights are mapped onto it in memory (no remote code, no conversion on disk). The
+    checkpoint's tiling and template (``model.processor_settings``) are checked here, before the weights load.
     """
     info = inspect_checkpoint(path)
     tokenizer = load_tokenizer(info.path)
@@ -77,6 +79,7 @@ def load_model(
     else:
         hf_dict = info.config
         state = normalize_hf_state_dict(read_state_dict(info.path))
+    settings = ProcessorSettings.from_config(hf_dict, source=str(info.path / "config.json"))  # before the weights
     config_dtype = hf_dict.get("dtype") or hf_dict.get("torch_dtype")
     model, loading = InternVLChat.from_pretrained(
         None, config=build_hf_config(hf_dict), state_dict=state, dtype=resolve_dtype(dtype, config_dtype),
@@ -97,6 +100,7 @@ def load_model(
         )
     model.eval()
     log.info("loaded %s-layout checkpoint %s (%s, %s)", info.layout, info.path, model.dtype, model.device)
+    log.info("processor settings: %s", settings.summary())
     return model, tokenizer
 
 

@@ -11,9 +11,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlaser.data.config import DataConfig
 from vlaser.errors import UserInputError, require
 
 log = logging.getLogger(__name__)
+_DATA = DataConfig()  # the one copy of the data defaults
 
 
 @dataclass
@@ -40,19 +42,26 @@ class ModelArguments:
 
 @dataclass
 class DataTrainingArguments:
-    """The data flags of InternVL's ``DataTrainingArguments``."""
+    """The data flags of InternVL's ``DataTrainingArguments``; the defaults they share with ``DataConfig``
+    are read from it (InternVL's: no dynamic tiling, no thumbnail unless the flags turn them on).
+
+    The tiling flags and ``conv_style`` are written into the saved checkpoint's config, so inference with the
+    trained model tiles images as training did.
+    """
 
     meta_path: str = field(metadata={"help": "meta JSON listing the JSONL datasets"})
-    conv_style: str = field(default="internvl2_5", metadata={"help": "conversation template"})
-    max_seq_length: int = field(default=8192, metadata={"help": "longest tokenised sample"})
-    force_image_size: int = field(default=448, metadata={"help": "tile size; must match the checkpoint"})
+    conv_style: str = field(default=_DATA.conv_style, metadata={"help": "conversation template"})
+    max_seq_length: int = field(default=_DATA.max_seq_length, metadata={"help": "longest tokenised sample"})
+    force_image_size: int = field(default=_DATA.force_image_size,
+                                  metadata={"help": "tile size; must match the checkpoint"})
     down_sample_ratio: float = field(default=0.5, metadata={"help": "pixel shuffle ratio; must match"})
-    dynamic_image_size: bool = field(default=False, metadata={"help": "dynamic tiling"})
-    use_thumbnail: bool = field(default=False, metadata={"help": "add a thumbnail tile to multi-tile images"})
-    min_dynamic_patch: int = field(default=1, metadata={"help": "fewest tiles per image"})
-    max_dynamic_patch: int = field(default=12, metadata={"help": "most tiles per image"})
-    min_num_frame: int = field(default=8, metadata={"help": "fewest frames sampled from a video"})
-    max_num_frame: int = field(default=32, metadata={"help": "most frames sampled from a video"})
+    dynamic_image_size: bool = field(default=_DATA.dynamic_image_size, metadata={"help": "dynamic tiling"})
+    use_thumbnail: bool = field(default=_DATA.use_thumbnail,
+                                metadata={"help": "add a thumbnail tile to multi-tile images"})
+    min_dynamic_patch: int = field(default=_DATA.min_dynamic_patch, metadata={"help": "fewest tiles per image"})
+    max_dynamic_patch: int = field(default=_DATA.max_dynamic_patch, metadata={"help": "most tiles per image"})
+    min_num_frame: int = field(default=_DATA.min_num_frame, metadata={"help": "fewest frames sampled from a video"})
+    max_num_frame: int = field(default=_DATA.max_num_frame, metadata={"help": "most frames sampled from a video"})
     normalize_type: str = field(default="imagenet", metadata={"help": "only imagenet (InternVL3)"})
     pad2square: bool = field(default=False, metadata={"help": "accepted for compatibility; must be False"})
     use_data_resampling: bool = field(default=False, metadata={"help": "draw datasets in proportion to sqrt(size)"})
@@ -153,5 +162,18 @@ def _validate(model_args: ModelArguments, data_args: DataTrainingArguments, trai
         problems.append("--loss_reduction must be token, sample or square")
     if model_args.save_format not in (None, "original", "hf"):
         problems.append("--save_format must be original or hf")
+    try:
+        processor_settings(data_args)
+    except ValueError as e:  # the message names the config key, which is the flag's name
+        problems.append(str(e))
     if problems:
         raise UserInputError("invalid training arguments:\n  " + "\n  ".join(problems))
+
+
+def processor_settings(data_args: DataTrainingArguments):
+    """The tiling and template a run trains with, as the ``ProcessorSettings`` its checkpoint will carry."""
+    from vlaser.model.settings import ProcessorSettings
+
+    return ProcessorSettings(image_size=data_args.force_image_size, min_num=data_args.min_dynamic_patch,
+                             max_num=data_args.max_dynamic_patch, use_thumbnail=data_args.use_thumbnail,
+                             dynamic=data_args.dynamic_image_size, template=data_args.conv_style)

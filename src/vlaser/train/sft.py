@@ -19,7 +19,7 @@ from vlaser.errors import UserInputError
 from vlaser.model.checkpoint import ORIGINAL, inspect_checkpoint
 from vlaser.model.loading import load_model
 from vlaser.model.packed_attention import use_packed_attention
-from vlaser.train.args import DataTrainingArguments, ModelArguments, parse_args
+from vlaser.train.args import DataTrainingArguments, ModelArguments, parse_args, processor_settings
 from vlaser.train.freezing import apply_freezing, apply_lora, merge_lora
 from vlaser.train.saving import save_checkpoint
 from vlaser.train.trainer import SFTTrainer
@@ -46,11 +46,10 @@ def data_config(model, data_args: DataTrainingArguments, seed: int = 0) -> DataC
 
 
 def _record_settings(model, model_args: ModelArguments, data_args: DataTrainingArguments) -> None:
-    """Write the run's template and tiling into the config, as InternVL's script does, so they are saved."""
+    """Write the run's template and tiling into the config, as InternVL's script does, so they are saved
+    and ``model.processor_settings`` (hence ``VLM``/``vlaser chat`` with the trained model) uses them."""
     settings = dict(getattr(model.config, "internvl_chat", None) or {})
-    settings.update(template=data_args.conv_style, dynamic_image_size=data_args.dynamic_image_size,
-                    use_thumbnail=data_args.use_thumbnail, min_dynamic_patch=data_args.min_dynamic_patch,
-                    max_dynamic_patch=data_args.max_dynamic_patch, ps_version=model_args.ps_version)
+    settings.update(processor_settings(data_args).to_config(), ps_version=model_args.ps_version)
     model.config.internvl_chat = settings
     model.config.vision_feature_layer = model_args.vision_select_layer
     model.config.text_config.use_cache = False
