@@ -8,7 +8,7 @@ the seed runs by changing imports.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -154,7 +154,7 @@ class InternVLChat(InternVLForConditionalGeneration):
     ) -> list[str]:
         """Tokenise fully rendered prompts (left padding), generate, and decode the new tokens.
 
-        Decoding skips special tokens and cuts at ``<|im_end|>`` like the original; with
+        Decoding skips special tokens and cuts at the template's stop token like the original; with
         ``keep_grounding_tokens`` the ``<ref>``/``<box>``/``<quad>`` tags survive for box parsing.
         """
         return self.generate_answers(tokenizer, prompts, pixel_values, generation_config, keep_grounding_tokens)[0]
@@ -181,11 +181,8 @@ class InternVLChat(InternVLForConditionalGeneration):
         out = self.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **kwargs)
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
         truncated = [kwargs["eos_token_id"] not in row for row in new_tokens.tolist()]
-        if keep_grounding_tokens:
-            texts = decode_keep_grounding(tokenizer, new_tokens)
-        else:
-            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [t.split(stop)[0].strip() for t in texts], truncated
+        decode = answer_decoder(tokenizer, stop, keep_grounding_tokens)
+        return [decode(row).strip() for row in new_tokens.tolist()], truncated
 
     def _check_tokens(self, tokenizer, start: str, end: str, context: str) -> None:
         if tokenizer.convert_tokens_to_ids(context) != self.img_context_token_id:
@@ -206,19 +203,24 @@ class InternVLChat(InternVLForConditionalGeneration):
             cfg_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def decode_keep_grounding(tokenizer, sequences: torch.Tensor) -> list[str]:
-    """Decode each row up to ``<|im_end|>``, dropping special tokens except the grounding tags
-    (``<ref>``, ``<box>``, ``<quad>``)."""
+def answer_decoder(tokenizer, stop: str, keep_grounding_tokens: bool = False
+                   ) -> Callable[[list[int]], str]:
+    """How :meth:`InternVLChat.generate_answers` turns one row of new token ids into its answer (before stripping):
+    cut at ``stop`` (the template's stop token), special tokens dropped except, if asked, the grounding tags (``<ref>``,
+    ``<box>``, ``<quad>``). The server's streamer decodes growing rows with it, so streamed and final text agree."""
+    if not keep_grounding_tokens:
+        return lambda ids: tokenizer.decode(ids, skip_special_tokens=True).split(stop)[0]
     keep = {tokenizer.convert_tokens_to_ids(t) for t in GROUNDING_TOKENS}
     drop = (set(tokenizer.all_special_ids) | {
         i for t, i in tokenizer.get_added_vocab().items() if t.startswith("<") and t.endswith(">")
     }) - keep
-    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    texts = []
-    for ids in sequences.tolist():
-        ids = ids[: ids.index(stop)] if stop in ids else ids
-        texts.append(tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False))
-    return texts
+    stop_id = tokenizer.convert_tokens_to_ids(stop)
+
+    def decode(ids: list[int]) -> str:
+        ids = ids[: ids.index(stop_id)] if stop_id in ids else ids
+        return tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False).split(stop)[0]
+
+    return decode
 
 
 def _check_patch_total(pixel_values: torch.Tensor | None, counts: Sequence[int]) -> None:

@@ -1,0 +1,370 @@
+"""The serving engine on the tiny model: batched == alone, streaming == final, stops, seeds, cancel, errors, drain."""
+
+import asyncio
+import threading
+
+import pytest
+import torch
+from PIL import Image
+
+from vlaser import VLM
+from vlaser.serve import engine as engine_module
+from vlaser.serve.engine import Completion, Engine, Job, QueueFull, Sampling, settled_prefix
+from vlaser.serve.messages import ChatRequest
+
+
+@pytest.fixture(scope="module")
+def vlm(loaded):
+    model, tokenizer = loaded
+    return VLM(model, tokenizer)
+
+
+def _img(color, size=(120, 80)):
+    return Image.new("RGB", size, color)
+
+
+REQUESTS = [
+    ChatRequest("<image>\nWhat is on the table?", [_img((200, 20, 20))]),
+    ChatRequest("Hello, who are you?"),
+    ChatRequest("Image-1: <image>\nImage-2: <image>\nSame colour?", [_img((0, 0, 255), (60, 200)),
+                                                                     _img((0, 255, 0), (300, 100))]),
+    ChatRequest("And now?", [], system="You are a robot.", history=[("Hi", "Hello! How can I help?")]),
+    ChatRequest("<image>\nPoint to the cup.", [_img((9, 9, 9), (500, 500))], system="You are a robot."),
+    ChatRequest("Describe it again.", [_img((50, 100, 150))], history=[("<image>\nDescribe it.", "A square.")]),
+    ChatRequest("Which object is left of the green circle?"),
+    ChatRequest("<image>\nA. B. C. D.", [_img((255, 255, 0), (80, 300))], system=""),
+]
+
+
+def _alone(vlm, request, max_tokens, max_num=6):
+    """The reference answer, without the engine: the rendered prompt through ``generate_answers`` on its own."""
+    media = vlm.media(request.images, max_num=max_num)
+    model = vlm.model
+    prompt = request.render(model.conv_template, media.num_patches, model.num_image_token, model.system_message)
+    texts, cut = model.generate_answers(vlm.tokenizer, [prompt], media.pixel_values,
+                                        {"max_new_tokens": max_tokens, "do_sample": False}, keep_grounding_tokens=True)
+    return texts[0], cut[0], len(vlm.tokenizer(prompt)["input_ids"])
+
+
+def _serve(vlm, body, **options):
+    """Run ``body(engine)`` on a started engine, stop it (draining), and return what the body returned.
+
+    Tests submit their jobs in one go (no ``await`` in between), so no batch needs to wait: ``max_wait_ms=0``."""
+    async def main():
+        engine = Engine(vlm, **{"max_wait_ms": 0, **options})
+        await engine.start()
+        try:
+            return await body(engine)
+        finally:
+            await engine.stop()
+
+    return asyncio.run(main())
+
+
+async def _collect(stream):
+    """The streamed text and the completion of one job."""
+    return "".join([delta async for delta in stream]), await stream.result()
+
+
+@pytest.fixture
+def batch_sizes(vlm, monkeypatch):
+    """The number of prompts of each generate call the engine makes."""
+    sizes = []
+    real = vlm.model.generate_answers
+
+    def spy(tokenizer, prompts, *args, **kwargs):
+        sizes.append(len(prompts))
+        return real(tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(vlm.model, "generate_answers", spy)
+    return sizes
+
+
+def test_concurrent_jobs_batch_and_equal_lone_answers(vlm, batch_sizes, monkeypatch):
+    tiling_threads = set()
+    real_media = vlm.media
+    monkeypatch.setattr(vlm, "media", lambda *a, **k: tiling_threads.add(threading.current_thread().name)
+                        or real_media(*a, **k))
+    max_tokens = [12, 5, 12, 9, 12, 12, 3, 12]
+
+    async def body(engine):
+        streams = [engine.submit(Job(r, Sampling(max_tokens=n), max_num=6)) for r, n in zip(REQUESTS, max_tokens)]
+        return await asyncio.gather(*[_collect(s) for s in streams])
+
+    results = _serve(vlm, body, max_batch_size=8)
+    assert batch_sizes == [8]
+    assert all(name.startswith("vlaser-engine") for name in tiling_threads)
+    for request, n, (streamed, completion) in zip(REQUESTS, max_tokens, results):
+        text, cut, prompt_tokens = _alone(vlm, request, n)
+        assert completion.text == text and streamed == text
+        assert completion.prompt_tokens == prompt_tokens
+        assert completion.finish_reason == ("length" if cut else "stop")
+        assert completion.completion_tokens <= n and (completion.completion_tokens == n) == cut
+
+
+def test_batch_of_eight_equals_eight_sequential_jobs(vlm, batch_sizes):
+    async def body(engine):
+        jobs = [Job(r, Sampling(max_tokens=10), max_num=6) for r in REQUESTS]
+        batched = await asyncio.gather(*[engine.submit(j).result() for j in jobs])
+        sequential = [await engine.submit(j).result() for j in jobs]
+        return batched, sequential
+
+    batched, sequential = _serve(vlm, body, max_batch_size=8)
+    assert batch_sizes == [8] + [1] * 8
+    assert batched == sequential
+
+
+def test_batches_hold_at_most_max_batch_size(vlm, batch_sizes):
+    async def body(engine):
+        return await asyncio.gather(*[engine.submit(Job(r, Sampling(max_tokens=2), 6)).result() for r in REQUESTS])
+
+    _serve(vlm, body, max_batch_size=3)
+    assert batch_sizes == [3, 3, 2]
+
+
+def test_a_batch_waits_for_jobs_submitted_within_max_wait(vlm, batch_sizes):
+    async def body(engine):
+        first = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=2), 6))
+        await asyncio.sleep(0)  # the loop sees one job and waits for more
+        second = engine.submit(Job(REQUESTS[1], Sampling(max_tokens=2), 6))
+        return await first.result(), await second.result()
+
+    _serve(vlm, body, max_batch_size=2, max_wait_ms=60_000)
+    assert batch_sizes == [2]
+
+
+def test_stop_string_cuts_the_answer(vlm, batch_sizes):
+    full, _, _ = _alone(vlm, REQUESTS[1], 20)
+    stop = next(full[i:i + 2] for i in range(3, len(full)) if full[i:i + 2].strip() == full[i:i + 2]
+                and "\ufffd" not in full[i:i + 2])
+    expected = full[: full.find(stop)].strip()
+    # the stop completes at the first token count whose answer contains it
+    tokens = next(k for k in range(1, 21) if stop in _alone(vlm, REQUESTS[1], k)[0])
+    prompt_tokens, other_text = _alone(vlm, REQUESTS[1], 1)[2], _alone(vlm, REQUESTS[0], 20)[0]
+    batch_sizes.clear()
+
+    async def body(engine):
+        stopped = engine.submit(Job(REQUESTS[1], Sampling(max_tokens=20, stop=("NEVER SEEN", stop)), 6))
+        other = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=20), 6))
+        return await _collect(stopped), await other.result()
+
+    (streamed, completion), other = _serve(vlm, body)
+    assert batch_sizes == [2]
+    assert completion == Completion(expected, "stop", prompt_tokens, tokens)
+    assert streamed == expected and other.text == other_text
+
+
+def test_tracker_streams_whole_characters_and_counts_the_end_token(vlm):
+    """Fed token by token, the tracker streams only settled text (no split characters, no partial stop)."""
+    tokenizer = vlm.tokenizer
+    answer = "  你是书生·万象, robot arm <ref>cup</ref><box>[[1, 2, 3, 4]]</box> picks up the blue bowl END ignored"
+    ids = tokenizer(answer)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    pushed, settled = [], []
+
+    class FakeStream:
+        cancelled = False
+        job = Job(ChatRequest("q"), Sampling(max_tokens=100, stop=("END",)), 6)
+        _push = pushed.append
+        _settle = settled.append
+
+    row = engine_module._Row(FakeStream(), "prompt", None, 7)
+    decode = engine_module.answer_decoder(tokenizer, "<|im_end|>", keep_grounding_tokens=True)
+    tracker = engine_module._BatchTracker([row], decode, ids[-1], "<|im_end|>")
+    tracker.put(torch.zeros(1, 7, dtype=torch.long))
+    prefixes = []
+    for token in ids:
+        tracker.put(torch.tensor([token]))
+        prefixes.append("".join(pushed))
+    expected = "你是书生·万象, robot arm <ref>cup</ref><box>[[1, 2, 3, 4]]</box> picks up the blue bowl"
+    assert settled == [Completion(expected, "stop", 7, len(tokenizer(answer[: answer.index(" END") + 4])["input_ids"]))]
+    assert "".join(pushed) == expected
+    assert all(expected.startswith(p) and "\ufffd" not in p for p in prefixes)
+    assert len(set(prefixes)) > 10  # it streamed as it went, not all at the end
+
+    tracker.end()  # a finished row is not finished twice
+    assert len(settled) == 1
+
+
+def test_end_token_finishes_a_row_with_stop(vlm):
+    tokenizer = vlm.tokenizer
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = tokenizer("The cup.")["input_ids"]
+    settled = []
+
+    class FakeStream:
+        cancelled = False
+        job = Job(ChatRequest("q"), Sampling(max_tokens=len(ids) + 1), 6)
+        _push = staticmethod(lambda delta: None)
+        _settle = settled.append
+
+    row = engine_module._Row(FakeStream(), "prompt", None, 3)
+    decode = engine_module.answer_decoder(tokenizer, "<|im_end|>")
+    tracker = engine_module._BatchTracker([row], decode, end, "<|im_end|>")
+    for token in [*ids, end]:
+        tracker.put(torch.tensor([token]))
+    assert settled == [Completion("The cup.", "stop", 3, len(ids) + 1)]
+
+
+@pytest.mark.parametrize(("text", "settled"), [
+    ("Hello wor", "Hello wor"), ("Hello ", "Hello"), ("ab\ufffd\ufffd", "ab"), ("go ST", "go"), ("go STO", "go"),
+    ("go S T", "go S T"), ("x<|im_", "x"), ("", ""),
+])
+def test_settled_prefix_holds_back_what_may_change(text, settled):
+    assert settled_prefix(text, ("STOP", "<|im_end|>")) == settled
+
+
+def test_seeded_sampling_runs_alone_and_repeats(vlm, batch_sizes):
+    request = REQUESTS[0]
+
+    async def body(engine):
+        def submit(**sampling):
+            return engine.submit(Job(request, Sampling(max_tokens=12, **sampling), 6))
+
+        seeded = [submit(temperature=1.5, seed=7), submit(temperature=1.5, seed=7), submit(temperature=1.5, seed=8)]
+        greedy = [submit(), submit(seed=3)]  # a seed does not matter to greedy decoding: these batch together
+        unseeded = [submit(temperature=1.5, top_p=0.9), submit(temperature=1.5, top_p=0.9)]
+        return [await s.result() for s in seeded], [await s.result() for s in greedy + unseeded]
+
+    (a, b, c), _ = _serve(vlm, body)
+    assert batch_sizes == [1, 1, 1, 2, 2]
+    assert a.text == b.text and a.text != c.text
+
+
+def test_cancel_a_queued_job(vlm, batch_sizes):
+    async def body(engine):
+        streams = [engine.submit(Job(r, Sampling(max_tokens=4), 6)) for r in REQUESTS[:3]]
+        streams[1].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await streams[1].result()
+        return [await streams[0].result(), await streams[2].result()]
+
+    done = _serve(vlm, body, max_batch_size=1)
+    assert batch_sizes == [1, 1]
+    assert [c.text for c in done] == [_alone(vlm, r, 4)[0] for r in (REQUESTS[0], REQUESTS[2])]
+
+
+def test_cancel_a_running_job_frees_its_row(vlm, monkeypatch):
+    """Cancelled after its third token, a row stops at the next step; the other rows are unaffected."""
+    expected = [_alone(vlm, r, 15)[0] for r in (REQUESTS[0], REQUESTS[3])]
+    outputs = []
+    real_generate = vlm.model.generate
+    monkeypatch.setattr(vlm.model, "generate", lambda **kw: outputs.append(
+        real_generate(**kw)[:, kw["input_ids"].shape[1]:]) or outputs[-1])
+    real_put = engine_module._BatchTracker.put
+    state = {"steps": 0}
+
+    def put(tracker, value):
+        real_put(tracker, value)
+        if value.dim() == 1:
+            state["steps"] += 1
+            if state["steps"] == 3:  # cancel on the event loop, and wait for it, as a disconnect would
+                cancelled = threading.Event()
+                stream = tracker.rows[0].stream
+                stream._loop.call_soon_threadsafe(lambda: (stream.cancel(), cancelled.set()))
+                cancelled.wait()
+
+    monkeypatch.setattr(engine_module._BatchTracker, "put", put)
+
+    async def body(engine):
+        gone = engine.submit(Job(REQUESTS[1], Sampling(max_tokens=15), 6))
+        stays = [engine.submit(Job(r, Sampling(max_tokens=15), 6)) for r in (REQUESTS[0], REQUESTS[3])]
+        with pytest.raises(asyncio.CancelledError):
+            await gone.result()
+        return [await s.result() for s in stays]
+
+    stays = _serve(vlm, body)
+    assert [c.text for c in stays] == expected
+    (new,) = outputs
+    pad = vlm.tokenizer.pad_token_id
+    assert (new[0, 4:] == pad).all() and (new[0, :4] != pad).all()  # one more step ran before it stopped
+
+
+def test_failing_preparation_fails_only_that_job(vlm, batch_sizes):
+    mismatch = ChatRequest("No tag here.", [_img((1, 2, 3))], history=[("Hi", "Hello")])
+
+    async def body(engine):
+        bad = engine.submit(Job(mismatch, Sampling(max_tokens=4), 6))
+        good = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=4), 6))
+        with pytest.raises(ValueError, match="1 image"):
+            await bad.result()
+        with pytest.raises(ValueError, match="1 image"):
+            [delta async for delta in bad]
+        return await good.result()
+
+    good = _serve(vlm, body)
+    assert batch_sizes == [1] and good.text == _alone(vlm, REQUESTS[0], 4)[0]
+
+
+def test_failing_generation_fails_its_batch_and_the_loop_goes_on(vlm, monkeypatch):
+    real = vlm.model.generate_answers
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vlm.model, "generate_answers", flaky)
+
+    async def body(engine):
+        first = [engine.submit(Job(r, Sampling(max_tokens=3), 6)) for r in REQUESTS[:2]]
+        for stream in first:
+            with pytest.raises(RuntimeError, match="out of memory"):
+                await stream.result()
+        return await engine.submit(Job(REQUESTS[0], Sampling(max_tokens=3), 6)).result()
+
+    assert _serve(vlm, body).text == _alone(vlm, REQUESTS[0], 3)[0]
+
+
+def test_stop_drains_submitted_jobs_and_refuses_new_ones(vlm):
+    async def main():
+        engine = Engine(vlm, max_batch_size=2)
+        await engine.start()
+        streams = [engine.submit(Job(r, Sampling(max_tokens=5), 6)) for r in REQUESTS[:3]]
+        await engine.stop()
+        with pytest.raises(RuntimeError, match="not running"):
+            engine.submit(Job(REQUESTS[0], Sampling(max_tokens=5), 6))
+        return [s._done.result() for s in streams]  # already resolved: stop() returned after them
+
+    done = asyncio.run(main())
+    assert [c.text for c in done] == [_alone(vlm, r, 5)[0] for r in REQUESTS[:3]]
+
+
+def test_full_queue_is_refused_until_a_slot_frees(vlm):
+    async def body(engine):
+        streams = [engine.submit(Job(r, Sampling(max_tokens=2), 6)) for r in REQUESTS[:2]]
+        with pytest.raises(QueueFull, match="max_queue=2"):
+            engine.submit(Job(REQUESTS[2], Sampling(max_tokens=2), 6))
+        streams[0].cancel()
+        streams.append(engine.submit(Job(REQUESTS[2], Sampling(max_tokens=2), 6)))
+        await streams[2].result()
+        await streams[1].result()
+        return engine.submit(Job(REQUESTS[3], Sampling(max_tokens=2), 6))
+
+    _serve(vlm, body, max_queue=2)
+
+
+def test_cancelling_the_waiting_task_cancels_the_job(vlm):
+    async def body(engine):
+        stream = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=3), 6))
+        waiter = asyncio.ensure_future(stream.result())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        return stream.cancelled, engine._pending
+
+    cancelled, pending = _serve(vlm, body)
+    assert cancelled and not pending
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 2.5}, "max_tokens"), ({"max_tokens": 4, "temperature": -1},
+                                                                            "temperature"),
+    ({"max_tokens": 4, "top_p": 0}, "top_p"), ({"max_tokens": 4, "stop": ("",)}, "stop"),
+    ({"max_tokens": 4, "stop": ["x"]}, "stop"),
+])
+def test_bad_sampling_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Sampling(**kwargs)
