@@ -237,3 +237,86 @@ def test_save_pretrained_writes_the_plain_transformers_class(loaded, tmp_path):
     ids = _ids(tokenizer)
     with torch.no_grad():
         assert torch.equal(plain(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def _siblings(path):
+    """Everything next to ``path`` that is named after it (its temporary or set-aside folders)."""
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}."))
+
+
+def test_convert_refuses_a_non_empty_destination_without_overwrite(tiny_original, tmp_path, capsys):
+    dst = tmp_path / "hf"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("mine")
+    assert main(["convert", str(tiny_original), str(dst), "--to", "hf"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in dst.iterdir()] == ["notes.txt"] and not _siblings(dst)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["convert", str(tiny_original), str(empty), "--to", "hf"]) == 0  # an empty folder is fine
+    assert inspect_checkpoint(empty).layout == "hf"
+
+
+def test_convert_overwrite_replaces_the_old_folder(tiny_original, tmp_path):
+    dst = tmp_path / "hf"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("old")
+    assert main(["convert", str(tiny_original), str(dst), "--to", "hf", "--overwrite"]) == 0
+    assert not (dst / "notes.txt").exists() and inspect_checkpoint(dst).layout == "hf"
+    assert not _siblings(dst)
+
+
+def _fail_after_the_weights(monkeypatch):
+    import vlaser.model.convert as convert
+
+    real = convert.save_weights
+
+    def save_then_fail(state, dst, max_shard_size):
+        real(state, dst, max_shard_size)
+        assert any(dst.iterdir())  # one file is on disk when the failure comes
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(convert, "save_weights", save_then_fail)
+
+
+def test_a_failed_convert_leaves_no_destination_and_no_temporary_folder(tiny_original, tmp_path, monkeypatch):
+    _fail_after_the_weights(monkeypatch)
+    dst = tmp_path / "out" / "hf"
+    with pytest.raises(OSError, match="No space left"):
+        vlaser.convert_checkpoint(tiny_original, dst, to="hf")
+    assert not dst.exists() and not _siblings(dst)
+
+
+def test_a_failed_overwrite_keeps_the_old_checkpoint(tiny_original, tmp_path, monkeypatch):
+    dst = tmp_path / "orig"
+    shutil.copytree(tiny_original, dst)
+    before = sorted(p.name for p in dst.iterdir())
+    _fail_after_the_weights(monkeypatch)
+    with pytest.raises(OSError):
+        vlaser.convert_checkpoint(tiny_original.parent / tiny_original.name, dst, to="hf", overwrite=True)
+    assert sorted(p.name for p in dst.iterdir()) == before and inspect_checkpoint(dst).layout == "original"
+    assert not _siblings(dst)
+
+
+@pytest.mark.slow
+def test_a_killed_convert_leaves_no_checkpoint_at_the_destination(tiny_original, tmp_path):
+    """SIGKILL after the first file: the destination does not exist; only a hidden temporary folder remains."""
+    import subprocess
+    import sys
+
+    dst = tmp_path / "hf"
+    script = (
+        "import os, signal, sys\n"
+        "import vlaser.model.convert as c\n"
+        "real = c.save_weights\n"
+        "def die(state, dst, size):\n"
+        "    real(state, dst, size)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "c.save_weights = die\n"
+        "c.convert_checkpoint(sys.argv[1], sys.argv[2], to='hf')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_original), str(dst)], timeout=300)
+    assert proc.returncode == -9
+    assert not dst.exists()
+    leftovers = _siblings(dst)
+    assert len(leftovers) == 1 and leftovers[0].startswith(".hf.tmp-")

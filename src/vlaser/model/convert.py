@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from vlaser.errors import UserInputError
-from vlaser.model.checkpoint import HF, ORIGINAL, CheckpointError, inspect_checkpoint, read_state_dict
+from vlaser.model.atomic import atomic_directory
+from vlaser.model.checkpoint import HF, ORIGINAL, CheckpointError, CheckpointInfo, inspect_checkpoint, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -296,21 +297,29 @@ def save_weights(state: dict[str, torch.Tensor], dst: Path, max_shard_size: str)
                           metadata={"format": "pt"})
 
 
-def convert_checkpoint(src: str | Path, dst: str | Path, to: str, max_shard_size: str = "5GB") -> Path:
+def convert_checkpoint(src: str | Path, dst: str | Path, to: str, max_shard_size: str = "5GB",
+                       overwrite: bool = False) -> Path:
     """Write ``src`` to ``dst`` in the ``to`` layout (``"hf"`` or ``"original"``); safetensors in and out.
 
     The hf output loads with plain ``InternVLForConditionalGeneration.from_pretrained`` and carries a chat
     template with the ``internvl2_5`` system message; the original output keeps InternVL's file layout.
     """
-    from vlaser.model.tokenizer import chat_generation_config, load_tokenizer, save_hf_tokenizer
-
     if to not in (HF, ORIGINAL):
         raise UserInputError(f"--to must be '{HF}' or '{ORIGINAL}', got {to!r}")
     info = inspect_checkpoint(src)
     dst = Path(dst)
     if dst.resolve() == info.path.resolve():
         raise UserInputError(f"destination {dst} is the source directory; choose a new directory")
-    dst.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(dst, overwrite) as tmp:  # a kill mid-write never leaves a checkpoint at dst
+        n_tensors = _write_checkpoint(info, to, tmp, max_shard_size)
+    log.info("wrote %s layout checkpoint (%d tensors) to %s", to, n_tensors, dst)
+    return dst
+
+
+def _write_checkpoint(info: CheckpointInfo, to: str, dst: Path, max_shard_size: str) -> int:
+    """Write the converted checkpoint's files into the folder ``dst``; returns the number of tensors."""
+    from vlaser.model.tokenizer import chat_generation_config, load_tokenizer, save_hf_tokenizer
+
     state = read_state_dict(info.path)
     tokenizer = load_tokenizer(info.path)
     if to == HF:
@@ -331,5 +340,4 @@ def convert_checkpoint(src: str | Path, dst: str | Path, to: str, max_shard_size
         shutil.copy(info.path / "generation_config.json", dst / "generation_config.json")
     elif to == HF:
         chat_generation_config(tokenizer).save_pretrained(str(dst))
-    log.info("wrote %s layout checkpoint (%d tensors) to %s", to, len(state), dst)
-    return dst
+    return len(state)

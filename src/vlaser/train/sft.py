@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -16,12 +15,12 @@ from vlaser.data.collator import SFTCollator
 from vlaser.data.dataset import DataConfig, SFTDataset
 from vlaser.data.packing import PackedCollator, PackedSFTDataset
 from vlaser.errors import UserInputError
-from vlaser.model.checkpoint import ORIGINAL, inspect_checkpoint
+from vlaser.model.checkpoint import inspect_checkpoint
 from vlaser.model.loading import load_model
 from vlaser.model.packed_attention import use_packed_attention
 from vlaser.train.args import DataTrainingArguments, ModelArguments, parse_args, processor_settings
 from vlaser.train.freezing import apply_freezing, apply_lora, merge_lora
-from vlaser.train.saving import save_checkpoint
+from vlaser.train.saving import save_final
 from vlaser.train.trainer import SFTTrainer
 
 log = logging.getLogger(__name__)
@@ -102,10 +101,6 @@ def train(argv: list[str], callbacks: list | None = None) -> Path:
     if trainer.skips:
         log.warning("skipped samples per dataset: %s", trainer.skip_counts())
     out = Path(args.output_dir)
-    if trainer.is_world_process_zero():
-        layout = model_args.save_format or source.layout
-        save_checkpoint(merge_lora(trainer.model), tokenizer, out, layout=layout, source=source.path)
-        if layout == ORIGINAL:
-            for code in source.path.glob("*.py"):  # InternVL's remote code, so its own loader still works
-                shutil.copy(code, out / code.name)
+    trainer.model = merge_lora(trainer.model)
+    save_final(trainer, tokenizer, out, layout=model_args.save_format or source.layout, source=source.path)
     return out
