@@ -148,3 +148,24 @@ def test_data_preview_shows_supervised_spans(tiny_original, tmp_path, capsys):
     assert line["text"].endswith("<|im_start|>assistant\n[[Hello there<|im_end|>]]\n")
     assert line["n_supervised"] == sum(label != -100 for label in line["labels"]) > 0
     assert "invalid JSON" in capsys.readouterr().err
+
+
+def test_train_help_lists_every_flag_with_its_help(capsys):
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from vlaser.train.args import DataTrainingArguments, ModelArguments
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps long help lines
+    for name, text in (("--max_dynamic_patch", "most tiles per image"),
+                       ("--freeze_backbone", "freeze the vision tower"),
+                       ("--learning_rate", "The initial learning rate"), ("--deepspeed", "Enable DeepSpeed")):
+        assert f"{name} " in out and text in out, name
+    for cls in (ModelArguments, DataTrainingArguments, TrainingArguments):
+        missing = [f.name for f in dataclasses.fields(cls) if f.init and f"--{f.name} " not in out]
+        assert not missing, (cls.__name__, missing)
+    assert "--evaluation_strategy -> --eval_strategy" in out  # the translated 4.37-era spellings are named

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
+
 from vlaser.errors import UserInputError
+
+
+class _FullHelp(argparse.Action):
+    """``-h/--help``: every flag the training parser accepts, with its help (the flags pass through argparse
+    here unparsed, so argparse alone would list none of them)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from vlaser.train.args import build_parser
+
+        build_parser(prog=parser.prog).print_help()
+        parser.exit()
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="second-stage SFT with InternVL's fine-tune flags (or one YAML/JSON config file)",
-        description="Takes the flags of InternVL's internvl_chat_finetune.py and every transformers "
-                    "TrainingArguments flag, e.g. --model_name_or_path M --meta_path meta.json --output_dir out "
-                    "--conv_style internvl2_5 --max_dynamic_patch 12 --bf16 True. Run under torchrun for "
-                    "several processes.",
+        add_help=False,
     )
+    p.add_argument("-h", "--help", action=_FullHelp, help="list every flag with its help")
     p.set_defaults(passthrough=[])
 
 

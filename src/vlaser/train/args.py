@@ -22,6 +22,7 @@ _DATA = DataConfig()  # the one copy of the data defaults
 class ModelArguments:
     """What to train and which parts (InternVL's ``ModelArguments``)."""
 
+    _argument_group_name = "model (InternVL's ModelArguments)"  # the section of `vlaser train --help`
     model_name_or_path: str = field(metadata={"help": "checkpoint directory, original or transformers layout"})
     freeze_llm: bool = field(default=False, metadata={"help": "freeze the language model (incl. lm_head)"})
     freeze_backbone: bool = field(default=False, metadata={"help": "freeze the vision tower"})
@@ -48,6 +49,8 @@ class DataTrainingArguments:
     The tiling flags and ``conv_style`` are written into the saved checkpoint's config, so inference with the
     trained model tiles images as training did.
     """
+
+    _argument_group_name = "data (InternVL's DataTrainingArguments)"
 
     meta_path: str = field(metadata={"help": "meta JSON listing the JSONL datasets"})
     conv_style: str = field(default=_DATA.conv_style, metadata={"help": "conversation template"})
@@ -130,12 +133,27 @@ def _file_flags(path: Path) -> list[str]:
     return flags
 
 
+def build_parser(prog: str | None = None):
+    """The parser of every flag ``vlaser train`` accepts, with its help: InternVL's model and data flags, then
+    every transformers ``TrainingArguments`` flag (the 4.37-era spellings are translated before parsing)."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    legacy = ", ".join(f"{old} -> {new}" for old, new in _LEGACY_FLAGS.items())
+    return HfArgumentParser(
+        (ModelArguments, DataTrainingArguments, TrainingArguments), prog=prog,
+        usage=f"{prog or 'vlaser train'} [CONFIG.yaml|CONFIG.json] [--FLAG VALUE ...]",
+        description="Second-stage SFT with the flags of InternVL's internvl_chat_finetune.py and transformers' "
+                    "TrainingArguments. A YAML/JSON file given first supplies flag values; flags after it override "
+                    "them. Run under torchrun for several processes.",
+        epilog=f"Older transformers spellings are accepted: {legacy}, --group_by_length True -> "
+               f"--train_sampling_strategy group_by_length; {', '.join(sorted(_DROPPED_FLAGS))} is ignored.",
+    )
+
+
 def parse_args(argv: list[str]):
     """``(ModelArguments, DataTrainingArguments, TrainingArguments)`` from flags, or from a YAML/JSON file
     given first, whose values the flags after it override."""
-    from transformers import HfArgumentParser, TrainingArguments
-
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    parser = build_parser()
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         argv = _file_flags(Path(argv[0])) + list(argv[1:])
     try:
