@@ -125,6 +125,13 @@ def test_explicit_max_num_overrides_the_checkpoint(four_no_thumbnail):
     assert seen["tiles"] == 6  # the point protocol keeps its 6 tiles
 
 
+def test_dynamic_tiling_off_means_one_tile_unless_asked(tiny_original, tmp_path):
+    ckpt = _with_settings(tiny_original, tmp_path / "one", dynamic_image_size=False)
+    vlm, image = VLM.from_pretrained(ckpt, dtype=torch.float32, device="cpu"), Image.new("RGB", WIDE)
+    assert vlm.max_num == 1 and vlm.media(image).num_patches == [1]
+    assert vlm.media(image, max_num=4).num_patches == [5]  # asked for: 4x1 plus the checkpoint's thumbnail
+
+
 def test_media_logs_how_each_image_was_cut(four_no_thumbnail, loaded, tmp_path, caplog):
     path = tmp_path / "a.png"
     Image.new("RGB", WIDE, (0, 0, 0)).save(path)
