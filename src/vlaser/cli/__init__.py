@@ -15,11 +15,11 @@ import os
 import sys
 import traceback
 
-from vlaser.cli import chat, convert, data, eval, info, quickstart, train
+from vlaser.cli import chat, convert, data, eval, info, quickstart, serve, train
 from vlaser.errors import VlaserError
 
 _VERBS = {"chat": chat, "convert": convert, "info": info, "train": train, "data": data, "eval": eval,
-          "quickstart": quickstart}
+          "quickstart": quickstart, "serve": serve}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,10 @@
-"""Serving vlaser models behind an OpenAI-compatible API: request parsing now, the server to follow."""
+"""Serving vlaser models behind an OpenAI-compatible API (``vlaser serve``).
 
-from vlaser.serve.messages import ChatRequest, parse_chat_request
+``messages`` reads chat requests into prompt pieces (light: PIL only), ``schema`` declares the request and
+response bodies, ``engine`` batches generation, ``app`` is the FastAPI application (``create_app``) and
+``page`` the web page; the last three need the ``serve`` extra and are imported from their modules.
+"""
 
-__all__ = ["ChatRequest", "parse_chat_request"]
+from vlaser.serve.messages import ChatRequest, MediaLimits, parse_chat_request
+
+__all__ = ["ChatRequest", "MediaLimits", "parse_chat_request"]

@@ -2,46 +2,88 @@
 
 A request's ``messages`` become: the system message (``None`` when the client sent none, so the model's own
 default system message applies, as ``model.chat`` does), the earlier turns as ``(user, assistant)`` pairs,
-and the final user question. Every image is decoded from its base64 ``data:`` URL into a PIL image and
-leaves an ``<image>`` tag where its part stood; ``images`` lists them in the order of the tags across the
-whole conversation, which is the order ``expand_images`` fills them in.
+and the final user question. Every image is decoded into a PIL image and leaves an ``<image>`` tag where its
+part stood; ``images`` lists them in the order of the tags across the whole conversation, which is the order
+``expand_images`` fills them in.
 
 How content parts are joined into one text (chosen so that ``vlaser.eval.backends.to_payload`` round-trips):
 
 - text parts are used as they are; two text parts in a row are joined with ``"\\n"``;
 - an image part becomes ``<image>``, with a ``"\\n"`` before it when the text before it does not end in
-  whitespace, and a ``"\\n"`` after it when anything follows (InternVL's ``<image>\\n`` convention).
+  whitespace, and a ``"\\n"`` after it when anything follows (InternVL's ``<image>\\n`` convention);
+- several images that all come before the message's text (``[image, image, text]``) become the multi-image
+  prompt of ``model.chat``: ``"Image-1: <image>\\nImage-2: <image>\\n" + text`` (``multi_image_prefix``,
+  numbered from 1 in each message); images among the text stay where they stand, unlabelled;
+- a text that holds ``<image>`` tags itself (LMDeploy's and vLLM's placeholder convention) must hold exactly
+  one per image part of its message: the images fill the tags in order and the parts' positions are ignored.
 
 So EmbodiedBench's ``[image, text]`` user message reads ``"<image>\\n" + text``, exactly what
 ``model.chat`` builds for one image. Consecutive messages of the same role are joined with ``"\\n"``.
 
-Not accepted, with a ``ValueError`` naming the message (and part): remote image URLs (never fetched; send
-the image as a base64 ``data:`` URL), part types other than ``text`` and ``image_url``, bad base64, data
-that is not an image, a literal ``<image>`` in the text, images outside user messages, a system message
-after the first position, and a conversation that does not end with a user message.
+Images come as base64 ``data:`` URLs; ``http(s)`` URLs and local files (``file://`` URLs or plain paths)
+only where :class:`MediaLimits` allows them, which also caps the number of images and their pixels (read
+from the header, before anything is decoded, so a decompression bomb is refused without being expanded).
+
+Tiles: a request's ``max_num`` (vlaser's field) or ``mm_processor_kwargs.max_dynamic_patch`` (vLLM's) sets
+the limit for all its images; an ``image_url``'s own ``max_dynamic_patch`` (LMDeploy's) sets one image's.
+
+Not accepted, with a :class:`~vlaser.errors.UserInputError` naming the message (and part): images from
+sources not allowed, part types other than ``text`` and ``image_url``, bad base64, data that is not an image,
+an image over the pixel limit, too many images, ``<image>`` tags that do not match the image parts, images
+outside user messages, a system message after the first position, and a conversation that does not end
+with a user message.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
+import threading
+import urllib.error
+import urllib.request
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from vlaser.errors import UserInputError
 from vlaser.model.constants import IMAGE_PLACEHOLDER
-from vlaser.model.preprocess import ImageLoadError, to_pil
-from vlaser.model.template import ChatTemplate, build_chat_prompt
+from vlaser.model.preprocess import to_pil
+from vlaser.model.template import ChatTemplate, build_chat_prompt, multi_image_prefix
 
 SYSTEM_ROLES = ("system", "developer")  #: ``developer`` is OpenAI's newer name for the system role
+_HEADER_LOCK = threading.Lock()  # the warnings filter PIL's bomb check goes through is process-wide
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """Which images a request may carry and where they may come from (the defaults: data URLs, PIL's limits)."""
+
+    max_images: int | None = None
+    """Images per request (all messages together)."""
+    max_pixels: int | None = None
+    """Width x height of one image, read from its header before it is decoded."""
+    allow_remote: bool = False
+    """Fetch ``http(s)`` image URLs (off by default: a public server must not fetch what it is told to)."""
+    local_root: Path | None = None
+    """Read ``file://`` URLs and plain paths inside this folder (symlinks resolved); ``None``: none."""
+    fetch_timeout: float = 10.0
+    """Seconds for one remote image."""
+    max_fetch_bytes: int = 32 * 2**20
+    """Bytes of one remote image."""
 
 
 @dataclass
 class ChatRequest:
-    """One chat-completions request in vlaser's terms; generation fields are ``None`` when not sent."""
+    """One chat-completions request in vlaser's terms; generation fields are ``None`` when not sent.
+
+    ``max_num`` is the request's tile limit, ``image_max_tiles[i]`` image ``i``'s own (``None``: the request's).
+    """
 
     question: str
     images: list[Image.Image] = field(default_factory=list)
@@ -51,6 +93,8 @@ class ChatRequest:
     temperature: float | None = None
     response_format: dict | None = None
     model: str | None = None
+    max_num: int | None = None
+    image_max_tiles: list[int | None] = field(default_factory=list)
 
     def render(self, template: ChatTemplate, num_patches_list: Sequence[int], num_image_token: int,
                default_system: str) -> str:
@@ -59,30 +103,107 @@ class ChatRequest:
         return build_chat_prompt(self.question, template, num_patches_list, num_image_token,
                                  history=self.history, system_message=system)[1]
 
+    def tile_limits(self, default: int) -> list[int]:
+        """Each image's tile limit: its own, else the request's, else ``default`` (the server's)."""
+        request = self.max_num or default
+        return [own or request for own in self.image_max_tiles]
 
-def _decode_image(url: Any, where: str) -> Image.Image:
-    """A base64 ``data:`` URL as an RGB image; anything else is refused (remote URLs are never fetched)."""
+
+def _image_bytes(url: Any, where: str, limits: MediaLimits) -> tuple[bytes, str]:
+    """The encoded image a ``data:`` URL holds, or, where ``limits`` allow, a remote or local file's bytes;
+    with the source's name for errors."""
     if not isinstance(url, str):
-        raise ValueError(f"{where}: image_url.url must be a string, got {type(url).__name__}")
-    if not url.startswith("data:"):
-        raise ValueError(f"{where}: remote image URLs are not fetched ({url[:60]!r}); send the image as a base64 "
-                         "data: URL ('data:image/png;base64,...')")
+        raise UserInputError(f"{where}: image_url.url must be a string, got {type(url).__name__}")
+    if url.startswith("data:"):
+        return _data_url_bytes(url, where), "the data: URL"
+    scheme = urlparse(url).scheme.lower()
+    if scheme in ("http", "https"):
+        if not limits.allow_remote:
+            raise UserInputError(f"{where}: remote image URLs are not fetched ({url[:60]!r}); send the image as a "
+                                 "base64 data: URL ('data:image/png;base64,...'), or start the server with "
+                                 "--allow-remote-media")
+        return _fetch(url, where, limits), repr(url[:100])
+    if scheme in ("", "file") or len(scheme) == 1:  # a plain path (C: is a drive letter, not a scheme)
+        if limits.local_root is None:
+            raise UserInputError(f"{where}: local image files are not read ({url[:60]!r}); send the image as a "
+                                 "base64 data: URL, or start the server with --allow-local-media DIR")
+        return _local_file(url, where, limits.local_root), repr(url[:200])
+    raise UserInputError(f"{where}: unsupported image URL scheme {scheme!r} (supported: data:, and where the "
+                         "server allows them http(s): and file:)")
+
+
+def _data_url_bytes(url: str, where: str) -> bytes:
     header, comma, payload = url.partition(",")
     if not comma or not header.endswith(";base64"):
         raise UserInputError(f"{where}: a data: URL must be base64-encoded ('data:image/png;base64,...'), "
                              f"got header {header[:60]!r}")
     try:
-        data = base64.b64decode("".join(payload.split()), validate=True)
+        return base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError) as e:
-        raise ValueError(f"{where}: bad base64 in the data: URL ({e})") from e
+        raise UserInputError(f"{where}: bad base64 in the data: URL ({e})") from e
+
+
+def _fetch(url: str, where: str, limits: MediaLimits) -> bytes:
+    """A remote image, refused past ``max_fetch_bytes`` or ``fetch_timeout`` (read one byte more to tell)."""
     try:
-        return to_pil(data)
-    except ImageLoadError as e:
-        raise ValueError(f"{where}: the data: URL does not hold a readable image ({e})") from e
+        with urllib.request.urlopen(url, timeout=limits.fetch_timeout) as response:
+            data = response.read(limits.max_fetch_bytes + 1)
+    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as e:
+        raise UserInputError(f"{where}: could not fetch {url[:100]!r}: {e}") from e
+    if len(data) > limits.max_fetch_bytes:
+        raise UserInputError(f"{where}: {url[:100]!r} is larger than the server's limit of "
+                             f"{limits.max_fetch_bytes} bytes per remote image")
+    return data
 
 
-def _part(part: Any, where: str, images_allowed: bool) -> tuple[str, Any]:
-    """One content part as ``("text", str)`` or ``("image", PIL image)``."""
+def _local_file(url: str, where: str, root: Path) -> bytes:
+    """A file inside ``root`` (symlinks resolved first, so a link cannot lead out of it); relative paths are
+    relative to ``root``."""
+    path = Path(unquote(urlparse(url).path)) if url.lower().startswith("file:") else Path(url)
+    root = root.resolve()
+    try:
+        resolved = (root / path).resolve(strict=True)
+    except (OSError, RuntimeError) as e:
+        raise UserInputError(f"{where}: image file not found: {url[:200]!r}") from e
+    if not resolved.is_relative_to(root):
+        raise UserInputError(f"{where}: {url[:200]!r} is outside the folder the server reads images from "
+                             f"(--allow-local-media {root})")
+    if not resolved.is_file():
+        raise UserInputError(f"{where}: {url[:200]!r} is not a file")
+    return resolved.read_bytes()
+
+
+def _decode(data: bytes, source: str, where: str, max_pixels: int | None) -> Image.Image:
+    """Encoded bytes as an RGB image, its size checked against ``max_pixels`` from the header first."""
+    try:
+        with _HEADER_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserInputError(f"{where}: the image is too large to decode safely ({e})") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserInputError(f"{where}: {source} does not hold a readable image ({e})") from e
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise UserInputError(f"{where}: the image is {width}x{height} = {width * height} pixels, over the server's "
+                             f"limit of {max_pixels} pixels per image; send a smaller image")
+    try:
+        image.load()  # all of it now: a lazily loading image must not be read by several tiling threads at once
+        return to_pil(image)
+    except (OSError, SyntaxError, ValueError) as e:  # a header that reads but data that does not (truncated)
+        raise UserInputError(f"{where}: {source} does not hold a readable image ({e})") from e
+
+
+def _tiles(image_url: Any, where: str) -> int | None:
+    """LMDeploy's per-image ``max_dynamic_patch``, checked."""
+    value = image_url.get("max_dynamic_patch") if isinstance(image_url, dict) else None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserInputError(f"{where}: image_url.max_dynamic_patch must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _part(part: Any, where: str, images_allowed: bool, limits: MediaLimits) -> tuple[str, Any]:
+    """One content part as ``("text", str)`` or ``("image", (PIL image, its tile limit or None))``."""
     if not isinstance(part, dict):
         raise UserInputError(f"{where}: a content part must be an object, got {type(part).__name__}")
     kind = part.get("type")
@@ -96,11 +217,12 @@ def _part(part: Any, where: str, images_allowed: bool) -> tuple[str, Any]:
             raise UserInputError(f"{where}: images are only accepted in user messages")
         image_url = part.get("image_url")
         url = image_url.get("url") if isinstance(image_url, dict) else image_url
-        return "image", _decode_image(url, where)
-    raise ValueError(f"{where}: unsupported content part type {kind!r} (supported: 'text', 'image_url')")
+        image = _decode(*_image_bytes(url, where, limits), where, limits.max_pixels)
+        return "image", (image, _tiles(image_url, where))
+    raise UserInputError(f"{where}: unsupported content part type {kind!r} (supported: 'text', 'image_url')")
 
 
-def _join(pieces: list[tuple[str, Any]], images: list[Image.Image]) -> str:
+def _join(pieces: list[tuple[str, Any]], images: list) -> str:
     """Text and ``<image>`` tags in part order (rules in the module docstring); images go to ``images``."""
     out, previous = "", None
     for kind, value in pieces:
@@ -119,23 +241,38 @@ def _join(pieces: list[tuple[str, Any]], images: list[Image.Image]) -> str:
     return out
 
 
-def _content(message: dict, where: str, images: list[Image.Image], images_allowed: bool) -> str:
+def _arrange(pieces: list[tuple[str, Any]], where: str, images: list) -> str:
+    """A message's parts as one text: tags written by the client, the multi-image prefix, or part order."""
+    texts = [(kind, value) for kind, value in pieces if kind == "text" and value]
+    own = [value for kind, value in pieces if kind == "image"]
+    tags = sum(text.count(IMAGE_PLACEHOLDER) for _, text in texts)
+    if tags:
+        if tags != len(own):
+            raise UserInputError(f"{where}: the text contains a literal {IMAGE_PLACEHOLDER!r} {tags} time(s) but the "
+                                 f"message has {len(own)} image part(s); write one {IMAGE_PLACEHOLDER!r} per image "
+                                 "(the images fill them in order), or none and let the parts' order place them")
+        images.extend(own)
+        return _join(texts, [])
+    first_text = next((k for k, (kind, value) in enumerate(pieces) if kind == "text" and value), len(pieces))
+    if len(own) > 1 and all(kind == "text" for kind, _ in pieces[first_text:]):
+        images.extend(own)
+        return multi_image_prefix(len(own)) + _join(texts, [])
+    return _join(pieces, images)
+
+
+def _content(message: dict, where: str, images: list, images_allowed: bool, limits: MediaLimits) -> str:
     """A message's content (a string or a list of parts) as text with ``<image>`` tags."""
     content = message.get("content")
     if isinstance(content, str):
         pieces = [("text", content)]
     elif isinstance(content, list):
-        pieces = [_part(part, f"{where}, part {k}", images_allowed) for k, part in enumerate(content)]
+        pieces = [_part(part, f"{where}, part {k}", images_allowed, limits) for k, part in enumerate(content)]
     else:
-        raise ValueError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}")
-    for kind, value in pieces:
-        if kind == "text" and IMAGE_PLACEHOLDER in value:
-            raise ValueError(f"{where}: the text contains a literal {IMAGE_PLACEHOLDER!r}; send images as "
-                             "image_url parts")
-    return _join(pieces, images)
+        raise UserInputError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}")
+    return _arrange(pieces, where, images)
 
 
-def _turns(messages: list, images: list[Image.Image]) -> tuple[str | None, list[tuple[str, str]]]:
+def _turns(messages: list, images: list, limits: MediaLimits) -> tuple[str | None, list[tuple[str, str]]]:
     """The system message and the role-merged ``(role, text)`` turns, checked for order."""
     system, turns = None, []
     for index, message in enumerate(messages):
@@ -145,12 +282,12 @@ def _turns(messages: list, images: list[Image.Image]) -> tuple[str | None, list[
         role = message.get("role")
         if role in SYSTEM_ROLES:
             if index != 0:
-                raise ValueError(f"{where}: a {role} message is only accepted first")
-            system = _content(message, where, images, images_allowed=False)
+                raise UserInputError(f"{where}: a {role} message is only accepted first")
+            system = _content(message, where, images, False, limits)
             continue
         if role not in ("user", "assistant"):
-            raise ValueError(f"{where}: unsupported role {role!r} (supported: system, developer, user, assistant)")
-        text = _content(message, where, images, images_allowed=role == "user")
+            raise UserInputError(f"{where}: unsupported role {role!r} (supported: system, developer, user, assistant)")
+        text = _content(message, where, images, role == "user", limits)
         if not turns and role == "assistant":
             raise UserInputError(f"{where}: the conversation must start with a user message")
         if turns and turns[-1][0] == role:
@@ -160,6 +297,14 @@ def _turns(messages: list, images: list[Image.Image]) -> tuple[str | None, list[
     if not turns or turns[-1][0] != "user":
         raise UserInputError(f"message {len(messages) - 1}: the last message must be a user message")
     return system, turns
+
+
+def _count_images(messages: list, limit: int | None) -> None:
+    """Refuse too many images before any is decoded."""
+    count = sum(1 for message in messages if isinstance(message, dict) and isinstance(message.get("content"), list)
+                for part in message["content"] if isinstance(part, dict) and part.get("type") == "image_url")
+    if limit is not None and count > limit:
+        raise UserInputError(f"the request has {count} images; this server accepts at most {limit} per request")
 
 
 def _number(body: dict, key: str, integer: bool, minimum: float) -> Any:
@@ -173,19 +318,31 @@ def _number(body: dict, key: str, integer: bool, minimum: float) -> Any:
     return value
 
 
-def parse_chat_request(body: dict) -> ChatRequest:
+def _max_num(body: dict) -> int | None:
+    """The request's tile limit: ``max_num``, else vLLM's ``mm_processor_kwargs.max_dynamic_patch``."""
+    value = _number(body, "max_num", True, 1)
+    kwargs = body.get("mm_processor_kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise UserInputError(f"mm_processor_kwargs must be an object, got {type(kwargs).__name__}")
+    vllm = _number(kwargs or {}, "max_dynamic_patch", True, 1)
+    return value if value is not None else vllm
+
+
+def parse_chat_request(body: dict, limits: MediaLimits | None = None) -> ChatRequest:
     """Read a chat-completions request body (the parsed JSON) into a :class:`ChatRequest`.
 
     ``max_completion_tokens`` (OpenAI's current name) wins over ``max_tokens`` when both are sent;
     ``response_format`` is kept as sent, for the server to honour or refuse.
     """
+    limits = limits or MediaLimits()
     if not isinstance(body, dict):
         raise UserInputError(f"a chat request is a JSON object, got {type(body).__name__}")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise ValueError("a chat request needs a non-empty 'messages' list")
-    images: list[Image.Image] = []
-    system, turns = _turns(messages, images)
+        raise UserInputError("a chat request needs a non-empty 'messages' list")
+    _count_images(messages, limits.max_images)
+    images: list[tuple[Image.Image, int | None]] = []
+    system, turns = _turns(messages, images, limits)
     history = [(turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2)]
     max_tokens = _number(body, "max_completion_tokens", True, 1)
     if max_tokens is None:
@@ -194,6 +351,7 @@ def parse_chat_request(body: dict) -> ChatRequest:
     if response_format is not None and not isinstance(response_format, dict):
         raise UserInputError(f"response_format must be an object, got {type(response_format).__name__}")
     model = body.get("model")
-    return ChatRequest(question=turns[-1][1], images=images, system=system, history=history, max_tokens=max_tokens,
-                       temperature=_number(body, "temperature", False, 0), response_format=response_format,
-                       model=model if isinstance(model, str) else None)
+    return ChatRequest(question=turns[-1][1], images=[image for image, _ in images], system=system, history=history,
+                       max_tokens=max_tokens, temperature=_number(body, "temperature", False, 0),
+                       response_format=response_format, model=model if isinstance(model, str) else None,
+                       max_num=_max_num(body), image_max_tiles=[tiles for _, tiles in images])

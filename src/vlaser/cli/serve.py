@@ -1,0 +1,84 @@
+"""``vlaser serve``: a model behind an OpenAI-compatible API (batched generation) and a web page at ``/``."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+
+from vlaser.cli.args import at_least
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "VLASER_API_KEY"  #: where the key comes from when --api-key is not given
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible API, with a web page at /")
+    p.add_argument("--model", required=True, help="checkpoint directory (either layout)")
+    p.add_argument("--served-model-name", help="the model id the API lists and answers with (default: --model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=at_least(0), default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                   help=f"require 'Authorization: Bearer KEY' on every API route (default: ${API_KEY_ENV})")
+    p.add_argument("--max-batch-size", type=at_least(1), default=8, help="requests per generate call (default 8)")
+    p.add_argument("--max-wait-ms", type=at_least(0), default=10,
+                   help="how long a request waits for others to share its batch (default 10)")
+    p.add_argument("--max-queue", type=at_least(1), default=64,
+                   help="requests waiting or running at most; more are answered 429 (default 64)")
+    p.add_argument("--max-num", type=at_least(1), default=None,
+                   help="tiles per image when a request does not say (default: the checkpoint's max_dynamic_patch)")
+    p.add_argument("--max-tokens", type=at_least(1), default=1024,
+                   help="new tokens when a request does not say (default 1024)")
+    p.add_argument("--max-tokens-cap", type=at_least(1), default=4096,
+                   help="a request asking for more new tokens is refused (default 4096)")
+    p.add_argument("--max-images", type=at_least(1), default=16, help="images per request at most (default 16)")
+    p.add_argument("--max-pixels", type=at_least(1), default=40_000_000,
+                   help="width x height of one image at most, checked before decoding (default 40000000)")
+    p.add_argument("--max-body-mb", type=at_least(1), default=64, help="request body size at most (default 64 MiB)")
+    p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) image URLs (off: refused)")
+    p.add_argument("--allow-local-media", metavar="DIR",
+                   help="read image paths and file:// URLs inside DIR (off: refused)")
+    p.add_argument("--dtype", default="auto", help="auto (checkpoint dtype), bfloat16, float16 or float32")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+
+
+def run(args) -> int:
+    from vlaser.errors import UserInputError, require
+
+    uvicorn = require("uvicorn", "serve", "vlaser serve")
+    require("fastapi", "serve", "vlaser serve")
+    if args.allow_local_media and not os.path.isdir(args.allow_local_media):
+        raise UserInputError(f"--allow-local-media {args.allow_local_media}: not a folder")
+    if args.max_tokens > args.max_tokens_cap:
+        raise UserInputError(f"--max-tokens {args.max_tokens} is over --max-tokens-cap {args.max_tokens_cap}")
+    from vlaser.api import VLM
+    from vlaser.serve.app import create_app
+    from vlaser.serve.engine import Engine
+
+    vlm = VLM.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    engine = Engine(vlm, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+    app = create_app(engine, args.served_model_name or args.model, api_key=args.api_key or None,
+                     default_max_tokens=args.max_tokens, max_tokens_cap=args.max_tokens_cap,
+                     max_images=args.max_images, max_pixels=args.max_pixels, max_body_bytes=args.max_body_mb * 2**20,
+                     allow_remote_media=args.allow_remote_media, allow_local_media=args.allow_local_media,
+                     default_max_num=args.max_num or vlm.max_num)
+    if not args.api_key and not _is_loopback(args.host):
+        log.warning("serving on %s without an API key: anyone who can reach it can use the model", args.host)
+    # uvicorn finishes the requests in flight on SIGTERM (the lifespan then drains the engine) and re-raises the
+    # signal afterwards; this handler turns that into an ordinary exit 0 instead of a kill by the default one.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=None)
+    return 0
+
+
+def _exit_cleanly(signum, frame) -> None:
+    raise SystemExit(0)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
