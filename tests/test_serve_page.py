@@ -13,13 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from vlaser.api import VLM
 from vlaser.points import POINT_PROMPT, parse_boxes, parse_points, point_question, to_pixels
+from vlaser.serve.app import create_app
+from vlaser.serve.engine import Engine
 from vlaser.serve.page import STATIC_DIR, mount_page
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright downloads no browser of its own
@@ -41,6 +45,15 @@ def test_page_routes_and_config():
     assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
     assert client.get("/static/missing.js").status_code == 404
     assert not {route.path for route in app.routes} & set(app.openapi()["paths"])  # the page stays out of the API
+
+
+def test_a_keyed_server_serves_the_page_without_the_key():
+    """A browser cannot send the key when it loads a page: the page is open, the API behind it is not."""
+    client = TestClient(create_app(engine=None, model_name="tiny-vlaser", api_key="sekret"))  # no lifespan run
+    for path in ("/", "/ui/config", "/static/app.js", "/static/style.css"):
+        assert client.get(path).status_code == 200, path
+    assert client.post("/v1/chat/completions", json={"messages": []}).status_code == 401
+    assert client.get("/ui/config").json() == {"model": "tiny-vlaser", "point_prompt": POINT_PROMPT}
 
 
 def test_assets_fetch_nothing_from_outside():
@@ -106,6 +119,24 @@ def serve(app: FastAPI) -> Iterator[str]:
         sock.close()
 
 
+class FixedAnswers:
+    """Stands in for the tiny model's ``generate_answers`` under the real engine: streams the test's answer token
+    by token through the engine's streamer, and keeps the prompt and image tiles the engine prepared."""
+
+    def __init__(self) -> None:
+        self.answers: list[str] = []
+        self.calls: list[tuple[str, torch.Tensor | None]] = []
+
+    def __call__(self, tokenizer, prompts, pixel_values, config, keep_grounding_tokens=True):
+        (prompt,) = prompts  # the page sends one request at a time
+        self.calls.append((prompt, pixel_values))
+        streamer = config["streamer"]
+        streamer.put(torch.zeros(1, 1, dtype=torch.long))  # the prompt, as generate sends it first
+        for token in [*tokenizer(self.answers.pop(0))["input_ids"], tokenizer.convert_tokens_to_ids("<|im_end|>")]:
+            streamer.put(torch.tensor([token]))
+        streamer.end()
+
+
 @pytest.fixture(scope="module")
 def browser():
     try:
@@ -130,11 +161,36 @@ def chat_server():
         yield url, fake
 
 
+@pytest.fixture(scope="module")
+def real_server(loaded):
+    """``create_app`` around the real engine on the tiny model, whose answers the test fixes."""
+    model, tokenizer = loaded
+    vlm = VLM(model, tokenizer)
+    fixed = FixedAnswers()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model, "generate_answers", fixed)
+        for url in serve(create_app(Engine(vlm, max_wait_ms=0), "tiny-vlaser")):
+            yield url, fixed, vlm
+
+
 @pytest.fixture
 def page(browser, chat_server):
     url, fake = chat_server
     fake.answers.clear()
     fake.requests.clear()
+    yield from open_page(browser, url, fake)
+
+
+@pytest.fixture
+def real_page(browser, real_server):
+    url, fixed, vlm = real_server
+    fixed.answers.clear()
+    fixed.calls.clear()
+    yield from open_page(browser, url, (fixed, vlm))
+
+
+def open_page(browser, url: str, server):
+    """A fresh browser tab on the page, checked afterwards for JavaScript errors and requests to elsewhere."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     tab = context.new_page()
     errors: list[str] = []
@@ -143,7 +199,7 @@ def page(browser, chat_server):
     tab.on("request", lambda request: request.url.startswith((url, "data:")) or outside.append(request.url))
     tab.goto(url)
     tab.wait_for_function("document.getElementById('model-name').textContent === 'tiny-vlaser'")
-    yield tab, fake
+    yield tab, server
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
     assert not outside, f"the page reached outside the server: {outside}"
@@ -175,20 +231,19 @@ def image_part(message: dict) -> list[str]:
     return [part["image_url"]["url"] for part in message["content"] if part["type"] == "image_url"]
 
 
-def test_point_question_draws_the_marker_at_its_pixel(page, tmp_path):
-    tab, fake = page
-    image = png(tmp_path / "scene.png", (640, 480))
-    fake.answers.append("<point>[[250, 500]]</point>")
+def test_point_question_draws_the_marker_at_its_pixel(real_page, tmp_path):
+    """The real server (app, request parsing, engine, tiling) on the tiny model, whose answer the test fixes."""
+    tab, (fixed, vlm) = real_page
+    image = tmp_path / "scene.png"
+    Image.merge("RGB", [Image.new("L", (640, 480), 0), Image.linear_gradient("L").resize((640, 480)),
+                        Image.linear_gradient("L").rotate(90).resize((640, 480))]).save(image)  # no red in it
+    fixed.answers.append("<point>[[250, 500]]</point>")
     ask(tab, "Where should the cup go?", [image], point=True)
 
-    (request,) = fake.requests
-    message = request["body"]["messages"][-1]
-    assert request["body"]["stream"] is True and request["body"]["model"] == "tiny-vlaser"
-    assert message["content"][-1] == {"type": "text", "text": point_question("Where should the cup go?")}
-    (url,) = image_part(message)
-    assert url.startswith("data:image/png;base64,") and base64.b64decode(url.split(",", 1)[1]) == image.read_bytes()
-    assert request["authorization"] is None
-
+    ((prompt, tiles),) = fixed.calls  # what the server made of the page's request: the point prompt, the image
+    assert point_question("Where should the cup go?") in prompt and "<img>" in prompt
+    with Image.open(image) as sent:
+        assert torch.equal(tiles, vlm.media([sent.convert("RGB")], max_num=12).pixel_values)
     (marker,) = markers(tab, "point")
     assert (marker["x"], marker["y"], marker["text"]) == ("160", "240", "1")
     shown = tab.eval_on_selector("#stage-image", "img => [img.clientWidth, img.clientHeight]")
@@ -204,9 +259,9 @@ def test_point_question_draws_the_marker_at_its_pixel(page, tmp_path):
     tab.screenshot(path=str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(shot) as screenshot:
-        red = [(x, y) for x in range(int(center[0]) - 14, int(center[0]) + 15)
-               for y in range(int(center[1]) - 14, int(center[1]) + 15)
-               if screenshot.convert("RGB").getpixel((x, y)) == MARK]
+        pixels = screenshot.convert("RGB").load()
+    red = [(x, y) for x in range(int(center[0]) - 14, int(center[0]) + 15)
+           for y in range(int(center[1]) - 14, int(center[1]) + 15) if pixels[x, y] == MARK]
     assert len(red) > 100  # the dot is visible in the screenshot ...
     mean = (sum(x for x, _ in red) / len(red), sum(y for _, y in red) / len(red))
     assert mean == pytest.approx(center, abs=1.5)  # ... where the DOM says it is
@@ -230,18 +285,19 @@ def test_two_points_and_a_box_numbered_and_listed(page, tmp_path):
     assert listed == ["1 (64, 96) px", "2 (576, 360) px", "B1 cup (64, 48) – (320, 288) px"]
 
 
-def test_multi_turn_without_streaming_sends_the_conversation(page, tmp_path):
-    tab, fake = page
+def test_multi_turn_without_streaming_sends_the_conversation(real_page, tmp_path):
+    tab, (fixed, _) = real_page
     tab.set_checked("#stream-mode", False)
-    fake.answers += ["A mug on a table.", "<point>[[500, 500]]</point>"]
+    fixed.answers += ["A mug on a table.", "<point>[[500, 500]]</point>"]
     ask(tab, "What is this?", [png(tmp_path / "a.png", (300, 200))])
     assert not markers(tab, "point")
     ask(tab, "Where is the mug?", point=True, turn=2)
 
-    first, second = (r["body"] for r in fake.requests)
-    assert first["stream"] is False and len(first["messages"]) == 1
-    assert second["messages"][:2] == [first["messages"][0], {"role": "assistant", "content": "A mug on a table."}]
-    assert second["messages"][2] == {"role": "user", "content": point_question("Where is the mug?")}
+    (first, first_tiles), (second, second_tiles) = fixed.calls
+    # the second prompt is the first exchange (its image included) followed by the new question
+    assert second.startswith(first) and "A mug on a table." in second[len(first):]
+    assert second.rstrip().endswith(point_question("Where is the mug?") + "<|im_end|>\n<|im_start|>assistant")
+    assert torch.equal(first_tiles, second_tiles)
     (marker,) = markers(tab, "point")
     assert (marker["x"], marker["y"]) == ("150", "100")  # drawn on the first turn's image
 
@@ -262,6 +318,11 @@ def test_several_images_draw_on_the_last_and_send_the_key(page, tmp_path):
     assert shown[0] == 2000 and shown[1] < 2000  # displayed smaller: the marker follows the scaling
     assert float(marker["left"]) == pytest.approx(1000 * shown[1] / 2000, abs=0.01)
     assert "Image 2 of 2: last.png, 2000×1000 px" in tab.inner_text("#stage-caption")
+    tab.set_viewport_size({"width": 700, "height": 800})  # a narrower window: the marker moves with the image
+    tab.wait_for_function("""() => {
+        const img = document.getElementById('stage-image'), dot = document.querySelector('.marker.point');
+        return img.clientWidth < 700 && Math.abs(dot.dataset.left - 1000 * img.clientWidth / 2000) < 0.01;
+    }""")
 
 
 def test_an_error_answer_is_shown_and_not_kept(page, tmp_path):
@@ -299,3 +360,33 @@ def test_page_parsing_matches_vlaser_points(page, size):
         points, boxes = tab.evaluate(script, [answer, *size])
         assert [tuple(p) for p in points] == to_pixels(parse_points(answer), *size), answer
         assert [tuple(b) for b in boxes] == to_pixels(parse_boxes(answer), *size), answer
+
+
+def test_drop_remove_and_start_over(page, tmp_path):
+    tab, fake = page
+    dropped, chosen = png(tmp_path / "dropped.png", (200, 100)), png(tmp_path / "chosen.png", (120, 90))
+    files = tab.evaluate_handle("""async (items) => {
+        const transfer = new DataTransfer();
+        for (const [name, type, b64] of items) {
+            transfer.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], name, {type}));
+        }
+        return transfer;
+    }""", [["dropped.png", "image/png", base64.b64encode(dropped.read_bytes()).decode()],
+           ["notes.txt", "text/plain", base64.b64encode(b"not an image").decode()]])
+    tab.dispatch_event("#drop-zone", "drop", {"dataTransfer": files})
+    tab.wait_for_function("document.querySelectorAll('#pending .thumb').length === 1")
+    assert tab.inner_text("#status") == "notes.txt is not an image (text/plain)"
+    tab.set_input_files("#file-input", str(chosen))
+    tab.wait_for_function("document.querySelectorAll('#pending .thumb').length === 2")
+    assert "Image 2 of 2: chosen.png, 120×90 px" in tab.inner_text("#stage-caption")
+    tab.click("#pending button[title='Remove dropped.png']")
+    assert "Image 1 of 1: chosen.png" in tab.inner_text("#stage-caption")
+
+    fake.answers += ["One image.", "Hi."]
+    ask(tab, "How many?")
+    (url,) = image_part(fake.requests[0]["body"]["messages"][0])
+    assert base64.b64decode(url.split(",", 1)[1]) == chosen.read_bytes()
+    tab.click("#new-chat")
+    assert tab.locator(".message").count() == 0 and tab.locator("#stage").is_hidden()
+    ask(tab, "Hello")
+    assert fake.requests[1]["body"]["messages"] == [{"role": "user", "content": "Hello"}]
