@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from vlaser import VLM
+from vlaser.errors import UserInputError
 from vlaser.serve import engine as engine_module
 from vlaser.serve.engine import Completion, Engine, Job, QueueFull, Sampling, settled_prefix
 from vlaser.serve.messages import ChatRequest
@@ -281,14 +282,18 @@ def test_cancel_a_running_job_frees_its_row(vlm, monkeypatch):
 
 def test_failing_preparation_fails_only_that_job(vlm, batch_sizes):
     mismatch = ChatRequest("No tag here.", [_img((1, 2, 3))], history=[("Hi", "Hello")])
+    context = vlm.model.config.text_config.max_position_embeddings
 
     async def body(engine):
         bad = engine.submit(Job(mismatch, Sampling(max_tokens=4), 6))
+        too_long = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=context), 6))
         good = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=4), 6))
-        with pytest.raises(ValueError, match="1 image"):
-            await bad.result()
-        with pytest.raises(ValueError, match="1 image"):
-            [delta async for delta in bad]
+        for call in (bad.prepared, bad.result, lambda: _collect(bad)):
+            with pytest.raises(ValueError, match="1 image"):
+                await call()
+        with pytest.raises(UserInputError, match=rf"max_tokens asks for {context} more, over the model's context"):
+            await too_long.prepared()
+        await good.prepared()
         return await good.result()
 
     good = _serve(vlm, body)

@@ -6,6 +6,7 @@ The interface the server is written against (kept backward compatible)::
     engine = Engine(vlm, max_batch_size=8, max_wait_ms=10, max_queue=64, keep_grounding_tokens=True)
     await engine.start()                       # the batching loop, on the running event loop
     stream = engine.submit(Job(request, Sampling(max_tokens=256), max_num=12))   # QueueFull -> 429
+    await stream.prepared()                    # optional: raises a preparation error (e.g. UserInputError) first
     async for delta in stream: ...             # text deltas; their concatenation is the final text
     completion = await stream.result()         # Completion(text, finish_reason, prompt_tokens, completion_tokens)
     stream.cancel()                            # the client went away
@@ -28,10 +29,12 @@ rows, and the call stops generating for it (transformers' per-row stopping crite
 cut at ``<|im_end|>``, stripped). ``prompt_tokens`` counts the tokenised prompt, image tokens included;
 ``completion_tokens`` the row's generated tokens up to and including the end token or the stop, no padding.
 
-A job whose preparation fails (e.g. an ``<image>`` count mismatch, a ``ValueError``) fails alone with that
-exception, raised by ``result()`` and by the iteration; a failing ``generate`` call fails the unfinished jobs
-of its batch. The loop keeps serving either way. Cancelling the task that awaits ``result()`` or iterates a
-stream cancels its job, so a server whose request handler is cancelled on disconnect frees the slot.
+A job whose preparation fails fails alone with that exception, raised by ``prepared()``, ``result()`` and the
+iteration: an ``<image>`` count mismatch, or a prompt whose tokens plus ``max_tokens`` exceed the model's
+context (both ``UserInputError``, a ``ValueError``; ``await stream.prepared()`` lets a server answer 400 before
+it starts streaming). A failing ``generate`` call fails the unfinished jobs of its batch. The loop keeps serving
+either way. Cancelling the task that awaits ``result()`` or ``prepared()`` or iterates a stream cancels its
+job, so a server whose request handler is cancelled on disconnect frees the slot.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import torch
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from vlaser.errors import UserInputError
 from vlaser.model.chat import answer_decoder
 from vlaser.serve.messages import ChatRequest
 
@@ -103,6 +107,7 @@ class Stream:
         self._loop, self._release = loop, release
         self._deltas: asyncio.Queue[str | None] = asyncio.Queue()
         self._done: asyncio.Future[Completion] = loop.create_future()
+        self._started = asyncio.Event()  # set when its generation starts or the job ends
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
@@ -123,16 +128,34 @@ class Stream:
             self.cancel()
             raise
 
+    async def prepared(self) -> None:
+        """Wait until the job is generating (its images tiled, its prompt built); raise its error if it failed
+        before that, so a server can still answer with an error status instead of a broken stream."""
+        try:
+            await self._started.wait()
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        if self._done.done() and (self._done.cancelled() or self._done.exception() is not None):
+            await self._done
+
     def cancel(self) -> None:
         """Drop the job: out of the queue, or its row stops at the next generation step; a no-op once finished."""
         if self._done.done():
             return
         self.cancelled = True
         self._done.cancel()
+        self._end()
+
+    def _end(self) -> None:
+        self._started.set()
         self._deltas.put_nowait(None)
         self._release(self)
 
     # Called on the worker thread; they hand over to the event loop.
+    def _start(self) -> None:
+        self._loop.call_soon_threadsafe(self._started.set)
+
     def _push(self, delta: str) -> None:
         self._loop.call_soon_threadsafe(self._deltas.put_nowait, delta)
 
@@ -146,8 +169,7 @@ class Stream:
             self._done.set_result(completion)
         else:
             self._done.set_exception(error)
-        self._deltas.put_nowait(None)
-        self._release(self)
+        self._end()
 
 
 @dataclass
@@ -332,12 +354,21 @@ class Engine:
         return batch, len(batch) == self.max_batch_size
 
     def _prepare(self, job: Job) -> tuple[str, torch.Tensor | None, int]:
-        """Tile the images and render the prompt exactly as ``model.chat`` would; count its tokens."""
+        """Tile the images and render the prompt exactly as ``model.chat`` would; count its tokens and check
+        that the answer fits in the model's context."""
         model = self.vlm.model
         media = self.vlm.media(job.request.images, max_num=job.max_num)
         prompt = job.request.render(model.conv_template, media.num_patches, model.num_image_token,
                                     model.system_message)
-        return prompt, media.pixel_values, len(self.vlm.tokenizer(prompt)["input_ids"])
+        prompt_tokens = len(self.vlm.tokenizer(prompt)["input_ids"])
+        context = model.config.text_config.max_position_embeddings
+        if prompt_tokens + job.sampling.max_tokens > context:
+            raise UserInputError(
+                f"the prompt is {prompt_tokens} tokens ({sum(media.num_patches)} image tiles of "
+                f"{model.num_image_token} tokens each) and max_tokens asks for {job.sampling.max_tokens} more, over "
+                f"the model's context of {context} tokens; send fewer or smaller images, a lower tile count "
+                "(max_num) or a lower max_tokens")
+        return prompt, media.pixel_values, prompt_tokens
 
     def _generate(self, batch: list[Stream]) -> None:
         """Prepare and generate one batch (on the worker thread); every job ends settled or cancelled."""
@@ -351,6 +382,8 @@ class Engine:
                 stream._settle(error=error)
         if not rows:
             return
+        for row in rows:
+            row.stream._start()
         model, tokenizer = self.vlm.model, self.vlm.tokenizer
         sampling = rows[0].stream.job.sampling
         tiles = [row.pixel_values for row in rows if row.pixel_values is not None]
