@@ -382,6 +382,10 @@ def test_defaults_and_stop(echo):
     assert echoed(echo, [{"role": "user", "content": "x"}], stop="END", max_completion_tokens=5, max_tokens=60,
                   unknown_field={"kept": True})["stop"] == ["END"]
     assert echo.engine.jobs[-1].sampling.max_tokens == 5
+    sampling = echo.engine.jobs[-1].sampling
+    assert (sampling.temperature, sampling.top_p, sampling.seed) == (0.0, 1.0, None)  # greedy unless asked
+    echoed(echo, [{"role": "user", "content": "x"}], n=None, stream=None, temperature=0.7, top_p=0.9, seed=3)
+    assert echo.engine.jobs[-1].sampling == type(sampling)(max_tokens=64, temperature=0.7, top_p=0.9, seed=3)
 
 
 @pytest.mark.parametrize(("body", "message"), [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -64,6 +65,7 @@ def run(args) -> int:
                      max_images=args.max_images, max_pixels=args.max_pixels, max_body_bytes=args.max_body_mb * 2**20,
                      allow_remote_media=args.allow_remote_media, allow_local_media=args.allow_local_media,
                      default_max_num=args.max_num or vlm.max_num)
+    _log_settings(args, vlm)
     if not args.api_key and not _is_loopback(args.host):
         log.warning("serving on %s without an API key: anyone who can reach it can use the model", args.host)
     # uvicorn finishes the requests in flight on SIGTERM (the lifespan then drains the engine) and re-raises the
@@ -71,6 +73,16 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=None)
     return 0
+
+
+def _log_settings(args, vlm) -> None:
+    """The resolved settings, once at startup (the key only as set or not)."""
+    skip = {"verb", "verbose", "debug", "api_key"}
+    settings = {key: value for key, value in vars(args).items() if key not in skip}
+    settings.update(api_key=bool(args.api_key), max_num=args.max_num or vlm.max_num, dtype=str(vlm.model.dtype),
+                    device=str(vlm.model.device))
+    log.setLevel(logging.INFO)  # shown without -v: what the server runs with belongs in its log
+    log.info("vlaser serve settings: %s", json.dumps(settings))
 
 
 def _exit_cleanly(signum, frame) -> None:

@@ -134,7 +134,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
 async def _job(raw: dict, body: ChatCompletionRequest, limits: MediaLimits, default_max_tokens: int,
                max_tokens_cap: int, default_max_num: int) -> Job:
     """The engine's job for a validated body; images are decoded on a worker thread, off the event loop."""
-    if body.n != 1:
+    if body.n not in (None, 1):
         raise APIError(400, f"n must be 1 (this server generates one choice per request), got {body.n}", param="n")
     if body.logprobs:
         raise APIError(400, "logprobs are not supported by this server", param="logprobs")

@@ -67,7 +67,8 @@ class MediaLimits:
     max_images: int | None = None
     """Images per request (all messages together)."""
     max_pixels: int | None = None
-    """Width x height of one image, read from its header before it is decoded."""
+    """Width x height of one image, read from its header before it is decoded (PIL's own decompression-bomb
+    limit, ``Image.MAX_IMAGE_PIXELS``, refuses larger images whatever this says)."""
     allow_remote: bool = False
     """Fetch ``http(s)`` image URLs (off by default: a public server must not fetch what it is told to)."""
     local_root: Path | None = None

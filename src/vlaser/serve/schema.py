@@ -69,8 +69,9 @@ class ChatCompletionRequest(_Open):
     top_p: float | None = Field(None, gt=0, le=1, strict=True, description="nucleus sampling (with temperature > 0)")
     seed: int | None = Field(None, strict=True, description="makes sampling repeatable")
     stop: str | list[str] | None = Field(None, description="text (or texts) that end the answer; not included in it")
-    n: int = Field(1, strict=True, description="choices per request: only 1")
-    stream: bool = Field(False, strict=True, description="answer as server-sent events (chat.completion.chunk)")
+    n: int | None = Field(1, strict=True, description="choices per request: only 1")
+    stream: bool | None = Field(False, strict=True,
+                                description="answer as server-sent events (chat.completion.chunk)")
     stream_options: StreamOptions | None = None
     max_num: int | None = Field(None, ge=1, strict=True,
                                 description="vlaser: tiles per image at most (the server's --max-num when absent)")
