@@ -6,6 +6,7 @@ from pathlib import Path
 
 from vlaser.cli.args import at_least
 from vlaser.errors import UserInputError
+from vlaser.eval.benchmark import PROMPT_STYLES
 
 
 def _options(pairs: list[str]) -> dict:
@@ -81,7 +82,7 @@ def _model_and_settings(p) -> None:
     p.add_argument("--min-new-tokens", type=at_least(0), default=None, help="default: the protocol's")
     p.add_argument("--frames", type=at_least(1), default=None,
                    help="frames per video item (default: the protocol's; recorded in run.json)")
-    p.add_argument("--prompt", default=None, choices=["vlaser", "official"],
+    p.add_argument("--prompt", default=None, choices=PROMPT_STYLES,
                    help="prompt builder (default: the protocol's): vlaser = the seed's point prefix")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default=None)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlaser.errors import UserInputError
+from vlaser.jsonl import JSONLError, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,6 @@ class Record:
     spec: DatasetSpec
     line: int
     data: dict
-
-    @property
-    def where(self) -> str:
-        return f"{self.spec.name} ({self.spec.annotation}:{self.line})"
-
 
 @dataclass(frozen=True)
 class Skip:
@@ -100,18 +96,15 @@ def read_annotations(spec: DatasetSpec) -> Annotations:
     the list, exactly as InternVL does.
     """
     out = Annotations()
+
+    def skip(error: JSONLError) -> None:
+        out.skips.append(Skip(spec.name, str(spec.annotation), error.line, f"invalid JSON: {error.reason}"))
+
     try:
-        text = spec.annotation.read_text(encoding="utf-8")
+        lines = list(read_jsonl(spec.annotation, on_error=skip))
     except OSError as e:
         raise MetaError(f"dataset {spec.name!r}: cannot read annotation {spec.annotation}: {e}") from e
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as e:
-            out.skips.append(Skip(spec.name, str(spec.annotation), number, f"invalid JSON: {e}"))
-            continue
+    for number, data in lines:
         if not isinstance(data, dict) or not isinstance(data.get("conversations"), list) or not data["conversations"]:
             out.skips.append(Skip(spec.name, str(spec.annotation), number, "no 'conversations' list"))
             continue

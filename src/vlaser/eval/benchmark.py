@@ -17,6 +17,16 @@ import numpy as np
 
 from vlaser.errors import UserInputError
 
+#: ``--prompt``: vlaser's prompt (the seed's point prefix for pointing) or the benchmark's official one.
+PROMPT_STYLES = ("vlaser", "official")
+
+
+def check_prompt_style(style: str) -> str:
+    """``style`` when it is one of ``PROMPT_STYLES``; otherwise the error that names the choices."""
+    if style not in PROMPT_STYLES:
+        raise UserInputError(f"--prompt must be {' or '.join(PROMPT_STYLES)}, got {style!r}")
+    return style
+
 
 class BenchmarkDataError(UserInputError):
     """The benchmark's files are missing or malformed; the message names the file."""
@@ -113,8 +123,7 @@ class Benchmark(abc.ABC):
         the question, for question-answering ones the official prompt too."""
         from vlaser.points import point_question
 
-        if style not in ("vlaser", "official"):
-            raise UserInputError(f"--prompt must be vlaser or official, got {style!r}")
+        check_prompt_style(style)
         return point_question(item.question) if style == "vlaser" and self.pointing else item.official_prompt
 
     def frame_indices(self, item: Item, total_frames: int, n_frames: int) -> list[int]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from vlaser.eval.benchmark import BenchmarkDataError
+from vlaser.eval.benchmark import BenchmarkDataError, Item, Score
+from vlaser.eval.extract import robopoint_text2pts, vlaser_pixels
 
 
 def load_mask(path: Path, mode: str) -> np.ndarray:
@@ -57,3 +58,26 @@ def image_size(path: Path) -> tuple[int, int]:
     """``(width, height)`` from the image header, closing the file."""
     with Image.open(path) as image:
         return image.size
+
+
+def mask_and_points(item: Item, response: str, mode: str) -> tuple[np.ndarray, list[tuple[int, int]] | None]:
+    """How every mask-scored benchmark opens: the item's ground-truth mask (``item.meta["mask"]`` read with
+    ``mode``) and the answer's ``<point>`` points in its pixels (None without a ``<point>`` block: the
+    benchmark's own parser goes next)."""
+    mask = load_mask(Path(item.meta["mask"]), mode)
+    height, width = mask.shape
+    return mask, vlaser_pixels(response, width, height)
+
+
+def robopoint_mean_score(item: Item, response: str, mode: str, size: Callable[[], tuple[int, int]],
+                         unparsed_as_zero: bool, scale_int_boxes: bool = False) -> Score:
+    """RoboPoint-family scoring (Where2Place, RefSpatial): the mean mask value at the answer's points. Without
+    ``<point>`` points, RoboPoint's tuple parser reads the answer at ``size()``; an answer whose parsing raises
+    is skipped (None) as the official loops do, or scores 0 with ``unparsed_as_zero``."""
+    mask, points = mask_and_points(item, response, mode)
+    if points is None:
+        try:
+            points = robopoint_text2pts(response, *size(), scale_int_boxes=scale_int_boxes)
+        except Exception as e:  # the official loops skip any answer whose parsing raises
+            return Score(0.0 if unparsed_as_zero else None, parsed=False, extra={"error": str(e)})
+    return Score(mean_value(mask, points), parsed=bool(points), points=points)

@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from vlaser.errors import UserInputError, VlaserError
 from vlaser.eval.backends import Generation, Request
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score, check_prompt_style
 from vlaser.eval.provenance import check_and_write, git_commit, run_record, vlaser_version
+from vlaser.jsonl import JSONLError, read_jsonl
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageLoadError, LastClip, decode_frames
 from vlaser.model.template import multi_image_prefix
@@ -32,18 +33,16 @@ def read_predictions(path: Path) -> dict[str, dict]:
     records: dict[str, dict] = {}
     if not path.is_file():
         return records
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            records[str(record["id"])] = record
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            if number == len(lines):
-                log.warning("%s:%d: incomplete last line (an interrupted run) is asked again", path, number)
-                continue
-            raise UserInputError(f"{path}:{number}: not a prediction record ({e})") from e
+
+    def torn_tail(error: JSONLError) -> None:
+        if not error.last:
+            raise error
+        log.warning("%s:%d: incomplete last line (an interrupted run) is asked again", path, error.line)
+
+    for number, record in read_jsonl(path, on_error=torn_tail):
+        if not isinstance(record, dict) or "id" not in record:
+            raise UserInputError(f"{path}:{number}: not a prediction record (an object with an 'id')")
+        records[str(record["id"])] = record
     return records
 
 
@@ -98,8 +97,7 @@ def effective_settings(benchmark: Benchmark, has_video: bool, **overrides) -> di
     """The benchmark protocol's settings with the given (non-None) overrides, checked; ``frames`` is None for a
     benchmark without video."""
     settings = {**benchmark.settings.settings(), **{k: v for k, v in overrides.items() if v is not None}}
-    if settings["prompt"] not in ("vlaser", "official"):
-        raise UserInputError(f"--prompt must be vlaser or official, got {settings['prompt']!r}")
+    check_prompt_style(settings["prompt"])
     for key, least in (("max_num", 1), ("max_new_tokens", 1), ("min_new_tokens", 0), ("frames", 1)):
         value = settings[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < least:

@@ -81,7 +81,7 @@ class InternVLChat(InternVLForConditionalGeneration):
         self, tokenizer, pixel_values: torch.Tensor | None, questions: Sequence[str], generation_config: dict,
         num_patches_list: PatchCounts | None = None, history=None, return_history: bool = False,
         IMG_START_TOKEN: str = "<img>", IMG_END_TOKEN: str = "</img>",  # noqa: N803
-        IMG_CONTEXT_TOKEN: str = IMG_CONTEXT_TOKEN, verbose: bool = False, image_counts=None,  # noqa: N803
+        IMG_CONTEXT_TOKEN: str = IMG_CONTEXT_TOKEN, verbose: bool = False,  # noqa: N803
     ) -> list[str]:
         """``InternVLChatModel.batch_chat``: one prompt per question, left-padded, generated together.
 
@@ -91,8 +91,6 @@ class InternVLChat(InternVLForConditionalGeneration):
         if history is not None or return_history:
             raise NotImplementedError("batch_chat does not support multi-turn history (neither does the original)")
         self._check_tokens(tokenizer, IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN)
-        if image_counts is not None:
-            num_patches_list = image_counts
         if num_patches_list is None:
             if pixel_values is not None and len(questions) != 1:
                 raise ValueError("batch_chat needs num_patches_list (tiles per question) for several questions")

@@ -41,8 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from vlaser.errors import UserInputError
-from vlaser.eval.benchmark import VLASER_EVALUATOR, BenchmarkDataError, Item, Protocol, Score
+from vlaser.eval.benchmark import VLASER_EVALUATOR, BenchmarkDataError, Item, Protocol, Score, check_prompt_style
 from vlaser.eval.benchmarks.vlaser_points import VlaserPointJSONL, annotation_jsonl_present, eval_points, first_ref
 from vlaser.eval.extract import vlaser_pixels
 from vlaser.eval.masks import image_size
@@ -160,8 +159,7 @@ class PixmoPoints(VlaserPointJSONL):
 
     def prompt(self, item: Item, style: str) -> str:
         """Vlaser's referring question; with the molmo protocol, ``--prompt official`` asks Molmo's way."""
-        if style not in ("vlaser", "official"):
-            raise UserInputError(f"--prompt must be vlaser or official, got {style!r}")
+        check_prompt_style(style)
         if self.protocol == "molmo" and style == "official":
             return item.official_prompt
         return referring_point_question(item.question)

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from vlaser.eval.benchmark import VLASER_EXAMPLE, Benchmark, BenchmarkDataError, Item, Protocol, Score
-from vlaser.eval.extract import json_points, vlaser_pixels
-from vlaser.eval.masks import image_size, load_mask, values_at
+from vlaser.eval.extract import json_points
+from vlaser.eval.masks import image_size, mask_and_points, values_at
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +177,7 @@ class PointBench(Benchmark):
         return super().prompt(item, style)
 
     def score(self, item: Item, response: str) -> Score:
-        mask = load_mask(Path(item.meta["mask"]), "gt127")
-        height, width = mask.shape
-        points = vlaser_pixels(response, width, height)
+        mask, points = mask_and_points(item, response, "gt127")
         if points is None:
             points = json_points(response)
         if not points:

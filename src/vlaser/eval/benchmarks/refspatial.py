@@ -15,8 +15,7 @@ import json
 from pathlib import Path
 
 from vlaser.eval.benchmark import VLASER_EXAMPLE, Benchmark, BenchmarkDataError, Item, Protocol, Score
-from vlaser.eval.extract import robopoint_text2pts, vlaser_pixels
-from vlaser.eval.masks import image_size, load_mask, mean_value
+from vlaser.eval.masks import image_size, robopoint_mean_score
 from vlaser.eval.parquet import find_parquet, image_file, iter_rows
 
 SPLITS = ("Location", "Placement", "Unseen")
@@ -69,13 +68,5 @@ class RefSpatial(Benchmark):
         return items
 
     def score(self, item: Item, response: str) -> Score:
-        mask = load_mask(Path(item.meta["mask"]), "nonzero")
-        height, width = mask.shape
-        points = vlaser_pixels(response, width, height)
-        if points is None:
-            try:
-                points = robopoint_text2pts(response, *image_size(item.images[0]), scale_int_boxes=True)
-            except Exception as e:  # the official summary skips answers whose parsing raises
-                return Score(0.0 if self.options.get("unparsed_as_zero") else None, parsed=False,
-                             extra={"error": str(e)})
-        return Score(mean_value(mask, points), parsed=bool(points), points=points)
+        return robopoint_mean_score(item, response, "nonzero", size=lambda: image_size(item.images[0]),
+                                    unparsed_as_zero=bool(self.options.get("unparsed_as_zero")), scale_int_boxes=True)

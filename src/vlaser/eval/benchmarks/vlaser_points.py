@@ -18,13 +18,12 @@ else the only one; otherwise the error lists them (``--option annotation=NAME`` 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vlaser.errors import UserInputError
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score, check_prompt_style
+from vlaser.jsonl import read_jsonl
 from vlaser.points import referring_point_question
 
 #: the evaluators' ``re.search(r'<ref>(.*?)</ref>', ...)``: first match only, ``.`` does not cross a newline
@@ -83,18 +82,15 @@ class VlaserPointJSONL(Benchmark):
         return find_annotation(data_dir, self.annotation_names, self.options.get("annotation"))
 
     def read_lines(self, path: Path) -> list[tuple[int, dict]]:
-        """``(1-based line number, record)`` for every non-empty line; a bad line raises naming it."""
+        """``(1-based line number, record)`` for every non-blank line; a bad line raises naming it."""
         rows = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
+        for number, row in read_jsonl(path):
             try:
-                row = json.loads(line)
                 if not isinstance(row, dict) or not isinstance(row["image"], str):
                     raise TypeError("a line must be an object with an 'image' string")
                 if not all(isinstance(t["from"], str) and isinstance(t["value"], str) for t in row["conversations"]):
                     raise TypeError("every turn needs 'from' and 'value' strings")
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+            except (KeyError, TypeError) as e:
                 raise BenchmarkDataError(f"{path}:{number}: {e!r}") from e
             rows.append((number, row))
         return rows
@@ -124,8 +120,7 @@ class VlaserPointJSONL(Benchmark):
         return items
 
     def prompt(self, item: Item, style: str) -> str:
-        if style not in ("vlaser", "official"):
-            raise UserInputError(f"--prompt must be vlaser or official, got {style!r}")
+        check_prompt_style(style)
         return item.official_prompt  # Vlaser's own evaluator: the two are the same
 
     def aggregate(self, items: list[Item], scores: list[Score]) -> dict[str, Any]:

@@ -13,13 +13,12 @@ Options: ``binarize=true`` rounds the mask; ``unparsed_as_zero=true`` scores fai
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vlaser.eval.benchmark import VLASER_EXAMPLE, Benchmark, BenchmarkDataError, Item, Protocol, Score
-from vlaser.eval.extract import robopoint_text2pts, vlaser_pixels
-from vlaser.eval.masks import image_size, load_mask, mean_value
+from vlaser.eval.masks import image_size, robopoint_mean_score
 from vlaser.eval.parquet import find_parquet, image_file, iter_rows
+from vlaser.jsonl import read_jsonl
 
 FORMAT_SPLIT = " Your answer"
 
@@ -41,15 +40,13 @@ class Where2Place(Benchmark):
             raise BenchmarkDataError(f"{questions} not found (expected RoboPoint's where2place layout or "
                                      "FlagEval's parquet)")
         items = []
-        for index, line in enumerate(questions.read_text().splitlines()):
-            if not line.strip():
-                continue
+        for number, row in read_jsonl(questions):
+            index = number - 1  # masks/NN.jpg goes by the line's position in the file
             try:
-                row = json.loads(line)
                 text, image = row["text"], data_dir / "images" / row["image"]
                 qid = str(row["question_id"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise BenchmarkDataError(f"{questions}:{index + 1}: {e}") from e
+            except (KeyError, TypeError) as e:
+                raise BenchmarkDataError(f"{questions}:{number}: {e}") from e
             items.append(Item(id=qid, question=text.split(FORMAT_SPLIT)[0].strip(), official_prompt=text,
                               images=[image], group=str(row.get("category", "")),
                               meta={"mask": str(data_dir / "masks" / f"{index:02d}.jpg")}))
@@ -69,14 +66,7 @@ class Where2Place(Benchmark):
         return items
 
     def score(self, item: Item, response: str) -> Score:
-        mask = load_mask(Path(item.meta["mask"]), "round" if self.options.get("binarize") else "soft")
-        height, width = mask.shape
-        points = vlaser_pixels(response, width, height)
-        if points is None:
-            size = image_size(item.images[0]) if self.options.get("real_size") else (640, 480)
-            try:
-                points = robopoint_text2pts(response, *size)
-            except Exception as e:  # the official loop skips any answer whose parsing raises
-                return Score(0.0 if self.options.get("unparsed_as_zero") else None, parsed=False,
-                             extra={"error": str(e)})
-        return Score(mean_value(mask, points), parsed=bool(points), points=points)
+        return robopoint_mean_score(
+            item, response, "round" if self.options.get("binarize") else "soft",
+            size=lambda: image_size(item.images[0]) if self.options.get("real_size") else (640, 480),
+            unparsed_as_zero=bool(self.options.get("unparsed_as_zero")))
