@@ -197,12 +197,16 @@ def open_page(browser, url: str, server):
     tab.on("pageerror", lambda error: errors.append(str(error)))
     outside: list[str] = []  # every request must go to the vlaser server (data: URLs never reach the network)
     tab.on("request", lambda request: request.url.startswith((url, "data:")) or outside.append(request.url))
+    missing: list[str] = []  # every file the page loads exists (its assets, its config)
+    tab.on("response", lambda response: response.request.method != "GET" or response.ok
+           or missing.append(f"{response.status} {response.url}"))
     tab.goto(url)
     tab.wait_for_function("document.getElementById('model-name').textContent === 'tiny-vlaser'")
     yield tab, server
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
     assert not outside, f"the page reached outside the server: {outside}"
+    assert not missing, f"the page asked for files the server does not have: {missing}"
 
 
 def png(path: Path, size: tuple[int, int], color=(40, 120, 90)) -> Path:
