@@ -598,3 +598,4 @@ def test_cli_help_lists_the_flags():
     args = build_parser().parse_args(["serve", "--model", "m"])
     assert (args.host, args.port, args.max_batch_size, args.max_wait_ms, args.max_num) == ("127.0.0.1", 8000, 8, 10,
                                                                                           None)
+    assert not args.keep_grounding_tokens  # answers decoded as model.chat and vlaser eval decode them

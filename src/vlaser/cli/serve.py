@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) image URLs (off: refused)")
     p.add_argument("--allow-local-media", metavar="DIR",
                    help="read image paths and file:// URLs inside DIR (off: refused)")
+    p.add_argument("--keep-grounding-tokens", action="store_true",
+                   help="keep <ref>/<box>/<quad> tags in answers (for box drawing); off: answers are decoded as "
+                        "model.chat, vlaser eval, vLLM and LMDeploy decode them")
     p.add_argument("--dtype", default="auto", help="auto (checkpoint dtype), bfloat16, float16 or float32")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cuda when available)")
 
@@ -59,7 +62,8 @@ def run(args) -> int:
     from vlaser.serve.engine import Engine
 
     vlm = VLM.from_pretrained(args.model, dtype=args.dtype, device=args.device)
-    engine = Engine(vlm, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+    engine = Engine(vlm, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                    keep_grounding_tokens=args.keep_grounding_tokens)
     app = create_app(engine, args.served_model_name or args.model, api_key=args.api_key or None,
                      default_max_tokens=args.max_tokens, max_tokens_cap=args.max_tokens_cap,
                      max_images=args.max_images, max_pixels=args.max_pixels, max_body_bytes=args.max_body_mb * 2**20,
