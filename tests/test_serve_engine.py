@@ -5,6 +5,8 @@ import threading
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from vlaser import VLM
@@ -155,55 +157,75 @@ def test_stop_string_cuts_the_answer(vlm, batch_sizes):
     assert streamed == expected and other.text == other_text
 
 
-def test_tracker_streams_whole_characters_and_counts_the_end_token(vlm):
-    """Fed token by token, the tracker streams only settled text (no split characters, no partial stop)."""
-    tokenizer = vlm.tokenizer
-    answer = "  你是书生·万象, robot arm <ref>cup</ref><box>[[1, 2, 3, 4]]</box> picks up the blue bowl END ignored"
-    ids = tokenizer(answer)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+def _track(tokenizer, ids, sampling, keep_grounding_tokens=True):
+    """Feed ``ids`` to a one-row tracker step by step, as ``generate`` does; the text streamed after each step
+    and the completions it settled."""
     pushed, settled = [], []
 
     class FakeStream:
         cancelled = False
-        job = Job(ChatRequest("q"), Sampling(max_tokens=100, stop=("END",)), 6)
+        job = Job(ChatRequest("q"), sampling, 6)
         _push = pushed.append
         _settle = settled.append
 
-    row = engine_module._Row(FakeStream(), "prompt", None, 7)
-    decode = engine_module.answer_decoder(tokenizer, "<|im_end|>", keep_grounding_tokens=True)
-    tracker = engine_module._BatchTracker([row], decode, ids[-1], "<|im_end|>")
-    tracker.put(torch.zeros(1, 7, dtype=torch.long))
-    prefixes = []
+    decode = engine_module.answer_decoder(tokenizer, "<|im_end|>", keep_grounding_tokens)
+    tracker = engine_module._BatchTracker([engine_module._Row(FakeStream(), "prompt", None, 7)], decode,
+                                          tokenizer.convert_tokens_to_ids("<|im_end|>"), "<|im_end|>")
+    tracker.put(torch.zeros(1, 7, dtype=torch.long))  # the prompt
+    streamed = []
     for token in ids:
         tracker.put(torch.tensor([token]))
-        prefixes.append("".join(pushed))
+        streamed.append("".join(pushed))
+    tracker.end()
+    return streamed, settled
+
+
+def test_tracker_streams_whole_characters_and_cuts_at_a_stop(vlm):
+    """Fed token by token, the tracker streams only settled text (no split characters, no partial stop)."""
+    tokenizer = vlm.tokenizer
+    answer = "  你是书生·万象, robot arm <ref>cup</ref><box>[[1, 2, 3, 4]]</box> picks up the blue bowl END ignored"
+    ids = tokenizer(answer)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    streamed, settled = _track(tokenizer, ids, Sampling(max_tokens=100, stop=("END",)))
     expected = "你是书生·万象, robot arm <ref>cup</ref><box>[[1, 2, 3, 4]]</box> picks up the blue bowl"
     assert settled == [Completion(expected, "stop", 7, len(tokenizer(answer[: answer.index(" END") + 4])["input_ids"]))]
-    assert "".join(pushed) == expected
-    assert all(expected.startswith(p) and "\ufffd" not in p for p in prefixes)
-    assert len(set(prefixes)) > 10  # it streamed as it went, not all at the end
-
-    tracker.end()  # a finished row is not finished twice
-    assert len(settled) == 1
+    assert streamed[-1] == expected
+    assert all(expected.startswith(p) and "\ufffd" not in p for p in streamed)
+    assert len(set(streamed)) > 10  # it streamed as it went, not all at the end
 
 
 def test_end_token_finishes_a_row_with_stop(vlm):
     tokenizer = vlm.tokenizer
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    ids = tokenizer("The cup.")["input_ids"]
-    settled = []
+    ids = tokenizer("The cup.")["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    streamed, settled = _track(tokenizer, ids, Sampling(max_tokens=len(ids)), keep_grounding_tokens=False)
+    assert settled == [Completion("The cup.", "stop", 7, len(ids))] and streamed[-1] == "The cup."
 
-    class FakeStream:
-        cancelled = False
-        job = Job(ChatRequest("q"), Sampling(max_tokens=len(ids) + 1), 6)
-        _push = staticmethod(lambda delta: None)
-        _settle = settled.append
 
-    row = engine_module._Row(FakeStream(), "prompt", None, 3)
-    decode = engine_module.answer_decoder(tokenizer, "<|im_end|>")
-    tracker = engine_module._BatchTracker([row], decode, end, "<|im_end|>")
-    for token in [*ids, end]:
-        tracker.put(torch.tensor([token]))
-    assert settled == [Completion("The cup.", "stop", 3, len(ids) + 1)]
+@given(data=st.data())
+@settings(max_examples=150, deadline=None)
+def test_streamed_text_is_always_the_final_text(vlm, data):
+    """Any token sequence (split characters, special and grounding tokens, the end token), any stop strings:
+    each streamed text is a prefix of the final one, the deltas add up to it, and it is what
+    ``generate_answers`` decodes, cut before the first stop string."""
+    tokenizer = vlm.tokenizer
+    ids = data.draw(st.lists(st.integers(0, len(tokenizer) - 1), min_size=1, max_size=25), label="ids")
+    keep = data.draw(st.booleans(), label="keep_grounding_tokens")
+    decode = engine_module.answer_decoder(tokenizer, "<|im_end|>", keep)
+    full = decode(ids).strip()
+    stops = tuple(data.draw(st.lists(st.sampled_from([full[i:i + n] for i in range(len(full)) for n in (1, 2, 3)])
+                                     if full.strip() else st.just("never"), max_size=2), label="stops"))
+    stops = tuple(s for s in stops if s)
+    streamed, settled = _track(tokenizer, ids, Sampling(max_tokens=len(ids), stop=stops), keep)
+    (completion,) = settled
+    assert all(completion.text.startswith(p) for p in streamed) and streamed[-1] == completion.text
+    used = ids[: completion.completion_tokens]
+    text = decode(used).lstrip()
+    if completion.finish_reason == "stop" and stops and any(s in text for s in stops):
+        assert not any(s in decode(used[:-1]).lstrip() for s in stops)  # the first step that completed a stop
+        assert completion.text == text[: min(text.find(s) for s in stops if s in text)].strip()
+    else:
+        assert completion.text == text.strip()
+        assert completion.finish_reason == ("stop" if used[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+                                            else "length")
 
 
 @pytest.mark.parametrize(("text", "settled"), [
