@@ -1,13 +1,18 @@
 """Prompt strings for every chat mode, compared with hand-written expectations."""
 
 import pytest
+from jinja2.exceptions import TemplateError
 
 from vlaser.model.template import (
     INTERNVL2_5_SYSTEM_MESSAGE,
+    Segment,
     build_chat_prompt,
+    expand_user_images,
     get_template,
     multi_image_prefix,
     video_prefix,
+    with_image_tag,
+    with_video_frames,
 )
 
 T = get_template("internvl2_5")
@@ -82,3 +87,57 @@ def test_special_tokens_tokenise_as_single_ids(loaded):
     assert ids.count(vocab["<img>"]) == 1 and ids.count(vocab["</img>"]) == 1
     assert ids.count(vocab["<|im_end|>"]) == 2 and ids.count(vocab["<|im_start|>"]) == 3
     assert tokenizer.decode(ids) == prompt
+
+
+def test_segments_tag_each_piece_with_its_role_and_join_into_the_prompt():
+    messages = [("user", "Hi"), ("assistant", "Hello."), ("user", "Bye"), ("assistant", None)]
+    segments = T.segments(messages, system_message="Be brief.")
+    assert segments == [
+        Segment("system", "<|im_start|>system\nBe brief.<|im_end|>\n"),
+        Segment("user", "<|im_start|>user\nHi<|im_end|>\n"),
+        Segment("assistant", "<|im_start|>assistant\nHello.<|im_end|>\n"),
+        Segment("user", "<|im_start|>user\nBye<|im_end|>\n"),
+        Segment("assistant", "<|im_start|>assistant\n"),
+    ]
+    assert "".join(s.text for s in segments) == build_chat_prompt("Bye", T, [], 4, history=[("Hi", "Hello.")],
+                                                                  system_message="Be brief.")[1]
+    assert T.stop_token == "<|im_end|>" and T.sep == T.stop_token + "\n"
+
+
+def test_segments_reject_an_unknown_role():
+    with pytest.raises(ValueError, match="'tool'"):
+        T.segments([("tool", "x")])
+
+
+def test_training_expands_only_the_user_turns_images():
+    segments = T.segments([("user", "<image>\nA?"), ("assistant", "an <image> tag")], system_message="<image>")
+    out = expand_user_images(segments, [2], 4)
+    assert out[1].text == f"<|im_start|>user\n{img(2)}\nA?<|im_end|>\n"
+    assert out[0] == segments[0] and out[2] == segments[2]  # tags outside the user turns stay text
+    with pytest.raises(ValueError, match="the user turns have 1 '<image>' tag.* 2 image"):
+        expand_user_images(segments, [1, 1], 4)
+
+
+def test_image_and_video_tags_of_training_records():
+    assert with_image_tag("What?") == "<image>\nWhat?"
+    assert with_image_tag("What is <image>?") == "What is <image>?"
+    assert with_video_frames("<video>\nWhat happens?", 2) == "Frame-1: <image>\nFrame-2: <image>\nWhat happens?"
+    with pytest.raises(ValueError, match="needs '<video>"):
+        with_video_frames("What happens?", 2)
+
+
+def test_jinja_renders_the_templates_strings_with_any_system_message(loaded):
+    _, tokenizer = loaded
+    system = 'Say "hi" \\ don\'t {{ stop }}\n你好'
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Same?"}]},
+                {"role": "assistant", "content": "No."}, {"role": "user", "content": "Why?"}]
+    text = tokenizer.apply_chat_template(messages, chat_template=T.jinja(system), tokenize=False,
+                                         add_generation_prompt=True)
+    assert text == (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nImage-1: <IMG_CONTEXT>\n"
+                    "Image-2: <IMG_CONTEXT>\nSame?<|im_end|>\n<|im_start|>assistant\nNo.<|im_end|>\n"
+                    "<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n")
+    clip = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "?"}]}]
+    video = tokenizer.apply_chat_template(clip, chat_template=T.jinja(), tokenize=False)
+    assert video == f"{SYS}<|im_start|>user\n<video>\n?<|im_end|>\n"
+    with pytest.raises(TemplateError, match="user and assistant turns, not tool"):
+        tokenizer.apply_chat_template([{"role": "tool", "content": "x"}], chat_template=T.jinja(), tokenize=False)

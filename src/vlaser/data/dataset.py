@@ -22,9 +22,9 @@ from vlaser.data.config import DataConfig
 from vlaser.data.meta import Annotations, DatasetSpec, Record, Skip, load_meta, media_path, read_annotations
 from vlaser.data.tokenize import SampleError, Tokenized, preprocess_internvl2_5
 from vlaser.errors import UserInputError
-from vlaser.model.constants import IMAGE_PLACEHOLDER, IMG_END_TOKEN
+from vlaser.model.constants import IMG_END_TOKEN
 from vlaser.model.preprocess import ImageLoadError, dynamic_preprocess, image_to_tiles, pil_to_tensor, to_pil
-from vlaser.model.template import get_template
+from vlaser.model.template import get_template, with_image_tag, with_video_frames
 
 log = logging.getLogger(__name__)
 _MAX_SKIPS_IN_A_ROW = 100
@@ -183,8 +183,7 @@ class SFTDataset(torch.utils.data.Dataset):
             first_human = next((t for t in conversations if t["from"] == "human"), None)
             if first_human is None:
                 raise SampleError("no human turn")
-            if IMAGE_PLACEHOLDER not in first_human["value"]:
-                first_human["value"] = IMAGE_PLACEHOLDER + "\n" + first_human["value"]
+            first_human["value"] = with_image_tag(first_human["value"])
         else:
             budget = max(1, budget // len(paths))
         tiles = [self._tiles(to_pil(media_path(record, p)), budget, record.spec.data_augment, rng) for p in paths]
@@ -196,10 +195,10 @@ class SFTDataset(torch.utils.data.Dataset):
         path = media_path(record, record.data["video"])
         n_frames = int(rng.integers(self.config.min_num_frame, self.config.max_num_frame + 1))
         frames = decode_frames(path, lambda video_len: frame_indices(n_frames, video_len, rng))
-        lines = "\n".join(f"Frame-{i + 1}: {IMAGE_PLACEHOLDER}" for i in range(len(frames)))
         first = conversations[0] if conversations[0]["from"] != "system" else conversations[1]
-        if "<video>\n" not in first["value"]:
-            raise SampleError("a video sample needs '<video>\\n' in its first human turn")
-        first["value"] = first["value"].replace("<video>\n", lines + "\n")
+        try:
+            first["value"] = with_video_frames(first["value"], len(frames))
+        except ValueError as e:
+            raise SampleError(str(e)) from None
         tiles = [self._tiles(f, 1, record.spec.data_augment, rng) for f in frames]
         return [t.shape[0] for t in tiles], torch.cat(tiles)

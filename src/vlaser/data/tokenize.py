@@ -1,8 +1,10 @@
 """InternVL's ``preprocess_internvl2_5``: conversation -> ``input_ids`` and ``labels``, rule for rule.
 
-Every turn is tokenised on its own and the pieces concatenated (no BPE merges across turns). System and
-user turns are ignored (-100); in assistant turns the ``<|im_start|>assistant\\n`` prefix and the final
-``\\n`` are ignored, so the answer text and ``<|im_end|>`` are supervised.
+The template renders the conversation into role-tagged segments (``model.template``, the same pieces
+inference joins into its prompt). Every segment is tokenised on its own and the pieces concatenated (no BPE
+merges across turns). System and user segments are ignored (-100); in assistant segments the assistant
+header and the final token (the ``\\n`` after the stop token) are ignored, so the answer text and the stop
+token are supervised.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vlaser.errors import UserInputError
-from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.loss import IGNORE_INDEX
-from vlaser.model.template import ChatTemplate, image_tokens
+from vlaser.model.template import ASSISTANT, USER, ChatTemplate, Segment, expand_user_images
 
-_ROLES = {"human": "user", "gpt": "assistant"}
+#: InternVL's data roles -> the template's roles.
+_ROLES = {"human": USER, "gpt": ASSISTANT}
 
 
 class SampleError(UserInputError):
@@ -33,26 +35,6 @@ class Tokenized:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def expand_image_tags(conversations: list[dict], tiles: Sequence[int], num_image_token: int) -> list[dict]:
-    """Replace each ``<image>`` of the human turns, in order, by the image tokens of its tiles.
-
-    The number of tags must equal the number of images (the original asserts when there are fewer tags and
-    leaves surplus tags as text; both are errors here).
-    """
-    n_tags = sum(turn["value"].count(IMAGE_PLACEHOLDER) for turn in conversations if turn["from"] == "human")
-    if n_tags != len(tiles):
-        raise SampleError(f"{n_tags} '{IMAGE_PLACEHOLDER}' tag(s) in the human turns but {len(tiles)} image(s)")
-    out, index = [], 0
-    for turn in conversations:
-        value = turn["value"]
-        if turn["from"] == "human":
-            while IMAGE_PLACEHOLDER in value:
-                value = value.replace(IMAGE_PLACEHOLDER, image_tokens(tiles[index], num_image_token), 1)
-                index += 1
-        out.append({"from": turn["from"], "value": value})
-    return out
-
-
 def preprocess_internvl2_5(
     conversations: list[dict],
     tokenizer,
@@ -68,33 +50,44 @@ def preprocess_internvl2_5(
     image (ignored with ``text_only``). The result is cut at ``max_seq_length`` as in the original; the
     dataset decides whether a cut sample is usable.
     """
-    if conversations and conversations[0]["from"] == "system":
-        system, conversations = conversations[0]["value"], conversations[1:]
-    else:
-        system = template.system_message
+    system = None  # the template's own
+    if conversations and conversations[0].get("from") == "system":
+        system, conversations = conversations[0].get("value"), conversations[1:]
+        if not isinstance(system, str):
+            raise SampleError(f"system turn: 'value' must be a string, got {system!r}")
     for turn in conversations:
         if turn.get("from") not in _ROLES or not isinstance(turn.get("value"), str):
             raise SampleError(f"turn {turn!r}: 'from' must be human or gpt (after an optional leading system turn)")
+    segments = template.segments([(_ROLES[turn["from"]], turn["value"]) for turn in conversations], system)
     if not text_only:
-        conversations = expand_image_tags(conversations, tiles, num_image_token)
-    pieces = [f"<|im_start|>system\n{system}<|im_end|>\n"]
-    roles = ["system"]
-    for turn in conversations:
-        pieces.append(f"<|im_start|>{_ROLES[turn['from']]}\n{turn['value']}<|im_end|>\n")
-        roles.append(turn["from"])
+        try:
+            segments = expand_user_images(segments, tiles, num_image_token)
+        except ValueError as e:
+            raise SampleError(str(e)) from None
+    return tokenize_segments(segments, tokenizer, template, max_seq_length)
+
+
+def tokenize_segments(segments: Sequence[Segment], tokenizer, template: ChatTemplate,
+                      max_seq_length: int) -> Tokenized:
+    """Tokenise each segment on its own and supervise the assistant answers and their stop token only.
+
+    As the original: a tokenizer that adds a BOS token gets it once, before the system segment; the cut at
+    ``max_seq_length`` is recorded in ``truncated``.
+    """
+    pieces = [segment.text for segment in segments]
     add_bos = bool(getattr(tokenizer, "add_bos_token", False))
     if add_bos:
         pieces[0] = tokenizer.bos_token + pieces[0]
     encoded = tokenizer(pieces, padding=False, truncation=False)["input_ids"]
     if add_bos:
         encoded = [ids[1:] for ids in encoded]
-    prefix_len = len(tokenizer(template.roles[1])["input_ids"]) - (1 if add_bos else 0)
+    header_len = len(tokenizer(template.header(ASSISTANT))["input_ids"]) - (1 if add_bos else 0)
     input_ids, labels = [], []
-    for role, ids in zip(roles, encoded):
+    for segment, ids in zip(segments, encoded):
         input_ids.extend(ids)
-        if role == "gpt":
+        if segment.role == ASSISTANT:
             target = list(ids)
-            target[:prefix_len] = [IGNORE_INDEX] * min(prefix_len, len(target))
+            target[:header_len] = [IGNORE_INDEX] * min(header_len, len(target))
             target[-1:] = [IGNORE_INDEX]
             labels.extend(target)
         else:

@@ -17,6 +17,7 @@ import torch
 from vlaser.errors import UserInputError
 from vlaser.model.atomic import atomic_directory
 from vlaser.model.checkpoint import HF, ORIGINAL, CheckpointError, CheckpointInfo, inspect_checkpoint, read_state_dict
+from vlaser.model.template import DEFAULT_TEMPLATE, get_template
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ _TOP_MAPPED = ("architectures", "model_type", "llm_config", "vision_config", "do
                "transformers_version", "torch_dtype", "dtype")
 #: What InternVL3's tiling and prompt default to when a checkpoint does not say.
 DEFAULT_CHAT_SETTINGS = {
-    "template": "internvl2_5",
+    "template": DEFAULT_TEMPLATE,
     "ps_version": "v2",
     "dynamic_image_size": True,
     "use_thumbnail": True,
@@ -334,10 +335,12 @@ def _write_checkpoint(info: CheckpointInfo, to: str, dst: Path, max_shard_size: 
     for name in TOKENIZER_FILES:
         if (info.path / name).is_file():
             shutil.copy(info.path / name, dst / name)
-    if to == HF:
-        save_hf_tokenizer(tokenizer, dst, (config.get("internvl_chat") or {}).get("system_message"))
+    if to == HF:  # the chat template is written from the same ChatTemplate that vlaser's chat renders with
+        chat = config.get("internvl_chat") or {}
+        template = get_template(chat.get("template", DEFAULT_TEMPLATE))
+        save_hf_tokenizer(tokenizer, dst, template, chat.get("system_message"))
     if (info.path / "generation_config.json").is_file():
         shutil.copy(info.path / "generation_config.json", dst / "generation_config.json")
     elif to == HF:
-        chat_generation_config(tokenizer).save_pretrained(str(dst))
+        chat_generation_config(tokenizer, template).save_pretrained(str(dst))
     return len(state)

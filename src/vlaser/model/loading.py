@@ -15,6 +15,7 @@ from vlaser.model.checkpoint import ORIGINAL, CheckpointError, inspect_checkpoin
 from vlaser.model.constants import IMG_CONTEXT_TOKEN
 from vlaser.model.convert import normalize_hf_state_dict, original_to_hf_config, original_to_hf_state_dict
 from vlaser.model.settings import ProcessorSettings
+from vlaser.model.template import get_template
 from vlaser.model.tokenizer import chat_generation_config, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def load_model(
     )
     gen_file = info.path / "generation_config.json"
     model.generation_config = (GenerationConfig.from_pretrained(str(info.path)) if gen_file.is_file()
-                               else chat_generation_config(tokenizer))
+                               else chat_generation_config(tokenizer, get_template(settings.template)))
     problems = {k: v for k, v in loading.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
         raise CheckpointError(f"{info.path}: weights do not match the model: {problems}")

@@ -14,6 +14,7 @@ from vlaser.errors import UserInputError
 from vlaser.model.atomic import staged_checkpoint
 from vlaser.model.checkpoint import HF, ORIGINAL
 from vlaser.model.convert import TOKENIZER_FILES, hf_to_original_config, hf_to_original_state_dict, save_weights
+from vlaser.model.template import DEFAULT_TEMPLATE, get_template
 from vlaser.model.tokenizer import save_hf_tokenizer
 
 
@@ -26,7 +27,9 @@ def save_checkpoint(model, tokenizer, out: Path, layout: str, source: Path | Non
     config = model.config.to_dict()
     if layout == HF:
         model.save_pretrained(out, max_shard_size=max_shard_size, state_dict=state_dict)
-        save_hf_tokenizer(tokenizer, out, (config.get("internvl_chat") or {}).get("system_message"))
+        chat = config.get("internvl_chat") or {}
+        template = get_template(chat.get("template", DEFAULT_TEMPLATE))
+        save_hf_tokenizer(tokenizer, out, template, chat.get("system_message"))
         return out
     weights = model.state_dict() if state_dict is None else state_dict
     state = hf_to_original_state_dict({k: v.detach().cpu() for k, v in weights.items()})
