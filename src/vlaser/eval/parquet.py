@@ -1,7 +1,8 @@
 """Reading benchmark parquet files (the HF dataset exports), with embedded images written out once.
 
-Image columns hold ``{"bytes": ..., "path": ...}`` structs; their bytes are written to a cache folder
-keyed by the parquet file's path, size and modification time, so items can keep pointing at files.
+Image columns hold ``{"bytes": ..., "path": ...}`` structs; their bytes are written to a folder keyed by the
+parquet file's path, size and modification time, so items can keep pointing at files. The folders live in one
+temporary folder per process, deleted when the process exits: a run leaves no images behind.
 """
 
 from __future__ import annotations
@@ -40,11 +41,19 @@ def iter_rows(files: list[Path]):
             yield row, folder, f"{path} row {index}"
 
 
+@functools.cache
+def _extracted_images() -> tempfile.TemporaryDirectory:
+    """This process's folder of images taken out of parquet files; kept (cached) until the process exits,
+    when the ``TemporaryDirectory`` finalizer deletes it."""
+    return tempfile.TemporaryDirectory(prefix="vlaser-parquet-")
+
+
 def cache_dir(path: Path) -> Path:
+    """The folder for the images of parquet file ``path`` (one per file version, so each is written once)."""
     stat = path.stat()
     key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    folder = Path(tempfile.gettempdir()) / "vlaser-parquet" / key
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(_extracted_images().name) / key
+    folder.mkdir(exist_ok=True)
     return folder
 
 
