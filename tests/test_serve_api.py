@@ -233,7 +233,7 @@ def echo(media_dir):
     """A model-free app with small limits, for the request rules (answers are JSON summaries of the job)."""
     engine = EchoEngine()
     app = create_app(engine, "echo", max_tokens_cap=64, max_images=3, max_pixels=20_000, max_body_bytes=200_000,
-                     default_max_num=5, allow_local_media=media_dir)
+                     default_max_num=5, max_num_cap=6, allow_local_media=media_dir)
     with TestClient(app) as client:
         client.engine = engine
         yield client
@@ -309,6 +309,13 @@ def test_system_message_replaces_the_default(client, vlm):
     assert answer(client, messages) == expected
     default = answer(client, messages[1:])
     assert default == vlm.model.chat(vlm.tokenizer, None, "Hello", dict(GREEDY), history=[("Hi", "Yes")])
+
+
+def test_sampling_with_a_seed_repeats(client):
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    texts = [ask(client, messages, max_tokens=10, temperature=1.5, top_p=0.95, seed=7)["choices"][0]["message"]
+             ["content"] for _ in range(2)]
+    assert texts[0] == texts[1]
 
 
 # ---- streaming and concurrency ----------------------------------------------------------------------------------
@@ -400,6 +407,14 @@ def test_defaults_and_stop(echo):
     ({"messages": [user(image_part(5))]}, "messages.0.content.0.image_url.url: Input should be a valid string"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role: Input should be 'system'"),
     ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n must be 1"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_num": 7}, "max_num 7 is over this server's limit of 6 "
+                                                                      "tiles"),
+    ({"messages": [{"role": "user", "content": "x"}], "mm_processor_kwargs": {"max_dynamic_patch": 99}},
+     "mm_processor_kwargs.max_dynamic_patch 99 is over this server's limit of 6"),
+    ({"messages": [user(image_part(data_url(RED), max_dynamic_patch=7))]},
+     "message 0, part 0: image_url.max_dynamic_patch 7 is over"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_num": 0}, "max_num: Input should be greater than or "
+                                                                      "equal to 1"),
     ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 65}, "max_tokens 65 is over this server's cap "
                                                                           "of 64"),
     ({"messages": [{"role": "user", "content": "x"}], "stop": ["ok", ""]}, "stop strings must not be empty"),

@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
                    help="requests waiting or running at most; more are answered 429 (default 64)")
     p.add_argument("--max-num", type=at_least(1), default=None,
                    help="tiles per image when a request does not say (default: the checkpoint's max_dynamic_patch)")
+    p.add_argument("--max-num-cap", type=at_least(1), default=40,
+                   help="the most tiles per image a request may ask for (default 40)")
     p.add_argument("--max-tokens", type=at_least(1), default=1024,
                    help="new tokens when a request does not say (default 1024)")
     p.add_argument("--max-tokens-cap", type=at_least(1), default=4096,
@@ -68,7 +70,7 @@ def run(args) -> int:
                      default_max_tokens=args.max_tokens, max_tokens_cap=args.max_tokens_cap,
                      max_images=args.max_images, max_pixels=args.max_pixels, max_body_bytes=args.max_body_mb * 2**20,
                      allow_remote_media=args.allow_remote_media, allow_local_media=args.allow_local_media,
-                     default_max_num=args.max_num or vlm.max_num)
+                     default_max_num=args.max_num or vlm.max_num, max_num_cap=args.max_num_cap)
     _log_settings(args, vlm)
     if not args.api_key and not _is_loopback(args.host):
         log.warning("serving on %s without an API key: anyone who can reach it can use the model", args.host)

@@ -66,6 +66,9 @@ class MediaLimits:
 
     max_images: int | None = None
     """Images per request (all messages together)."""
+    max_tiles: int | None = None
+    """The largest tile limit a request may ask for (``max_num``, ``max_dynamic_patch``): each tile costs the
+    model ``num_image_token`` tokens."""
     max_pixels: int | None = None
     """Width x height of one image, read from its header before it is decoded (PIL's own decompression-bomb
     limit, ``Image.MAX_IMAGE_PIXELS``, refuses larger images whatever this says)."""
@@ -195,12 +198,18 @@ def _decode(data: bytes, source: str, where: str, max_pixels: int | None) -> Ima
         raise UserInputError(f"{where}: {source} does not hold a readable image ({e})") from e
 
 
-def _tiles(image_url: Any, where: str) -> int | None:
+def _tiles(image_url: Any, where: str, cap: int | None) -> int | None:
     """LMDeploy's per-image ``max_dynamic_patch``, checked."""
     value = image_url.get("max_dynamic_patch") if isinstance(image_url, dict) else None
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise UserInputError(f"{where}: image_url.max_dynamic_patch must be an integer >= 1, got {value!r}")
-    return value
+    return _capped(value, f"{where}: image_url.max_dynamic_patch", cap)
+
+
+def _capped(tiles: int | None, name: str, cap: int | None) -> int | None:
+    if tiles is not None and cap is not None and tiles > cap:
+        raise UserInputError(f"{name} {tiles} is over this server's limit of {cap} tiles per image")
+    return tiles
 
 
 def _part(part: Any, where: str, images_allowed: bool, limits: MediaLimits) -> tuple[str, Any]:
@@ -219,7 +228,7 @@ def _part(part: Any, where: str, images_allowed: bool, limits: MediaLimits) -> t
         image_url = part.get("image_url")
         url = image_url.get("url") if isinstance(image_url, dict) else image_url
         image = _decode(*_image_bytes(url, where, limits), where, limits.max_pixels)
-        return "image", (image, _tiles(image_url, where))
+        return "image", (image, _tiles(image_url, where, limits.max_tiles))
     raise UserInputError(f"{where}: unsupported content part type {kind!r} (supported: 'text', 'image_url')")
 
 
@@ -319,13 +328,13 @@ def _number(body: dict, key: str, integer: bool, minimum: float) -> Any:
     return value
 
 
-def _max_num(body: dict) -> int | None:
+def _max_num(body: dict, cap: int | None) -> int | None:
     """The request's tile limit: ``max_num``, else vLLM's ``mm_processor_kwargs.max_dynamic_patch``."""
-    value = _number(body, "max_num", True, 1)
+    value = _capped(_number(body, "max_num", True, 1), "max_num", cap)
     kwargs = body.get("mm_processor_kwargs")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise UserInputError(f"mm_processor_kwargs must be an object, got {type(kwargs).__name__}")
-    vllm = _number(kwargs or {}, "max_dynamic_patch", True, 1)
+    vllm = _capped(_number(kwargs or {}, "max_dynamic_patch", True, 1), "mm_processor_kwargs.max_dynamic_patch", cap)
     return value if value is not None else vllm
 
 
@@ -355,4 +364,4 @@ def parse_chat_request(body: dict, limits: MediaLimits | None = None) -> ChatReq
     return ChatRequest(question=turns[-1][1], images=[image for image, _ in images], system=system, history=history,
                        max_tokens=max_tokens, temperature=_number(body, "temperature", False, 0),
                        response_format=response_format, model=model if isinstance(model, str) else None,
-                       max_num=_max_num(body), image_max_tiles=[tiles for _, tiles in images])
+                       max_num=_max_num(body, limits.max_tiles), image_max_tiles=[tiles for _, tiles in images])
