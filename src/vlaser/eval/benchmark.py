@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vlaser.errors import UserInputError
+from vlaser.model.template import FRAME_LINE
 
 #: ``--prompt``: vlaser's prompt (the seed's point prefix for pointing) or the benchmark's official one.
 PROMPT_STYLES = ("vlaser", "official")
@@ -99,7 +100,7 @@ class Benchmark(abc.ABC):
     pointing: ClassVar[bool] = True
     #: the prompt line of video frame ``i`` (1-based): ``Frame-{i}: <image>``, as InternVL's video path, unless
     #: a benchmark's own InternVL code says otherwise
-    frame_line: ClassVar[str] = "Frame-{i}: <image>\n"
+    frame_line: ClassVar[str] = FRAME_LINE
     #: the ``--option`` keys the benchmark reads (a misspelt one is an error, not silently ignored)
     known_options: ClassVar[tuple[str, ...]] = ()
 

@@ -23,7 +23,7 @@ from vlaser.eval.provenance import check_and_write, git_commit, run_record, vlas
 from vlaser.jsonl import JSONLError, read_jsonl
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageLoadError, LastClip, decode_frames
-from vlaser.model.template import multi_image_prefix
+from vlaser.model.template import IMAGE_LINE, multi_image_prefix
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def build_request(benchmark: Benchmark, item: Item, style: str, max_num: int,
     text = benchmark.prompt(item, style)
     tags = text.count(IMAGE_PLACEHOLDER)
     if not tags and item.images:
-        text = (IMAGE_PLACEHOLDER + "\n" if len(item.images) == 1 else multi_image_prefix(len(item.images))) + text
+        text = (IMAGE_LINE if len(item.images) == 1 else multi_image_prefix(len(item.images))) + text
     elif tags != len(item.images):
         raise BenchmarkDataError(f"{benchmark.name} item {item.id}: the prompt has {tags} {IMAGE_PLACEHOLDER} "
                                  f"tag(s) for {len(item.images)} image(s)")

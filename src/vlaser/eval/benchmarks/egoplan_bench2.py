@@ -51,6 +51,7 @@ import numpy as np
 
 from vlaser.errors import UserInputError
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score, mean_by
+from vlaser.model.template import MULTI_IMAGE_LINE
 
 ANNOTATION = "EgoPlan-Bench2.json"
 INSTRUCTION = ("Select the best answer to the following multiple-choice question based on the video. "
@@ -151,7 +152,7 @@ class EgoPlanBench2(Benchmark):
     pointing = False
     protocols = (Protocol("official", max_new_tokens=512, frames=8,
                           source="qiulu66/EgoPlan-Bench2 eval.py and models/InternVL2.py (LMDeploy defaults)"),)
-    frame_line = "Image-{i}: <image>\n"
+    frame_line = MULTI_IMAGE_LINE
     known_options = ("videos", "fixed_prefixes")
 
     def load(self, data_dir: Path) -> list[Item]:

@@ -66,9 +66,10 @@ from typing import Any
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score
 from vlaser.eval.parquet import cache_dir, find_parquet, image_file, iter_rows
 from vlaser.eval.tfrecord import read_examples
+from vlaser.model.constants import IMAGE_PLACEHOLDER as IMAGE
+from vlaser.model.template import IMAGE_LINE, multi_image_prefix
 
 LETTERS = ("A", "B", "C", "D")
-IMAGE = "<image>"
 
 # ---- prompt layout ------------------------------------------------------------------------------------------------
 
@@ -76,8 +77,8 @@ IMAGE = "<image>"
 def images_first(question: str, n_images: int) -> str:
     """Every image before the question: InternVL's ``<image>\\n`` for one, ``Image-i: <image>\\n`` lines for more."""
     if n_images == 1:
-        return f"{IMAGE}\n{question}"
-    return "".join(f"Image-{i + 1}: {IMAGE}\n" for i in range(n_images)) + question
+        return IMAGE_LINE + question
+    return multi_image_prefix(n_images) + question
 
 
 def interleave(question: str, visual_indices: list[int], n_images: int) -> tuple[str, list[int]]:
@@ -91,7 +92,7 @@ def interleave(question: str, visual_indices: list[int], n_images: int) -> tuple
     pieces, last = [], 0
     for _, offset in pairs:
         if offset == 0:
-            pieces.append(f"{IMAGE}\n")
+            pieces.append(IMAGE_LINE)
         elif offset <= len(question):
             pieces += [question[last:offset], IMAGE]
             last = offset
