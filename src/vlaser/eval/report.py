@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 from pathlib import Path
 
@@ -40,6 +41,16 @@ PAPER_TABLE_1: dict[str, dict[str, float]] = {
 #: the rows shown beside a run by default: the models Vlaser is built from and compared with first
 PAPER_ROWS = ("InternVL3-2B", "Vlaser-2B", "InternVL3-8B", "Vlaser-8B")
 PICTURE_WIDTH = 480  #: pictures are shown at 320 px; 480 keeps detail for zooming, and keeps writing them cheap
+PICTURE_MIN_SIDE = 320  #: a smaller image is enlarged (an integer factor, nearest-neighbour) to at least this
+
+
+def picture_scale(width: int, height: int) -> float:
+    """How much an image is resized for its picture: a wide one down to ``PICTURE_WIDTH``; a small one up by the
+    least integer factor that gives its short side ``PICTURE_MIN_SIDE`` (a whole factor keeps every pixel a
+    sharp square, so a 112 px benchmark image is still readable in the report)."""
+    if width > PICTURE_WIDTH:
+        return PICTURE_WIDTH / width
+    return float(max(1, math.ceil(PICTURE_MIN_SIDE / min(width, height))))
 
 
 def _overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
@@ -51,11 +62,12 @@ def _overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
 
 
 def _picture(image_path: Path, mask: np.ndarray | None, points, gt_points) -> Image.Image:
-    """The image (at most ``PICTURE_WIDTH`` wide), the mask tinted green, GT points green, predictions red."""
+    """The image resized by ``picture_scale``, the mask tinted green, GT points green, predictions red (points
+    and markers scaled with the image)."""
     with Image.open(image_path) as image:
-        scale = min(1.0, PICTURE_WIDTH / image.width)
+        scale = picture_scale(image.width, image.height)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        picture = image.convert("RGB").resize(size, Image.BILINEAR)
+        picture = image.convert("RGB").resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
     if mask is not None:
         picture = _overlay(picture, mask)
     if gt_points:

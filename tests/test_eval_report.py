@@ -1,0 +1,45 @@
+"""Pictures of pointing answers: small benchmark images are enlarged for viewing, markers where the points are."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlaser.eval.benchmark import Item, Score
+from vlaser.eval.report import PICTURE_MIN_SIDE, PICTURE_WIDTH, picture_scale, write_pictures
+
+RED, GREEN = np.array([255, 64, 64]), np.array([40, 220, 90])
+
+
+def _picture_of(tmp_path, size, points, gt_points=None):
+    image = tmp_path / "scene.png"
+    Image.new("RGB", size, (0, 0, 0)).save(image)
+    item = Item(id="q/1", question="Point to it.", official_prompt="Point to it.", images=[image])
+    bench = SimpleNamespace(name="fake", gt_mask=lambda item: None, gt_points=lambda item: gt_points)
+    cards = write_pictures(bench, [item], [Score(1.0, parsed=True, points=points)],
+                           {"q/1": {"prompt": "p", "response": "r"}}, tmp_path)
+    return np.asarray(Image.open(tmp_path / cards[0]["file"]).convert("RGB"))
+
+
+def test_a_small_image_is_enlarged_nearest_neighbour_with_markers_scaled(tmp_path):
+    picture = _picture_of(tmp_path, (112, 112), points=[(20, 80)], gt_points=[(90, 10)])
+    assert picture.shape[:2] == (336, 336)  # 3x: the least whole factor reaching 320 px
+    assert (picture[80 * 3, 20 * 3] == RED).all() and (picture[10 * 3, 90 * 3] == GREEN).all()
+    assert not (picture[80, 20] == RED).all()  # not at the unscaled position
+    assert (picture[200, 200] == 0).all()  # the image itself stays black (no smoothing of its pixels)
+
+
+def test_a_large_image_is_reduced_with_its_points(tmp_path):
+    picture = _picture_of(tmp_path, (960, 600), points=[(480, 300)])
+    assert picture.shape[:2] == (300, 480) and (picture[150, 240] == RED).all()
+
+
+@pytest.mark.parametrize("size, scale", [((112, 112), 3.0), ((320, 200), 2.0), ((400, 320), 1.0), ((480, 100), 4.0),
+                                         ((960, 540), 0.5), ((1, 1), 320.0)])
+def test_picture_scale(size, scale):
+    assert picture_scale(*size) == scale
+    if scale > 1:  # the least whole factor that reaches the minimum short side
+        assert scale.is_integer() and min(size) * scale >= PICTURE_MIN_SIDE > min(size) * (scale - 1)
+    elif scale < 1:
+        assert round(size[0] * scale) == PICTURE_WIDTH
