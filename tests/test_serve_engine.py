@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from transformers.generation.streamers import BaseStreamer
 
 from vlaser import VLM
 from vlaser.errors import UserInputError
@@ -39,14 +40,29 @@ REQUESTS = [
 ]
 
 
+class _Recorder(BaseStreamer):
+    """The generated token ids of a one-prompt ``generate`` call."""
+
+    def __init__(self):
+        self.ids = []
+
+    def put(self, value):
+        if value.dim() == 1:  # not the prompt
+            self.ids.append(int(value[0]))
+
+    def end(self):
+        pass
+
+
 def _alone(vlm, request, max_tokens, max_num=6):
-    """The reference answer, without the engine: the rendered prompt through ``generate_answers`` on its own."""
+    """The reference answer, without the engine: the rendered prompt through ``generate_answers`` on its own.
+    Returns the text, whether it was cut off at ``max_tokens``, the prompt's token count and the generated ids."""
     media = vlm.media(request.images, max_num=max_num)
-    model = vlm.model
+    model, recorder = vlm.model, _Recorder()
     prompt = request.render(model.conv_template, media.num_patches, model.num_image_token, model.system_message)
-    texts, cut = model.generate_answers(vlm.tokenizer, [prompt], media.pixel_values,
-                                        {"max_new_tokens": max_tokens, "do_sample": False}, keep_grounding_tokens=True)
-    return texts[0], cut[0], len(vlm.tokenizer(prompt)["input_ids"])
+    texts, cut = model.generate_answers(vlm.tokenizer, [prompt], media.pixel_values, {
+        "max_new_tokens": max_tokens, "do_sample": False, "streamer": recorder}, keep_grounding_tokens=True)
+    return texts[0], cut[0], len(vlm.tokenizer(prompt)["input_ids"]), recorder.ids
 
 
 def _serve(vlm, body, **options):
@@ -98,7 +114,7 @@ def test_concurrent_jobs_batch_and_equal_lone_answers(vlm, batch_sizes, monkeypa
     assert batch_sizes == [8]
     assert all(name.startswith("vlaser-engine") for name in tiling_threads)
     for request, n, (streamed, completion) in zip(REQUESTS, max_tokens, results):
-        text, cut, prompt_tokens = _alone(vlm, request, n)
+        text, cut, prompt_tokens, _ = _alone(vlm, request, n)
         assert completion.text == text and streamed == text
         assert completion.prompt_tokens == prompt_tokens
         assert completion.finish_reason == ("length" if cut else "stop")
@@ -137,13 +153,13 @@ def test_a_batch_waits_for_jobs_submitted_within_max_wait(vlm, batch_sizes):
 
 
 def test_stop_string_cuts_the_answer(vlm, batch_sizes):
-    full, _, _ = _alone(vlm, REQUESTS[1], 20)
+    full, _, prompt_tokens, ids = _alone(vlm, REQUESTS[1], 20)
     stop = next(full[i:i + 2] for i in range(3, len(full)) if full[i:i + 2].strip() == full[i:i + 2]
                 and "\ufffd" not in full[i:i + 2])
     expected = full[: full.find(stop)].strip()
-    # the stop completes at the first token count whose answer contains it
-    tokens = next(k for k in range(1, 21) if stop in _alone(vlm, REQUESTS[1], k)[0])
-    prompt_tokens, other_text = _alone(vlm, REQUESTS[1], 1)[2], _alone(vlm, REQUESTS[0], 20)[0]
+    decode = engine_module.answer_decoder(vlm.tokenizer, "<|im_end|>", keep_grounding_tokens=True)
+    tokens = next(k for k in range(1, 21) if stop in decode(ids[:k]))  # the step that completes the stop
+    other_text = _alone(vlm, REQUESTS[0], 20)[0]
     batch_sizes.clear()
 
     async def body(engine):
