@@ -11,6 +11,7 @@ from vlaser.data.collator import SFTCollator
 from vlaser.data.dataset import DataConfig, SFTDataset
 from vlaser.data.meta import MetaError, load_meta
 from vlaser.data.tokenize import IGNORE_INDEX
+from vlaser.errors import UserInputError
 from vlaser.model.preprocess import dynamic_preprocess
 from vlaser.model.template import INTERNVL2_5_SYSTEM_MESSAGE
 
@@ -186,7 +187,7 @@ def test_max_seq_length_never_cuts_image_tokens(tmp_path, tok):
     assert item["input_ids"].tolist() == full[1]["input_ids"].tolist()[:limit]
     assert "cut inside the image tokens" in item["skipped"][0].reason
     short = SFTDataset(_write(tmp_path, lines[1:], name="short"), tok, _config(max_seq_length=10))
-    with pytest.raises(RuntimeError, match="no supervised"):
+    with pytest.raises(UserInputError, match="no supervised"):  # a data problem: one line from the CLI
         short[0]
 
 

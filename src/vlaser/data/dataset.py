@@ -115,7 +115,7 @@ class SFTDataset(torch.utils.data.Dataset):
                 continue
             item["skipped"] = skipped
             return item
-        raise RuntimeError(f"{len(skipped)} samples in a row could not be used, e.g. {skipped[0]}")
+        raise UserInputError(f"{len(skipped)} samples in a row could not be used, e.g. {skipped[0]}")
 
     # ---- one record ------------------------------------------------------------------------------
 
