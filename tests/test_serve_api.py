@@ -398,6 +398,7 @@ def test_defaults_and_stop(echo):
 @pytest.mark.parametrize(("body", "message"), [
     ('{"messages": [', "malformed JSON"),
     ("[1, 2]", "the body: Input should be a valid dictionary"),
+    ("", "the request needs a JSON body"),
     ({"messages": []}, "messages: List should have at least 1 item"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature: Input should be a valid "
                                                                                "number"),
@@ -459,6 +460,9 @@ def test_body_over_the_limit_is_a_413(echo):
 def test_local_media_inside_the_folder(echo, media_dir):
     assert echoed(echo, [user(image_part("red.png"))])["images"] == [[90, 60]]
     assert echoed(echo, [user(image_part((media_dir / "red.png").as_uri()))])["images"] == [[90, 60]]
+    with pytest.raises(ValueError, match="larger than the server's limit of 10 bytes per image file"):
+        parse_chat_request({"messages": [user(image_part("red.png"))]}, MediaLimits(local_root=media_dir,
+                                                                                   max_fetch_bytes=10))
     outside = (media_dir / "link.png").resolve()
     response = echo.post("/v1/chat/completions", json={"messages": [user(image_part(str(outside)))]})
     assert response.status_code == 400 and "is outside the folder" in response.json()["error"]["message"]
@@ -473,10 +477,23 @@ def test_local_and_remote_media_are_refused_unless_enabled(media_dir):
             assert response.status_code == 400 and flag in response.json()["error"]["message"], response.text
 
 
+class _Files(SimpleHTTPRequestHandler):
+    """Serves a folder; ``/away`` redirects to an ftp: URL."""
+
+    def do_GET(self):  # noqa: N802
+        if self.path == "/away":
+            self.send_response(302)
+            self.send_header("Location", "ftp://127.0.0.1/red.png")
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
 def test_remote_media_when_enabled(media_dir):
-    handler = partial(SimpleHTTPRequestHandler, directory=str(media_dir))
-    handler.log_message = lambda *args: None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Files, directory=str(media_dir)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}"
     try:
@@ -484,6 +501,8 @@ def test_remote_media_when_enabled(media_dir):
             assert echoed(client, [user(image_part(url + "/red.png"))])["images"] == [[90, 60]]
             missing = client.post("/v1/chat/completions", json={"messages": [user(image_part(url + "/no.png"))]})
             assert missing.status_code == 400 and "could not fetch" in missing.json()["error"]["message"]
+            away = client.post("/v1/chat/completions", json={"messages": [user(image_part(url + "/away"))]})
+            assert away.status_code == 400 and "not an http(s) URL" in away.json()["error"]["message"]
         with pytest.raises(ValueError, match="larger than the server's limit of 100 bytes"):
             parse_chat_request({"messages": [user(image_part(url + "/red.png"))]},
                                MediaLimits(allow_remote=True, max_fetch_bytes=100))

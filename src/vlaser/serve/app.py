@@ -251,6 +251,8 @@ def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
         path.append(text)
     if error.get("type") == "json_invalid":
         return f"malformed JSON: {error.get('ctx', {}).get('error', error['msg'])}", None
+    if error.get("type") == "missing" and not path:
+        return "the request needs a JSON body (a chat-completions object with 'messages')", None
     where = ".".join(path) or "the body"
     got = f" (got {json.dumps(error['input'], default=str)[:80]})" if "input" in error and path else ""
     return f"{where}: {error['msg']}{got}", path[0] if path else None

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import io
 import threading
 import urllib.error
@@ -79,7 +80,7 @@ class MediaLimits:
     fetch_timeout: float = 10.0
     """Seconds for one remote image."""
     max_fetch_bytes: int = 32 * 2**20
-    """Bytes of one remote image."""
+    """Bytes of one remote or local image file."""
 
 
 @dataclass
@@ -131,7 +132,7 @@ def _image_bytes(url: Any, where: str, limits: MediaLimits) -> tuple[bytes, str]
         if limits.local_root is None:
             raise UserInputError(f"{where}: local image files are not read ({url[:60]!r}); send the image as a "
                                  "base64 data: URL, or start the server with --allow-local-media DIR")
-        return _local_file(url, where, limits.local_root), repr(url[:200])
+        return _local_file(url, where, limits.local_root, limits.max_fetch_bytes), repr(url[:200])
     raise UserInputError(f"{where}: unsupported image URL scheme {scheme!r} (supported: data:, and where the "
                          "server allows them http(s): and file:)")
 
@@ -147,12 +148,24 @@ def _data_url_bytes(url: str, where: str) -> bytes:
         raise UserInputError(f"{where}: bad base64 in the data: URL ({e})") from e
 
 
+class _HTTPRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to ``http(s)`` only (urllib would follow one to ``ftp:`` too)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urlparse(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.URLError(f"redirected to {newurl[:100]!r}, not an http(s) URL")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HTTPRedirectsOnly)
+
+
 def _fetch(url: str, where: str, limits: MediaLimits) -> bytes:
     """A remote image, refused past ``max_fetch_bytes`` or ``fetch_timeout`` (read one byte more to tell)."""
     try:
-        with urllib.request.urlopen(url, timeout=limits.fetch_timeout) as response:
+        with _OPENER.open(url, timeout=limits.fetch_timeout) as response:
             data = response.read(limits.max_fetch_bytes + 1)
-    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError, ValueError) as e:
         raise UserInputError(f"{where}: could not fetch {url[:100]!r}: {e}") from e
     if len(data) > limits.max_fetch_bytes:
         raise UserInputError(f"{where}: {url[:100]!r} is larger than the server's limit of "
@@ -160,7 +173,7 @@ def _fetch(url: str, where: str, limits: MediaLimits) -> bytes:
     return data
 
 
-def _local_file(url: str, where: str, root: Path) -> bytes:
+def _local_file(url: str, where: str, root: Path, max_bytes: int) -> bytes:
     """A file inside ``root`` (symlinks resolved first, so a link cannot lead out of it); relative paths are
     relative to ``root``."""
     path = Path(unquote(urlparse(url).path)) if url.lower().startswith("file:") else Path(url)
@@ -174,6 +187,9 @@ def _local_file(url: str, where: str, root: Path) -> bytes:
                              f"(--allow-local-media {root})")
     if not resolved.is_file():
         raise UserInputError(f"{where}: {url[:200]!r} is not a file")
+    if resolved.stat().st_size > max_bytes:
+        raise UserInputError(f"{where}: {url[:200]!r} is larger than the server's limit of {max_bytes} bytes per "
+                             "image file")
     return resolved.read_bytes()
 
 
@@ -185,7 +201,9 @@ def _decode(data: bytes, source: str, where: str, max_pixels: int | None) -> Ima
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise UserInputError(f"{where}: the image is too large to decode safely ({e})") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError as e:
+        raise UserInputError(f"{where}: {source} does not hold a readable image (not a format PIL reads)") from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise UserInputError(f"{where}: {source} does not hold a readable image ({e})") from e
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
