@@ -87,6 +87,8 @@ class Job:
 
 @dataclass
 class Completion:
+    """A finished job's answer and its OpenAI ``finish_reason`` and ``usage`` counts."""
+
     text: str
     finish_reason: str  #: "stop" (end token or a stop string) or "length" (max_tokens reached)
     prompt_tokens: int
@@ -190,7 +192,9 @@ class _BatchTracker(BaseStreamer, StoppingCriteria):
 
     ``put`` receives each step's tokens (one per row), decodes every unfinished row so far, streams the part
     of its answer no later token can change, and finishes rows; ``__call__`` tells ``generate`` which rows
-    are done (finished, cancelled, or at their own ``max_tokens``), so they stop using the batch.
+    are done (finished, cancelled, or at their own ``max_tokens``): it pads those from then on, and returns
+    once every row is done. ``generate`` asks the criterion before it hands the step's tokens to ``put``, so a
+    row finished by a stop string (which only ``put`` sees) is generated for one step more, unread.
     """
 
     def __init__(self, rows: list[_Row], decode: Callable[[list[int]], str], end_id: int, end_token: str):
@@ -206,8 +210,8 @@ class _BatchTracker(BaseStreamer, StoppingCriteria):
                 self._step(row, token)
 
     def end(self) -> None:
-        for row in self.rows:  # only reached if generate stopped early, e.g. at the model's maximum length
-            if not row.done:
+        for row in self.rows:  # a row still open here was stopped by generate itself (the model's maximum length)
+            if not row.done and not row.stream.cancelled:
                 self._finish(row, self.decode(row.tokens), "length")
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
@@ -268,6 +272,7 @@ def _batch_key(sampling: Sampling) -> tuple | None:
 
 
 def _decoding(sampling: Sampling) -> dict:
+    """``generate`` keyword arguments for a batch's decoding (shared by all its jobs)."""
     if sampling.temperature == 0:
         return {"do_sample": False}
     return {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
