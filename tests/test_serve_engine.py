@@ -216,6 +216,13 @@ def test_end_token_finishes_a_row_with_stop(vlm):
     assert settled == [Completion("The cup.", "stop", 7, len(ids))] and streamed[-1] == "The cup."
 
 
+def test_rows_open_when_generate_ends_are_settled_as_cut_off(vlm):
+    """A row generate stopped before its own end (no end token, max_tokens not reached) still gets an answer."""
+    ids = vlm.tokenizer("The cup is ")["input_ids"]
+    streamed, settled = _track(vlm.tokenizer, ids, Sampling(max_tokens=50))
+    assert settled == [Completion("The cup is", "length", 7, len(ids))] and streamed[-1] == "The cup is"
+
+
 @given(data=st.data())
 @settings(max_examples=150, deadline=None)
 def test_streamed_text_is_always_the_final_text(vlm, data):
