@@ -121,6 +121,27 @@ def test_concurrent_jobs_batch_and_equal_lone_answers(vlm, batch_sizes, monkeypa
         assert completion.completion_tokens <= n and (completion.completion_tokens == n) == cut
 
 
+def test_generation_runs_off_the_event_loop(vlm, monkeypatch):
+    """The batch generates on the worker thread: here it can only go on once the event loop has run meanwhile."""
+    released = threading.Event()
+    real = vlm.model.generate_answers
+
+    def gated(*args, **kwargs):
+        if not released.wait(30):
+            raise TimeoutError("the event loop did not run while the batch was about to generate")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vlm.model, "generate_answers", gated)
+
+    async def body(engine):
+        stream = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=3), 6))
+        await stream.prepared()
+        released.set()
+        return await stream.result()
+
+    assert _serve(vlm, body).text == _alone(vlm, REQUESTS[0], 3)[0]
+
+
 def test_batch_of_eight_equals_eight_sequential_jobs(vlm, batch_sizes):
     async def body(engine):
         jobs = [Job(r, Sampling(max_tokens=10), max_num=6) for r in REQUESTS]
