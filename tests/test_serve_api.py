@@ -30,6 +30,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from vlaser.api import VLM
+from vlaser.errors import UserInputError
 from vlaser.serve.app import create_app
 from vlaser.serve.engine import Completion, Engine, QueueFull
 from vlaser.serve.messages import MediaLimits, parse_chat_request
@@ -99,6 +100,9 @@ class _Done:
     def __init__(self, completion):
         self.completion = completion
 
+    async def prepared(self):
+        pass
+
     async def _deltas(self):
         yield self.completion.text
 
@@ -110,6 +114,23 @@ class _Done:
 
     def cancel(self):
         pass
+
+
+class RefusingEngine(EchoEngine):
+    """Every job fails in preparation with a user error, as a prompt over the model's context does."""
+
+    def submit(self, job):
+        return _Refused()
+
+
+class _Refused(_Done):
+    def __init__(self):
+        pass
+
+    async def prepared(self):
+        raise UserInputError("the prompt is 40000 tokens, over the model's context")
+
+    result = prepared
 
 
 class HeldEngine:
@@ -145,6 +166,9 @@ class HeldEngine:
 class _Held:
     def __init__(self, gate):
         self.gate, self.cancelled = gate, threading.Event()
+
+    async def prepared(self):  # generating at once, and held there
+        pass
 
     @property
     def over(self):
@@ -612,6 +636,14 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits_0(tiny_original, tmp
         if proc.poll() is None:
             proc.kill()
         log.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_job_refused_in_preparation_is_a_400_even_when_streaming(stream):
+    with TestClient(create_app(RefusingEngine(), "refusing")) as client:
+        response = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
+                                                              "stream": stream})
+    assert response.status_code == 400 and "over the model's context" in response.json()["error"]["message"]
 
 
 def test_engine_failure_is_a_500_with_an_openai_body():

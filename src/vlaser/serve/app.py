@@ -21,9 +21,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
@@ -38,6 +39,7 @@ from vlaser.serve.messages import MediaLimits, parse_chat_request
 from vlaser.serve.schema import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelList
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OPEN_PATHS = ("/health", "/", "/ui/config", "/static/")  #: served without the key (see the module docstring)
 _ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in [
@@ -117,12 +119,14 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
             raise APIError(429, f"the server's queue is full ({e}); retry later", "rate_limit_error",
                            code="queue_full") from e
         answer = _Answer(model_name, include_usage=bool(body.stream_options and body.stream_options.include_usage))
+        # a job that fails before generating (e.g. a prompt over the model's context) is still a 4xx, not a stream
+        finished, completion = await _unless_gone(stream.prepared() if body.stream else stream.result(), stream,
+                                                  request)
+        if not finished:  # the client went away; nobody reads this
+            return JSONResponse({}, status_code=499)
         if body.stream:
             return StreamingResponse(answer.events(stream), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        completion = await _until_done(stream, request)
-        if completion is None:  # the client went away; nobody reads this
-            return JSONResponse({}, status_code=499)
         return answer.body(completion)
 
     from vlaser.points import POINT_PROMPT
@@ -164,19 +168,20 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
-async def _until_done(stream: Stream, request: Request) -> Completion | None:
-    """The completion, or ``None`` (and the job cancelled, freeing its slot) when the client leaves first."""
-    result = asyncio.ensure_future(stream.result())
+async def _unless_gone(work: Awaitable[T], stream: Stream, request: Request) -> tuple[bool, T | None]:
+    """``(True, what work gives)``, or ``(False, None)`` and the job cancelled, freeing its slot, when the
+    client leaves first."""
+    task = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_until_disconnect(request))
     try:
-        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-    if result.done():
-        return result.result()
+    if task.done():
+        return True, task.result()
     stream.cancel()
-    result.cancel()
-    return None
+    task.cancel()
+    return False, None
 
 
 class _Answer:
