@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -617,6 +618,9 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits_0(tiny_original, tmp
                     break
             except OSError:
                 time.sleep(0.2)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the key came from VLASER_API_KEY
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10)
+        assert refused.value.code == 401
         connections = []
         for k in range(2):
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
