@@ -142,6 +142,21 @@ def test_generation_runs_off_the_event_loop(vlm, monkeypatch):
     assert _serve(vlm, body).text == _alone(vlm, REQUESTS[0], 3)[0]
 
 
+def test_an_image_s_own_tile_limit_wins(vlm, monkeypatch):
+    tiles = []
+    real = vlm.model.generate_answers
+    monkeypatch.setattr(vlm.model, "generate_answers", lambda tok, prompts, pixel_values, *a, **k: tiles.append(
+        len(pixel_values)) or real(tok, prompts, pixel_values, *a, **k))
+    wide = _img((0, 255, 0), (300, 100))  # 3 tiles and the thumbnail at max_num 6, 1 tile at max_num 1
+    request = ChatRequest("Image-1: <image>\nImage-2: <image>\nSame?", [wide, wide], image_max_tiles=[1, None])
+
+    async def body(engine):
+        return await engine.submit(Job(request, Sampling(max_tokens=2), max_num=6)).result()
+
+    _serve(vlm, body)
+    assert tiles == [1 + 4]
+
+
 def test_batch_of_eight_equals_eight_sequential_jobs(vlm, batch_sizes):
     async def body(engine):
         jobs = [Job(r, Sampling(max_tokens=10), max_num=6) for r in REQUESTS]

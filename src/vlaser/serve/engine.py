@@ -82,7 +82,7 @@ class Job:
 
     request: ChatRequest
     sampling: Sampling
-    max_num: int
+    max_num: int  #: tiles per image, unless the request sets an image's own (``ChatRequest.tile_limits``)
 
 
 @dataclass
@@ -361,19 +361,20 @@ class Engine:
     def _prepare(self, job: Job) -> tuple[str, torch.Tensor | None, int]:
         """Tile the images and render the prompt exactly as ``model.chat`` would; count its tokens and check
         that the answer fits in the model's context."""
-        model = self.vlm.model
-        media = self.vlm.media(job.request.images, max_num=job.max_num)
-        prompt = job.request.render(model.conv_template, media.num_patches, model.num_image_token,
-                                    model.system_message)
+        model, request = self.vlm.model, job.request
+        media = [self.vlm.media(image, max_num=limit)
+                 for image, limit in zip(request.images, request.tile_limits(job.max_num))]
+        num_patches = [m.num_patches[0] for m in media]
+        prompt = request.render(model.conv_template, num_patches, model.num_image_token, model.system_message)
         prompt_tokens = len(self.vlm.tokenizer(prompt)["input_ids"])
         context = model.config.text_config.max_position_embeddings
         if prompt_tokens + job.sampling.max_tokens > context:
             raise UserInputError(
-                f"the prompt is {prompt_tokens} tokens ({sum(media.num_patches)} image tiles of "
+                f"the prompt is {prompt_tokens} tokens ({sum(num_patches)} image tiles of "
                 f"{model.num_image_token} tokens each) and max_tokens asks for {job.sampling.max_tokens} more, over "
                 f"the model's context of {context} tokens; send fewer or smaller images, a lower tile count "
                 "(max_num) or a lower max_tokens")
-        return prompt, media.pixel_values, prompt_tokens
+        return prompt, torch.cat([m.pixel_values for m in media]) if media else None, prompt_tokens
 
     def _generate(self, batch: list[Stream]) -> None:
         """Prepare and generate one batch (on the worker thread); every job ends settled or cancelled."""

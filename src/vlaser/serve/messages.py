@@ -111,7 +111,7 @@ class ChatRequest:
     def tile_limits(self, default: int) -> list[int]:
         """Each image's tile limit: its own, else the request's, else ``default`` (the server's)."""
         request = self.max_num or default
-        return [own or request for own in self.image_max_tiles]
+        return [own or request for own in self.image_max_tiles or [None] * len(self.images)]
 
 
 def _image_bytes(url: Any, where: str, limits: MediaLimits) -> tuple[bytes, str]:
