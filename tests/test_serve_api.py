@@ -433,6 +433,9 @@ def test_defaults_and_stop(echo):
     ({"messages": [user(image_part(5))]}, "messages.0.content.0.image_url.url: Input should be a valid string"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role: Input should be 'system'"),
     ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n must be 1"),
+    ({"messages": [{"role": "user", "content": "x"}], "seed": 2**64}, "seed: Input should be less than"),
+    ('{"messages": [{"role": "user", "content": "a \\ud800 b"}]}', "message 0: the text holds a lone UTF-16 "
+                                                                   "surrogate"),
     ({"messages": [{"role": "user", "content": "x"}], "max_num": 7}, "max_num 7 is over this server's limit of 6 "
                                                                       "tiles"),
     ({"messages": [{"role": "user", "content": "x"}], "mm_processor_kwargs": {"max_dynamic_patch": 99}},

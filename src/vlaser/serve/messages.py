@@ -297,7 +297,20 @@ def _content(message: dict, where: str, images: list, images_allowed: bool, limi
         pieces = [_part(part, f"{where}, part {k}", images_allowed, limits) for k, part in enumerate(content)]
     else:
         raise UserInputError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}")
+    for kind, text in pieces:
+        if kind == "text" and not _is_unicode(text):
+            raise UserInputError(f"{where}: the text holds a lone UTF-16 surrogate (an escape like \\ud800 without "
+                                 "its pair); send valid Unicode")
     return _arrange(pieces, where, images)
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (JSON's ``\\ud800`` escapes decode to strings that do not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _turns(messages: list, images: list, limits: MediaLimits) -> tuple[str | None, list[tuple[str, str]]]:

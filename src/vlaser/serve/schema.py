@@ -67,7 +67,8 @@ class ChatCompletionRequest(_Open):
     temperature: float | None = Field(None, ge=0, le=2, strict=True,
                                       description="0 (the default, as model.chat) decodes greedily")
     top_p: float | None = Field(None, gt=0, le=1, strict=True, description="nucleus sampling (with temperature > 0)")
-    seed: int | None = Field(None, strict=True, description="makes sampling repeatable")
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63, strict=True,
+                             description="makes sampling repeatable (a 64-bit integer, as torch.manual_seed takes)")
     stop: str | list[str] | None = Field(None, description="text (or texts) that end the answer; not included in it")
     n: int | None = Field(1, strict=True, description="choices per request: only 1")
     stream: bool | None = Field(False, strict=True,
