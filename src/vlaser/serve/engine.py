@@ -30,11 +30,11 @@ cut at ``<|im_end|>``, stripped). ``prompt_tokens`` counts the tokenised prompt,
 ``completion_tokens`` the row's generated tokens up to and including the end token or the stop, no padding.
 
 A job whose preparation fails fails alone with that exception, raised by ``prepared()``, ``result()`` and the
-iteration: an ``<image>`` count mismatch, or a prompt whose tokens plus ``max_tokens`` exceed the model's
-context (both ``UserInputError``, a ``ValueError``; ``await stream.prepared()`` lets a server answer 400 before
-it starts streaming). A failing ``generate`` call fails the unfinished jobs of its batch. The loop keeps serving
-either way. Cancelling the task that awaits ``result()`` or ``prepared()`` or iterates a stream cancels its
-job, so a server whose request handler is cancelled on disconnect frees the slot.
+iteration: an ``<image>`` count mismatch (a ``ValueError``), or a prompt whose tokens plus ``max_tokens`` exceed
+the model's context (a ``UserInputError``, also a ``ValueError``; ``await stream.prepared()`` lets a server answer
+400 before it starts streaming). A failing ``generate`` call fails the unfinished jobs of its batch. The loop
+keeps serving either way. Cancelling the task that awaits ``result()`` or ``prepared()`` or iterates a stream
+cancels its job, so a server whose request handler is cancelled on disconnect frees the slot.
 """
 
 from __future__ import annotations
@@ -363,7 +363,7 @@ class Engine:
         that the answer fits in the model's context."""
         model, request = self.vlm.model, job.request
         media = [self.vlm.media(image, max_num=limit)
-                 for image, limit in zip(request.images, request.tile_limits(job.max_num))]
+                 for image, limit in zip(request.images, request.tile_limits(job.max_num), strict=True)]
         num_patches = [m.num_patches[0] for m in media]
         prompt = request.render(model.conv_template, num_patches, model.num_image_token, model.system_message)
         prompt_tokens = len(self.vlm.tokenizer(prompt)["input_ids"])
