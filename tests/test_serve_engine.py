@@ -112,7 +112,7 @@ def test_concurrent_jobs_batch_and_equal_lone_answers(vlm, batch_sizes, monkeypa
 
     results = _serve(vlm, body, max_batch_size=8)
     assert batch_sizes == [8]
-    assert all(name.startswith("vlaser-engine") for name in tiling_threads)
+    assert tiling_threads == {"vlaser-engine-prepare_0"}
     for request, n, (streamed, completion) in zip(REQUESTS, max_tokens, results):
         text, cut, prompt_tokens, _ = _alone(vlm, request, n)
         assert completion.text == text and streamed == text
@@ -121,25 +121,28 @@ def test_concurrent_jobs_batch_and_equal_lone_answers(vlm, batch_sizes, monkeypa
         assert completion.completion_tokens <= n and (completion.completion_tokens == n) == cut
 
 
-def test_generation_runs_off_the_event_loop(vlm, monkeypatch):
-    """The batch generates on the worker thread: here it can only go on once the event loop has run meanwhile."""
+def test_generation_runs_off_the_event_loop_while_the_next_jobs_are_prepared(vlm, monkeypatch):
+    """The first batch is held at the start of generation until the event loop has seen the second job's tiles
+    ready: that needs generation off the loop and preparation ahead of it."""
     released = threading.Event()
     real = vlm.model.generate_answers
 
     def gated(*args, **kwargs):
         if not released.wait(30):
-            raise TimeoutError("the event loop did not run while the batch was about to generate")
+            raise TimeoutError("the event loop did not run, or the next job was not prepared, while generating")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(vlm.model, "generate_answers", gated)
 
     async def body(engine):
-        stream = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=3), 6))
-        await stream.prepared()
+        first, second = (engine.submit(Job(r, Sampling(max_tokens=3), 6)) for r in REQUESTS[:2])
+        await first.prepared()
+        await asyncio.wrap_future(second._prepared)
         released.set()
-        return await stream.result()
+        return [await first.result(), await second.result()]
 
-    assert _serve(vlm, body).text == _alone(vlm, REQUESTS[0], 3)[0]
+    done = _serve(vlm, body, max_batch_size=1)
+    assert [c.text for c in done] == [_alone(vlm, r, 3)[0] for r in REQUESTS[:2]]
 
 
 def test_an_image_s_own_tile_limit_wins(vlm, monkeypatch):

@@ -18,8 +18,9 @@ was submitted for the batch to fill. Jobs share a call when their decoding is th
 (``temperature == 0``, any seed) batch together; sampled jobs batch only with the same ``(temperature,
 top_p)`` and no seed; a sampled job with a seed runs alone after ``torch.manual_seed(seed)``, so the same seed
 gives the same text. Sampling uses temperature and top-p only (top-k off, as in OpenAI's API). One
-``generate`` call runs at a time, on a worker thread (which also tiles the images), so the event loop stays
-responsive. Left padding leaves a greedy answer identical to the same request run alone.
+``generate`` call runs at a time, on a worker thread, so the event loop stays responsive; a second thread tiles
+the images and renders the prompts of the jobs next in line (at most a batch ahead, which bounds the memory)
+while the current batch generates. Left padding leaves a greedy answer identical to the same request run alone.
 
 Each row of a batch ends on its own: at the end token, when its answer contains one of its ``stop`` strings
 (the answer is cut before it; ``finish_reason == "stop"``), at its own ``max_tokens`` (``"length"``), or
@@ -41,9 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -110,6 +112,7 @@ class Stream:
         self._deltas: asyncio.Queue[str | None] = asyncio.Queue()
         self._done: asyncio.Future[Completion] = loop.create_future()
         self._started = asyncio.Event()  # set when its generation starts or the job ends
+        self._prepared: Future | None = None  # its prompt and tiles, made on the engine's preparing thread
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
@@ -299,6 +302,7 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="vlaser-engine")
+        self._preparer = ThreadPoolExecutor(1, thread_name_prefix="vlaser-engine-prepare")
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -309,6 +313,7 @@ class Engine:
         self._wake.set()
         await self._task
         self._worker.shutdown()
+        self._preparer.shutdown()
 
     def submit(self, job: Job) -> Stream:
         """Queue a job (on the event loop's thread); :class:`QueueFull` when ``max_queue`` jobs are pending."""
@@ -320,6 +325,7 @@ class Engine:
         stream = Stream(job, self._loop, self._release)
         self._pending.add(stream)
         self._waiting.append(stream)
+        self._prepare_ahead()
         self._wake.set()
         return stream
 
@@ -331,6 +337,14 @@ class Engine:
         self._pending.discard(stream)
         with contextlib.suppress(ValueError):
             self._waiting.remove(stream)
+        if stream._prepared is not None:
+            stream._prepared.cancel()  # a no-op once it has started
+
+    def _prepare_ahead(self, streams: Sequence[Stream] = ()) -> None:
+        """Start preparing ``streams`` and the first ``max_batch_size`` waiting jobs, if not started yet."""
+        for stream in itertools.chain(streams, itertools.islice(self._waiting, self.max_batch_size)):
+            if stream._prepared is None:
+                stream._prepared = self._preparer.submit(self._prepare, stream.job)
 
     async def _run(self) -> None:
         while True:
@@ -348,6 +362,7 @@ class Engine:
                 continue
             for stream in batch:
                 self._waiting.remove(stream)
+            self._prepare_ahead(batch)
             await self._loop.run_in_executor(self._worker, self._generate, batch)
 
     def _next_batch(self) -> tuple[list[Stream], bool]:
@@ -377,14 +392,15 @@ class Engine:
         return prompt, torch.cat([m.pixel_values for m in media]) if media else None, prompt_tokens
 
     def _generate(self, batch: list[Stream]) -> None:
-        """Prepare and generate one batch (on the worker thread); every job ends settled or cancelled."""
+        """Generate one batch (on the worker thread) once its jobs are prepared; every job ends settled or
+        cancelled."""
         rows = []
         for stream in batch:
             if stream.cancelled:
                 continue
             try:
-                rows.append(_Row(stream, *self._prepare(stream.job)))
-            except Exception as error:
+                rows.append(_Row(stream, *stream._prepared.result()))
+            except Exception as error:  # its preparation failed (or it was cancelled meanwhile: then a no-op)
                 stream._settle(error=error)
         if not rows:
             return
