@@ -99,11 +99,31 @@ def batch_sizes(vlm, monkeypatch):
     return sizes
 
 
+class _ThreadRecorder:
+    """A stand-in for the tokenizer that notes which threads use it."""
+
+    def __init__(self, real, threads: set):
+        object.__setattr__(self, "_real", real)
+        object.__setattr__(self, "_threads", threads)
+
+    def __getattr__(self, name):
+        self._threads.add(threading.current_thread().name)
+        return getattr(self._real, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._real, name, value)
+
+    def __call__(self, *args, **kwargs):
+        self._threads.add(threading.current_thread().name)
+        return self._real(*args, **kwargs)
+
+
 def test_concurrent_jobs_batch_and_equal_lone_answers(vlm, batch_sizes, monkeypatch):
-    tiling_threads = set()
-    real_media = vlm.media
+    tiling_threads, tokenizer_threads = set(), set()
+    real_media, real_tokenizer = vlm.media, vlm.tokenizer
     monkeypatch.setattr(vlm, "media", lambda *a, **k: tiling_threads.add(threading.current_thread().name)
                         or real_media(*a, **k))
+    monkeypatch.setattr(vlm, "tokenizer", _ThreadRecorder(real_tokenizer, tokenizer_threads))
     max_tokens = [12, 5, 12, 9, 12, 12, 3, 12]
 
     async def body(engine):
@@ -112,7 +132,8 @@ def test_concurrent_jobs_batch_and_equal_lone_answers(vlm, batch_sizes, monkeypa
 
     results = _serve(vlm, body, max_batch_size=8)
     assert batch_sizes == [8]
-    assert tiling_threads == {"vlaser-engine-prepare_0"}
+    assert tiling_threads == {"vlaser-engine-prepare_0"} and tokenizer_threads == {"vlaser-engine_0"}
+    monkeypatch.setattr(vlm, "tokenizer", real_tokenizer)
     for request, n, (streamed, completion) in zip(REQUESTS, max_tokens, results):
         text, cut, prompt_tokens, _ = _alone(vlm, request, n)
         assert completion.text == text and streamed == text

@@ -15,12 +15,15 @@ The interface the server is written against (kept backward compatible)::
 How jobs are batched. The loop takes the oldest waiting job and gathers the waiting jobs that can share its
 ``generate`` call, in arrival order, up to ``max_batch_size``; it waits at most ``max_wait_ms`` after that job
 was submitted for the batch to fill. Jobs share a call when their decoding is the same: all greedy jobs
-(``temperature == 0``, any seed) batch together; sampled jobs batch only with the same ``(temperature,
-top_p)`` and no seed; a sampled job with a seed runs alone after ``torch.manual_seed(seed)``, so the same seed
-gives the same text. Sampling uses temperature and top-p only (top-k off, as in OpenAI's API). One
-``generate`` call runs at a time, on a worker thread, so the event loop stays responsive; a second thread tiles
-the images and renders the prompts of the jobs next in line (at most a batch ahead, which bounds the memory)
-while the current batch generates. Left padding leaves a greedy answer identical to the same request run alone.
+(``temperature == 0``, any seed) batch together; sampled jobs batch only with the same ``(temperature, top_p)``
+and no seed; a sampled job with a seed runs alone after ``torch.manual_seed(seed)``, so the same seed gives the
+same text. Sampling uses temperature and top-p only (top-k off, as in OpenAI's API). Left padding leaves a
+greedy answer identical to the same request run alone.
+
+Threads. One ``generate`` call runs at a time, on a worker thread, so the event loop stays responsive; a second
+thread tiles the images and renders the prompts of the jobs next in line (at most a batch ahead, which bounds
+the memory) while the current batch generates. Only the worker uses the tokenizer: a fast tokenizer's padding
+settings are shared state, not safe to change from two threads.
 
 Each row of a batch ends on its own: at the end token, when its answer contains one of its ``stop`` strings
 (the answer is cut before it; ``finish_reason == "stop"``), at its own ``max_tokens`` (``"length"``), or
@@ -329,10 +332,6 @@ class Engine:
         self._wake.set()
         return stream
 
-    def prompt_tokens(self, job: Job) -> int:
-        """The job's prompt length in tokens (tiles its images: call it off the event loop)."""
-        return self._prepare(job)[2]
-
     def _release(self, stream: Stream) -> None:
         self._pending.discard(stream)
         with contextlib.suppress(ValueError):
@@ -374,22 +373,28 @@ class Engine:
         return batch, len(batch) == self.max_batch_size
 
     def _prepare(self, job: Job) -> tuple[str, torch.Tensor | None, int]:
-        """Tile the images and render the prompt exactly as ``model.chat`` would; count its tokens and check
-        that the answer fits in the model's context."""
+        """Tile the images and render the prompt exactly as ``model.chat`` would (on the preparing thread);
+        returns the prompt, the tiles and their number."""
         model, request = self.vlm.model, job.request
         media = [self.vlm.media(image, max_num=limit)
                  for image, limit in zip(request.images, request.tile_limits(job.max_num), strict=True)]
         num_patches = [m.num_patches[0] for m in media]
         prompt = request.render(model.conv_template, num_patches, model.num_image_token, model.system_message)
+        return prompt, torch.cat([m.pixel_values for m in media]) if media else None, sum(num_patches)
+
+    def _row(self, stream: Stream) -> _Row:
+        """The job's row (on the worker thread): its prepared prompt, counted, and checked to leave room for
+        ``max_tokens`` in the model's context."""
+        prompt, pixel_values, tiles = stream._prepared.result()
+        model, max_tokens = self.vlm.model, stream.job.sampling.max_tokens
         prompt_tokens = len(self.vlm.tokenizer(prompt)["input_ids"])
         context = model.config.text_config.max_position_embeddings
-        if prompt_tokens + job.sampling.max_tokens > context:
+        if prompt_tokens + max_tokens > context:
             raise UserInputError(
-                f"the prompt is {prompt_tokens} tokens ({sum(num_patches)} image tiles of "
-                f"{model.num_image_token} tokens each) and max_tokens asks for {job.sampling.max_tokens} more, over "
-                f"the model's context of {context} tokens; send fewer or smaller images, a lower tile count "
-                "(max_num) or a lower max_tokens")
-        return prompt, torch.cat([m.pixel_values for m in media]) if media else None, prompt_tokens
+                f"the prompt is {prompt_tokens} tokens ({tiles} image tiles of {model.num_image_token} tokens each) "
+                f"and max_tokens asks for {max_tokens} more, over the model's context of {context} tokens; send "
+                "fewer or smaller images, a lower tile count (max_num) or a lower max_tokens")
+        return _Row(stream, prompt, pixel_values, prompt_tokens)
 
     def _generate(self, batch: list[Stream]) -> None:
         """Generate one batch (on the worker thread) once its jobs are prepared; every job ends settled or
@@ -399,7 +404,7 @@ class Engine:
             if stream.cancelled:
                 continue
             try:
-                rows.append(_Row(stream, *stream._prepared.result()))
+                rows.append(self._row(stream))
             except Exception as error:  # its preparation failed (or it was cancelled meanwhile: then a no-op)
                 stream._settle(error=error)
         if not rows:
