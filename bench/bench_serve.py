@@ -5,7 +5,8 @@ Starts the server as a subprocess on a free 127.0.0.1 port with a tiny random ch
 - `--clients` clients send the same requests together (each its share, one after another);
 - the time to the first streamed token, alone and while the other clients keep the server busy.
 Prints requests/s and completion tokens/s of both, their ratio (target >= 3x), p50/p95 latency, and whether the
-concurrent answers equal the sequential ones. Bounded: every request has a timeout and the whole run a deadline.
+concurrent answers equal the sequential ones. Bounded: every request has a timeout, and at `--max-seconds` the
+server is stopped and the run ends.
 Usage: python bench/bench_serve.py [--requests 64] [--clients 16] [--max-tokens 32] [--max-batch-size 16]
 """
 
@@ -15,6 +16,7 @@ import argparse
 import base64
 import io
 import json
+import signal
 import socket
 import statistics
 import subprocess
@@ -113,6 +115,27 @@ def run_clients(base: str, work: list[dict], clients: int, timeout: float) -> tu
     return time.perf_counter() - start, results
 
 
+def ttft_under_load(base: str, work: list[dict], others: int, samples: int, timeout: float) -> list[float]:
+    """Time to the first streamed token while ``others`` clients keep sending requests until the samples are done."""
+    stop = threading.Event()
+
+    def keep_busy(k: int) -> None:
+        i = k
+        while not stop.is_set():
+            post(base, work[i % len(work)], timeout)
+            i += others
+
+    with ThreadPoolExecutor(others) as pool:
+        load = [pool.submit(keep_busy, k) for k in range(others)]
+        time.sleep(0.5)  # let the others fill the queue first
+        try:
+            return [first_token(base, work[i % len(work)], timeout) for i in range(samples)]
+        finally:
+            stop.set()
+            for future in load:
+                future.result()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -136,6 +159,7 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=120, help="seconds per request")
     ap.add_argument("--ttft-samples", type=int, default=8)
+    ap.add_argument("--max-seconds", type=int, default=900, help="the whole run's deadline")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
@@ -146,6 +170,13 @@ def main() -> None:
         port, log = free_port(), Path(tmp) / "server.log"
         base = f"http://127.0.0.1:{port}"
         proc = start_server(model, port, args.max_batch_size, args.max_wait_ms, log)
+
+        def out_of_time(signum, frame) -> None:
+            proc.kill()  # requests in flight fail at once
+            raise SystemExit(f"stopped at the {args.max_seconds} s deadline")
+
+        signal.signal(signal.SIGALRM, out_of_time)
+        signal.alarm(args.max_seconds)
         try:
             wait_healthy(base, proc, log, timeout=300)
             work = bodies(args.requests, args.max_tokens)
@@ -160,15 +191,11 @@ def main() -> None:
             print(f"answers identical: {[r[1] for r in one] == [r[1] for r in many]}")
             alone = [first_token(base, work[i], args.timeout) for i in range(args.ttft_samples)]
             print(f"time to first token, alone: median {statistics.median(alone) * 1000:.0f} ms")
-            load = threading.Thread(target=run_clients, args=(base, work[: 4 * (args.clients - 1)],
-                                                              args.clients - 1, args.timeout))
-            load.start()
-            time.sleep(0.5)
-            busy = [first_token(base, work[i], args.timeout) for i in range(args.ttft_samples)]
-            load.join()
+            busy = ttft_under_load(base, work, args.clients - 1, args.ttft_samples, args.timeout)
             print(f"time to first token, {args.clients - 1} other clients busy: median "
                   f"{statistics.median(busy) * 1000:.0f} ms, max {max(busy) * 1000:.0f} ms")
         finally:
+            signal.alarm(0)
             proc.terminate()
             try:
                 proc.wait(timeout=30)
