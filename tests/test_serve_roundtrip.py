@@ -1,10 +1,13 @@
 """Round trip: ``vlaser eval run --api-base`` against a real ``vlaser serve`` process on loopback gives the same
 predictions as ``vlaser eval run --model`` with the same checkpoint (greedy): the eval client's prompt pieces,
-system message and per-image tile limits reach the server's prompt exactly as the local backend builds it."""
+system message and per-image tile limits reach the server's prompt exactly as the local backend builds it. The
+server runs with an API key (``VLASER_API_KEY``), which the client sends from ``OPENAI_API_KEY``, as the README
+says."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -20,6 +23,7 @@ from test_eval import _mmsi, where2place
 from vlaser.cli import main
 
 NAME = "tiny-vlaser"
+KEY = "round-trip-key"
 
 
 def free_port() -> int:
@@ -35,7 +39,8 @@ def server(tiny_original, tmp_path_factory) -> Iterator[str]:
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "vlaser", "serve", "--model", str(tiny_original),
                                  "--port", str(port), "--dtype", "float32", "--device", "cpu",
-                                 "--served-model-name", NAME], stdout=out, stderr=subprocess.STDOUT)
+                                 "--served-model-name", NAME], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "VLASER_API_KEY": KEY})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -65,8 +70,13 @@ def answers(out: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "build"), [("where2place", lambda p: where2place(p, n=4)), ("mmsi_bench", _mmsi)])
-def test_eval_through_vlaser_serve_equals_the_local_model(name, build, server, tiny_original, tmp_path):
+def test_eval_through_vlaser_serve_equals_the_local_model(name, build, server, tiny_original, tmp_path,
+                                                          monkeypatch):
     """A pointing benchmark (one image, 12 tiles by its protocol) and a multi-image one (``Image-i`` lines)."""
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{server}/models", timeout=10)
+    assert refused.value.code == 401
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
     data = build(tmp_path / name)
     common = ["eval", "run", "--benchmark", name, "--data", str(data), "--max-new-tokens", "12", "--pictures", "0"]
     assert main([*common, "--model", str(tiny_original), "--dtype", "float32", "--out", str(tmp_path / "local")]) == 0
