@@ -198,6 +198,28 @@ def test_streaming_chunks_as_openai_clients_read_them(client):
     assert chunks[-1]["usage"] == whole["usage"]
 
 
+def test_the_openai_client_reads_the_answers(client, vlm):
+    """The official ``openai`` client (what EmbodiedBench and most agent code use), validating every response
+    strictly against its own models: the model list, an answer, and a stream with usage; vLLM's tile field goes
+    in ``extra_body`` as vLLM's docs send it."""
+    from openai import OpenAI
+
+    api = OpenAI(api_key="unused", base_url="http://testserver/v1", http_client=client, max_retries=0,
+                 _strict_response_validation=True)
+    assert [model.id for model in api.models.list()] == [NAME]
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(WIDE)}},
+                                             {"type": "text", "text": "Where is the cup?"}]}]
+    expected = vlm.ask(WIDE, "Where is the cup?", max_num=2, max_new_tokens=NEW)
+    answer = api.chat.completions.create(model=NAME, messages=messages, max_tokens=NEW, temperature=0,
+                                         extra_body={"mm_processor_kwargs": {"max_dynamic_patch": 2}})
+    assert answer.choices[0].message.content == expected and answer.choices[0].finish_reason in ("stop", "length")
+    chunks = list(api.chat.completions.create(model=NAME, messages=messages, max_tokens=NEW, temperature=0,
+                                              stream=True, stream_options={"include_usage": True},
+                                              extra_body={"mm_processor_kwargs": {"max_dynamic_patch": 2}}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert chunks[-1].usage == answer.usage
+
+
 def test_models_and_health(client):
     """What an OpenAI client lists (``client.models.list().data[0].id``, LMDeploy's docs pick the model so)."""
     models = client.get("/v1/models").json()
