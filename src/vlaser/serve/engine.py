@@ -309,7 +309,7 @@ class Engine:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        """Finish every job submitted so far (queued and running), then stop the loop and the worker."""
+        """Finish every job submitted so far (queued and running), then stop the loop and its threads."""
         if self._task is None:
             return
         self._stopping = True
