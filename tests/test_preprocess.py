@@ -75,7 +75,102 @@ def test_load_image_equals_per_tile_pipeline(w, h, max_num):
     got = load_image(image, max_num=max_num)
     expected = _reference_tiles(image, max_num)
     assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert torch.equal(got, expected)
+
+
+def _original_load_image(image, max_num, size=448):
+    """The original pipeline written out: whole-image resizes, crops, then per tile torchvision's op order
+    (``float().div(255)``, ``sub_(mean)``, ``div_(std)``), stacked."""
+    cols, rows = original_grid(*image.size, 1, max_num, size)
+    resized = image.resize((cols * size, rows * size))
+    crops = [resized.crop((c * size, r * size, (c + 1) * size, (r + 1) * size))
+             for r in range(rows) for c in range(cols)]
+    if len(crops) > 1:
+        crops.append(image.resize((size, size)))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    return torch.stack([torch.from_numpy(np.array(c)).permute(2, 0, 1).contiguous().float().div(255).sub_(mean)
+                        .div_(std) for c in crops])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threaded_tiling_is_bit_identical_to_whole_image_resizes(threads):
+    """The resizes run as pieces on threads; every size, grid and pass order gives the original's exact floats."""
+    from vlaser.model import preprocess
+
+    rng = np.random.default_rng(threads)
+    sizes = [(640, 480), (1200, 300), (300, 900), (1, 1), (2, 500), (500, 2), (449, 447)]
+    sizes += [tuple(int(v) for v in rng.integers(1, 700, 2)) for _ in range(12)]
+    orders, default = set(), preprocess._threads
+    try:
+        preprocess.set_threads(threads)
+        for w, h in sizes:
+            image = _image(w, h, seed=w * h)
+            for max_num in (12, 6, 1):
+                got = load_image(image, input_size=56, max_num=max_num)
+                assert torch.equal(got, _original_load_image(image, max_num, 56)), (w, h, max_num)
+                cols, rows = tile_grid(w, h, 1, max_num, 56)
+                orders |= {preprocess._pass_order()((w, h), out) for out in ((56 * cols, 56 * rows), (56, 56))}
+    finally:
+        preprocess.set_threads(default)
+    assert orders == {True, False}  # both of Pillow's pass orders were exercised
+
+
+def test_full_hd_image_at_both_protocol_settings_is_bit_identical():
+    image = _image(1920, 1080, seed=7)
+    for max_num, n_tiles in ((12, 9), (6, 3)):
+        got = load_image(image, max_num=max_num)
+        assert got.shape[0] == n_tiles and torch.equal(got, _original_load_image(image, max_num))
+
+
+def test_normalisation_table_is_torchvisions_ops_for_every_byte():
+    """Each output float depends only on its byte and channel, so all 256 x 3 cases cover every image."""
+    from vlaser.model.preprocess import pil_to_tensor
+
+    values = np.arange(256, dtype=np.uint8)
+    image = Image.fromarray(np.stack([values, values[::-1], np.roll(values, 7)], axis=-1)[None])  # 1x256 RGB
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous().float().div(255)
+    expected = x.sub_(torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)).div_(torch.tensor([0.229, 0.224, 0.225])
+                                                                                .view(3, 1, 1))
+    assert torch.equal(pil_to_tensor(image), expected)
+
+
+def test_dynamic_preprocess_gives_the_original_crops():
+    image = _image(1000, 700, seed=3)
+    cols, rows = original_grid(1000, 700, 1, 12)
+    resized = image.resize((448 * cols, 448 * rows))
+    expected = [resized.crop((c * 448, r * 448, (c + 1) * 448, (r + 1) * 448))
+                for r in range(rows) for c in range(cols)]
+    expected.append(image.resize((448, 448)))
+    got = dynamic_preprocess(image, max_num=12, use_thumbnail=True)
+    assert [np.asarray(t).tobytes() for t in got] == [np.asarray(t).tobytes() for t in expected]
+
+
+def _digest_of_tiles() -> str:
+    import hashlib
+
+    # numpy, not a torch reduction: torch's own threads need not survive a fork
+    return hashlib.sha256(load_image(_image(900, 500)).numpy().tobytes()).hexdigest()
+
+
+def _tiles_in_child(queue):
+    queue.put(_digest_of_tiles())
+
+
+def test_a_forked_worker_process_tiles_with_threads_of_its_own():
+    """A child forked after the parent's tiling threads started has none of them; it must not wait on them."""
+    import multiprocessing
+
+    expected = _digest_of_tiles()  # starts the parent's pool
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_tiles_in_child, args=(queue,))
+    child.start()
+    try:
+        assert queue.get(timeout=60) == expected
+    finally:
+        child.join(timeout=10)
+        child.kill()
+    assert child.exitcode == 0
 
 
 def test_dynamic_preprocess_and_build_transform_compose_to_load_image():

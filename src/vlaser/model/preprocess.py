@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,13 +66,35 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_threads = min(4, available_cores())
+
+
+def set_threads(n: int) -> None:
+    """Threads one tiling call spreads its resizes over (default: the available cores, at most 4).
+
+    Worker processes that tile images side by side give each a share of the cores instead.
+    """
+    global _threads
+    if n < 1:
+        raise ValueError(f"tiling threads must be at least 1, got {n}")
+    _threads = n
+    _pool.cache_clear()
+
+
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
-    """One worker thread for thumbnails (Pillow resizes without the GIL), created on first use.
+    """Worker threads for the pieces of a resize (Pillow resizes and maps pixels without the GIL), created on
+    first use. Only leaf work is submitted here, so no task ever waits on another in this pool."""
+    return ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="vlaser-tiles")
 
-    Only leaf work (a single resize) is submitted here, so no task ever waits on another in this pool.
-    """
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlaser-thumbnail")
+
+if hasattr(os, "register_at_fork"):  # a forked worker process has none of the parent's threads: a pool of its own
+    os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def target_ratios(min_num: int, max_num: int) -> list[tuple[int, int]]:
@@ -118,16 +141,207 @@ def dynamic_preprocess(
     image: Image.Image, min_num: int = 1, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = False
 ) -> list[Image.Image]:
     """Split an image into ``image_size`` tiles on the best grid, plus a thumbnail when there are several."""
-    cols, rows = tile_grid(*image.size, min_num=min_num, max_num=max_num, image_size=image_size)
-    resized = image.resize((image_size * cols, image_size * rows))
-    tiles = [
-        resized.crop((c * image_size, r * image_size, (c + 1) * image_size, (r + 1) * image_size))
-        for r in range(rows)
-        for c in range(cols)
-    ]
-    if use_thumbnail and len(tiles) != 1:
-        tiles.append(image.resize((image_size, image_size)))
+    jobs, first_tile = _grid_jobs(image, min_num, max_num, image_size, use_thumbnail)
+    tiles: list[Image.Image] = [None] * (first_tile[-1] + (len(jobs) > 1))  # type: ignore[list-item]
+
+    def keep(k: int, boxes: list[tuple[int, tuple]], piece: Image.Image) -> None:
+        for index, box in boxes:
+            tiles[first_tile[k] + index] = piece.crop(box)
+
+    _Passes(keep, _threads_for(jobs)).run(jobs)
     return tiles
+
+
+# Pillow resamples in two passes, each rounding to uint8: horizontal then vertical, except (Pillow >= 13) when the
+# height shrinks by more pixels than twice the width does, which goes vertical first. A pass along one axis
+# treats every line across it alike, so the first pass can be cut into bands across its axis and the second
+# into bands along it (at tile boundaries), each a resize of its own on a thread: the same pixels, two cores busy.
+
+
+def _vertical_first_never(src: tuple[int, int], dst: tuple[int, int]) -> bool:
+    return False
+
+
+def _vertical_first_pillow13(src: tuple[int, int], dst: tuple[int, int]) -> bool:
+    shrink_h, shrink_w = src[1] - dst[1], src[0] - dst[0]
+    return shrink_h > 0 and shrink_h > 2 * shrink_w
+
+
+@functools.cache
+def _pass_order() -> Callable[[tuple[int, int], tuple[int, int]], bool] | None:
+    """The rule this Pillow follows for which pass comes first, found by resizing a small image both ways; None
+    (resize whole images, unsplit) if it follows neither known rule."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    observed = []
+    for size in ((36, 8), (36, 32), (8, 36)):  # one on each side of Pillow 13's threshold, and an upscale
+        whole = np.asarray(image.resize(size, Image.BICUBIC))
+        hv = np.asarray(image.resize((size[0], 40), Image.BICUBIC).resize(size, Image.BICUBIC))
+        vh = np.asarray(image.resize((40, size[1]), Image.BICUBIC).resize(size, Image.BICUBIC))
+        if np.array_equal(whole, hv) == np.array_equal(whole, vh):
+            return None
+        observed.append(np.array_equal(whole, vh))
+    for rule in (_vertical_first_pillow13, _vertical_first_never):
+        if observed == [rule((40, 40), size) for size in ((36, 8), (36, 32), (8, 36))]:
+            return rule
+    return None
+
+
+def _spans(length: int, parts: int) -> list[tuple[int, int]]:
+    """``[0, length)`` cut into at most ``parts`` near-equal non-empty spans."""
+    parts = max(1, min(parts, length))
+    cuts = [length * k // parts for k in range(parts + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+class _Resize:
+    """One bicubic resize to a grid of ``size`` tiles, as two passes of independent pieces.
+
+    ``first()`` gives the first pass's pieces; ``second(pieces)`` joins them and gives the second pass's
+    pieces, each with the tiles it holds: ``(tile index in this grid, box within the piece)``.
+    """
+
+    def __init__(self, image: Image.Image, size: tuple[int, int], grid: tuple[int, int], tile: int) -> None:
+        self.image, self.size, self.grid, self.tile = image, size, grid, tile
+        order = _pass_order()
+        self.split = order is not None
+        self.vertical_first = bool(order and order(image.size, size))
+
+    def first(self, parts: int) -> list[Callable[[], tuple[int, Image.Image]]]:
+        """Pieces ``() -> (offset, band)`` of the first pass (none when it would not change the image)."""
+        (w, h), (width, height) = self.image.size, self.size
+        if not self.split or (height == h if self.vertical_first else width == w):
+            return []
+        if self.vertical_first:  # columns of the input, each resized to the new height
+            return [functools.partial(self._piece, (a, 0, b, h), (b - a, height), a) for a, b in _spans(w, parts)]
+        return [functools.partial(self._piece, (0, a, w, b), (width, b - a), a) for a, b in _spans(h, parts)]
+
+    def _piece(self, box: tuple[int, int, int, int], size: tuple[int, int], offset: int) -> tuple[int, Image.Image]:
+        return offset, _resize_box(self.image, box, size)
+
+    def second(self, pieces: list[tuple[int, Image.Image]], parts: int) -> list[tuple[Callable[[], Image.Image],
+                                                                                    list[tuple[int, tuple]]]]:
+        """Pieces of the second pass, cut at tile boundaries, each with its tiles (row-major indices)."""
+        cols, rows = self.grid
+        s = self.tile
+        if not self.split:
+            boxes = [(r * cols + c, (c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)]
+            return [(functools.partial(self.image.resize, self.size, Image.BICUBIC), boxes)]
+        middle = self._join(pieces)
+        (w, h), (width, height) = middle.size, self.size
+        out = []
+        if self.vertical_first:  # bands of tile rows, each resized to the new width
+            for a, b in _spans(rows, parts):
+                band = functools.partial(_resize_box, middle, (0, a * s, w, b * s), (width, (b - a) * s))
+                out.append((band, [(r * cols + c, (c * s, (r - a) * s, (c + 1) * s, (r - a + 1) * s))
+                                   for r in range(a, b) for c in range(cols)]))
+        else:  # strips of tile columns, each resized to the new height
+            for a, b in _spans(cols, parts):
+                strip = functools.partial(_resize_box, middle, (a * s, 0, b * s, h), ((b - a) * s, height))
+                out.append((strip, [(r * cols + c, ((c - a) * s, r * s, (c - a + 1) * s, (r + 1) * s))
+                                    for r in range(rows) for c in range(a, b)]))
+        return out
+
+    def _join(self, pieces: list[tuple[int, Image.Image]]) -> Image.Image:
+        if not pieces:
+            return self.image
+        if len(pieces) == 1:
+            return pieces[0][1]
+        (w, h), (width, height) = self.image.size, self.size
+        middle = Image.new("RGB", (w, height) if self.vertical_first else (width, h))
+        for offset, piece in pieces:
+            middle.paste(piece, (offset, 0) if self.vertical_first else (0, offset))
+        return middle
+
+
+def _resize_box(image: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
+    """``image.crop(box)`` resized (along one axis; the crop copies only a part of the image)."""
+    part = image if box == (0, 0, *image.size) else image.crop(box)
+    return part.resize(size, Image.BICUBIC)
+
+
+class _Passes:
+    """The passes of several resizes as tasks on the pool: a job's second pass starts as soon as its first pass
+    is done, and each second-pass piece goes to ``deliver(job index, tiles, piece)`` on the thread that made it.
+    With one thread everything runs in the caller."""
+
+    def __init__(self, deliver: Callable[[int, list[tuple[int, tuple]], Image.Image], None], threads: int) -> None:
+        self.deliver, self.parts = deliver, threads
+        self.pool = _pool() if threads > 1 else None
+        self.lock = threading.Lock()
+        self.left = 1  # tasks not yet finished, plus one held until every job has started
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self, jobs: list[_Resize]) -> None:
+        for k, job in enumerate(jobs):
+            self._first(k, job)
+        self._finish()
+        self.finished.wait()
+        if self.error is not None:
+            raise self.error
+
+    def _first(self, k: int, job: _Resize) -> None:
+        pieces = job.first(self.parts)
+        if not pieces:
+            self._second(k, job, [])
+            return
+        made: list = [None] * len(pieces)
+        left = [len(pieces)]
+
+        def keep(i: int, piece: tuple[int, Image.Image]) -> None:
+            made[i] = piece
+            with self.lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self._second(k, job, made)
+
+        for i, piece in enumerate(pieces):
+            self._submit(piece, functools.partial(keep, i))
+
+    def _second(self, k: int, job: _Resize, made: list[tuple[int, Image.Image]]) -> None:
+        for piece, tiles in job.second(made, self.parts):
+            self._submit(piece, functools.partial(self.deliver, k, tiles))
+
+    def _submit(self, make: Callable[[], object], then: Callable[[object], None]) -> None:
+        with self.lock:
+            self.left += 1
+        if self.pool is None:
+            self._task(make, then)
+        else:
+            self.pool.submit(self._task, make, then)
+
+    def _task(self, make: Callable[[], object], then: Callable[[object], None]) -> None:
+        try:
+            if self.error is None:
+                then(make())
+        except BaseException as e:  # handed to the caller, which raises it
+            self.error = self.error or e
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        with self.lock:
+            self.left -= 1
+            done = self.left == 0
+        if done:
+            self.finished.set()
+
+
+def _grid_jobs(image: Image.Image, min_num: int, max_num: int, image_size: int, use_thumbnail: bool
+               ) -> tuple[list[_Resize], list[int]]:
+    """The resizes of ``dynamic_preprocess`` (the grid, then the thumbnail) and the index of each one's first tile."""
+    cols, rows = tile_grid(*image.size, min_num=min_num, max_num=max_num, image_size=image_size)
+    jobs = [_Resize(image, (image_size * cols, image_size * rows), (cols, rows), image_size)]
+    if use_thumbnail and rows * cols != 1:
+        jobs.append(_Resize(image, (image_size, image_size), (1, 1), image_size))
+    return jobs, [0, rows * cols]
+
+
+def _threads_for(jobs: list[_Resize]) -> int:
+    """One tile is resized in the caller (a thread hand-off costs more than it saves there)."""
+    return _threads if len(jobs) > 1 or jobs[0].grid != (1, 1) else 1
 
 
 def _normalize(chw_uint8: torch.Tensor) -> torch.Tensor:
@@ -135,9 +349,27 @@ def _normalize(chw_uint8: torch.Tensor) -> torch.Tensor:
     return chw_uint8.to(torch.float32).div_(255).sub_(_MEAN).div_(_STD)
 
 
+@functools.cache
+def _tables() -> list[list[float]]:
+    """Per channel, the normalised float32 value of every byte, made by torchvision's own op order: an exact
+    lookup table, since each output element depends only on its byte and channel."""
+    return _normalize(torch.arange(256, dtype=torch.uint8).repeat(3, 1, 1)).squeeze(1).tolist()
+
+
+def _normalize_into(image: Image.Image, box: tuple[int, int, int, int], out: np.ndarray) -> None:
+    """Write the normalised ``(3, H, W)`` float32 of ``image.crop(box)`` into ``out``; Pillow maps each byte through
+    the table (one pass, without the GIL)."""
+    tile = image if box == (0, 0, *image.size) else image.crop(box)
+    for channel, (band, table) in enumerate(zip(tile.split(), _tables())):
+        out[channel] = np.frombuffer(band.point(table, "F").tobytes(), np.float32).reshape(out.shape[1:])
+
+
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """``(3, H, W)`` float32, ImageNet-normalised; what ``ToTensor`` + ``Normalize`` give."""
-    return _normalize(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous())
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    out = torch.empty((3, image.height, image.width))
+    _normalize_into(image, (0, 0, *image.size), out.numpy())
+    return out
 
 
 def build_transform(input_size: int = DEFAULT_IMAGE_SIZE) -> Callable[[Image.Image], torch.Tensor]:
@@ -157,21 +389,21 @@ def image_to_tiles(
 ) -> torch.Tensor:
     """``dynamic_preprocess`` + ``build_transform`` on every tile, as one ``(n_tiles, 3, S, S)`` tensor.
 
-    Equal to transforming each tile separately, but the resized canvas is converted and normalised once
-    and cut into tiles as tensor views, which is several times faster for many tiles.
+    The same numbers as transforming each tile separately: the resizes run in pieces on threads, and each tile
+    is normalised into its slot of the output as soon as the piece holding it is ready.
     """
     image = image if image.mode == "RGB" else image.convert("RGB")
-    cols, rows = tile_grid(*image.size, min_num=min_num, max_num=max_num, image_size=image_size)
-    # Bicubic resizing dominates the cost; Pillow releases the GIL, so the thumbnail resizes on a worker
-    # thread while the canvas resizes here.
-    thumb = _pool().submit(image.resize, (image_size, image_size)) if use_thumbnail and rows * cols != 1 else None
-    canvas = torch.from_numpy(np.array(image.resize((image_size * cols, image_size * rows))))  # (rows*S, cols*S, 3)
-    tiles = canvas.view(rows, image_size, cols, image_size, 3).permute(0, 2, 4, 1, 3)  # row-major tiles
-    tiles = tiles.reshape(rows * cols, 3, image_size, image_size).contiguous()  # one uint8 copy
-    if thumb is not None:
-        thumbnail = torch.from_numpy(np.array(thumb.result())).permute(2, 0, 1)
-        tiles = torch.cat([tiles, thumbnail[None]])
-    return _normalize(tiles)
+    jobs, first_tile = _grid_jobs(image, min_num, max_num, image_size, use_thumbnail)
+    out = torch.empty((first_tile[-1] + (len(jobs) > 1), 3, image_size, image_size))
+    slots = out.numpy()
+    _tables()  # made once, here, before any thread needs it
+
+    def write(k: int, boxes: list[tuple[int, tuple]], piece: Image.Image) -> None:
+        for index, box in boxes:
+            _normalize_into(piece, box, slots[first_tile[k] + index])
+
+    _Passes(write, _threads_for(jobs)).run(jobs)
+    return out
 
 
 def load_image(
