@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
     r = verbs.add_parser("run", help="ask a model every item (resumable), then score")
     _common(r)
     _model_and_settings(r)
+    r.add_argument("--workers", type=at_least(0), default=0,
+                   help="processes that read and tile still images ahead of generation (0: this process); the "
+                        "answers are the same for any number")
     s = verbs.add_parser("score", help="score a predictions file ({'id', 'response'} per line) from anywhere")
     _common(s)
     s.add_argument("--predictions", required=True, type=Path)
@@ -137,7 +140,8 @@ def run(args) -> int:
         backend = _backend(args)
         metrics = run_eval(benchmark, backend, args.data, args.out, batch_size=args.batch_size, limit=args.limit,
                            prompt=args.prompt, max_num=args.max_num, max_new_tokens=args.max_new_tokens,
-                           pictures=args.pictures, frames=args.frames, min_new_tokens=args.min_new_tokens)
+                           pictures=args.pictures, frames=args.frames, min_new_tokens=args.min_new_tokens,
+                           workers=args.workers)
     else:
         from vlaser.eval.runner import read_predictions, score
 

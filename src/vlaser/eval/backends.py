@@ -19,7 +19,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +97,7 @@ class TransformersBackend:
             device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun process
         self.model_path = model_path
         self.vlm = vlm if vlm is not None else VLM.from_pretrained(model_path, dtype=dtype, device=device)
-        self._last_tiles: dict[tuple[int, int], tuple[Image.Image, object]] = {}
+        self._last_tiles: dict[tuple[int, int], tuple[Image.Image, tuple[int, int], object]] = {}
 
     @property
     def overlap_io(self) -> bool:
@@ -114,11 +114,12 @@ class TransformersBackend:
         data = config.read_bytes() if config.is_file() else self.vlm.model.config.to_json_string().encode()
         return hashlib.sha256(data).hexdigest()
 
-    def prepare(self, request: Request) -> tuple[Media, Request]:
+    def prepare(self, request: Request, pending: dict | None = None) -> tuple[Media, Request]:
         """Load and tile a request's pictures (the runner does this for the next batch during generation).
 
         Decoded frames shared with the previous request (the runner hands the same frame objects to questions
-        about one clip) reuse their tiles.
+        about one clip) reuse their tiles. ``pending``: ``(image file, max_tiles) -> future`` of the ``tiling``
+        calls worker processes are running for this batch.
         """
         import torch
 
@@ -128,20 +129,27 @@ class TransformersBackend:
         for picture, max_tiles in zip(request.pictures, request.max_tiles):
             key = (id(picture), max_tiles)
             hit = self._last_tiles.get(key)
-            pil, tensor = hit if hit is not None and hit[0] is picture else self._tile(picture, max_tiles)
             if isinstance(picture, Image.Image):
-                reused[key] = (picture, tensor)
+                size, tensor = hit[1:] if hit is not None and hit[0] is picture else self._tile(picture, max_tiles)
+                reused[key] = (picture, size, tensor)
+            elif pending is not None and (picture, max_tiles) in pending:
+                size, tensor = pending[picture, max_tiles].result()
+            else:
+                size, tensor = self._tile(picture, max_tiles)
             tiles.append(tensor)
-            sizes.append(pil.size)
+            sizes.append(size)
         self._last_tiles = reused
         media = Media(torch.cat(tiles) if tiles else None, [t.shape[0] for t in tiles], "", sizes)
         return media, request
 
-    def _tile(self, picture: Path | Image.Image, max_tiles: int):
-        from vlaser.model.preprocess import image_to_tiles, to_pil
+    def tiling(self, picture: Path | Image.Image, max_tiles: int) -> tuple[Callable, tuple]:
+        """The call that tiles one picture for this model, as a module-level function and its arguments, so a
+        worker process can run the very same call."""
+        return tile_picture, (picture, max_tiles, self.vlm.image_size)
 
-        pil = to_pil(picture)
-        return pil, image_to_tiles(pil, max_num=max_tiles, image_size=self.vlm.image_size)
+    def _tile(self, picture: Path | Image.Image, max_tiles: int):
+        call, args = self.tiling(picture, max_tiles)
+        return call(*args)
 
     def generate(self, prepared: Sequence[tuple[Media, Request]], generation: Generation) -> list[Answer]:
         """Answers for prepared requests, in one left-padded batch."""
@@ -149,6 +157,14 @@ class TransformersBackend:
                                                generation.as_dict(),
                                                system_messages=[r.system_message for _, r in prepared])
         return [Answer(text, truncated) for text, truncated in zip(texts, cut)]
+
+
+def tile_picture(picture: Path | Image.Image, max_tiles: int, image_size: int):
+    """``((width, height), tiles)`` of an image file or frame: what ``TransformersBackend`` feeds its model."""
+    from vlaser.model.preprocess import image_to_tiles, to_pil
+
+    pil = to_pil(picture)
+    return pil.size, image_to_tiles(pil, max_num=max_tiles, image_size=image_size)
 
 
 def _data_url(picture: Path | Image.Image) -> str:

@@ -114,16 +114,20 @@ def effective_settings(benchmark: Benchmark, has_video: bool, **overrides) -> di
 
 def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: int = 8, limit: int | None = None,
         prompt: str | None = None, max_num: int | None = None, max_new_tokens: int | None = None,
-        pictures: int = 50, frames: int | None = None, min_new_tokens: int | None = None) -> dict[str, Any]:
+        pictures: int = 50, frames: int | None = None, min_new_tokens: int | None = None,
+        workers: int = 0) -> dict[str, Any]:
     """Ask every item not yet answered in ``OUT`` (items that failed on unreadable media are asked again),
     then score all of them.
 
     The benchmark's protocol gives the prompt style, tiles, frames and generation settings; the arguments
     override them. Under ``torchrun`` each process takes every N-th item and appends to its own file; process
     0 then merges them into ``predictions.jsonl`` and scores, so metrics equal a single-process run.
+    ``workers``: processes that read and tile still images (see :class:`ImageWorkers`); 0 tiles in this one.
     """
     if batch_size < 1:
         raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise UserInputError(f"--workers must be at least 0, got {workers}")
     if limit is not None and limit < 1:
         raise UserInputError(f"--limit must be at least 1 (all items: leave it out), got {limit}")
     items = benchmark.load(Path(data_dir))[:limit]
@@ -133,7 +137,8 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     out = Path(out)
     rank, world = _world()
     out.mkdir(parents=True, exist_ok=True)
-    record = run_record(benchmark, settings, backend.info(), Path(data_dir))
+    # the workers are recorded but not compared on resume: tiles, and so answers, do not depend on them
+    record = {**run_record(benchmark, settings, backend.info(), Path(data_dir)), "workers": workers}
     if rank == 0:
         check_and_write(out, record)
     pred_path = out / "predictions.jsonl"
@@ -156,14 +161,15 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     # With the model on a GPU (or behind an API) the next batch's images are read and tiled on a worker
     # thread while this one generates; on a CPU that thread would only compete with generation.
     loader_cls = ThreadPoolExecutor if getattr(backend, "overlap_io", False) else _InlineExecutor
-    with open(my_path, "a") as stream, loader_cls(max_workers=1) as loader, \
+    with open(my_path, "a") as stream, loader_cls(max_workers=1) as loader, ImageWorkers(workers, backend) as tiler, \
             tqdm(total=len(mine), initial=len(mine) - len(todo), desc=benchmark.name, unit="item",
                  disable=rank != 0) as bar:
         clip = LastClip()
 
         def prepare(batch: list[Item]) -> list:
+            pending = tiler.start([(image, settings["max_num"]) for item in batch for image in item.images])
             return [_prepare(benchmark, backend, item, settings["prompt"], settings["max_num"], settings["frames"],
-                             clip) for item in batch]
+                             clip, pending) for item in batch]
 
         upcoming = loader.submit(prepare, batches[0]) if batches else None
         for number, batch in enumerate(batches):
@@ -182,6 +188,59 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
         score(benchmark, items, _merge(items, out, pred_path), out, pictures, record)
     _barrier()
     return json.loads((out / "metrics.json").read_text())
+
+
+class ImageWorkers:
+    """``n`` processes that read and tile still images with the backend's own ``tiling`` call, so preprocessing
+    keeps up with a GPU; none (``n`` 0, or a backend that does not tile) leaves it to ``backend.prepare``.
+
+    Video frames stay in this process: questions about one clip are asked together, its frames decoded once and
+    their tiles reused, which a split across processes would undo (and a frame is one small tile). The tiles are
+    the same whichever process makes them, so answers do not depend on ``n``. Workers are started fresh
+    (``spawn``): a process forked from one whose threads hold locks (torch's, the tiling pool's) can hang.
+    """
+
+    def __init__(self, n: int, backend) -> None:
+        self.backend = backend
+        self.pool = None
+        if n and hasattr(backend, "tiling"):
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            from vlaser.model.preprocess import available_cores
+
+            self.pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_start_worker, initargs=(max(1, available_cores() // n),))
+        elif n:
+            log.info("--workers: this backend reads images itself; no worker processes started")
+
+    def __enter__(self) -> ImageWorkers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def start(self, images: list[tuple[Path, int]]) -> dict | None:
+        """``(image file, max tiles) -> future`` of its tiles, started on the workers; None without workers."""
+        if self.pool is None:
+            return None
+        pending = {}
+        for key in images:
+            if key not in pending:
+                call, args = self.backend.tiling(*key)
+                pending[key] = self.pool.submit(call, *args)
+        return pending
+
+
+def _start_worker(threads: int) -> None:
+    """A worker tiles with its share of the cores (several workers tile side by side)."""
+    import torch
+
+    from vlaser.model.preprocess import set_threads
+
+    torch.set_num_threads(1)
+    set_threads(threads)
 
 
 class _InlineExecutor:
@@ -227,16 +286,19 @@ class MediaError(VlaserError):
 
 
 def _prepare(benchmark: Benchmark, backend, item: Item, style: str, max_num: int, n_frames: int | None,
-             clip: LastClip | None = None):
+             clip: LastClip | None = None, pending: dict | None = None):
     """``(prompt text, request readied by the backend)`` for an item (video frames are decoded here, ahead of
-    generation), or the ``MediaError`` that names the unreadable file."""
+    generation), or the ``MediaError`` that names the unreadable file. ``pending``: tiles being made by
+    :class:`ImageWorkers`."""
     try:
         frames = None
         if item.video is not None:
             frames = decode_frames(item.video, lambda total: benchmark.frame_indices(item, total, n_frames), clip)
         request = build_request(benchmark, item, style, max_num, frames)
         prepare = getattr(backend, "prepare", None)
-        return request.prompt, prepare(request) if prepare else request
+        if prepare is None:
+            return request.prompt, request
+        return request.prompt, prepare(request) if pending is None else prepare(request, pending)
     except ImageLoadError as e:
         return MediaError(f"item {item.id}: {e}")
 
