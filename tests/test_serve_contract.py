@@ -148,6 +148,18 @@ def test_lmdeploy_body_with_per_image_tiles(client, vlm):
     check_completion(chat(client, body), expected)
 
 
+def test_lmdeploy_video_example_body(client, vlm):
+    """LMDeploy's InternVL video example: one text part whose ``<IMAGE_TOKEN>`` markers place the frames, then
+    the frames as image parts with ``max_dynamic_patch`` 1; the prompt is ``model.chat``'s ``Frame-i`` one."""
+    frames = [noise((112, 56), seed) for seed in (2, 3, 4)]
+    question = "".join(f"Frame{i + 1}: <IMAGE_TOKEN>\n" for i in range(3)) + "What is the robot doing?"
+    body = {"model": NAME, "max_tokens": NEW, "top_k": 1, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": question},
+        *({"type": "image_url", "image_url": {"url": data_url(f), "max_dynamic_patch": 1}} for f in frames)]}]}
+    expected = local(vlm, [(f, 1) for f in frames], question.replace("<IMAGE_TOKEN>", "<image>"))
+    check_completion(chat(client, body), expected)
+
+
 def test_vlaser_eval_client_body(client, vlm, tmp_path):
     """``OpenAIBackend``'s payload (InternVL's system message, both engines' tile fields, ``min_tokens``) is
     answered as the local backend answers the same request, and read back by ``from_response``."""

@@ -14,8 +14,9 @@ How content parts are joined into one text (chosen so that ``vlaser.eval.backend
 - several images that all come before the message's text (``[image, image, text]``) become the multi-image
   prompt of ``model.chat``: ``"Image-1: <image>\\nImage-2: <image>\\n" + text`` (``multi_image_prefix``,
   numbered from 1 in each message); images among the text stay where they stand, unlabelled;
-- a text that holds ``<image>`` tags itself (LMDeploy's and vLLM's placeholder convention) must hold exactly
-  one per image part of its message: the images fill the tags in order and the parts' positions are ignored.
+- a text that holds ``<image>`` tags itself (vLLM's InternVL placeholder; LMDeploy's ``<IMAGE_TOKEN>``, as its
+  InternVL examples write ``Frame1: <IMAGE_TOKEN>``, is read as the same tag) must hold exactly one per image part
+  of its message: the images fill the tags in order and the parts' positions are ignored.
 
 So EmbodiedBench's ``[image, text]`` user message reads ``"<image>\\n" + text``, exactly what
 ``model.chat`` builds for one image. Consecutive messages of the same role are joined with ``"\\n"``.
@@ -58,6 +59,7 @@ from vlaser.model.preprocess import to_pil
 from vlaser.model.template import ChatTemplate, build_chat_prompt, multi_image_prefix
 
 SYSTEM_ROLES = ("system", "developer")  #: ``developer`` is OpenAI's newer name for the system role
+LMDEPLOY_IMAGE_TOKEN = "<IMAGE_TOKEN>"  #: LMDeploy's image placeholder (``lmdeploy.vl.constants``), read as ``<image>``
 _HEADER_LOCK = threading.Lock()  # the warnings filter PIL's bomb check goes through is process-wide
 
 
@@ -271,6 +273,8 @@ def _join(pieces: list[tuple[str, Any]], images: list) -> str:
 
 def _arrange(pieces: list[tuple[str, Any]], where: str, images: list) -> str:
     """A message's parts as one text: tags written by the client, the multi-image prefix, or part order."""
+    pieces = [(kind, value.replace(LMDEPLOY_IMAGE_TOKEN, IMAGE_PLACEHOLDER) if kind == "text" else value)
+              for kind, value in pieces]
     texts = [(kind, value) for kind, value in pieces if kind == "text" and value]
     own = [value for kind, value in pieces if kind == "image"]
     tags = sum(text.count(IMAGE_PLACEHOLDER) for _, text in texts)
