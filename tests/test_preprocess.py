@@ -134,15 +134,18 @@ def test_normalisation_table_is_torchvisions_ops_for_every_byte():
     assert torch.equal(pil_to_tensor(image), expected)
 
 
-def test_dynamic_preprocess_gives_the_original_crops():
-    image = _image(1000, 700, seed=3)
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+def test_dynamic_preprocess_gives_the_original_crops_in_the_images_mode(mode):
+    rgba = np.random.default_rng(3).integers(0, 256, (700, 1000, 4), dtype=np.uint8)  # alpha varies too
+    image = Image.fromarray(rgba, "RGBA").convert(mode)
     cols, rows = original_grid(1000, 700, 1, 12)
     resized = image.resize((448 * cols, 448 * rows))
     expected = [resized.crop((c * 448, r * 448, (c + 1) * 448, (r + 1) * 448))
                 for r in range(rows) for c in range(cols)]
     expected.append(image.resize((448, 448)))
     got = dynamic_preprocess(image, max_num=12, use_thumbnail=True)
-    assert [np.asarray(t).tobytes() for t in got] == [np.asarray(t).tobytes() for t in expected]
+    assert [t.mode for t in got] == [mode] * len(expected)
+    assert [t.tobytes() for t in got] == [t.tobytes() for t in expected]
 
 
 def _digest_of_tiles() -> str:

@@ -204,7 +204,9 @@ class _Resize:
     def __init__(self, image: Image.Image, size: tuple[int, int], grid: tuple[int, int], tile: int) -> None:
         self.image, self.size, self.grid, self.tile = image, size, grid, tile
         order = _pass_order()
-        self.split = order is not None
+        # other modes are resized whole: Pillow premultiplies alpha around both passes (RGBA, LA), or samples
+        # the nearest pixel (P, 1)
+        self.split = order is not None and image.mode in ("RGB", "L")
         self.vertical_first = bool(order and order(image.size, size))
 
     def first(self, parts: int) -> list[Callable[[], tuple[int, Image.Image]]]:
@@ -248,7 +250,7 @@ class _Resize:
         if len(pieces) == 1:
             return pieces[0][1]
         (w, h), (width, height) = self.image.size, self.size
-        middle = Image.new("RGB", (w, height) if self.vertical_first else (width, h))
+        middle = Image.new(self.image.mode, (w, height) if self.vertical_first else (width, h))
         for offset, piece in pieces:
             middle.paste(piece, (offset, 0) if self.vertical_first else (0, offset))
         return middle
@@ -332,6 +334,7 @@ class _Passes:
 def _grid_jobs(image: Image.Image, min_num: int, max_num: int, image_size: int, use_thumbnail: bool
                ) -> tuple[list[_Resize], list[int]]:
     """The resizes of ``dynamic_preprocess`` (the grid, then the thumbnail) and the index of each one's first tile."""
+    image.load()  # a lazily read file is decoded here, once, not by the threads that crop it
     cols, rows = tile_grid(*image.size, min_num=min_num, max_num=max_num, image_size=image_size)
     jobs = [_Resize(image, (image_size * cols, image_size * rows), (cols, rows), image_size)]
     if use_thumbnail and rows * cols != 1:
