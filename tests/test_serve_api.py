@@ -124,14 +124,15 @@ class RefusingEngine(EchoEngine):
         return _Refused()
 
 
-class _Refused(_Done):
-    def __init__(self):
-        pass
-
+class _Refused:
     async def prepared(self):
         raise UserInputError("the prompt is 40000 tokens, over the model's context")
 
-    result = prepared
+    async def result(self):
+        await self.prepared()
+
+    def cancel(self):
+        pass
 
 
 class HeldEngine:
@@ -579,6 +580,7 @@ def test_a_full_queue_answers_429():
         engine.wait_for_jobs(1)
         status, body = post(port, {"messages": [{"role": "user", "content": "y"}]})
         assert status == 429 and body["error"]["code"] == "queue_full" and body["error"]["type"] == "rate_limit_error"
+        assert "the server's queue is full: 1 requests are waiting or running" in body["error"]["message"]
         engine.release()
         assert first.result(timeout=30)[0] == 200
 

@@ -116,7 +116,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
         try:
             stream = engine.submit(job)
         except QueueFull as e:
-            raise APIError(429, f"the server's queue is full ({e}); retry later", "rate_limit_error",
+            raise APIError(429, f"the server's queue is full: {e}", "rate_limit_error",
                            code="queue_full") from e
         answer = _Answer(model_name, include_usage=bool(body.stream_options and body.stream_options.include_usage))
         # a job that fails before generating (e.g. a prompt over the model's context) is still a 4xx, not a stream
