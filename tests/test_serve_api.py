@@ -546,6 +546,9 @@ def test_models_health_and_schema(echo):
     models = echo.get("/v1/models").json()
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["echo"]
     assert models["data"][0]["object"] == "model"
+    assert echo.get("/v1/models/echo").json() == models["data"][0]
+    other = echo.get("/v1/models/gpt-4o")
+    assert other.status_code == 404 and other.json()["error"]["code"] == "model_not_found"
     assert echo.get("/health").json() == {"status": "ok"}
     schema = echo.get("/openapi.json").json()
     responses = schema["paths"]["/v1/chat/completions"]["post"]["responses"]

@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException
 from vlaser.errors import UserInputError
 from vlaser.serve.engine import Completion, Job, QueueFull, Sampling, Stream
 from vlaser.serve.messages import MediaLimits, parse_chat_request
-from vlaser.serve.schema import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelList
+from vlaser.serve.schema import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelCard, ModelList
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,10 +103,19 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    card = {"id": model_name, "object": "model", "created": created, "owned_by": "vlaser"}
+
     @app.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]})
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "vlaser"}]}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses={
+        401: _ERRORS[401], 404: {"model": ErrorBody, "description": "not the served model"}})
+    async def model(model_id: str) -> dict:
+        if model_id != model_name:
+            raise APIError(404, f"model {model_id!r} is not served here; this server runs {model_name!r}",
+                           "not_found_error", param="model", code="model_not_found")
+        return card
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={
         **_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "the answer, or with stream: true "
