@@ -5,11 +5,11 @@ resize), then per tile torchvision's `Compose([RGB, Resize((448, 448), BICUBIC),
 `torch.stack`. With torchvision importable the baseline is exactly that; without it, the same steps written
 with torch as torchvision takes them (the Resize copy of a 448 tile, `to(float).div(255)`, Normalize's clone,
 `sub_(mean)`, `div_(std)`) per tile. The baseline is timed with torch's default threads and with one thread
-(torch's threads can slow down on a busy machine), and the ratio is taken against the faster. Runs are
-interleaved (baseline, baseline 1 thread, load_image, repeat) so a shared machine's load falls on all alike;
-medians are reported, with the CPU time each took (on a busy machine a second core is not free, and CPU time is
-what remains comparable). Outputs are checked identical first.
-Usage: python bench/bench_load_image.py [--repeats 15]
+(torch's threads can slow down on a busy machine), and the ratio is taken against the faster. The pipelines
+take turns in blocks of --block runs (each in its steady state, as when a stream of images is loaded, while a
+shared machine's changing load falls on all alike); medians are reported, with the CPU time each took (on a busy
+machine a second core is not free, and CPU time is what remains comparable). Outputs are checked identical first.
+Usage: python bench/bench_load_image.py [--repeats 30] [--block 5]
 """
 
 import argparse
@@ -76,7 +76,8 @@ def timed(fn: Callable[[], object], cpu: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=30, help="runs of each pipeline per setting")
+    ap.add_argument("--block", type=int, default=5, help="runs in a row before switching pipelines")
     args = ap.parse_args()
     name, original = baseline()
     threads = torch.get_num_threads()
@@ -90,12 +91,12 @@ def main() -> None:
         cpu: dict[str, list[float]] = {key: [] for key in runs}
         slow = functools.partial(original, image, max_num)
         fast_fn = functools.partial(load_image, image, max_num=max_num)
-        for _ in range(args.repeats):
-            runs["baseline"].append(timed(slow, cpu["baseline"]))
-            torch.set_num_threads(1)
-            runs["baseline-1-thread"].append(timed(slow, cpu["baseline-1-thread"]))
-            torch.set_num_threads(threads)
-            runs["load_image"].append(timed(fast_fn, cpu["load_image"]))
+        for _ in range(max(1, args.repeats // args.block)):
+            for key, fn, torch_threads in (("baseline", slow, threads), ("baseline-1-thread", slow, 1),
+                                           ("load_image", fast_fn, threads)):
+                torch.set_num_threads(torch_threads)
+                runs[key] += [timed(fn, cpu[key]) for _ in range(args.block)]
+        torch.set_num_threads(threads)
         n = fast.shape[0]
         rate = {key: n / statistics.median(values) for key, values in runs.items()}
         base = max(rate["baseline"], rate["baseline-1-thread"])

@@ -278,15 +278,18 @@ class _Passes:
         self.error: BaseException | None = None
 
     def run(self, jobs: list[_Resize]) -> None:
+        # the jobs' first passes run side by side, each in a share of the pieces (the grid's and the thumbnail's
+        # take about as long; cutting each in halves costs more in joins and contention than it evens out)
+        first_parts = max(1, self.parts // len(jobs))
         for k, job in enumerate(jobs):
-            self._first(k, job)
+            self._first(k, job, first_parts)
         self._finish()
         self.finished.wait()
         if self.error is not None:
             raise self.error
 
-    def _first(self, k: int, job: _Resize) -> None:
-        pieces = job.first(self.parts)
+    def _first(self, k: int, job: _Resize, parts: int) -> None:
+        pieces = job.first(parts)
         if not pieces:
             self._second(k, job, [])
             return
@@ -355,25 +358,36 @@ def _normalize(chw_uint8: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _tables() -> list[list[float]]:
-    """Per channel, the normalised float32 value of every byte, made by torchvision's own op order: an exact
-    lookup table, since each output element depends only on its byte and channel."""
-    return _normalize(torch.arange(256, dtype=torch.uint8).repeat(3, 1, 1)).squeeze(1).tolist()
+def _tables() -> list[list[int]]:
+    """Per channel, the normalised float32 value of every byte, made by torchvision's own op order (an exact
+    lookup table, since each output element depends only on its byte and channel), as the 4 bytes of each float
+    in the band-major order of Pillow's 8-bit to RGBA ``point`` table."""
+    floats = _normalize(torch.arange(256, dtype=torch.uint8).repeat(3, 1, 1)).squeeze(1).contiguous()
+    return [plane.numpy().view(np.uint8).reshape(256, 4).T.ravel().tolist() for plane in floats]
 
 
-def _normalize_into(image: Image.Image, box: tuple[int, int, int, int], out: np.ndarray) -> None:
-    """Write the normalised ``(3, H, W)`` float32 of ``image.crop(box)`` into ``out``; Pillow maps each byte through
-    the table (one pass, without the GIL)."""
-    tile = image if box == (0, 0, *image.size) else image.crop(box)
-    for channel, (band, table) in enumerate(zip(tile.split(), _tables())):
-        out[channel] = np.frombuffer(band.point(table, "F").tobytes(), np.float32).reshape(out.shape[1:])
+def _normalize_into(bands: Sequence[Image.Image], box: tuple[int, int, int, int], out: np.ndarray) -> None:
+    """Write the normalised float32 ``(3, H, W)`` of the ``box`` of an RGB image's ``bands`` into ``out``
+    (C-contiguous).
+
+    Pillow maps each byte through the table in one pass without the GIL (so tiles normalise in parallel): its
+    8-bit to 32-bit ``point`` copies a pixel's 4 table bytes, here the bytes of its float, and the result is
+    pasted into an RGBA image that Pillow lays over the memory of ``out`` itself.
+    """
+    size = (box[2] - box[0], box[3] - box[1])
+    for channel, (band, table) in enumerate(zip(bands, _tables())):
+        view = Image.frombuffer("RGBA", size, out[channel], "raw", "RGBA", 0, 1)
+        if not view.readonly:  # a copy, not a view: what is pasted there would never reach ``out``
+            raise RuntimeError("this Pillow copies Image.frombuffer's buffer; vlaser needs it shared")
+        part = band if box == (0, 0, *band.size) else band.crop(box)
+        view.im.paste(part.im.point(table, "RGBA"), (0, 0, *size))
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """``(3, H, W)`` float32, ImageNet-normalised; what ``ToTensor`` + ``Normalize`` give."""
     image = image if image.mode == "RGB" else image.convert("RGB")
     out = torch.empty((3, image.height, image.width))
-    _normalize_into(image, (0, 0, *image.size), out.numpy())
+    _normalize_into(image.split(), (0, 0, *image.size), out.numpy())
     return out
 
 
@@ -404,8 +418,9 @@ def image_to_tiles(
     _tables()  # made once, here, before any thread needs it
 
     def write(k: int, boxes: list[tuple[int, tuple]], piece: Image.Image) -> None:
+        bands = piece.split()
         for index, box in boxes:
-            _normalize_into(piece, box, slots[first_tile[k] + index])
+            _normalize_into(bands, box, slots[first_tile[k] + index])
 
     _Passes(write, _threads_for(jobs)).run(jobs)
     return out
