@@ -26,6 +26,7 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -344,6 +345,60 @@ def test_sampling_with_a_seed_repeats(client):
     assert texts[0] == texts[1]
 
 
+@pytest.fixture
+def ends_first(vlm):
+    """The tiny model with its end token's logit raised far above the rest: greedy answers end at once unless
+    the end token is held back."""
+    end = vlm.tokenizer.convert_tokens_to_ids(vlm.model.conv_template.stop_token)
+
+    def raise_end(module, inputs, output):
+        output = output.clone()
+        output[..., end] += 1e4
+        return output
+
+    handle = vlm.model.lm_head.register_forward_hook(raise_end)
+    yield
+    handle.remove()
+
+
+def test_min_tokens_equals_local_min_new_tokens(client, vlm, ends_first):
+    messages = [user(image_part(data_url(RED)), text_part("Point to the cup."))]
+    media = vlm.media(RED, max_num=MAX_NUM)
+    local = vlm.model.chat(vlm.tokenizer, media.pixel_values, "Point to the cup.", {**GREEDY, "min_new_tokens": 3})
+    plain = ask(client, messages, max_tokens=12)
+    assert plain["choices"][0]["message"]["content"] == "" and plain["usage"]["completion_tokens"] == 1
+    for fields in ({"min_tokens": 3}, {"min_new_tokens": 3}, {"min_tokens": 3, "min_new_tokens": 3}):
+        held = ask(client, messages, max_tokens=12, **fields)
+        assert held["choices"][0]["message"]["content"] == local and held["usage"]["completion_tokens"] == 4, fields
+
+
+def test_skip_special_tokens_chooses_the_grounding_tags_per_request(client, vlm, monkeypatch):
+    """On a server that drops the tags (as model.chat), ``skip_special_tokens: false`` keeps them; streamed too."""
+    tokenizer = vlm.tokenizer
+    boxed = "<ref>cup</ref><box>[[100, 100, 500, 600]]</box>"
+    ids = [*tokenizer(boxed)["input_ids"], tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert tokenizer.convert_tokens_to_ids("<box>") in ids
+
+    def fixed(tok, prompts, pixel_values, config, keep_grounding_tokens=False):
+        tracker = config["streamer"]
+        tracker.put(torch.zeros(len(prompts), 1, dtype=torch.long))
+        for token in ids:
+            tracker.put(torch.tensor([token] * len(prompts)))
+        tracker.end()
+
+    monkeypatch.setattr(vlm.model, "generate_answers", fixed)
+    messages = [user(image_part(data_url(RED)), text_part("Where is the cup?"))]
+
+    def text(**fields) -> str:
+        return ask(client, messages, max_tokens=64, **fields)["choices"][0]["message"]["content"]
+
+    assert text() == text(skip_special_tokens=True) == "cup[[100, 100, 500, 600]]"
+    assert text(skip_special_tokens=False) == boxed
+    chunks = events(client.post("/v1/chat/completions", json={"messages": messages, "stream": True, "max_tokens": 64,
+                                                              "skip_special_tokens": False}).text)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == boxed
+
+
 # ---- streaming and concurrency ----------------------------------------------------------------------------------
 
 
@@ -419,6 +474,14 @@ def test_defaults_and_stop(echo):
     assert (sampling.temperature, sampling.top_p, sampling.seed) == (0.0, 1.0, None)  # greedy unless asked
     echoed(echo, [{"role": "user", "content": "x"}], n=None, stream=None, temperature=0.7, top_p=0.9, seed=3)
     assert echo.engine.jobs[-1].sampling == type(sampling)(max_tokens=64, temperature=0.7, top_p=0.9, seed=3)
+    assert sampling.min_tokens == 0 and echo.engine.jobs[-1].keep_grounding_tokens is None  # the server's choice
+    for fields, least in [({"min_tokens": 4}, 4), ({"min_new_tokens": 2}, 2), ({"min_tokens": 5, "min_new_tokens": 5},
+                                                                                 5), ({"min_tokens": 64}, 64)]:
+        echoed(echo, [{"role": "user", "content": "x"}], **fields)
+        assert echo.engine.jobs[-1].sampling.min_tokens == least, fields
+    for skip, keep in [(True, False), (False, True)]:
+        echoed(echo, [{"role": "user", "content": "x"}], skip_special_tokens=skip)
+        assert echo.engine.jobs[-1].keep_grounding_tokens is keep
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -448,6 +511,17 @@ def test_defaults_and_stop(echo):
     ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 65}, "max_tokens 65 is over this server's cap "
                                                                           "of 64"),
     ({"messages": [{"role": "user", "content": "x"}], "stop": ["ok", ""]}, "stop strings must not be empty"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "min_tokens": 6},
+     "min_tokens 6 is over max_tokens 5"),
+    ({"messages": [{"role": "user", "content": "x"}], "min_new_tokens": 65}, "min_new_tokens 65 is over max_tokens 64"),
+    ({"messages": [{"role": "user", "content": "x"}], "min_tokens": 1, "min_new_tokens": 2},
+     "min_tokens 1 and min_new_tokens 2 disagree"),
+    ({"messages": [{"role": "user", "content": "x"}], "min_tokens": -1}, "min_tokens: Input should be greater than "
+                                                                          "or equal to 0"),
+    ({"messages": [{"role": "user", "content": "x"}], "min_tokens": 1.5}, "min_tokens: Input should be a valid "
+                                                                           "integer"),
+    ({"messages": [{"role": "user", "content": "x"}], "skip_special_tokens": "no"}, "skip_special_tokens: Input "
+                                                                                     "should be a valid boolean"),
     ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
      "response_format 'json_object' is not supported"),
     ({"messages": [{"role": "assistant", "content": "x"}]}, "the conversation must start with a user message"),

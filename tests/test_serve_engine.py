@@ -54,14 +54,17 @@ class _Recorder(BaseStreamer):
         pass
 
 
-def _alone(vlm, request, max_tokens, max_num=6):
+def _alone(vlm, request, max_tokens, max_num=6, min_new_tokens=0):
     """The reference answer, without the engine: the rendered prompt through ``generate_answers`` on its own.
     Returns the text, whether it was cut off at ``max_tokens``, the prompt's token count and the generated ids."""
     media = vlm.media(request.images, max_num=max_num)
     model, recorder = vlm.model, _Recorder()
     prompt = request.render(model.conv_template, media.num_patches, model.num_image_token, model.system_message)
-    texts, cut = model.generate_answers(vlm.tokenizer, [prompt], media.pixel_values, {
-        "max_new_tokens": max_tokens, "do_sample": False, "streamer": recorder}, keep_grounding_tokens=True)
+    config = {"max_new_tokens": max_tokens, "do_sample": False, "streamer": recorder}
+    if min_new_tokens:
+        config["min_new_tokens"] = min_new_tokens
+    texts, cut = model.generate_answers(vlm.tokenizer, [prompt], media.pixel_values, config,
+                                        keep_grounding_tokens=True)
     return texts[0], cut[0], len(vlm.tokenizer(prompt)["input_ids"]), recorder.ids
 
 
@@ -245,7 +248,7 @@ def _track(tokenizer, ids, sampling, keep_grounding_tokens=True):
         _settle = settled.append
 
     decode = engine_module.answer_decoder(tokenizer, "<|im_end|>", keep_grounding_tokens)
-    tracker = engine_module._BatchTracker([engine_module._Row(FakeStream(), "prompt", None, 7)], decode,
+    tracker = engine_module._BatchTracker([engine_module._Row(FakeStream(), "prompt", None, 7, decode)],
                                           tokenizer.convert_tokens_to_ids("<|im_end|>"), "<|im_end|>")
     tracker.put(torch.zeros(1, 7, dtype=torch.long))  # the prompt
     streamed = []
@@ -473,8 +476,83 @@ def test_cancelling_the_waiting_task_cancels_the_job(vlm):
     ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 2.5}, "max_tokens"), ({"max_tokens": 4, "temperature": -1},
                                                                             "temperature"),
     ({"max_tokens": 4, "top_p": 0}, "top_p"), ({"max_tokens": 4, "stop": ("",)}, "stop"),
-    ({"max_tokens": 4, "stop": ["x"]}, "stop"),
+    ({"max_tokens": 4, "stop": ["x"]}, "stop"), ({"max_tokens": 4, "min_tokens": 5}, "min_tokens"),
+    ({"max_tokens": 4, "min_tokens": -1}, "min_tokens"), ({"max_tokens": 4, "min_tokens": True}, "min_tokens"),
 ])
 def test_bad_sampling_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Sampling(**kwargs)
+
+
+@pytest.fixture
+def ends_first(vlm):
+    """The tiny model with its end token's logit raised far above the rest: every greedy step picks the end token
+    unless something masks it. Yields the end token's id."""
+    end = vlm.tokenizer.convert_tokens_to_ids(vlm.model.conv_template.stop_token)
+
+    def raise_end(module, inputs, output):
+        output = output.clone()
+        output[..., end] += 1e4
+        return output
+
+    handle = vlm.model.lm_head.register_forward_hook(raise_end)
+    yield end
+    handle.remove()
+
+
+def test_min_tokens_holds_back_an_end_token_that_comes_first(vlm, ends_first):
+    request = REQUESTS[1]
+    assert _alone(vlm, request, 8)[3] == [ends_first]  # without a minimum the answer ends at once
+    expected, _, _, ids = _alone(vlm, request, 8, min_new_tokens=3)
+    assert len(ids) == 4 and ends_first not in ids[:3] and ids[3] == ends_first
+
+    async def body(engine):
+        plain = await engine.submit(Job(request, Sampling(max_tokens=8), 6)).result()
+        return plain, await _collect(engine.submit(Job(request, Sampling(max_tokens=8, min_tokens=3), 6)))
+
+    plain, (streamed, held) = _serve(vlm, body)
+    assert (plain.text, plain.completion_tokens) == ("", 1)
+    assert held.text == expected and streamed == expected and held.completion_tokens == 4
+    assert held.finish_reason == "stop"
+
+
+def test_rows_with_different_min_tokens_share_a_batch_and_equal_their_lone_runs(vlm, ends_first, batch_sizes):
+    jobs = [Job(REQUESTS[0], Sampling(max_tokens=8), 6), Job(REQUESTS[1], Sampling(max_tokens=8, min_tokens=3), 6)]
+
+    async def body(engine):
+        together = await asyncio.gather(*[engine.submit(job).result() for job in jobs])
+        return together, [await engine.submit(job).result() for job in jobs]
+
+    together, lone = _serve(vlm, body)
+    assert batch_sizes[0] == 2 and together == lone
+    assert [c.completion_tokens for c in together] == [1, 4]
+    assert together[1].text == _alone(vlm, REQUESTS[1], 8, min_new_tokens=3)[0]
+
+
+def test_each_job_decodes_the_grounding_tags_its_own_way(vlm, monkeypatch):
+    """Jobs that keep and drop the ``<ref>``/``<box>`` tags share a batch; each streams what it settles on."""
+    tokenizer = vlm.tokenizer
+    answer = [*tokenizer("<ref>cup</ref><box>[[1, 2, 3, 4]]</box>")["input_ids"],
+              tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+    sizes = []
+
+    def fixed(tok, prompts, pixel_values, config, keep_grounding_tokens=False):
+        sizes.append(len(prompts))
+        tracker = config["streamer"]
+        tracker.put(torch.zeros(len(prompts), 1, dtype=torch.long))
+        for token in answer:
+            tracker.put(torch.tensor([token] * len(prompts)))
+        tracker.end()
+
+    monkeypatch.setattr(vlm.model, "generate_answers", fixed)
+
+    async def body(engine):
+        streams = [engine.submit(Job(REQUESTS[1], Sampling(max_tokens=30), 6, keep_grounding_tokens=keep))
+                   for keep in (True, False, None)]
+        return await asyncio.gather(*[_collect(s) for s in streams])
+
+    kept, dropped, default = _serve(vlm, body, keep_grounding_tokens=False)
+    assert sizes == [3]
+    assert kept[0] == kept[1].text == "<ref>cup</ref><box>[[1, 2, 3, 4]]</box>"
+    assert dropped[0] == dropped[1].text == default[0] == default[1].text == "cup[[1, 2, 3, 4]]"

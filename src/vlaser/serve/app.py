@@ -167,8 +167,26 @@ async def _job(raw: dict, body: ChatCompletionRequest, limits: MediaLimits, defa
     if not all(stop):
         raise APIError(400, f"stop strings must not be empty, got {list(stop)}", param="stop")
     sampling = Sampling(max_tokens=max_tokens, temperature=request.temperature or 0.0,
-                        top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=stop)
-    return Job(request=request, sampling=sampling, max_num=request.max_num or default_max_num)
+                        top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=stop,
+                        min_tokens=_min_tokens(body, max_tokens))
+    keep = None if body.skip_special_tokens is None else not body.skip_special_tokens
+    return Job(request=request, sampling=sampling, max_num=request.max_num or default_max_num,
+               keep_grounding_tokens=keep)
+
+
+def _min_tokens(body: ChatCompletionRequest, max_tokens: int) -> int:
+    """The request's minimum answer length: vLLM's ``min_tokens`` or LMDeploy's ``min_new_tokens`` (clients
+    such as vlaser's own eval send both, equal), at most ``max_tokens``."""
+    sent = {name: value for name in ("min_tokens", "min_new_tokens") if (value := getattr(body, name)) is not None}
+    if len(set(sent.values())) > 1:
+        raise APIError(400, f"min_tokens {sent['min_tokens']} and min_new_tokens {sent['min_new_tokens']} disagree; "
+                            "send one of them (min_new_tokens is another name for min_tokens)", param="min_tokens")
+    minimum = next(iter(sent.values()), 0)
+    if minimum > max_tokens:
+        name = next(iter(sent))
+        raise APIError(400, f"{name} {minimum} is over max_tokens {max_tokens}: the answer could not be that long",
+                       param=name)
+    return minimum
 
 
 async def _until_disconnect(request: Request) -> None:

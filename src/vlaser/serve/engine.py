@@ -28,10 +28,14 @@ settings are shared state, not safe to change from two threads.
 Each row of a batch ends on its own: at the end token, when its answer contains one of its ``stop`` strings
 (the answer is cut before it; ``finish_reason == "stop"``), at its own ``max_tokens`` (``"length"``), or
 when it is cancelled. The row then resolves its :class:`Completion` at once, without waiting for the other
-rows, and the call stops generating for it (transformers' per-row stopping criterion). Answers are decoded as
-:meth:`InternVLChat.generate_answers` decodes them (``keep_grounding_tokens`` keeps ``<ref>``/``<box>`` tags,
-cut at ``<|im_end|>``, stripped). ``prompt_tokens`` counts the tokenised prompt, image tokens included;
-``completion_tokens`` the row's generated tokens up to and including the end token or the stop, no padding.
+rows, and the call stops generating for it (transformers' per-row stopping criterion). A row's end token is
+masked until it has its own ``min_tokens`` (a per-row logits processor; a greedy answer equals ``generate`` with
+that ``min_new_tokens``); a stop string still ends it where it appears. Answers are decoded as
+:meth:`InternVLChat.generate_answers` decodes them (cut at ``<|im_end|>``, stripped), each row by its own job's
+choice: ``Job.keep_grounding_tokens`` keeps ``<ref>``/``<box>``/``<quad>`` tags, ``None`` takes the engine's
+setting, so jobs with different choices share a batch. ``prompt_tokens`` counts the tokenised prompt, image
+tokens included; ``completion_tokens`` the row's generated tokens up to and including the end token or the stop,
+no padding.
 
 A job whose preparation fails fails alone with that exception, raised by ``prepared()``, ``result()`` and the
 iteration: an ``<image>`` count mismatch (a ``ValueError``), or a prompt whose tokens plus ``max_tokens`` exceed
@@ -52,6 +56,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
@@ -69,10 +74,15 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()  #: the answer is cut before the first of these (which is not included)
+    min_tokens: int = 0  #: the end token is held back until this many tokens are generated (vLLM's min_tokens)
 
     def __post_init__(self):
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if (isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int)
+                or not 0 <= self.min_tokens <= self.max_tokens):
+            raise ValueError(f"min_tokens must be an integer from 0 to max_tokens ({self.max_tokens}), "
+                             f"got {self.min_tokens!r}")
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
         if not 0 < self.top_p <= 1:
@@ -88,6 +98,7 @@ class Job:
     request: ChatRequest
     sampling: Sampling
     max_num: int  #: tiles per image, unless the request sets an image's own (``ChatRequest.tile_limits``)
+    keep_grounding_tokens: bool | None = None  #: keep ``<ref>``/``<box>``/``<quad>`` tags; None: the engine's choice
 
 
 @dataclass
@@ -188,6 +199,7 @@ class _Row:
     prompt: str
     pixel_values: torch.Tensor | None
     prompt_tokens: int
+    decode: Callable[[list[int]], str]  #: its job's answer decoder (with or without the grounding tags)
     tokens: list[int] = field(default_factory=list)
     emitted: str = ""
     done: bool = False
@@ -203,8 +215,8 @@ class _BatchTracker(BaseStreamer, StoppingCriteria):
     row finished by a stop string (which only ``put`` sees) is generated for one step more, unread.
     """
 
-    def __init__(self, rows: list[_Row], decode: Callable[[list[int]], str], end_id: int, end_token: str):
-        self.rows, self.decode, self.end_id, self.end_token = rows, decode, end_id, end_token
+    def __init__(self, rows: list[_Row], end_id: int, end_token: str):
+        self.rows, self.end_id, self.end_token = rows, end_id, end_token
         self.prompt_width = 0
 
     def put(self, value: torch.Tensor) -> None:
@@ -218,7 +230,7 @@ class _BatchTracker(BaseStreamer, StoppingCriteria):
     def end(self) -> None:
         for row in self.rows:  # a row still open here was stopped by generate itself (the model's maximum length)
             if not row.done and not row.stream.cancelled:
-                self._finish(row, self.decode(row.tokens), "length")
+                self._finish(row, row.decode(row.tokens), "length")
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         generated = input_ids.shape[1] - self.prompt_width
@@ -228,7 +240,7 @@ class _BatchTracker(BaseStreamer, StoppingCriteria):
 
     def _step(self, row: _Row, token: int) -> None:
         row.tokens.append(token)
-        text = self.decode(row.tokens).lstrip()
+        text = row.decode(row.tokens).lstrip()
         stops = row.stream.job.sampling.stop
         cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=None)
         if cut is not None:
@@ -250,6 +262,24 @@ class _BatchTracker(BaseStreamer, StoppingCriteria):
         text = text.strip()
         self._emit(row, text)
         row.stream._settle(Completion(text, reason, row.prompt_tokens, len(row.tokens)))
+
+
+class _MinTokens(LogitsProcessor):
+    """Holds back the end token from each row until it has generated its own ``min_tokens``. transformers'
+    ``min_new_tokens`` is one number for the whole call; here rows with different minimums share a batch, and a
+    greedy row gets what ``generate`` with its ``min_new_tokens`` alone gives (the same token masked at the same
+    steps)."""
+
+    def __init__(self, tracker: _BatchTracker):
+        self.tracker = tracker
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids.shape[1] - self.tracker.prompt_width
+        short = [i for i, row in enumerate(self.tracker.rows) if generated < row.stream.job.sampling.min_tokens]
+        if short:
+            scores = scores.clone()
+            scores[short, self.tracker.end_id] = -float("inf")
+        return scores
 
 
 def settled_prefix(text: str, stops: Sequence[str]) -> str:
@@ -293,6 +323,7 @@ class Engine:
             raise ValueError(f"need max_batch_size >= 1, max_queue >= 1 and max_wait_ms >= 0, got {max_batch_size}, "
                              f"{max_queue} and {max_wait_ms}")
         self.vlm, self.keep_grounding_tokens = vlm, keep_grounding_tokens
+        self._decoders: dict[bool, Callable[[list[int]], str]] = {}  # made and used on the worker thread
         self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self._waiting: deque[Stream] = deque()
         self._pending: set[Stream] = set()  # waiting or running
@@ -394,7 +425,15 @@ class Engine:
                 f"the prompt is {prompt_tokens} tokens ({tiles} image tiles of {model.num_image_token} tokens each) "
                 f"and max_tokens asks for {max_tokens} more, over the model's context of {context} tokens; send "
                 "fewer or smaller images, a lower tile count (max_num) or a lower max_tokens")
-        return _Row(stream, prompt, pixel_values, prompt_tokens)
+        return _Row(stream, prompt, pixel_values, prompt_tokens, self._decoder(stream.job))
+
+    def _decoder(self, job: Job) -> Callable[[list[int]], str]:
+        """The job's answer decoder, made once per choice: jobs that keep the grounding tags and jobs that drop
+        them share batches, each row decoded its own way."""
+        keep = self.keep_grounding_tokens if job.keep_grounding_tokens is None else job.keep_grounding_tokens
+        if keep not in self._decoders:
+            self._decoders[keep] = answer_decoder(self.vlm.tokenizer, self.vlm.model.conv_template.stop_token, keep)
+        return self._decoders[keep]
 
     def _generate(self, batch: list[Stream]) -> None:
         """Generate one batch (on the worker thread) once its jobs are prepared; every job ends settled or
@@ -416,10 +455,11 @@ class Engine:
         tiles = [row.pixel_values for row in rows if row.pixel_values is not None]
         try:
             end_token = model.conv_template.stop_token
-            tracker = _BatchTracker(rows, answer_decoder(tokenizer, end_token, self.keep_grounding_tokens),
-                                    tokenizer.convert_tokens_to_ids(end_token), end_token)
+            tracker = _BatchTracker(rows, tokenizer.convert_tokens_to_ids(end_token), end_token)
             config = {"max_new_tokens": max(row.stream.job.sampling.max_tokens for row in rows), "streamer": tracker,
                       "stopping_criteria": StoppingCriteriaList([tracker]), **_decoding(sampling)}
+            if any(row.stream.job.sampling.min_tokens for row in rows):
+                config["logits_processor"] = LogitsProcessorList([_MinTokens(tracker)])
             if sampling.temperature > 0 and sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
             model.generate_answers(tokenizer, [row.prompt for row in rows], torch.cat(tiles) if tiles else None,

@@ -70,6 +70,16 @@ class ChatCompletionRequest(_Open):
     seed: int | None = Field(None, ge=-(2**63), lt=2**63, strict=True,
                              description="makes sampling repeatable (a 64-bit integer, as torch.manual_seed takes)")
     stop: str | list[str] | None = Field(None, description="text (or texts) that end the answer; not included in it")
+    min_tokens: int | None = Field(None, ge=0, strict=True,
+                                   description="vLLM's: the end token is held back until this many tokens are "
+                                               "generated (0 by default; at most max_tokens); a stop string still "
+                                               "ends the answer where it appears")
+    min_new_tokens: int | None = Field(None, ge=0, strict=True, description="LMDeploy's name for min_tokens (both "
+                                                                            "may be sent when they agree)")
+    skip_special_tokens: bool | None = Field(None, strict=True,
+                                             description="vLLM's: false keeps the grounding tags (<ref>, <box>, "
+                                                         "<quad>) in the answer, true drops them as model.chat does; "
+                                                         "the server's --keep-grounding-tokens setting when absent")
     n: int | None = Field(1, strict=True, description="choices per request: only 1")
     stream: bool | None = Field(False, strict=True,
                                 description="answer as server-sent events (chat.completion.chunk)")
