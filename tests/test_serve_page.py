@@ -163,13 +163,14 @@ def chat_server():
 
 @pytest.fixture(scope="module")
 def real_server(loaded):
-    """``create_app`` around the real engine on the tiny model, whose answers the test fixes."""
+    """``create_app`` around the real engine on the tiny model, whose answers the test fixes; grounding tags
+    dropped unless a request keeps them, as ``vlaser serve`` runs without ``--keep-grounding-tokens``."""
     model, tokenizer = loaded
     vlm = VLM(model, tokenizer)
     fixed = FixedAnswers()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(model, "generate_answers", fixed)
-        for url in serve(create_app(Engine(vlm, max_wait_ms=0), "tiny-vlaser")):
+        for url in serve(create_app(Engine(vlm, max_wait_ms=0, keep_grounding_tokens=False), "tiny-vlaser")):
             yield url, fixed, vlm
 
 
@@ -271,12 +272,16 @@ def test_point_question_draws_the_marker_at_its_pixel(real_page, tmp_path):
     assert mean == pytest.approx(center, abs=1.5)  # ... where the DOM says it is
 
 
-def test_two_points_and_a_box_numbered_and_listed(page, tmp_path):
-    tab, fake = page
-    fake.answers.append("<point>[[100, 200], [ 900.5 ,750 ]]</point>"
-                        " and <ref>cup</ref><box>[[100, 100, 500, 600]]</box>")
+def test_two_points_and_a_box_numbered_and_listed(real_page, tmp_path):
+    """On a server that drops grounding tags by default, the page asks to keep them: the box keeps its label."""
+    tab, (fixed, _) = real_page
+    fixed.answers.append("<point>[[100, 200], [ 900.5 ,750 ]]</point>"
+                         " and <ref>cup</ref><box>[[100, 100, 500, 600]]</box>")
     ask(tab, "Point and box", [png(tmp_path / "a.png", (640, 480))])
-    assert fake.requests[0]["body"]["messages"][-1]["content"][-1]["text"] == "Point and box"  # point off
+    ((prompt, _),) = fixed.calls
+    assert "Point and box<|im_end|>" in prompt and point_question("Point and box") not in prompt  # point off
+    answer = tab.inner_text(".message.assistant .text")
+    assert answer == "<point>[[100, 200], [ 900.5 ,750 ]]</point> and <ref>cup</ref><box>[[100, 100, 500, 600]]</box>"
     points = markers(tab, "point")
     assert [(p["text"], p["x"], p["y"]) for p in points] == [("1", "64", "96"), ("2", "576", "360")]
     (box,) = markers(tab, "box")
@@ -314,6 +319,7 @@ def test_several_images_draw_on_the_last_and_send_the_key(page, tmp_path):
     ask(tab, "Compare", [first, last], point=True)
     (request,) = fake.requests
     assert request["authorization"] == "Bearer sekret"
+    assert request["body"]["skip_special_tokens"] is False  # the grounding tags stay in the answer
     urls = image_part(request["body"]["messages"][-1])
     assert [base64.b64decode(u.split(",", 1)[1]) for u in urls] == [first.read_bytes(), last.read_bytes()]
     (marker,) = markers(tab, "point")

@@ -272,8 +272,11 @@ async function complete(messages, stream, onDelta, signal) {
   if (key) {
     headers.Authorization = `Bearer ${key}`;
   }
+  // skip_special_tokens false keeps the <ref>/<box> tags in the answer (a server drops them by default, as
+  // model.chat does), so boxes are drawn with their labels.
+  const request = {model: state.config.model, messages, stream, skip_special_tokens: false};
   const response = await fetch("v1/chat/completions", {
-    method: "POST", headers, signal, body: JSON.stringify({model: state.config.model, messages, stream}),
+    method: "POST", headers, signal, body: JSON.stringify(request),
   });
   if (!response.ok) {
     throw await responseError(response);
