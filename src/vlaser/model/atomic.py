@@ -59,13 +59,17 @@ def atomic_directory(dst: str | Path, overwrite: bool = False) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if dst.exists():
-        old = _temporary_sibling(dst, "old")
-        os.rename(dst, old)
+    if not dst.exists():
         os.rename(tmp, dst)
-        shutil.rmtree(old)
-    else:
+        return
+    old = _temporary_sibling(dst, "old")
+    os.rename(dst, old)
+    try:
         os.rename(tmp, dst)
+    except BaseException:
+        os.rename(old, dst)  # put the old folder back; the new one stays under its temporary name
+        raise
+    shutil.rmtree(old)
 
 
 @contextmanager
