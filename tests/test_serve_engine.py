@@ -516,6 +516,16 @@ def test_min_tokens_holds_back_an_end_token_that_comes_first(vlm, ends_first):
     assert held.finish_reason == "stop"
 
 
+def test_min_tokens_holds_when_sampling_with_top_p(vlm, ends_first):
+    """The end token is masked before top-p keeps the likeliest tokens: top-p cannot keep only the masked one."""
+    sampling = Sampling(max_tokens=8, temperature=1.0, top_p=0.5, seed=3, min_tokens=3)
+
+    async def body(engine):
+        return await engine.submit(Job(REQUESTS[1], sampling, 6)).result()
+
+    assert _serve(vlm, body).completion_tokens == 4
+
+
 def test_rows_with_different_min_tokens_share_a_batch_and_equal_their_lone_runs(vlm, ends_first, batch_sizes):
     jobs = [Job(REQUESTS[0], Sampling(max_tokens=8), 6), Job(REQUESTS[1], Sampling(max_tokens=8, min_tokens=3), 6)]
 
