@@ -1,10 +1,29 @@
 """Stand-ins for a model: a scripted backend for the runner, and a loopback chat-completions server."""
 
+import contextlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from vlaser.eval.backends import Answer
+
+
+@contextlib.contextmanager
+def end_token_first(vlm):
+    """The model with its end token's logit raised far above the rest: every greedy step picks the end token
+    unless something masks it. Yields the end token's id."""
+    end = vlm.tokenizer.convert_tokens_to_ids(vlm.model.conv_template.stop_token)
+
+    def raise_end(module, inputs, output):
+        output = output.clone()
+        output[..., end] += 1e4
+        return output
+
+    handle = vlm.model.lm_head.register_forward_hook(raise_end)
+    try:
+        yield end
+    finally:
+        handle.remove()
 
 
 class ScriptedBackend:

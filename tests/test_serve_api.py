@@ -31,6 +31,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from fakes import end_token_first
 from vlaser.api import VLM
 from vlaser.errors import UserInputError
 from vlaser.serve.app import create_app
@@ -347,18 +348,8 @@ def test_sampling_with_a_seed_repeats(client):
 
 @pytest.fixture
 def ends_first(vlm):
-    """The tiny model with its end token's logit raised far above the rest: greedy answers end at once unless
-    the end token is held back."""
-    end = vlm.tokenizer.convert_tokens_to_ids(vlm.model.conv_template.stop_token)
-
-    def raise_end(module, inputs, output):
-        output = output.clone()
-        output[..., end] += 1e4
-        return output
-
-    handle = vlm.model.lm_head.register_forward_hook(raise_end)
-    yield
-    handle.remove()
+    with end_token_first(vlm) as end:
+        yield end
 
 
 def test_min_tokens_equals_local_min_new_tokens(client, vlm, ends_first):

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
+from fakes import end_token_first
 from vlaser import VLM
 from vlaser.errors import UserInputError
 from vlaser.serve import engine as engine_module
@@ -486,18 +487,8 @@ def test_bad_sampling_is_refused(kwargs, message):
 
 @pytest.fixture
 def ends_first(vlm):
-    """The tiny model with its end token's logit raised far above the rest: every greedy step picks the end token
-    unless something masks it. Yields the end token's id."""
-    end = vlm.tokenizer.convert_tokens_to_ids(vlm.model.conv_template.stop_token)
-
-    def raise_end(module, inputs, output):
-        output = output.clone()
-        output[..., end] += 1e4
-        return output
-
-    handle = vlm.model.lm_head.register_forward_hook(raise_end)
-    yield end
-    handle.remove()
+    with end_token_first(vlm) as end:
+        yield end
 
 
 def test_min_tokens_holds_back_an_end_token_that_comes_first(vlm, ends_first):
