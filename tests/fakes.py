@@ -5,6 +5,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import torch
+
 from vlaser.eval.backends import Answer
 
 
@@ -24,6 +26,15 @@ def end_token_first(vlm):
         yield end
     finally:
         handle.remove()
+
+
+def stream_tokens(streamer, rows: int, ids) -> None:
+    """Feed a streamer as transformers' ``generate`` does: the prompt first, then each token of ``ids`` for every
+    one of ``rows`` rows, then the end (for a ``generate_answers`` stand-in under the serving engine)."""
+    streamer.put(torch.zeros(rows, 1, dtype=torch.long))
+    for token in ids:
+        streamer.put(torch.tensor([token] * rows))
+    streamer.end()
 
 
 class ScriptedBackend:

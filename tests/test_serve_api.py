@@ -26,12 +26,11 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fakes import end_token_first
+from fakes import end_token_first, stream_tokens
 from vlaser.api import VLM
 from vlaser.errors import UserInputError
 from vlaser.serve.app import create_app
@@ -371,11 +370,7 @@ def test_skip_special_tokens_chooses_the_grounding_tags_per_request(client, vlm,
     assert tokenizer.convert_tokens_to_ids("<box>") in ids
 
     def fixed(tok, prompts, pixel_values, config, keep_grounding_tokens=False):
-        tracker = config["streamer"]
-        tracker.put(torch.zeros(len(prompts), 1, dtype=torch.long))
-        for token in ids:
-            tracker.put(torch.tensor([token] * len(prompts)))
-        tracker.end()
+        stream_tokens(config["streamer"], len(prompts), ids)
 
     monkeypatch.setattr(vlm.model, "generate_answers", fixed)
     messages = [user(image_part(data_url(RED)), text_part("Where is the cup?"))]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
-from fakes import end_token_first
+from fakes import end_token_first, stream_tokens
 from vlaser import VLM
 from vlaser.errors import UserInputError
 from vlaser.serve import engine as engine_module
@@ -540,11 +540,7 @@ def test_each_job_decodes_the_grounding_tags_its_own_way(vlm, monkeypatch):
 
     def fixed(tok, prompts, pixel_values, config, keep_grounding_tokens=False):
         sizes.append(len(prompts))
-        tracker = config["streamer"]
-        tracker.put(torch.zeros(len(prompts), 1, dtype=torch.long))
-        for token in answer:
-            tracker.put(torch.tensor([token] * len(prompts)))
-        tracker.end()
+        stream_tokens(config["streamer"], len(prompts), answer)
 
     monkeypatch.setattr(vlm.model, "generate_answers", fixed)
 

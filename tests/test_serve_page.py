@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from fakes import stream_tokens
 from vlaser.api import VLM
 from vlaser.points import POINT_PROMPT, parse_boxes, parse_points, point_question, to_pixels
 from vlaser.serve.app import create_app
@@ -130,11 +131,8 @@ class FixedAnswers:
     def __call__(self, tokenizer, prompts, pixel_values, config, keep_grounding_tokens=True):
         (prompt,) = prompts  # the page sends one request at a time
         self.calls.append((prompt, pixel_values))
-        streamer = config["streamer"]
-        streamer.put(torch.zeros(1, 1, dtype=torch.long))  # the prompt, as generate sends it first
-        for token in [*tokenizer(self.answers.pop(0))["input_ids"], tokenizer.convert_tokens_to_ids("<|im_end|>")]:
-            streamer.put(torch.tensor([token]))
-        streamer.end()
+        answer = [*tokenizer(self.answers.pop(0))["input_ids"], tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        stream_tokens(config["streamer"], 1, answer)
 
 
 @pytest.fixture(scope="module")
