@@ -1,6 +1,6 @@
 """Checkpoint folders that appear whole or not at all.
 
-A checkpoint is written into a hidden temporary folder next to where it belongs (``.NAME.tmp-XXXXXXXX``) and
+A checkpoint is written into a hidden temporary folder next to where it belongs (``.NAME.tmp-`` and a random suffix) and
 renamed into place once every file is written, so a process killed mid-write leaves that clearly named
 temporary folder, never a destination that looks like a complete checkpoint. An error inside vlaser removes
 the temporary folder; a kill cannot, and the folder is safe to delete.
