@@ -96,6 +96,7 @@ def _original_load_image(image, max_num, size=448):
 def test_threaded_tiling_is_bit_identical_to_whole_image_resizes(threads):
     """The resizes run as pieces on threads; every size, grid and pass order gives the original's exact floats."""
     from vlaser.model import preprocess
+    from vlaser.model.resample import pass_order
 
     rng = np.random.default_rng(threads)
     sizes = [(640, 480), (1200, 300), (300, 900), (1, 1), (2, 500), (500, 2), (449, 447)]
@@ -109,7 +110,7 @@ def test_threaded_tiling_is_bit_identical_to_whole_image_resizes(threads):
                 got = load_image(image, input_size=56, max_num=max_num)
                 assert torch.equal(got, _original_load_image(image, max_num, 56)), (w, h, max_num)
                 cols, rows = tile_grid(w, h, 1, max_num, 56)
-                orders |= {preprocess._pass_order()((w, h), out) for out in ((56 * cols, 56 * rows), (56, 56))}
+                orders |= {pass_order()((w, h), out) for out in ((56 * cols, 56 * rows), (56, 56))}
     finally:
         preprocess.set_threads(default)
     assert orders == {True, False}  # both of Pillow's pass orders were exercised

@@ -3,8 +3,8 @@
 Dynamic tiling (grid choice, tie rule, row-major crops, thumbnail), PIL bicubic resizing and ImageNet
 normalisation follow the original ``dynamic_preprocess`` / ``build_transform`` / ``load_image`` /
 ``get_index`` / ``load_video`` bit for bit. Every other part of vlaser tiles images through this module.
-For speed, each resize runs as pieces on threads (Pillow resizes without the GIL) cut where they give the very
-same pixels, and tiles are normalised through a per-byte table that holds torchvision's own results.
+For speed, resizes give Pillow's pixels from compiled kernels whose row bands run on threads (``resample``), and
+tiles are normalised through a per-byte table that holds torchvision's own results.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from __future__ import annotations
 import functools
 import io
 import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vlaser.errors import UserInputError, require
 from vlaser.model.constants import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from vlaser.model.resample import Resize, kernels, pixels
 
 ImageInput = str | os.PathLike | bytes | np.ndarray | Image.Image
 
@@ -90,7 +90,7 @@ def set_threads(n: int) -> None:
 
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
-    """Worker threads for the pieces of a resize (Pillow resizes and maps pixels without the GIL), created on
+    """Worker threads for the row bands of resizes and the tiles' lookups (the kernels run without the GIL), created on
     first use. Only leaf work is submitted here, so no task ever waits on another in this pool."""
     return ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="vlaser-tiles")
 
@@ -143,213 +143,59 @@ def dynamic_preprocess(
     image: Image.Image, min_num: int = 1, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = False
 ) -> list[Image.Image]:
     """Split an image into ``image_size`` tiles on the best grid, plus a thumbnail when there are several."""
-    jobs, first_tile = _grid_jobs(image, min_num, max_num, image_size, use_thumbnail)
-    tiles: list[Image.Image] = [None] * (first_tile[-1] + (len(jobs) > 1))  # type: ignore[list-item]
-
-    def keep(k: int, boxes: list[tuple[int, tuple]], piece: Image.Image) -> None:
-        for index, box in boxes:
-            tiles[first_tile[k] + index] = piece.crop(box)
-
-    _Passes(keep, _threads_for(jobs)).run(jobs)
-    return tiles
+    grid, sizes = _layout(image.size, min_num, max_num, image_size, use_thumbnail)
+    if image.mode != "RGB":  # in the image's own mode, as the original (Pillow premultiplies alpha, samples P...)
+        resized = [image.resize(size, Image.BICUBIC) for size in sizes]
+        return [resized[k].crop(box) for k, box in _tile_boxes(grid, image_size, len(sizes))]
+    return [Image.frombuffer("RGBX", crop.shape[1::-1], np.ascontiguousarray(crop), "raw", "RGBX", 0, 1).convert("RGB")
+            for crop in _crops(_resized(image, sizes), grid, image_size)]
 
 
-# Pillow resamples in two passes, each rounding to uint8: horizontal then vertical, except (Pillow >= 13) when the
-# height shrinks by more pixels than twice the width does, which goes vertical first. A pass along one axis
-# treats every line across it alike, so the first pass can be cut into bands across its axis and the second
-# into bands along it (at tile boundaries), each a resize of its own on a thread: the same pixels, two cores busy.
-
-
-def _vertical_first_never(src: tuple[int, int], dst: tuple[int, int]) -> bool:
-    return False
-
-
-def _vertical_first_pillow13(src: tuple[int, int], dst: tuple[int, int]) -> bool:
-    shrink_h, shrink_w = src[1] - dst[1], src[0] - dst[0]
-    return shrink_h > 0 and shrink_h > 2 * shrink_w
-
-
-@functools.cache
-def _pass_order() -> Callable[[tuple[int, int], tuple[int, int]], bool] | None:
-    """The rule this Pillow follows for which pass comes first, found by resizing a small image both ways; None
-    (resize whole images, unsplit) if it follows neither known rule."""
-    rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
-    observed = []
-    for size in ((36, 8), (36, 32), (8, 36)):  # one on each side of Pillow 13's threshold, and an upscale
-        whole = np.asarray(image.resize(size, Image.BICUBIC))
-        hv = np.asarray(image.resize((size[0], 40), Image.BICUBIC).resize(size, Image.BICUBIC))
-        vh = np.asarray(image.resize((40, size[1]), Image.BICUBIC).resize(size, Image.BICUBIC))
-        if np.array_equal(whole, hv) == np.array_equal(whole, vh):
-            return None
-        observed.append(np.array_equal(whole, vh))
-    for rule in (_vertical_first_pillow13, _vertical_first_never):
-        if observed == [rule((40, 40), size) for size in ((36, 8), (36, 32), (8, 36))]:
-            return rule
-    return None
-
-
-def _spans(length: int, parts: int) -> list[tuple[int, int]]:
-    """``[0, length)`` cut into at most ``parts`` near-equal non-empty spans."""
-    parts = max(1, min(parts, length))
-    cuts = [length * k // parts for k in range(parts + 1)]
-    return list(zip(cuts[:-1], cuts[1:]))
-
-
-class _Resize:
-    """One bicubic resize to a grid of ``size`` tiles, as two passes of independent pieces.
-
-    ``first()`` gives the first pass's pieces; ``second(pieces)`` joins them and gives the second pass's
-    pieces, each with the tiles it holds: ``(tile index in this grid, box within the piece)``.
-    """
-
-    def __init__(self, image: Image.Image, size: tuple[int, int], grid: tuple[int, int], tile: int) -> None:
-        self.image, self.size, self.grid, self.tile = image, size, grid, tile
-        order = _pass_order()
-        # other modes are resized whole: Pillow premultiplies alpha around both passes (RGBA, LA), or samples
-        # the nearest pixel (P, 1)
-        self.split = order is not None and image.mode in ("RGB", "L")
-        self.vertical_first = bool(order and order(image.size, size))
-
-    def first(self, parts: int) -> list[Callable[[], tuple[int, Image.Image]]]:
-        """Pieces ``() -> (offset, band)`` of the first pass (none when it would not change the image)."""
-        (w, h), (width, height) = self.image.size, self.size
-        if not self.split or (height == h if self.vertical_first else width == w):
-            return []
-        if self.vertical_first:  # columns of the input, each resized to the new height
-            return [functools.partial(self._piece, (a, 0, b, h), (b - a, height), a) for a, b in _spans(w, parts)]
-        return [functools.partial(self._piece, (0, a, w, b), (width, b - a), a) for a, b in _spans(h, parts)]
-
-    def _piece(self, box: tuple[int, int, int, int], size: tuple[int, int], offset: int) -> tuple[int, Image.Image]:
-        return offset, _resize_box(self.image, box, size)
-
-    def second(self, pieces: list[tuple[int, Image.Image]], parts: int) -> list[tuple[Callable[[], Image.Image],
-                                                                                    list[tuple[int, tuple]]]]:
-        """Pieces of the second pass, cut at tile boundaries, each with its tiles (row-major indices)."""
-        cols, rows = self.grid
-        s = self.tile
-        if not self.split:
-            boxes = [(r * cols + c, (c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)]
-            return [(functools.partial(self.image.resize, self.size, Image.BICUBIC), boxes)]
-        middle = self._join(pieces)
-        (w, h), (width, height) = middle.size, self.size
-        out = []
-        if self.vertical_first:  # bands of tile rows, each resized to the new width
-            for a, b in _spans(rows, parts):
-                band = functools.partial(_resize_box, middle, (0, a * s, w, b * s), (width, (b - a) * s))
-                out.append((band, [(r * cols + c, (c * s, (r - a) * s, (c + 1) * s, (r - a + 1) * s))
-                                   for r in range(a, b) for c in range(cols)]))
-        else:  # strips of tile columns, each resized to the new height
-            for a, b in _spans(cols, parts):
-                strip = functools.partial(_resize_box, middle, (a * s, 0, b * s, h), ((b - a) * s, height))
-                out.append((strip, [(r * cols + c, ((c - a) * s, r * s, (c - a + 1) * s, (r + 1) * s))
-                                    for r in range(rows) for c in range(a, b)]))
-        return out
-
-    def _join(self, pieces: list[tuple[int, Image.Image]]) -> Image.Image:
-        if not pieces:
-            return self.image
-        if len(pieces) == 1:
-            return pieces[0][1]
-        (w, h), (width, height) = self.image.size, self.size
-        middle = Image.new(self.image.mode, (w, height) if self.vertical_first else (width, h))
-        for offset, piece in pieces:
-            middle.paste(piece, (offset, 0) if self.vertical_first else (0, offset))
-        return middle
-
-
-def _resize_box(image: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
-    """``image.crop(box)`` resized (along one axis; the crop copies only a part of the image)."""
-    part = image if box == (0, 0, *image.size) else image.crop(box)
-    return part.resize(size, Image.BICUBIC)
-
-
-class _Passes:
-    """The passes of several resizes as tasks on the pool: a job's second pass starts as soon as its first pass
-    is done, and each second-pass piece goes to ``deliver(job index, tiles, piece)`` on the thread that made it.
-    With one thread everything runs in the caller."""
-
-    def __init__(self, deliver: Callable[[int, list[tuple[int, tuple]], Image.Image], None], threads: int) -> None:
-        self.deliver, self.parts = deliver, threads
-        self.pool = _pool() if threads > 1 else None
-        self.lock = threading.Lock()
-        self.left = 1  # tasks not yet finished, plus one held until every job has started
-        self.finished = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self, jobs: list[_Resize]) -> None:
-        # the jobs' first passes run side by side, each in a share of the pieces (the grid's and the thumbnail's
-        # take about as long; cutting each in halves costs more in joins and contention than it evens out)
-        first_parts = max(1, self.parts // len(jobs))
-        for k, job in enumerate(jobs):
-            self._first(k, job, first_parts)
-        self._finish()
-        self.finished.wait()
-        if self.error is not None:
-            raise self.error
-
-    def _first(self, k: int, job: _Resize, parts: int) -> None:
-        pieces = job.first(parts)
-        if not pieces:
-            self._second(k, job, [])
-            return
-        made: list = [None] * len(pieces)
-        left = [len(pieces)]
-
-        def keep(i: int, piece: tuple[int, Image.Image]) -> None:
-            made[i] = piece
-            with self.lock:
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
-                self._second(k, job, made)
-
-        for i, piece in enumerate(pieces):
-            self._submit(piece, functools.partial(keep, i))
-
-    def _second(self, k: int, job: _Resize, made: list[tuple[int, Image.Image]]) -> None:
-        for piece, tiles in job.second(made, self.parts):
-            self._submit(piece, functools.partial(self.deliver, k, tiles))
-
-    def _submit(self, make: Callable[[], object], then: Callable[[object], None]) -> None:
-        with self.lock:
-            self.left += 1
-        if self.pool is None:
-            self._task(make, then)
-        else:
-            self.pool.submit(self._task, make, then)
-
-    def _task(self, make: Callable[[], object], then: Callable[[object], None]) -> None:
-        try:
-            if self.error is None:
-                then(make())
-        except BaseException as e:  # handed to the caller, which raises it
-            self.error = self.error or e
-        finally:
-            self._finish()
-
-    def _finish(self) -> None:
-        with self.lock:
-            self.left -= 1
-            done = self.left == 0
-        if done:
-            self.finished.set()
-
-
-def _grid_jobs(image: Image.Image, min_num: int, max_num: int, image_size: int, use_thumbnail: bool
-               ) -> tuple[list[_Resize], list[int]]:
-    """The resizes of ``dynamic_preprocess`` (the grid, then the thumbnail) and the index of each one's first tile."""
-    image.load()  # a lazily read file is decoded here, once, not by the threads that crop it
-    cols, rows = tile_grid(*image.size, min_num=min_num, max_num=max_num, image_size=image_size)
-    jobs = [_Resize(image, (image_size * cols, image_size * rows), (cols, rows), image_size)]
+def _layout(size: tuple[int, int], min_num: int, max_num: int, image_size: int, use_thumbnail: bool
+            ) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """The ``(cols, rows)`` grid and the resizes ``dynamic_preprocess`` makes: the grid, then the thumbnail."""
+    cols, rows = tile_grid(*size, min_num=min_num, max_num=max_num, image_size=image_size)
+    sizes = [(image_size * cols, image_size * rows)]
     if use_thumbnail and rows * cols != 1:
-        jobs.append(_Resize(image, (image_size, image_size), (1, 1), image_size))
-    return jobs, [0, rows * cols]
+        sizes.append((image_size, image_size))
+    return (cols, rows), sizes
 
 
-def _threads_for(jobs: list[_Resize]) -> int:
-    """One tile is resized in the caller (a thread hand-off costs more than it saves there)."""
-    return _threads if len(jobs) > 1 or jobs[0].grid != (1, 1) else 1
+def _tile_boxes(grid: tuple[int, int], s: int, resizes: int) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """``(resize index, box)`` of every tile in the original order: the grid row-major, then the thumbnail."""
+    cols, rows = grid
+    boxes = [(0, (c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)]
+    return boxes + [(1, (0, 0, s, s))] * (resizes - 1)
+
+
+def _crops(arrays: list[np.ndarray], grid: tuple[int, int], s: int) -> list[np.ndarray]:
+    """The tiles as views into the resized ``(H, W, C)`` arrays."""
+    return [arrays[k][y0:y1, x0:x1] for k, (x0, y0, x1, y1) in _tile_boxes(grid, s, len(arrays))]
+
+
+def _run(tasks: list[Callable[[], object]]) -> None:
+    """Run the tasks on the tiling threads (in this thread if there is one of either) and wait for all of them;
+    the first error is raised. Only leaf work comes here, so no task ever waits on another."""
+    if _threads == 1 or len(tasks) <= 1:
+        for task in tasks:
+            task()
+        return
+    futures = [_pool().submit(task) for task in tasks]
+    wait(futures)
+    for future in futures:
+        future.result()
+
+
+def _resized(image: Image.Image, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """An RGB image resized to each of ``sizes`` as Pillow's BICUBIC would (``(H, W, 4)`` pixels): the resizes run
+    side by side, each pass cut into row bands over the tiling threads, unless one small tile is all (a thread
+    hand-off would cost more than it saves)."""
+    source = pixels(image)
+    small = len(sizes) == 1 and sizes[0][0] * sizes[0][1] <= 448 * 448
+    jobs = [Resize(source, size, parts=1 if small else _threads) for size in sizes]
+    for stage in range(max(len(job.stages) for job in jobs)):
+        _run([task for job in jobs if stage < len(job.stages) for task in job.stages[stage]])
+    return [job.out for job in jobs]
 
 
 def _normalize(chw_uint8: torch.Tensor) -> torch.Tensor:
@@ -358,36 +204,27 @@ def _normalize(chw_uint8: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _tables() -> list[list[int]]:
-    """Per channel, the normalised float32 value of every byte, made by torchvision's own op order (an exact
-    lookup table, since each output element depends only on its byte and channel), as the 4 bytes of each float
-    in the band-major order of Pillow's 8-bit to RGBA ``point`` table."""
-    floats = _normalize(torch.arange(256, dtype=torch.uint8).repeat(3, 1, 1)).squeeze(1).contiguous()
-    return [plane.numpy().view(np.uint8).reshape(256, 4).T.ravel().tolist() for plane in floats]
+def _tables() -> np.ndarray:
+    """``(3, 256)`` float32: per channel, the normalised value of every byte, made by torchvision's own op order
+    (an exact lookup table, since each output element depends only on its byte and channel)."""
+    return _normalize(torch.arange(256, dtype=torch.uint8).repeat(3, 1, 1)).squeeze(1).contiguous().numpy()
 
 
-def _normalize_into(bands: Sequence[Image.Image], box: tuple[int, int, int, int], out: np.ndarray) -> None:
-    """Write the normalised float32 ``(3, H, W)`` of the ``box`` of an RGB image's ``bands`` into ``out``
-    (C-contiguous).
-
-    Pillow maps each byte through the table in one pass without the GIL (so tiles normalise in parallel): its
-    8-bit to 32-bit ``point`` copies a pixel's 4 table bytes, here the bytes of its float, and the result is
-    pasted into an RGBA image that Pillow lays over the memory of ``out`` itself.
-    """
-    size = (box[2] - box[0], box[3] - box[1])
-    for channel, (band, table) in enumerate(zip(bands, _tables())):
-        view = Image.frombuffer("RGBA", size, out[channel], "raw", "RGBA", 0, 1)
-        if not view.readonly:  # a copy, not a view: what is pasted there would never reach ``out``
-            raise RuntimeError("this Pillow copies Image.frombuffer's buffer; vlaser needs it shared")
-        part = band if box == (0, 0, *band.size) else band.crop(box)
-        view.im.paste(part.im.point(table, "RGBA"), (0, 0, *size))
+def _normalize_into(region: np.ndarray, out: np.ndarray) -> None:
+    """Write the normalised float32 ``(3, h, w)`` of an ``(h, w, 4)`` pixel view into ``out``, by table lookup."""
+    compiled = kernels()
+    if compiled is not None:
+        compiled.lookup(region, _tables(), out)
+        return
+    for channel, table in enumerate(_tables()):
+        np.take(table, region[:, :, channel], out=out[channel])
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """``(3, H, W)`` float32, ImageNet-normalised; what ``ToTensor`` + ``Normalize`` give."""
     image = image if image.mode == "RGB" else image.convert("RGB")
     out = torch.empty((3, image.height, image.width))
-    _normalize_into(image.split(), (0, 0, *image.size), out.numpy())
+    _normalize_into(pixels(image), out.numpy())
     return out
 
 
@@ -408,21 +245,16 @@ def image_to_tiles(
 ) -> torch.Tensor:
     """``dynamic_preprocess`` + ``build_transform`` on every tile, as one ``(n_tiles, 3, S, S)`` tensor.
 
-    The same numbers as transforming each tile separately: the resizes run in pieces on threads, and each tile
-    is normalised into its slot of the output as soon as the piece holding it is ready.
+    The same numbers as transforming each tile separately: the resizes are Pillow's pixels (``resample``) and each
+    tile is normalised through a table of torchvision's results, straight into its slot of the output.
     """
     image = image if image.mode == "RGB" else image.convert("RGB")
-    jobs, first_tile = _grid_jobs(image, min_num, max_num, image_size, use_thumbnail)
-    out = torch.empty((first_tile[-1] + (len(jobs) > 1), 3, image_size, image_size))
+    grid, sizes = _layout(image.size, min_num, max_num, image_size, use_thumbnail)
+    crops = _crops(_resized(image, sizes), grid, image_size)
+    out = torch.empty((len(crops), 3, image_size, image_size))
     slots = out.numpy()
     _tables()  # made once, here, before any thread needs it
-
-    def write(k: int, boxes: list[tuple[int, tuple]], piece: Image.Image) -> None:
-        bands = piece.split()
-        for index, box in boxes:
-            _normalize_into(bands, box, slots[first_tile[k] + index])
-
-    _Passes(write, _threads_for(jobs)).run(jobs)
+    _run([functools.partial(_normalize_into, crop, slot) for crop, slot in zip(crops, slots)])
     return out
 
 
