@@ -54,13 +54,24 @@ class ScriptedBackend:
 
 
 class ChatServer:
-    """A loopback chat-completions server answering from a script of (status, body) pairs."""
+    """A loopback chat-completions server answering from a script of (status, body) pairs; ``GET /v1/models``
+    lists ``models`` (404 without them)."""
 
-    def __init__(self, script):
-        self.script, self.seen = list(script), []
+    def __init__(self, script, models=None):
+        self.script, self.seen, self.gets = list(script), [], []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                outer.gets.append(self.path)
+                found = self.path == "/v1/models" and models is not None
+                data = json.dumps({"object": "list", "data": models} if found else {"error": "no"}).encode()
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_POST(self):  # noqa: N802
                 outer.seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 status, body = outer.script.pop(0)

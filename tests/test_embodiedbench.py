@@ -173,8 +173,10 @@ def test_to_payload_round_trips_through_the_parser(tmp_path):
         Image.new("RGB", (8, 8), color).save(tmp_path / f"{k}.png")
         pictures.append(tmp_path / f"{k}.png")
     for prompt in ("Image-1: <image>\nImage-2: <image>\nWhich is red?", "<image>\nA\n<image>\nB"):
-        request = parse_chat_request(to_payload(Request(prompt, pictures, [6, 6]), "m", Generation(16)))
-        assert request.question == prompt and len(request.images) == 2 and request.max_tokens == 16
+        for engine in ("openai", "vlaser", "vllm", "lmdeploy"):  # vlaser serve reads every engine's shape
+            payload = to_payload(Request(prompt, pictures, [6, 6]), "m", Generation(16), engine=engine)
+            request = parse_chat_request(payload)
+            assert request.question == prompt and len(request.images) == 2 and request.max_tokens == 16, engine
     glued = parse_chat_request(to_payload(Request("A<image>B", pictures[:1], [6]), "m", Generation(16)))
     assert glued.question == "A\n<image>\nB"  # a tag gets its own line unless whitespace precedes it
 

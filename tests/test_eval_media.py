@@ -1,12 +1,14 @@
 """The harness with multi-image and video items: prompts, frame sampling, batching, errors, resume, sharding."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from fakes import ChatServer
 from media import frame_index, write_counter_video
 from vlaser.eval.backends import Answer, Generation, OpenAIBackend, Request, TransformersBackend, to_payload
 from vlaser.eval.benchmark import Benchmark, Item, Protocol, Score
@@ -238,3 +240,79 @@ def test_reused_frames_and_tiles_give_the_answers_fresh_ones_give(tiny_original,
         run(bench, fresh, data, tmp_path / "fresh", batch_size=1, frames=3, limit=k + 1)
     assert (tmp_path / "shared" / "predictions.jsonl").read_text() == (
         tmp_path / "fresh" / "predictions.jsonl").read_text()
+
+
+def _vllm_reads(content) -> str:
+    """vLLM's flattening with ``--chat-template-content-format string`` (``chat_utils``): text parts joined by
+    newlines, tags the text holds kept, one ``<image>`` line per remaining image part put in front."""
+    if isinstance(content, str):
+        return content
+    text = "\n".join(part["text"] for part in content if part["type"] == "text")
+    missing = sum(part["type"] == "image_url" for part in content) - text.count("<image>")
+    assert missing >= 0
+    return "\n".join(["<image>"] * missing + [text])
+
+
+def _lmdeploy_reads(content) -> str:
+    """LMDeploy's InternVL ``proc_messages``: only the first text part; images at its ``<IMAGE_TOKEN>`` tags, else
+    all in one ``<img>`` block in front. Written back with ``<image>`` for each image's place."""
+    if isinstance(content, str):
+        return content
+    prompt = next(part["text"] for part in content if part["type"] == "text")
+    if "<IMAGE_TOKEN>" not in prompt:
+        n = sum(part["type"] == "image_url" for part in content)
+        prompt = f"<img>{'<IMAGE_TOKEN>' * n}</img>\n" + prompt
+    return prompt.replace("<img><IMAGE_TOKEN></img>", "<image>").replace("<IMAGE_TOKEN>", "<image>")
+
+
+PROMPTS = ["Image-1: <image>\nImage-2: <image>\nWhich one is closer?",  # MMSI-Bench
+           "Frame-1: <image>\nFrame-2: <image>\nHow many chairs?",  # VSI-Bench's frames
+           "<image>\nPoint to the free space.",  # the pointing benchmarks
+           "Is a cup a container?"]  # no image
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_each_engines_payload_reads_as_internvls_prompt(tmp_path, prompt):
+    """Read as each engine documents its reading, its payload gives back the prompt exactly, images in place."""
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    n = prompt.count("<image>")
+    request = Request(prompt, [tmp_path / "a.png"] * n, [6] * n)
+    for engine, reads in (("vllm", _vllm_reads), ("vlaser", _vllm_reads), ("lmdeploy", _lmdeploy_reads)):
+        content = to_payload(request, "m", Generation(8), engine=engine)["messages"][0]["content"]
+        assert reads(content) == prompt, engine
+        assert isinstance(content, str) == (n == 0)
+    if prompt.startswith("Image-1"):  # why the engines need their own shape: interleaved parts move the images
+        assert _vllm_reads(to_payload(request, "m", Generation(8))["messages"][0]["content"]) != prompt
+    with pytest.raises(ValueError, match="unknown engine 'tgi'"):
+        to_payload(request, "m", Generation(8), engine="tgi")
+
+
+@pytest.mark.parametrize(("owner", "engine"), [("vllm", "vllm"), ("lmdeploy", "lmdeploy"), ("vlaser", "vlaser"),
+                                               ("acme", "openai"), (None, "openai")])
+def test_auto_engine_follows_the_servers_models_list(owner, engine, caplog):
+    models = None if owner is None else [{"id": "other", "owned_by": "vllm"}, {"id": "m", "owned_by": owner}]
+    server = ChatServer([(200, {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]})], models)
+    try:
+        backend = OpenAIBackend(server.url, "m")
+        with caplog.at_level(logging.WARNING, logger="vlaser.eval.backends"):
+            answers = backend.generate([Request("Image-1: <image>\nWhy?", [Image.new("RGB", (4, 4))], [1])],
+                                       Generation(8))
+        assert answers[0].text == "ok" and backend.info()["engine"] == engine and server.gets == ["/v1/models"]
+        tag = "<IMAGE_TOKEN>" if engine == "lmdeploy" else "<image>"
+        first = server.seen[0]["messages"][-1]["content"][0]
+        assert first["text"] == ("Image-1: " if engine == "openai" else f"Image-1: {tag}\nWhy?")
+        assert ("did not list its models" in caplog.text) == (owner is None)
+    finally:
+        server.close()
+
+
+def test_a_chosen_engine_asks_the_server_nothing():
+    server = ChatServer([(200, {"choices": [{"message": {"content": "ok"}}]})], [{"id": "m", "owned_by": "vllm"}])
+    try:
+        backend = OpenAIBackend(server.url, "m", engine="lmdeploy")
+        backend.generate([Request("<image>\nWhy?", [Image.new("RGB", (4, 4))], [1])], Generation(8))
+        assert server.gets == [] and "<IMAGE_TOKEN>\nWhy?" in server.seen[0]["messages"][-1]["content"][0]["text"]
+    finally:
+        server.close()
+    with pytest.raises(ValueError, match="unknown engine"):
+        OpenAIBackend("http://127.0.0.1:9/v1", "m", engine="tgi")

@@ -9,6 +9,7 @@ import torch
 from fakes import ChatServer, ScriptedBackend
 from test_eval import where2place
 from vlaser.cli import main
+from vlaser.errors import UserInputError
 from vlaser.eval.backends import Generation, OpenAIBackend, Request, ServerError, TransformersBackend
 from vlaser.eval.benchmark import REGISTRY, get_benchmark
 from vlaser.eval.runner import run
@@ -110,8 +111,8 @@ def test_openai_transient_failures_are_retried_and_truncation_read(monkeypatch):
     finally:
         server.close()
     assert (answer.text, answer.truncated) == ("B", True)  # finish_reason "length"
-    assert len(server.seen) == 3 and server.seen[-1]["messages"] == [{"role": "user", "content": [
-        {"type": "text", "text": "hi"}]}]  # system_message="" sends none
+    assert len(server.seen) == 3 and server.seen[-1]["messages"] == [{"role": "user", "content": "hi"}]
+    # system_message="" sends none; a prompt without images goes as a plain string
     assert (server.seen[-1]["min_tokens"], server.seen[-1]["min_new_tokens"]) == (1, 1)
     assert "mm_processor_kwargs" not in server.seen[-1]  # no pictures, no tile setting
 
@@ -157,3 +158,17 @@ def test_mmsi_prompt_is_the_official_text(tmp_path):
     expected = ("Which image is red?\nOptions: A: the first, B: the second, C: both, D: neither 0\nAnswer with the "
                 "option's letter from the given choices directly. Enclose the option's letter within ``.")
     assert bench.prompt(item, "official") == bench.prompt(item, "vlaser") == expected
+
+
+def test_resuming_with_another_engine_payload_is_refused(tmp_path):
+    """The engine decides where the images go in the request, so answers made with another one are not mixed."""
+    from vlaser.eval.provenance import check_and_write, differences
+
+    record = {"benchmark": "mmsi_bench", "settings": {"max_num": 6}, "started_at": "t0",
+              "backend": {"backend": "openai", "model": "m", "engine": "vllm", "system_message": "s"}}
+    check_and_write(tmp_path, record)
+    check_and_write(tmp_path, {**record, "started_at": "t1"})  # the same run goes on
+    other = {**record, "backend": {**record["backend"], "engine": "openai"}}
+    assert differences(record, other) == ['backend.engine: "vllm" -> "openai"']
+    with pytest.raises(UserInputError, match="other settings .*backend.engine"):
+        check_and_write(tmp_path, other)

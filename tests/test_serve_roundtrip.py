@@ -81,8 +81,11 @@ def test_eval_through_vlaser_serve_equals_the_local_model(name, build, server, t
     common = ["eval", "run", "--benchmark", name, "--data", str(data), "--max-new-tokens", "12", "--pictures", "0"]
     assert main([*common, "--model", str(tiny_original), "--dtype", "float32", "--out", str(tmp_path / "local")]) == 0
     assert main([*common, "--api-base", server, "--api-model", NAME, "--out", str(tmp_path / "served")]) == 0
+    assert json.loads((tmp_path / "served" / "run.json").read_text())["backend"]["engine"] == "vlaser"  # asked
+    assert main([*common, "--api-base", server, "--api-model", NAME, "--api-engine", "openai",
+                 "--out", str(tmp_path / "parts")]) == 0  # the interleaved parts of other servers read the same
     local, served = answers(tmp_path / "local"), answers(tmp_path / "served")
-    assert len(local) >= 3 and served == local
+    assert len(local) >= 3 and served == local and answers(tmp_path / "parts") == local
     assert len(set(local.values())) > 1, "the items must get different answers for the comparison to mean much"
     scores = [json.loads((tmp_path / d / "metrics.json").read_text())["score"] for d in ("local", "served")]
     assert scores[0] == scores[1]

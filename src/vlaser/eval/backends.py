@@ -10,6 +10,7 @@ runner and scorers as a local checkpoint.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -179,12 +180,27 @@ def _data_url(picture: Path | Image.Image) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def to_payload(request: Request, model: str, generation: Generation, system_message: str | None = None) -> dict:
-    """An OpenAI chat-completions request.
+ENGINES = ("auto", "vllm", "lmdeploy", "vlaser", "openai")  #: ``--api-engine`` choices; ``auto`` asks the server
+LMDEPLOY_IMAGE_TOKEN = "<IMAGE_TOKEN>"  #: LMDeploy's image placeholder (``lmdeploy.vl.constants``)
+_OWNERS = {"vllm": "vllm", "lmdeploy": "lmdeploy", "vlaser": "vlaser"}  # /v1/models ``owned_by`` -> engine
 
-    - The prompt is cut at its ``<image>`` tags into text and image parts in the same order, so a server places
-      each picture where the prompt puts it; the newline that follows a tag (InternVL's ``<image>\n``) is left
-      to the server's own template, and empty text parts are dropped.
+
+def to_payload(request: Request, model: str, generation: Generation, system_message: str | None = None,
+               engine: str = "openai") -> dict:
+    """An OpenAI chat-completions request, shaped so that ``engine`` builds InternVL's prompt from it exactly.
+
+    - Content: the prompt as a string when it has no pictures (LMDeploy puts an empty ``<img></img>`` before a
+      list without images). Otherwise, by engine:
+      - ``vllm`` and ``vlaser``: the whole prompt, ``<image>`` tags and all, as one text part, then the images in
+        order. vLLM (``--chat-template-content-format string``) keeps the tags a text already holds and adds only
+        missing ones (``chat_utils._get_full_multimodal_text_prompt``), and fills them in order; ``vlaser serve``
+        reads tags the same way. So text before or between the images (MMSI's ``Image-i:`` lines, VSI's frames)
+        stays where InternVL puts it.
+      - ``lmdeploy``: the same with LMDeploy's ``<IMAGE_TOKEN>`` tag: it reads only the first text part and places
+        the images at its tags (``lmdeploy/vl/model/internvl.py``, ``proc_messages``).
+      - ``openai`` (any other server): the prompt cut at its tags into text and image parts in the same order;
+        the newline after a tag (InternVL's ``<image>\n``) is left to the server's template, empty text parts are
+        dropped. vLLM and LMDeploy read this exactly only when the images come first.
     - The system message (the request's, else ``system_message``) goes first: vLLM's InternVL path does not add
       InternVL's default one, a known cause of large score drops.
     - Tiles: LMDeploy reads ``max_dynamic_patch`` inside each ``image_url`` part (so frames get 1 and still
@@ -193,15 +209,18 @@ def to_payload(request: Request, model: str, generation: Generation, system_mess
     - Greedy is ``temperature`` 0; ``min_new_tokens`` goes as vLLM's ``min_tokens`` and LMDeploy's
       ``min_new_tokens``.
     """
-    content: list[dict] = []
-    texts = request.prompt.split(IMAGE_PLACEHOLDER)
-    for k, text in enumerate(texts):
-        text = re.sub(r"^\n", "", text) if k else text
-        if text:
-            content.append({"type": "text", "text": text})
-        if k < len(request.pictures):
-            content.append({"type": "image_url", "image_url": {"url": _data_url(request.pictures[k]),
-                                                               "max_dynamic_patch": request.max_tiles[k]}})
+    if engine not in ENGINES[1:]:
+        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES[1:])}")
+    images = [{"type": "image_url", "image_url": {"url": _data_url(picture), "max_dynamic_patch": tiles}}
+              for picture, tiles in zip(request.pictures, request.max_tiles)]
+    content: str | list[dict]
+    if not images:
+        content = request.prompt
+    elif engine == "openai":
+        content = _interleaved(request.prompt, images)
+    else:
+        tag = LMDEPLOY_IMAGE_TOKEN if engine == "lmdeploy" else IMAGE_PLACEHOLDER
+        content = [{"type": "text", "text": request.prompt.replace(IMAGE_PLACEHOLDER, tag)}, *images]
     messages = [{"role": "user", "content": content}]
     system = request.system_message if request.system_message is not None else system_message
     if system:
@@ -214,6 +233,36 @@ def to_payload(request: Request, model: str, generation: Generation, system_mess
     if generation.min_new_tokens:
         payload["min_tokens"] = payload["min_new_tokens"] = generation.min_new_tokens
     return payload
+
+
+def _interleaved(prompt: str, images: list[dict]) -> list[dict]:
+    """The prompt cut at its ``<image>`` tags into text parts, with each image part where its tag stood."""
+    content: list[dict] = []
+    for k, text in enumerate(prompt.split(IMAGE_PLACEHOLDER)):
+        text = re.sub(r"^\n", "", text) if k else text
+        if text:
+            content.append({"type": "text", "text": text})
+        if k < len(images):
+            content.append(images[k])
+    return content
+
+
+def detect_engine(api_base: str, model: str, api_key: str | None = None, timeout: float = 10) -> str:
+    """The engine behind an OpenAI-compatible server, from the ``owned_by`` of ``model`` in its ``/models`` list
+    (vLLM says ``vllm``, LMDeploy ``lmdeploy``, ``vlaser serve`` ``vlaser``); ``openai`` for anything else."""
+    url = api_base.rstrip("/") + "/models"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            cards = json.loads(response.read()).get("data") or []
+    except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError, AttributeError) as e:
+        log.warning("%s did not list its models (%s): sending interleaved parts (--api-engine to choose)", url, e)
+        return "openai"
+    card = next((c for c in cards if isinstance(c, dict) and c.get("id") == model), None)
+    owner = card.get("owned_by") if card else None
+    engine = _OWNERS.get(owner, "openai")
+    log.info("%s: model %s is owned by %s: sending the %s payload", url, model, owner, engine)
+    return engine
 
 
 def from_response(body: dict) -> Answer:
@@ -241,16 +290,26 @@ class OpenAIBackend:
     overlap_io = True  # the server does the work; read the next batch's images meanwhile
 
     def __init__(self, api_base: str, model: str, concurrency: int = 8, timeout: float = 300, retries: int = 3,
-                 system_message: str | None = None):
+                 system_message: str | None = None, engine: str = "auto"):
         from vlaser.model.template import INTERNVL2_5_SYSTEM_MESSAGE
 
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+        self.api_base, self.requested_engine = api_base, engine
         self.url = api_base.rstrip("/") + "/chat/completions"
         self.model, self.concurrency, self.timeout, self.retries = model, concurrency, timeout, retries
         self.system_message = INTERNVL2_5_SYSTEM_MESSAGE if system_message is None else system_message
         self.api_key = os.environ.get("OPENAI_API_KEY")
 
+    @functools.cached_property
+    def engine(self) -> str:
+        """The payload shape to send (``to_payload``): ``--api-engine``, or the server's answer to ``/models``."""
+        if self.requested_engine != "auto":
+            return self.requested_engine
+        return detect_engine(self.api_base, self.model, self.api_key)
+
     def info(self) -> dict:
-        return {"backend": "openai", "model": self.model, "api_base": self.url,
+        return {"backend": "openai", "model": self.model, "api_base": self.url, "engine": self.engine,
                 "system_message": self.system_message}
 
     def _post(self, payload: dict) -> Answer:
@@ -286,6 +345,7 @@ class OpenAIBackend:
         return request
 
     def generate(self, prepared: Sequence[Request], generation: Generation) -> list[Answer]:
-        payloads = [to_payload(request, self.model, generation, self.system_message) for request in prepared]
+        payloads = [to_payload(request, self.model, generation, self.system_message, self.engine)
+                    for request in prepared]
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(self._post, payloads))

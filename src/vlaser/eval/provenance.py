@@ -18,7 +18,7 @@ from vlaser.errors import UserInputError
 
 #: what a resumed run must share with the recorded one: anything else would mix answers made differently
 SAME_FOR_RESUME = ("benchmark", "protocol", "protocol_version", "settings", "options", "backend.backend",
-                   "backend.model", "backend.config_sha256", "backend.system_message")
+                   "backend.model", "backend.config_sha256", "backend.system_message", "backend.engine")
 
 
 def vlaser_version() -> str:
