@@ -315,10 +315,13 @@ def _decoding(sampling: Sampling) -> dict:
 
 
 class Engine:
-    """Gathers submitted jobs into batched generations on one worker thread (see the module docstring)."""
+    """Gathers submitted jobs into batched generations on one worker thread (see the module docstring).
+
+    ``keep_grounding_tokens`` is the choice for jobs that make none: off, as in ``model.chat`` and ``vlaser serve``.
+    """
 
     def __init__(self, vlm, max_batch_size: int = 8, max_wait_ms: float = 10, max_queue: int = 64,
-                 keep_grounding_tokens: bool = True):
+                 keep_grounding_tokens: bool = False):
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(f"need max_batch_size >= 1, max_queue >= 1 and max_wait_ms >= 0, got {max_batch_size}, "
                              f"{max_queue} and {max_wait_ms}")
