@@ -35,7 +35,7 @@ from vlaser.api import VLM
 from vlaser.errors import UserInputError
 from vlaser.serve.app import create_app
 from vlaser.serve.engine import Completion, Engine, QueueFull
-from vlaser.serve.messages import MediaLimits, parse_chat_request
+from vlaser.serve.messages import MediaLimits, is_public, parse_chat_request
 
 GREEDY = {"max_new_tokens": 12, "do_sample": False}
 MAX_NUM = 2  # tiles per image: enough to tile, few enough to stay fast
@@ -587,6 +587,15 @@ def test_remote_media_when_enabled(media_dir):
     url = f"http://127.0.0.1:{server.server_port}"
     try:
         with TestClient(create_app(EchoEngine(), "echo", allow_remote_media=True)) as client:
+            refused = client.post("/v1/chat/completions", json={"messages": [user(image_part(url + "/red.png"))]})
+            assert refused.status_code == 400, refused.text
+            assert "127.0.0.1 is at 127.0.0.1, not a public address" in refused.json()["error"]["message"]
+            assert "--allow-private-media-hosts" in refused.json()["error"]["message"]
+            local = url.replace("127.0.0.1", "localhost")
+            refused = client.post("/v1/chat/completions", json={"messages": [user(image_part(local + "/red.png"))]})
+            assert refused.status_code == 400 and "localhost is at" in refused.json()["error"]["message"]
+        with TestClient(create_app(EchoEngine(), "echo", allow_remote_media=True,
+                                   allow_private_media_hosts=True)) as client:
             assert echoed(client, [user(image_part(url + "/red.png"))])["images"] == [[90, 60]]
             missing = client.post("/v1/chat/completions", json={"messages": [user(image_part(url + "/no.png"))]})
             assert missing.status_code == 400 and "could not fetch" in missing.json()["error"]["message"]
@@ -594,9 +603,19 @@ def test_remote_media_when_enabled(media_dir):
             assert away.status_code == 400 and "not an http(s) URL" in away.json()["error"]["message"]
         with pytest.raises(ValueError, match="larger than the server's limit of 100 bytes"):
             parse_chat_request({"messages": [user(image_part(url + "/red.png"))]},
-                               MediaLimits(allow_remote=True, max_fetch_bytes=100))
+                               MediaLimits(allow_remote=True, allow_private_hosts=True, max_fetch_bytes=100))
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(("address", "public"), [
+    ("8.8.8.8", True), ("2606:4700:4700::1111", True), ("127.0.0.1", False), ("10.1.2.3", False),
+    ("172.16.0.9", False), ("192.168.1.1", False), ("169.254.169.254", False), ("100.64.0.1", False),
+    ("0.0.0.0", False), ("::1", False), ("fe80::1%eth0", False), ("fd00::1", False), ("::ffff:127.0.0.1", False),
+    ("::ffff:8.8.8.8", True)])
+def test_only_public_addresses_count_as_public(address, public):
+    """What the remote-media guard lets a connection go to (checked on the address, no connection made)."""
+    assert is_public(address) is public
 
 
 # ---- models, health, the key ------------------------------------------------------------------------------------

@@ -40,7 +40,11 @@ def add_parser(sub) -> None:
     p.add_argument("--max-pixels", type=at_least(1), default=40_000_000,
                    help="width x height of one image at most, checked before decoding (default 40000000)")
     p.add_argument("--max-body-mb", type=at_least(1), default=64, help="request body size at most (default 64 MiB)")
-    p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) image URLs (off: refused)")
+    p.add_argument("--allow-remote-media", action="store_true",
+                   help="fetch http(s) image URLs from public addresses (off: refused)")
+    p.add_argument("--allow-private-media-hosts", action="store_true",
+                   help="with --allow-remote-media: also from private, loopback and link-local addresses, through "
+                        "the environment's proxies (off: refused, so requests cannot reach the server's network)")
     p.add_argument("--allow-local-media", metavar="DIR",
                    help="read image paths and file:// URLs inside DIR (off: refused)")
     p.add_argument("--keep-grounding-tokens", action="store_true",
@@ -69,7 +73,8 @@ def run(args) -> int:
     app = create_app(engine, args.served_model_name or args.model, api_key=args.api_key or None,
                      default_max_tokens=args.max_tokens, max_tokens_cap=args.max_tokens_cap,
                      max_images=args.max_images, max_pixels=args.max_pixels, max_body_bytes=args.max_body_mb * 2**20,
-                     allow_remote_media=args.allow_remote_media, allow_local_media=args.allow_local_media,
+                     allow_remote_media=args.allow_remote_media,
+                     allow_private_media_hosts=args.allow_private_media_hosts, allow_local_media=args.allow_local_media,
                      default_max_num=args.max_num or vlm.max_num, max_num_cap=args.max_num_cap)
     _log_settings(args, vlm)
     if not args.api_key and not _is_loopback(args.host):

@@ -66,8 +66,8 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
 def create_app(engine, model_name: str, *, api_key: str | None = None, default_max_tokens: int = 1024,
                max_tokens_cap: int = 4096, max_images: int = 16, max_pixels: int = 40_000_000,
                max_body_bytes: int = 64 * 2**20, allow_remote_media: bool = False,
-               allow_local_media: str | Path | None = None, default_max_num: int = 12,
-               max_num_cap: int = 40) -> FastAPI:
+               allow_private_media_hosts: bool = False, allow_local_media: str | Path | None = None,
+               default_max_num: int = 12, max_num_cap: int = 40) -> FastAPI:
     """The API around a started-on-startup ``engine`` (``Engine`` or anything with its interface).
 
     Args:
@@ -77,13 +77,14 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
         max_tokens_cap: a request asking for more is refused (400), never silently cut.
         max_images, max_pixels: per request, and per image (width x height, read before decoding).
         max_body_bytes: a larger body is refused (413) before it is read in full.
-        allow_remote_media: fetch ``http(s)`` image URLs (10 s, 32 MiB each).
+        allow_remote_media: fetch ``http(s)`` image URLs (10 s, 32 MiB each), from public addresses only...
+        allow_private_media_hosts: ...unless this allows private, loopback and link-local ones too.
         allow_local_media: read image paths and ``file://`` URLs inside this folder.
         default_max_num: tiles per image when a request does not say (the checkpoint's setting).
         max_num_cap: the most tiles per image a request may ask for (each costs ``num_image_token`` tokens).
     """
     limits = MediaLimits(max_images=max_images, max_tiles=max(max_num_cap, default_max_num), max_pixels=max_pixels,
-                         allow_remote=allow_remote_media,
+                         allow_remote=allow_remote_media, allow_private_hosts=allow_private_media_hosts,
                          local_root=Path(allow_local_media) if allow_local_media else None)
     created = int(time.time())
 

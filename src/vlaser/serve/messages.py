@@ -41,6 +41,8 @@ import base64
 import binascii
 import http.client
 import io
+import ipaddress
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -77,6 +79,10 @@ class MediaLimits:
     limit, ``Image.MAX_IMAGE_PIXELS``, refuses larger images whatever this says)."""
     allow_remote: bool = False
     """Fetch ``http(s)`` image URLs (off by default: a public server must not fetch what it is told to)."""
+    allow_private_hosts: bool = False
+    """With ``allow_remote``, also fetch from private, loopback and link-local addresses (off: a request could
+    otherwise read the server's own network, cloud metadata included). Off, proxies from the environment are not
+    used either, since the proxy would make the connection."""
     local_root: Path | None = None
     """Read ``file://`` URLs and plain paths inside this folder (symlinks resolved); ``None``: none."""
     fetch_timeout: float = 10.0
@@ -159,16 +165,75 @@ class _HTTPRedirectsOnly(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+def is_public(address: str) -> bool:
+    """Whether an IP address is on the public internet (not private, loopback, link-local, shared or reserved;
+    an IPv4 address written as IPv6 counts as itself)."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_global
+
+
+def _connect_public(address: tuple[str, int], timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,
+                    source_address: Any = None) -> socket.socket:
+    """``socket.create_connection`` that resolves the host once, refuses it if any of its addresses is not public,
+    and connects to the address it checked (so a second lookup cannot swap in another)."""
+    host, port = address
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    for *_, sockaddr in infos:
+        if not is_public(sockaddr[0]):
+            raise OSError(f"{host} is at {sockaddr[0]}, not a public address; the server fetches only from public "
+                          "ones (start it with --allow-private-media-hosts to fetch from this network)")
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+            sock.settimeout(timeout)
+        if source_address:
+            sock.bind(source_address)
+        sock.connect(sockaddr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _PublicHTTPConnection(http.client.HTTPConnection):
+    def connect(self):
+        self._create_connection = _connect_public
+        super().connect()
+
+
+class _PublicHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self):  # TLS is then set up as usual, checked against the host's name
+        self._create_connection = _connect_public
+        super().connect()
+
+
+class _PublicHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_PublicHTTPConnection, req)
+
+
+class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_PublicHTTPSConnection, req, context=self._context)
+
+
 _OPENER = urllib.request.build_opener(_HTTPRedirectsOnly)
+_PUBLIC_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _HTTPRedirectsOnly, _PublicHTTPHandler,
+                                             _PublicHTTPSHandler)
 
 
 def _fetch(url: str, where: str, limits: MediaLimits) -> bytes:
-    """A remote image, refused past ``max_fetch_bytes`` or ``fetch_timeout`` (read one byte more to tell)."""
+    """A remote image, refused past ``max_fetch_bytes`` or ``fetch_timeout`` (read one byte more to tell), and
+    unless ``allow_private_hosts``, from anywhere but a public address (redirects included)."""
+    opener = _OPENER if limits.allow_private_hosts else _PUBLIC_OPENER
     try:
-        with _OPENER.open(url, timeout=limits.fetch_timeout) as response:
+        with opener.open(url, timeout=limits.fetch_timeout) as response:
             data = response.read(limits.max_fetch_bytes + 1)
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError, ValueError) as e:
-        raise UserInputError(f"{where}: could not fetch {url[:100]!r}: {e}") from e
+        raise UserInputError(f"{where}: could not fetch {url[:100]!r}: {getattr(e, 'reason', e)}") from e
     if len(data) > limits.max_fetch_bytes:
         raise UserInputError(f"{where}: {url[:100]!r} is larger than the server's limit of "
                              f"{limits.max_fetch_bytes} bytes per remote image")
