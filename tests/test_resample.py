@@ -107,3 +107,15 @@ def test_kernels_that_disagree_with_pillow_are_not_used(monkeypatch, caplog, fre
     assert pass_order() is None and "do not match this Pillow" in caplog.text
     assert torch.equal(got, _original_load_image(image, 12))
     assert preprocess.kernels() is not None  # the normalisation table lookup still runs compiled
+
+
+def test_kernels_that_cannot_compile_fall_back_with_a_warning(monkeypatch, caplog, fresh_caches):
+    def refuse(name):
+        raise RuntimeError(f"cannot cache function 'vertical': no locator available for file {name!r}")
+
+    monkeypatch.setattr(resample.importlib, "import_module", refuse)
+    image = _rgb(300, 200, 3)
+    with caplog.at_level(logging.WARNING, logger="vlaser.model.resample"):
+        got = load_image(image, max_num=6)
+    assert resample.kernels() is None and "NUMBA_CACHE_DIR" in caplog.text
+    assert torch.equal(got, _original_load_image(image, 6))

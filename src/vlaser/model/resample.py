@@ -67,7 +67,10 @@ def kernels() -> ModuleType | None:
         return importlib.import_module("vlaser.model.resample_kernels")
     except ImportError as e:
         log.warning("numba is not importable (%s): images are resized by Pillow, the same pixels but slower", e)
-        return None
+    except RuntimeError as e:  # numba refuses to compile what it cannot cache (no writable cache folder)
+        log.warning("vlaser's resize kernels did not compile (%s; NUMBA_CACHE_DIR names a writable folder for "
+                    "them): images are resized by Pillow, the same pixels but slower", e)
+    return None
 
 
 @functools.cache
