@@ -169,7 +169,7 @@ def _tile_boxes(grid: tuple[int, int], s: int, resizes: int) -> list[tuple[int, 
 
 
 def _crops(arrays: list[np.ndarray], grid: tuple[int, int], s: int) -> list[np.ndarray]:
-    """The tiles as views into the resized ``(H, W, C)`` arrays."""
+    """The tiles as views into the resized ``(H, W, 4)`` pixel arrays."""
     return [arrays[k][y0:y1, x0:x1] for k, (x0, y0, x1, y1) in _tile_boxes(grid, s, len(arrays))]
 
 
@@ -186,12 +186,14 @@ def _run(tasks: list[Callable[[], object]]) -> None:
         future.result()
 
 
+_SMALL = 448 * 448  # output pixels of a lone resize run in the caller: a thread hand-off would cost more than it saves
+
+
 def _resized(image: Image.Image, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
     """An RGB image resized to each of ``sizes`` as Pillow's BICUBIC would (``(H, W, 4)`` pixels): the resizes run
-    side by side, each pass cut into row bands over the tiling threads, unless one small tile is all (a thread
-    hand-off would cost more than it saves)."""
+    side by side, each pass cut into row bands over the tiling threads, unless one small resize is all."""
     source = pixels(image)
-    small = len(sizes) == 1 and sizes[0][0] * sizes[0][1] <= 448 * 448
+    small = len(sizes) == 1 and sizes[0][0] * sizes[0][1] <= _SMALL
     jobs = [Resize(source, size, parts=1 if small else _threads) for size in sizes]
     for stage in range(max(len(job.stages) for job in jobs)):
         _run([task for job in jobs if stage < len(job.stages) for task in job.stages[stage]])
