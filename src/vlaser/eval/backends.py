@@ -182,7 +182,6 @@ def _data_url(picture: Path | Image.Image) -> str:
 
 ENGINES = ("auto", "vllm", "lmdeploy", "vlaser", "openai")  #: ``--api-engine`` choices; ``auto`` asks the server
 LMDEPLOY_IMAGE_TOKEN = "<IMAGE_TOKEN>"  #: LMDeploy's image placeholder (``lmdeploy.vl.constants``)
-_OWNERS = {"vllm": "vllm", "lmdeploy": "lmdeploy", "vlaser": "vlaser"}  # /v1/models ``owned_by`` -> engine
 
 
 def to_payload(request: Request, model: str, generation: Generation, system_message: str | None = None,
@@ -260,7 +259,7 @@ def detect_engine(api_base: str, model: str, api_key: str | None = None, timeout
         return "openai"
     card = next((c for c in cards if isinstance(c, dict) and c.get("id") == model), None)
     owner = card.get("owned_by") if card else None
-    engine = _OWNERS.get(owner, "openai")
+    engine = owner if owner in ENGINES[1:] else "openai"
     log.info("%s: model %s is owned by %s: sending the %s payload", url, model, owner, engine)
     return engine
 

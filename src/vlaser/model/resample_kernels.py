@@ -87,7 +87,8 @@ def horizontal(src: np.ndarray, out: np.ndarray, bounds: np.ndarray, weights: np
     (4-byte pixels).
 
     Blocks of rows are transposed first, a pixel at a time, so each tap is again a multiply-add over a contiguous
-    run of values.
+    run of values. Results are packed back into 4-byte pixels in little-endian order (the self-check in
+    ``resample.pass_order`` would catch a machine where that is wrong).
     """
     pixels, packed = src.view(np.uint32), out.view(np.uint32)
     width = pixels.shape[1]
