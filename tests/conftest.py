@@ -11,6 +11,16 @@ settings.load_profile("vlaser")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
 
+def pytest_collection_modifyitems(config, items):
+    """GPU checks run where CUDA is; elsewhere they are skipped, saying why (never silently)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine); run with pytest -m gpu on one")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_original(tmp_path_factory):
     from vlaser.model.tiny import build_tiny_checkpoint
