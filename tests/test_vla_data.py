@@ -206,8 +206,28 @@ def test_stats_json_holds_exact_statistics(written):
     assert entry["mean"] == actions.mean(axis=0).tolist() and entry["std"] == actions.std(axis=0).tolist()
     wrist = np.concatenate([e.features[WRIST] for e in episodes]).reshape(-1, 3) / 255.0
     assert np.asarray(stats[WRIST]["mean"]).shape == (3, 1, 1)
+    # cameras: combined from per-episode statistics (pooled variance), equal to the statistics of all frames
     assert np.allclose(np.asarray(stats[WRIST]["mean"]).reshape(3), wrist.mean(axis=0), rtol=0, atol=1e-12)
+    assert np.allclose(np.asarray(stats[WRIST]["std"]).reshape(3), wrist.std(axis=0), rtol=0, atol=1e-12)
+    assert np.asarray(stats[WRIST]["max"]).reshape(3).tolist() == wrist.max(axis=0).tolist()
+    assert stats[WRIST]["count"] == [sum(LENGTHS)]
     assert stats["frame_index"]["max"] == [6.0]
+
+
+def test_a_string_or_matrix_column_of_another_writer_is_read(written, tmp_path):
+    root = copy_of(written, tmp_path)
+    path = root / "data" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(path)
+    notes = [f"note {i}" for i in range(len(table))]
+    pose = pa.array([[[i, i + 1], [i + 2, i + 3]] for i in range(len(table))], pa.list_(pa.list_(pa.float64())))
+    pq.write_table(table.append_column("note", pa.array(notes)).append_column("pose", pose), path)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"]["note"] = {"dtype": "string", "shape": [1], "names": None}
+    info["features"]["pose"] = {"dtype": "float64", "shape": [2, 2], "names": None}
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    episode = LeRobotDataset(root).episode(1)
+    assert episode["note"].tolist() == notes[5:12]
+    assert episode["pose"].shape == (7, 2, 2) and episode["pose"][0].tolist() == [[5, 6], [7, 8]]
 
 
 # ------------------------------------------------------------------------------------------------ normaliser

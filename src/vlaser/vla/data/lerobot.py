@@ -22,7 +22,7 @@ import numpy as np
 
 from vlaser.errors import UserInputError, require
 from vlaser.vla.data import layout
-from vlaser.vla.data.stats import camera_sample, feature_stats, stats_from_json, stats_to_json
+from vlaser.vla.data.stats import aggregate_stats, camera_sample, feature_stats, stats_from_json, stats_to_json
 from vlaser.vla.data.video import VideoFile, VideoWriter, default_codec
 
 MB = 1024 * 1024
@@ -280,7 +280,7 @@ def write_dataset(root: str | Path, episodes: Iterable[Episode], fps: int,
     videos = {key: _VideoFiles(root, key, fps, f["shape"], codec, video_files_size_in_mb * MB, chunks_size)
               for key, f in features.items() if f["dtype"] == "video"}
     tasks: dict[str, int] = {}
-    rows, values = [], {key: [] for key in info["features"]}
+    rows, parts = [], {key: [] for key in info["features"]}  # vectors: all values; cameras: episode stats
     total = 0
     try:
         for number, episode in enumerate(itertools.chain([first], episodes)):
@@ -299,9 +299,8 @@ def write_dataset(root: str | Path, episodes: Iterable[Episode], fps: int,
             ep_stats = {}
             for key, f in info["features"].items():
                 camera = f["dtype"] in layout.CAMERA_DTYPES
-                sample = camera_sample(arrays[key]) if camera else arrays[key]
-                ep_stats[key] = feature_stats(sample, camera=camera)
-                values[key].append(sample)
+                ep_stats[key] = feature_stats(camera_sample(arrays[key]) if camera else arrays[key], camera=camera)
+                parts[key].append(ep_stats[key] if camera else arrays[key])
             row.update(_episode_stats_columns(ep_stats))
             rows.append(row)
             total += length
@@ -309,8 +308,8 @@ def write_dataset(root: str | Path, episodes: Iterable[Episode], fps: int,
         data.flush()
         for writer in videos.values():
             writer.close()
-    stats = {key: feature_stats(np.concatenate(v), camera=info["features"][key]["dtype"] in layout.CAMERA_DTYPES)
-             for key, v in values.items()}
+    stats = {key: aggregate_stats(v) if info["features"][key]["dtype"] in layout.CAMERA_DTYPES
+             else feature_stats(np.concatenate(v)) for key, v in parts.items()}
     _write_meta(root, info, rows, list(tasks), stats, total)
     return root
 
@@ -392,17 +391,23 @@ def _episode_info(root: Path, info: Mapping[str, Any], row: Mapping[str, Any], v
 
 
 def _column_array(column, feature: Mapping[str, Any], path: Path, key: str) -> np.ndarray:
-    """A tabular data column as ``(N,)`` or ``(N, D)`` numpy in the feature's dtype."""
+    """A tabular data column as ``(N, *shape)`` numpy in the feature's dtype (``(N,)`` for shape ``[1]``);
+    non-numeric features (strings) as an object array."""
     pa = _pa()
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type) or \
-            pa.types.is_large_list(column.type):
-        width = feature["shape"][0]
-        flat = column.flatten().to_numpy(zero_copy_only=False)
-        if len(flat) != len(column) * width:
-            raise UserInputError(f"{path}: column {key!r} does not hold {width} values per frame")
-        return flat.reshape(len(column), width).astype(feature["dtype"], copy=False)
-    return column.to_numpy(zero_copy_only=False).astype(feature["dtype"], copy=False)
+    flat, n = column, len(column)
+    while pa.types.is_list(flat.type) or pa.types.is_fixed_size_list(flat.type) or pa.types.is_large_list(flat.type):
+        flat = flat.flatten()
+    try:
+        dtype = np.dtype(feature["dtype"])
+    except TypeError:
+        dtype = np.dtype(object)
+    values = np.asarray(flat.to_pylist(), dtype=object) if dtype.kind == "O" else flat.to_numpy(zero_copy_only=False)
+    shape = [int(s) for s in feature["shape"]]
+    if values.size != n * int(np.prod(shape)):
+        raise UserInputError(f"{path}: column {key!r} does not hold {shape} values per frame")
+    values = values.reshape(n) if shape == [1] else values.reshape(n, *shape)
+    return values.astype(dtype, copy=False)
 
 
 class LeRobotDataset:
@@ -434,6 +439,7 @@ class LeRobotDataset:
         self._by_index = {e.index: e for e in self.episodes}
         self._tables: dict[Path, Any] = {}
         self._arrays: dict[Path, dict[str, np.ndarray]] = {}
+        self._orders: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
         self._rows: dict[int, np.ndarray] = {}  # episode index -> its rows in its data file
         self._videos: dict[Path, VideoFile] = {}
         for episode in self.episodes:
@@ -460,15 +466,22 @@ class LeRobotDataset:
         """Find the episode's rows (by global ``index``) in its data file; fewer than ``length`` is a truncation."""
         if episode.data_path not in self._arrays:
             self._load_file(episode.data_path)
-        index = self._arrays[episode.data_path]["index"]
-        rows = np.flatnonzero((index >= episode.from_index) & (index < episode.to_index))
-        rows = rows[np.argsort(index[rows], kind="stable")]
+        order, ordered = self._order(episode.data_path)
+        rows = order[np.searchsorted(ordered, episode.from_index):np.searchsorted(ordered, episode.to_index)]
         if len(rows) > episode.length:
             raise UserInputError(f"{episode.data_path}: episode {episode.index} has {len(rows)} frames, "
                                  f"meta/episodes says {episode.length}")
         if len(rows) < episode.length:
             self.truncated.append(Truncation(episode.index, episode.data_path, episode.length, len(rows)))
         self._rows[episode.index] = rows
+
+    def _order(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """A data file's rows sorted by global ``index`` (and the sorted indices), computed once per file."""
+        if path not in self._orders:
+            index = self._arrays[path]["index"]
+            order = np.argsort(index, kind="stable")
+            self._orders[path] = (order, index[order])
+        return self._orders[path]
 
     def check_videos(self) -> list[Truncation]:
         """Episodes whose video segments hold fewer frames than their length."""

@@ -2,9 +2,10 @@
 count and the q01/q10/q50/q90/q99 quantiles, per dimension for vectors and per channel (values in [0, 1],
 shape ``(3, 1, 1)``) for cameras.
 
-vlaser computes them exactly (NumPy's linear-interpolation quantiles over every frame) where LeRobot estimates
-quantiles from histograms; camera statistics use at most ``CAMERA_SAMPLES`` evenly spaced frames per episode,
-as LeRobot samples camera frames too.
+vlaser computes vector statistics exactly (NumPy's linear-interpolation quantiles over every frame) where
+LeRobot estimates quantiles from histograms. Camera statistics are computed per episode from at most
+``CAMERA_SAMPLES`` evenly spaced frames (LeRobot samples camera frames too) and combined as LeRobot's
+``aggregate_stats`` does: count-weighted means and quantiles, pooled variance, overall min and max.
 """
 
 from __future__ import annotations
@@ -40,6 +41,22 @@ def feature_stats(values: np.ndarray, camera: bool = False) -> dict[str, np.ndar
     stats = {k: v.reshape(shape) for k, v in out.items()}
     stats["count"] = np.array([len(values)], dtype=np.int64)
     return stats
+
+
+def aggregate_stats(parts: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Statistics of the union of several parts from theirs alone (see the module docstring)."""
+    counts = np.array([float(p["count"][0]) for p in parts])
+    weights = counts / counts.sum()
+
+    def weighted(name: str) -> np.ndarray:
+        return sum(w * p[name] for w, p in zip(weights, parts))
+
+    mean = weighted("mean")
+    variance = sum(w * (p["std"] ** 2 + (p["mean"] - mean) ** 2) for w, p in zip(weights, parts))
+    out = {"min": np.minimum.reduce([p["min"] for p in parts]), "max": np.maximum.reduce([p["max"] for p in parts]),
+           "mean": mean, "std": np.sqrt(variance), **{name: weighted(name) for name in QUANTILES}}
+    out["count"] = np.array([int(counts.sum())], dtype=np.int64)
+    return out
 
 
 def stats_to_json(stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[str, list]]:
