@@ -208,8 +208,8 @@ class _DataFiles:
 class _VideoFiles:
     """One camera's episodes appended to the current MP4 until it passes the size limit."""
 
-    def __init__(self, root: Path, key: str, fps: float, shape, codec: str, limit_bytes: float, chunks_size: int):
-        self.root, self.key, self.fps, self.shape, self.codec = root, key, fps, shape, codec
+    def __init__(self, root: Path, key: str, fps: float, codec: str, limit_bytes: float, chunks_size: int):
+        self.root, self.key, self.fps, self.codec = root, key, fps, codec
         self.limit, self.chunks_size = limit_bytes, chunks_size
         self.chunk, self.file, self.writer = 0, 0, None
 
@@ -249,11 +249,6 @@ def _write_tasks(path: Path, tasks: list[str]) -> None:
     pq.write_table(table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)}), path)
 
 
-def _episode_stats_columns(stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, Any]:
-    return {f"stats/{key}/{name}": np.asarray(value).tolist() for key, entry in stats.items()
-            for name, value in entry.items()}
-
-
 def write_dataset(root: str | Path, episodes: Iterable[Episode], fps: int,
                   features: Mapping[str, Mapping] | None = None, robot_type: str | None = None, *,
                   camera_dtype: str = "video", video_codec: str | None = None, chunks_size: int = layout.CHUNKS_SIZE,
@@ -273,45 +268,61 @@ def write_dataset(root: str | Path, episodes: Iterable[Episode], fps: int,
     if first is None:
         raise UserInputError(f"{root}: no episodes to write")
     features = _check_features(features if features is not None else infer_features(first, camera_dtype))
-    codec = video_codec or default_codec()
-    info = _info(features, fps, robot_type, codec, chunks_size, data_files_size_in_mb, video_files_size_in_mb)
+    info = _info(features, fps, robot_type, video_codec or default_codec(), chunks_size, data_files_size_in_mb,
+                 video_files_size_in_mb)
     (root / "meta").mkdir(parents=True, exist_ok=True)
-    data = _DataFiles(root, data_files_size_in_mb * MB, chunks_size)
-    videos = {key: _VideoFiles(root, key, fps, f["shape"], codec, video_files_size_in_mb * MB, chunks_size)
-              for key, f in features.items() if f["dtype"] == "video"}
-    tasks: dict[str, int] = {}
-    rows, parts = [], {key: [] for key in info["features"]}  # vectors: all values; cameras: episode stats
-    total = 0
+    writer = _DatasetWriter(root, info)
     try:
         for number, episode in enumerate(itertools.chain([first], episodes)):
-            arrays = _check_episode(episode, features, number)
-            task_index = tasks.setdefault(episode.task, len(tasks))
-            length = len(episode)
-            arrays.update(_default_columns(number, length, total, task_index, fps))
-            row = {"episode_index": number, "tasks": [episode.task], "length": length}
-            table = _pa().table({key: _arrow_column(arrays[key], f) for key, f in info["features"].items()
-                                 if f["dtype"] != "video"})
-            row["data/chunk_index"], row["data/file_index"] = data.add(table)
-            row["dataset_from_index"], row["dataset_to_index"] = total, total + length
-            for key, writer in videos.items():
-                row.update(writer.add(arrays[key]))
-            row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0
-            ep_stats = {}
-            for key, f in info["features"].items():
-                camera = f["dtype"] in layout.CAMERA_DTYPES
-                ep_stats[key] = feature_stats(camera_sample(arrays[key]) if camera else arrays[key], camera=camera)
-                parts[key].append(ep_stats[key] if camera else arrays[key])
-            row.update(_episode_stats_columns(ep_stats))
-            rows.append(row)
-            total += length
+            writer.add(number, episode, features)
     finally:
-        data.flush()
-        for writer in videos.values():
-            writer.close()
-    stats = {key: aggregate_stats(v) if info["features"][key]["dtype"] in layout.CAMERA_DTYPES
-             else feature_stats(np.concatenate(v)) for key, v in parts.items()}
-    _write_meta(root, info, rows, list(tasks), stats, total)
+        writer.close()
+    _write_meta(root, info, writer.rows, list(writer.tasks), writer.stats(), writer.total)
     return root
+
+
+class _DatasetWriter:
+    """Episodes into data and video files, with their ``meta/episodes`` rows and the values for the stats."""
+
+    def __init__(self, root: Path, info: dict[str, Any]) -> None:
+        self.info, fps, size, chunks = info, info["fps"], info["video_files_size_in_mb"] * MB, info["chunks_size"]
+        self.data = _DataFiles(root, info["data_files_size_in_mb"] * MB, chunks)
+        self.videos = {key: _VideoFiles(root, key, fps, f["info"]["video.codec"], size, chunks)
+                       for key, f in info["features"].items() if f["dtype"] == "video"}
+        self.tasks: dict[str, int] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.parts = {key: [] for key in info["features"]}  # vectors: all their values; cameras: episode stats
+        self.total = 0
+
+    def add(self, number: int, episode: Episode, features: Mapping[str, Mapping[str, Any]]) -> None:
+        arrays = _check_episode(episode, features, number)
+        length = len(episode)
+        task_index = self.tasks.setdefault(episode.task, len(self.tasks))
+        arrays.update(_default_columns(number, length, self.total, task_index, self.info["fps"]))
+        row = {"episode_index": number, "tasks": [episode.task], "length": length}
+        table = _pa().table({key: _arrow_column(arrays[key], f) for key, f in self.info["features"].items()
+                             if f["dtype"] != "video"})
+        row["data/chunk_index"], row["data/file_index"] = self.data.add(table)
+        row["dataset_from_index"], row["dataset_to_index"] = self.total, self.total + length
+        for key, videos in self.videos.items():
+            row.update(videos.add(arrays[key]))
+        row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0
+        for key, f in self.info["features"].items():
+            camera = f["dtype"] in layout.CAMERA_DTYPES
+            stats = feature_stats(camera_sample(arrays[key]) if camera else arrays[key], camera=camera)
+            row.update({f"stats/{key}/{name}": np.asarray(v).tolist() for name, v in stats.items()})
+            self.parts[key].append(stats if camera else arrays[key])
+        self.rows.append(row)
+        self.total += length
+
+    def stats(self) -> dict[str, dict[str, np.ndarray]]:
+        return {key: aggregate_stats(v) if self.info["features"][key]["dtype"] in layout.CAMERA_DTYPES
+                else feature_stats(np.concatenate(v)) for key, v in self.parts.items()}
+
+    def close(self) -> None:
+        self.data.flush()
+        for videos in self.videos.values():
+            videos.close()
 
 
 def _default_columns(episode: int, length: int, start: int, task_index: int, fps: float) -> dict[str, np.ndarray]:
