@@ -108,6 +108,15 @@ def test_frame_addresses_the_dataset_in_episode_order(written):
         dataset.frame(sum(LENGTHS))
 
 
+def test_cached_frames_equal_decoded_ones(written):
+    root, _ = written
+    plain, cached = LeRobotDataset(root), LeRobotDataset(root, cache_frames=True)
+    for key in (TOP, WRIST):
+        assert np.array_equal(cached.camera_frame(1, 3, key), plain.camera_frame(1, 3, key))  # decodes episode 1
+        assert np.array_equal(cached.camera_frames(1, key), plain.camera_frames(1, key))
+        assert np.array_equal(cached.camera_frame(1, 6, key), plain.camera_frame(1, 6, key))
+
+
 def test_episodes_share_one_video_file_and_are_located_by_their_timestamps(written):
     root, episodes = written
     dataset = LeRobotDataset(root)

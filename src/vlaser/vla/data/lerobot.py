@@ -395,7 +395,7 @@ def _episode_info(root: Path, info: Mapping[str, Any], row: Mapping[str, Any], v
         path = root / info["video_path"].format(video_key=key, chunk_index=row[p + "chunk_index"],
                                                 file_index=row[p + "file_index"])
         videos[key] = VideoSegment(path, float(row[p + "from_timestamp"]), float(row[p + "to_timestamp"]))
-    tasks = tuple(row["tasks"] or ())
+    tasks = (row["tasks"],) if isinstance(row["tasks"], str) else tuple(row["tasks"] or ())
     return EpisodeInfo(index=int(row["episode_index"]), length=int(row["length"]), task=tasks[0] if tasks else "",
                        tasks=tasks, data_path=data_path, from_index=int(row["dataset_from_index"]),
                        to_index=int(row["dataset_to_index"]), videos=videos)
@@ -427,10 +427,11 @@ class LeRobotDataset:
 
     ``len`` counts the frames the data files hold; ``truncated`` lists episodes with fewer frames than their
     metadata says (data rows always; video frames too with ``check_videos=True``, which reads every video's
-    packet times, without decoding).
+    packet times, without decoding). ``cache_frames=True`` keeps every camera frame once decoded (whole
+    episodes at a time), for small datasets read many times over (several times faster random access).
     """
 
-    def __init__(self, root: str | Path, check_videos: bool = False) -> None:
+    def __init__(self, root: str | Path, check_videos: bool = False, cache_frames: bool = False) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserInputError(f"{self.root}: not a directory")
@@ -453,6 +454,7 @@ class LeRobotDataset:
         self._orders: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
         self._rows: dict[int, np.ndarray] = {}  # episode index -> its rows in its data file
         self._videos: dict[Path, VideoFile] = {}
+        self._frames: dict[tuple[int, str], np.ndarray] | None = {} if cache_frames else None
         for episode in self.episodes:
             self._locate_rows(episode)
         self._starts = np.cumsum([0] + [len(self._rows[e.index]) for e in self.episodes])
@@ -522,14 +524,29 @@ class LeRobotDataset:
 
     def camera_frames(self, episode_index: int, key: str) -> np.ndarray:
         """All of an episode's frames of one camera, uint8 ``(T, H, W, 3)``."""
-        length = len(self._rows[episode_index])
-        return np.stack([self.camera_frame(episode_index, t, key) for t in range(length)]) \
-            if self.features[key]["dtype"] == "image" else self._video_frames(episode_index, key, 0, length)
+        if key not in self.cameras:
+            raise UserInputError(f"{self.root}: no camera {key!r} (cameras: {', '.join(self.cameras) or 'none'})")
+        if self._frames is not None and (episode_index, key) in self._frames:
+            return self._frames[episode_index, key].copy()
+        return self._decode_episode(episode_index, key)
 
     def camera_frame(self, episode_index: int, frame: int, key: str) -> np.ndarray:
         """One frame of one camera, uint8 ``(H, W, 3)``."""
         if key not in self.cameras:
             raise UserInputError(f"{self.root}: no camera {key!r} (cameras: {', '.join(self.cameras) or 'none'})")
+        if self._frames is not None:
+            if (episode_index, key) not in self._frames:
+                self._frames[episode_index, key] = self._decode_episode(episode_index, key)
+            return self._frames[episode_index, key][frame]
+        return self._decode_frame(episode_index, frame, key)
+
+    def _decode_episode(self, episode_index: int, key: str) -> np.ndarray:
+        length = len(self._rows[episode_index])
+        if self.features[key]["dtype"] == "image":
+            return np.stack([self._decode_frame(episode_index, t, key) for t in range(length)])
+        return self._video_frames(episode_index, key, 0, length)
+
+    def _decode_frame(self, episode_index: int, frame: int, key: str) -> np.ndarray:
         if self.features[key]["dtype"] == "image":
             info = self.episode_info(episode_index)
             cell = self._tables[info.data_path].column(key)[int(self._rows[episode_index][frame])].as_py()
