@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from media import frame_index, write_counter_video
 from vlaser.errors import UserInputError, VlaserError
 from vlaser.vla.data import ActionChunkDataset, Episode, LeRobotDataset, Normalizer, inspect_dataset, write_dataset
 from vlaser.vla.data.video import VideoFile, VideoWriter, default_codec
@@ -93,6 +94,7 @@ def test_round_trip_gives_tabular_features_exactly_and_video_within_codec_loss(t
         # H.264 32-34 dB and 3.8-4.1 levels
         assert psnr(video, episode.features[TOP]) > 30
         assert np.abs(video.astype(int) - episode.features[TOP]).mean() < 5
+        assert np.array_equal(dataset.camera_frame(e, LENGTHS[e] - 1, TOP), video[-1])  # a seek gives the same frame
 
 
 def test_frame_addresses_the_dataset_in_episode_order(written):
@@ -130,6 +132,15 @@ def test_episodes_share_one_video_file_and_are_located_by_their_timestamps(writt
         for t, frame in enumerate(dataset.camera_frames(e, TOP)):
             nearest = min(references, key=lambda r: np.abs(r[2].astype(int) - frame).sum())
             assert nearest[:2] == (e, t)
+
+
+def test_a_segment_of_a_long_gop_video_decodes_from_the_key_frame_before_it(tmp_path):
+    path = write_counter_video(tmp_path / "counter.mp4", n_frames=40, fps=FPS, gop=16)
+    video = VideoFile(path)
+    assert len(video.times()) == 40 and video.count(1.3, 2.0, FPS) == 7 and video.count(3.5, 4.5, FPS) == 5
+    slots = video.segment(2.1, 2.5, FPS)
+    assert [frame_index(Image.fromarray(s)) for s in slots] == [21, 22, 23, 24]
+    assert video.segment(3.8, 4.2, FPS)[2:] == [None, None]  # past the end: empty slots, counted by the caller
 
 
 def test_video_files_roll_over_by_size_and_chunks_by_file_count(tmp_path):
