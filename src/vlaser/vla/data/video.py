@@ -106,9 +106,12 @@ class VideoFile:
             raise UserInputError(f"{self.path}: missing")
         try:
             container = av.open(str(self.path))
-            return container, container.streams.video[0]
-        except (av.FFmpegError, IndexError) as e:
+        except av.FFmpegError as e:
             raise UserInputError(f"{self.path}: not a readable video ({e})") from e
+        if not container.streams.video:
+            container.close()
+            raise UserInputError(f"{self.path}: no video stream")
+        return container, container.streams.video[0]
 
     def times(self) -> list[float]:
         """Presentation times (seconds, ascending) of every frame in the file."""
