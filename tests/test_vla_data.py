@@ -323,6 +323,17 @@ def test_action_chunks_are_padded_with_the_last_action_and_masked_at_episode_end
         ActionChunkDataset(dataset, 2, norm, cameras=["observation.images.side"])
 
 
+def test_chunks_survive_pickling_for_data_loader_workers(written):
+    import pickle
+
+    dataset = LeRobotDataset(written[0])
+    chunks = ActionChunkDataset(dataset, 4, Normalizer(dataset.stats))
+    again = pickle.loads(pickle.dumps(chunks))
+    a, b = chunks[8], again[8]
+    assert torch.equal(a["actions"], b["actions"]) and torch.equal(a["state"], b["state"])
+    assert [np.asarray(i).tolist() for i in a["images"]] == [np.asarray(i).tolist() for i in b["images"]]
+
+
 # ------------------------------------------------------------------------------------------------ inspection
 
 
