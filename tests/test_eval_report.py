@@ -43,3 +43,27 @@ def test_picture_scale(size, scale):
         assert scale.is_integer() and min(size) * scale >= PICTURE_MIN_SIDE > min(size) * (scale - 1)
     elif scale < 1:
         assert round(size[0] * scale) == PICTURE_WIDTH
+
+
+def _truncate(path):
+    """Cut an image file in half, as an interrupted download leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_a_truncated_image_is_named_in_the_report_and_pictures_not_fatal(tmp_path):
+    from fakes import ScriptedBackend
+    from test_eval import where2place
+    from vlaser.eval.benchmark import get_benchmark
+    from vlaser.eval.runner import run
+
+    bad = _truncate(where2place(tmp_path / "data") / "images" / "1.jpg")
+    out = tmp_path / "out"
+    metrics = run(get_benchmark("where2place"), ScriptedBackend(), tmp_path / "data", out)
+    assert metrics["n_items"] == 3
+    report, page = (out / "report.md").read_text(), (out / "index.html").read_text()
+    assert "Pictures of 2 items" in report and "1 item(s) have no picture" in report
+    assert f"item 101: cannot read {bad}" in report and "truncated" in report
+    assert f"cannot read {bad}" in page and page.count("<img ") == 2
+    assert sorted(p.name for p in (out / "pictures").iterdir()) == ["100.png", "102.png"]

@@ -183,3 +183,12 @@ def test_suite_cli_refuses_before_loading_and_fails_on_a_failed_benchmark(tmp_pa
     assert main(["eval", "suite", "--model", missing_model, "--data-root", str(data), "--out", str(out),
                  "--protocol", "where2place=nope"]) == 2
     assert "where2place: unknown protocol 'nope'" in capsys.readouterr().err
+
+
+def test_a_truncated_image_does_not_fail_its_benchmark(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    image = data / "where2place" / "images" / "1.jpg"
+    image.write_bytes(image.read_bytes()[:200])
+    table = run_suite(ScriptedBackend(), data, tmp_path / "out", ["where2place"], echo=lambda line: None)
+    assert table["failed"] == [] and [c["name"] for c in table["columns"]] == ["where2place"]
+    assert "1 item(s) have no picture" in (tmp_path / "out" / "where2place" / "report.md").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -11,7 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vlaser.eval.benchmark import BenchmarkDataError
 from vlaser.points import draw_points
+
+log = logging.getLogger(__name__)
 
 #: Vlaser paper (arXiv 2510.11027v2) Table 1, percent: every row and column, in the paper's order.
 PAPER_COLUMNS = ("erqa", "egoplan_bench2", "where2place", "point_bench", "paco_lvis", "pixmo_points", "vsi_bench",
@@ -42,6 +46,7 @@ PAPER_TABLE_1: dict[str, dict[str, float]] = {
 PAPER_ROWS = ("InternVL3-2B", "Vlaser-2B", "InternVL3-8B", "Vlaser-8B")
 PICTURE_WIDTH = 480  #: pictures are shown at 320 px; 480 keeps detail for zooming, and keeps writing them cheap
 PICTURE_MIN_SIDE = 320  #: a smaller image is enlarged (an integer factor, nearest-neighbour) to at least this
+LEGEND = "green: ground truth (mask or points); red: predicted points"
 
 
 def picture_scale(width: int, height: int) -> float:
@@ -76,26 +81,34 @@ def _picture(image_path: Path, mask: np.ndarray | None, points, gt_points) -> Im
 
 
 def write_pictures(benchmark, items, scores, predictions, out: Path) -> list[dict]:
-    """A PNG per item given (ground truth in green, predicted points in red) and ``index.html`` showing them."""
+    """A PNG per item given (ground truth in green, predicted points in red) and ``index.html`` showing them.
+
+    An item whose image (or mask) cannot be read gets a card with its ``error`` and no picture, as the runner
+    treats unreadable media: named, counted, never fatal."""
     folder = out / "pictures"
     folder.mkdir(exist_ok=True)
     cards = []
     for item, score in zip(items, scores):
-        if not item.images[0].is_file():
+        card = {"id": item.id, "score": score.value, "prompt": predictions[item.id].get("prompt", ""),
+                "response": predictions[item.id].get("response", "")}
+        try:
+            picture = _picture(item.images[0], benchmark.gt_mask(item), score.points, benchmark.gt_points(item))
+        except (OSError, BenchmarkDataError, Image.DecompressionBombError) as e:
+            log.warning("item %s: no picture, cannot read %s: %s", item.id, item.images[0], e)
+            cards.append({**card, "error": f"cannot read {item.images[0]}: {e}"})
             continue
-        picture = _picture(item.images[0], benchmark.gt_mask(item), score.points, benchmark.gt_points(item))
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", item.id) + ".png"
         picture.save(folder / name)
-        cards.append({"id": item.id, "file": f"pictures/{name}", "score": score.value,
-                      "prompt": predictions[item.id].get("prompt", ""),
-                      "response": predictions[item.id].get("response", "")})
+        cards.append({**card, "file": f"pictures/{name}"})
     page = ["<!doctype html><meta charset='utf-8'><title>vlaser eval</title>",
             "<style>body{font-family:sans-serif}div.c{display:inline-block;width:330px;margin:6px;"
             "vertical-align:top}img{width:320px}pre{white-space:pre-wrap;font-size:11px}</style>",
-            f"<h1>{html.escape(benchmark.name)}</h1><p>green: ground truth (mask or points); red: predicted points</p>"]
+            f"<h1>{html.escape(benchmark.name)}</h1><p>{html.escape(LEGEND)}</p>"]
     for card in cards:
         score = "skipped" if card["score"] is None else f"{card['score']:.3f}"
-        page.append(f"<div class='c'><img src='{card['file']}'><b>{html.escape(card['id'])}</b> score {score}"
+        shown = f"<img src='{card['file']}'>" if "file" in card else \
+            f"<p><b>no picture</b>: {html.escape(card['error'])}</p>"
+        page.append(f"<div class='c'>{shown}<b>{html.escape(card['id'])}</b> score {score}"
                     f"<pre>{html.escape(card['prompt'])}</pre><pre>{html.escape(card['response'])}</pre></div>")
     (out / "index.html").write_text("\n".join(page))
     return cards
@@ -121,7 +134,11 @@ def write_report(metrics: dict, out: Path, pictures: list[dict]) -> None:
             lines += [f"| {g} | {v['score']:.4f} | {v['n']} |" for g, v in table.items()]
             lines.append("")
     if pictures:
-        lines += [f"Pictures of {len(pictures)} items: [index.html](index.html)", ""]
+        unreadable = [card for card in pictures if "error" in card]
+        lines += [f"Pictures of {len(pictures) - len(unreadable)} items: [index.html](index.html)", ""]
+        if unreadable:
+            lines += [f"**{len(unreadable)} item(s) have no picture (unreadable image or mask):**", ""]
+            lines += [f"- item {card['id']}: {card['error']}" for card in unreadable[:20]] + [""]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
