@@ -67,3 +67,26 @@ def test_a_truncated_image_is_named_in_the_report_and_pictures_not_fatal(tmp_pat
     assert f"item 101: cannot read {bad}" in report and "truncated" in report
     assert f"cannot read {bad}" in page and page.count("<img ") == 2
     assert sorted(p.name for p in (out / "pictures").iterdir()) == ["100.png", "102.png"]
+
+
+def test_the_mask_is_outlined_and_the_prediction_ringed_on_green_and_red_objects(tmp_path):
+    """A green object (left) and a red one (right); the mask spans both, a point is predicted on each."""
+    pixels = np.zeros((320, 320, 3), dtype=np.uint8)
+    pixels[:, :160], pixels[:, 160:] = (0, 200, 0), (200, 0, 0)
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    mask = np.zeros((320, 320))
+    mask[100:220, 100:220] = 1.0
+    item = Item(id="q", question="Point.", official_prompt="Point.", images=[tmp_path / "scene.png"])
+    bench = SimpleNamespace(name="fake", gt_mask=lambda item: mask, gt_points=lambda item: [])
+    cards = write_pictures(bench, [item], [Score(1.0, parsed=True, points=[(60, 60), (280, 280)])],
+                           {"q": {"prompt": "p", "response": "r"}}, tmp_path)
+    picture = np.asarray(Image.open(tmp_path / cards[0]["file"]).convert("RGB")).astype(int)
+    white, black = [255, 255, 255], [0, 0, 0]
+    for y, x, colour in ((150, 100, (0, 200, 0)), (150, 219, (200, 0, 0))):  # the left and right edges
+        inward = 1 if x < 160 else -1
+        assert picture[y, x].tolist() == white and picture[y, x - 2 * inward].tolist() == black
+        assert picture[y, x + 3 * inward].tolist() == list(colour)  # inside: the object's own colour, not tinted
+    for x, y in ((60, 60), (280, 280)):  # r = 4, rings of 2: red to 4, white 5-6, black 7-8
+        assert picture[y, x].tolist() == [255, 64, 64]
+        assert picture[y, x + 5].tolist() == white and picture[y, x + 7].tolist() == black
+        assert picture[y, x + 10].tolist() != black

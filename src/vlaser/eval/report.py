@@ -10,10 +10,9 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from vlaser.eval.benchmark import BenchmarkDataError
-from vlaser.points import draw_points
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,10 @@ PAPER_TABLE_1: dict[str, dict[str, float]] = {
 PAPER_ROWS = ("InternVL3-2B", "Vlaser-2B", "InternVL3-8B", "Vlaser-8B")
 PICTURE_WIDTH = 480  #: pictures are shown at 320 px; 480 keeps detail for zooming, and keeps writing them cheap
 PICTURE_MIN_SIDE = 320  #: a smaller image is enlarged (an integer factor, nearest-neighbour) to at least this
-LEGEND = "green: ground truth (mask or points); red: predicted points"
+OUTLINE_WIDTH = 2  #: pixels of each tone of the mask's outline
+GT_COLOR, PREDICTED_COLOR = (40, 220, 90), (255, 64, 64)
+LEGEND = ("white-and-black outline: the ground-truth mask; green dots: ground-truth points; red dots (in a white and "
+          "a black ring): predicted points")
 
 
 def picture_scale(width: int, height: int) -> float:
@@ -58,26 +60,43 @@ def picture_scale(width: int, height: int) -> float:
     return float(max(1, math.ceil(PICTURE_MIN_SIDE / min(width, height))))
 
 
-def _overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
-    """The image with the ground-truth mask tinted green (soft masks tint in proportion)."""
+def _outline(image: Image.Image, mask: np.ndarray) -> Image.Image:
+    """The image with the ground-truth mask (above one half, for soft masks) drawn as a two-tone outline, white
+    inside its edge and black outside, so it shows on any object's colour and leaves the object's own colours."""
     image = image.convert("RGB")
-    alpha = Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8)).resize(image.size)
-    tinted = Image.blend(image, Image.new("RGB", image.size, (40, 220, 90)), 0.45)
-    return Image.composite(tinted, image, alpha)
+    inside = Image.fromarray(((np.asarray(mask) > 0.5) * 255).astype(np.uint8)).resize(image.size, Image.NEAREST)
+    edge = 2 * OUTLINE_WIDTH + 1
+    white = ImageChops.subtract(inside, inside.filter(ImageFilter.MinFilter(edge)))
+    black = ImageChops.subtract(inside.filter(ImageFilter.MaxFilter(edge)), inside)
+    image.paste((255, 255, 255), mask=white)
+    image.paste((0, 0, 0), mask=black)
+    return image
+
+
+def _markers(image: Image.Image, points, color: tuple[int, int, int]) -> Image.Image:
+    """Filled dots in ``color``, each in a white and then a black ring, so a dot shows on any colour (a red
+    dot on a red object keeps its rings)."""
+    draw = ImageDraw.Draw(image)
+    r = max(3, round(min(image.size) / 80))
+    ring = max(1, r // 2)
+    for x, y in points:
+        for radius, fill in ((r + 2 * ring, (0, 0, 0)), (r + ring, (255, 255, 255)), (r, color)):
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=fill)
+    return image
 
 
 def _picture(image_path: Path, mask: np.ndarray | None, points, gt_points) -> Image.Image:
-    """The image resized by ``picture_scale``, the mask tinted green, GT points green, predictions red (points
+    """The image resized by ``picture_scale``, the mask outlined, GT points green, predictions red (points
     and markers scaled with the image)."""
     with Image.open(image_path) as image:
         scale = picture_scale(image.width, image.height)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         picture = image.convert("RGB").resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
     if mask is not None:
-        picture = _overlay(picture, mask)
+        picture = _outline(picture, mask)
     if gt_points:
-        picture = draw_points(picture, [(x * scale, y * scale) for x, y in gt_points], color=(40, 220, 90))
-    return draw_points(picture, [(x * scale, y * scale) for x, y in points])
+        picture = _markers(picture, [(x * scale, y * scale) for x, y in gt_points], GT_COLOR)
+    return _markers(picture, [(x * scale, y * scale) for x, y in points], PREDICTED_COLOR)
 
 
 def write_pictures(benchmark, items, scores, predictions, out: Path) -> list[dict]:
