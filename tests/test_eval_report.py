@@ -90,3 +90,17 @@ def test_the_mask_is_outlined_and_the_prediction_ringed_on_green_and_red_objects
         assert picture[y, x].tolist() == [255, 64, 64]
         assert picture[y, x + 5].tolist() == white and picture[y, x + 7].tolist() == black
         assert picture[y, x + 10].tolist() != black
+
+
+def test_eval_outputs_follow_the_umask(tmp_path, umask):
+    from conftest import modes
+    from fakes import ScriptedBackend
+    from test_eval import where2place
+    from vlaser.eval.benchmark import get_benchmark
+    from vlaser.eval.runner import run
+
+    umask(0o027)
+    run(get_benchmark("where2place"), ScriptedBackend(), where2place(tmp_path / "data"), tmp_path / "out")
+    got = modes(tmp_path / "out")
+    assert {"report.md", "index.html", "pictures", "run.json"} <= set(got)
+    assert got == {name: 0o750 if (tmp_path / "out" / name).is_dir() else 0o640 for name in got}
