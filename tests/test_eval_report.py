@@ -1,5 +1,6 @@
 """Pictures of pointing answers: small benchmark images are enlarged for viewing, markers where the points are."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -104,3 +105,36 @@ def test_eval_outputs_follow_the_umask(tmp_path, umask):
     got = modes(tmp_path / "out")
     assert {"report.md", "index.html", "pictures", "run.json"} <= set(got)
     assert got == {name: 0o750 if (tmp_path / "out" / name).is_dir() else 0o640 for name in got}
+
+
+def _score_cli(tmp_path, lines):
+    from test_eval import where2place
+    from vlaser.cli import main
+
+    data = tmp_path / "data"
+    if not data.is_dir():
+        where2place(data)
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return main(["eval", "score", "--benchmark", "where2place", "--data", str(data), "--predictions", str(preds),
+                 "--out", str(tmp_path / "out"), "--pictures", "0"])
+
+
+def test_eval_score_reports_unknown_and_repeated_ids_and_refuses_conflicting_ones(tmp_path, capsys):
+    answer = "[(320, 240)]"
+    lines = [{"id": "100", "response": answer}, {"id": "101", "response": answer}, {"id": "101", "response": answer},
+             {"id": "999", "response": answer}]
+    assert _score_cli(tmp_path, lines) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**1 prediction id(s) are not in the benchmark** (not scored): `999`" in report
+    assert "**1 id(s) are given more than once** in the predictions (with the same answer; scored once): `101`" \
+        in report
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["duplicate_ids"] == ["101"] and metrics["unknown_ids"] == ["999"] and metrics["n_scored"] == 2
+
+    capsys.readouterr()
+    lines += [{"id": "100", "response": "[(0, 0)]"}]
+    assert _score_cli(tmp_path, lines) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vlaser eval: error: {tmp_path / 'preds.jsonl'}: 1 id(s) have different answers: "
+                   "100 (lines 1 and 5)"]

@@ -68,6 +68,9 @@ def _add_suite(verbs) -> None:
     su.add_argument("--option", action="append", default=[], metavar="BENCHMARK.KEY=VALUE",
                     help="a benchmark option (repeatable), e.g. vlabench.prompt_file=PATH")
     su.add_argument("--pictures", type=at_least(0), default=50, help="pictures of the first N items (0: none)")
+    su.add_argument("--average-partial", action="store_true",
+                    help="include partial columns (--limit left items out) in the averages beside the paper's "
+                         "(default: left out, as a score over a few items is not comparable)")
 
 
 def _model_and_settings(p) -> None:
@@ -118,7 +121,7 @@ def _suite(args) -> int:
     check(names, overrides, protocols, options)
     table = run_suite(_backend(args), args.data_root, args.out, names, batch_size=args.batch_size, limit=args.limit,
                       protocols=protocols, options=options, pictures=args.pictures,
-                      echo=lambda line: print(line, flush=True), **overrides)
+                      average_partial=args.average_partial, echo=lambda line: print(line, flush=True), **overrides)
     return 1 if table["failed"] or not table["columns"] else 0
 
 
@@ -147,9 +150,10 @@ def run(args) -> int:
                            pictures=args.pictures, frames=args.frames, min_new_tokens=args.min_new_tokens,
                            workers=args.workers)
     else:
-        from vlaser.eval.runner import read_predictions, score
+        from vlaser.eval.runner import read_predictions_once, score
 
-        metrics = score(benchmark, benchmark.load(args.data), read_predictions(args.predictions), args.out,
-                        args.pictures)
+        predictions, repeated = read_predictions_once(args.predictions)
+        metrics = score(benchmark, benchmark.load(args.data), predictions, args.out, args.pictures,
+                        duplicate_ids=repeated)
     print(f"{metrics['benchmark']}: {metrics['score']:.4f} over {metrics['n_scored']} items -> {args.out}/report.md")
     return 0

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from vlaser.eval.benchmark import BenchmarkDataError
+from vlaser.eval.provenance import partial_note
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +134,29 @@ def write_pictures(benchmark, items, scores, predictions, out: Path) -> list[dic
     return cards
 
 
+def _coverage_lines(metrics: dict) -> list[str]:
+    """Warnings that the score covers part of the benchmark, or came with ids it does not know or repeats."""
+    lines = []
+    if metrics.get("partial"):
+        lines += [f"**Partial run: the first {metrics['n_items']} of {metrics['n_available']} items** (--limit "
+                  f"{metrics.get('limit')}); not comparable with scores over the whole benchmark.", ""]
+    if (metrics.get("shards") or 1) > 1:
+        lines += [f"Items were asked over {metrics['shards']} processes and scored together.", ""]
+    if metrics.get("n_unknown_ids"):
+        lines += [f"**{metrics['n_unknown_ids']} prediction id(s) are not in the benchmark** (not scored): "
+                  + ", ".join(f"`{i}`" for i in metrics["unknown_ids"]) + ("..." if metrics["n_unknown_ids"] > 20
+                                                                          else ""), ""]
+    if metrics.get("n_duplicate_ids"):
+        lines += [f"**{metrics['n_duplicate_ids']} id(s) are given more than once** in the predictions (with the "
+                  "same answer; scored once): " + ", ".join(f"`{i}`" for i in metrics["duplicate_ids"]), ""]
+    return lines
+
+
 def write_report(metrics: dict, out: Path, pictures: list[dict]) -> None:
     lines = [f"# {metrics['benchmark']} ({metrics['protocol']})", "",
              f"**score {metrics['score']:.4f}** over {metrics['n_scored']} scored of {metrics['n_items']} items "
              f"({metrics['n_unparsed']} answers not parsed, {metrics['n_missing_predictions']} unanswered)", ""]
+    lines += _coverage_lines(metrics)
     if metrics.get("n_truncated"):
         budget = metrics.get("run", {}).get("settings", {}).get("max_new_tokens", "the token budget")
         lines += [f"**Warning: {metrics['n_truncated']} answer(s) were cut off at max_new_tokens ({budget})** without "
@@ -162,17 +182,20 @@ def write_report(metrics: dict, out: Path, pictures: list[dict]) -> None:
 
 
 def cross_run_table(outs: list[Path]) -> str:
-    """One markdown table (percent) over run directories, one row per run, beside the paper's Table 1 rows."""
+    """One markdown table (percent) over run directories, one row per run, beside the paper's Table 1 rows; a
+    partial run's cell says how many items it covers, e.g. ``84.9 (20 of 100 items)``."""
     runs = {}
     for out in outs:
         metrics = json.loads((Path(out) / "metrics.json").read_text())
         model = json.loads((Path(out) / "run.json").read_text()).get("model", str(out)) \
             if (Path(out) / "run.json").is_file() else str(out)
-        runs.setdefault(f"{model} ({out})", {})[metrics["benchmark"]] = 100 * metrics["score"]
+        note = partial_note(metrics)
+        cell = f"{100 * metrics['score']:.1f}" + (f" {note}" if note else "")
+        runs.setdefault(f"{model} ({out})", {})[metrics["benchmark"]] = cell
     present = {b for scores in runs.values() for b in scores}
     benchmarks = [b for b in PAPER_COLUMNS if b in present] + sorted(present - set(PAPER_COLUMNS))
     rows = ["| model | " + " | ".join(benchmarks) + " |", "|---" * (len(benchmarks) + 1) + "|"]
-    for name, scores in list(runs.items()) + [(f"paper: {k}", PAPER_TABLE_1[k]) for k in PAPER_ROWS]:
-        cells = [f"{scores[b]:.1f}" if b in scores else "-" for b in benchmarks]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    paper = [(f"paper: {k}", {b: f"{v:.1f}" for b, v in PAPER_TABLE_1[k].items()}) for k in PAPER_ROWS]
+    for name, scores in list(runs.items()) + paper:
+        rows.append(f"| {name} | " + " | ".join(scores.get(b, "-") for b in benchmarks) + " |")
     return "\n".join(rows) + "\n"
