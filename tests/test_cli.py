@@ -169,3 +169,55 @@ def test_train_help_lists_every_flag_with_its_help(capsys):
         missing = [f.name for f in dataclasses.fields(cls) if f.init and f"--{f.name} " not in out]
         assert not missing, (cls.__name__, missing)
     assert "--evaluation_strategy -> --eval_strategy" in out  # the translated 4.37-era spellings are named
+
+
+def test_option_errors_are_one_line_naming_the_subcommand_and_option(capsys):
+    for argv, start, option in ((["eval", "run", "--benchmark", "x", "--limit", "0"], "vlaser eval run: error: ",
+                                 "argument --limit: must be at least 1"),
+                                (["serve", "--model", "m", "--port", "x"], "vlaser serve: error: ", "argument --port"),
+                                (["eval", "score", "--benchmark", "b", "--data", "d", "--out", "o", "--predictions",
+                                  "p", "--bogus"],
+                                 "vlaser eval score: error: ", "unrecognized arguments: --bogus")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1, err
+        assert err[0].startswith(start) and option in err[0] and "usage:" not in err[0], err
+
+
+def test_serve_says_a_port_in_use_before_loading_the_model(monkeypatch, capsys):
+    import socket
+
+    import vlaser.api
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(vlaser.api.VLM, "from_pretrained", no_model)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", "anything", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"vlaser serve: error: --host 127.0.0.1 --port {port}: cannot listen"), err
+
+
+def test_serve_binds_first_and_hands_uvicorn_that_socket(tiny_original, monkeypatch):
+    import uvicorn
+
+    import vlaser.api
+    import vlaser.cli.serve as serve
+
+    order, handed = [], []
+    bind, load = serve.bind, vlaser.api.VLM.from_pretrained
+    monkeypatch.setattr(serve, "bind", lambda *a: order.append("bind") or bind(*a))
+    monkeypatch.setattr(vlaser.api.VLM, "from_pretrained", lambda *a, **k: order.append("load") or load(*a, **k))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: handed.extend(sockets or []))
+    monkeypatch.setattr(serve.signal, "signal", lambda *a: None)
+    assert main(["serve", "--model", str(tiny_original), "--port", "0", "--dtype", "float32", "--device", "cpu"]) == 0
+    assert order == ["bind", "load"] and len(handed) == 1
+    host, port = handed[0].getsockname()[:2]
+    assert host == "127.0.0.1" and port > 0  # bound (port 0: a free one), so nothing else can take it meanwhile
+    handed[0].close()

@@ -22,8 +22,16 @@ _VERBS = {"chat": chat, "convert": convert, "info": info, "train": train, "data"
           "quickstart": quickstart, "serve": serve}
 
 
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line naming the (sub)command and the option, with where to
+    find the usage, instead of the whole usage block; its subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vlaser", description="Run, convert, inspect and fine-tune InternVL3/Vlaser models."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
@@ -38,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not hasattr(args, "passthrough"):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        verb = " ".join(["vlaser", args.verb] + ([args.eval_verb] if getattr(args, "eval_verb", None) else []))
+        Parser(prog=verb).error(f"unrecognized arguments: {' '.join(extra)}")
     if hasattr(args, "passthrough"):  # train / data preview take InternVL's flags as they are
         args.passthrough = extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")

@@ -7,6 +7,7 @@ output folder that looks like a finished checkpoint. Intermediate ``checkpoint-N
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,17 @@ from vlaser.model.checkpoint import HF, ORIGINAL
 from vlaser.model.convert import TOKENIZER_FILES, hf_to_original_config, hf_to_original_state_dict, save_weights
 from vlaser.model.template import DEFAULT_TEMPLATE, get_template
 from vlaser.model.tokenizer import save_hf_tokenizer
+
+
+def check_output_dir(out: str | Path) -> None:
+    """Make sure the output folder can be written, before any weights are loaded: a file in its place, or a
+    folder without write permission, is an error now rather than after training."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--output_dir {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserInputError(f"--output_dir {out}: no permission to write into it")
 
 
 def save_checkpoint(model, tokenizer, out: Path, layout: str, source: Path | None = None,
