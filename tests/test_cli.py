@@ -221,3 +221,39 @@ def test_serve_binds_first_and_hands_uvicorn_that_socket(tiny_original, monkeypa
     host, port = handed[0].getsockname()[:2]
     assert host == "127.0.0.1" and port > 0  # bound (port 0: a free one), so nothing else can take it meanwhile
     handed[0].close()
+
+
+def test_train_help_opens_with_examples_and_vlasers_own_sections_required_flags_marked(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    examples = lines.index("examples:")
+    assert lines[examples + 1].strip().startswith("vlaser train --model_name_or_path")
+    assert any(line.strip().startswith("torchrun ") for line in lines[examples + 1:examples + 5])
+    sections = [line[:-1] for line in lines if line.endswith(":") and not line.startswith(" ")]
+    assert sections == ["examples", "model", "data", "tiling", "freezing and LoRA", "packing",
+                        "training (transformers' TrainingArguments)"]
+    flat = " ".join(out.split())
+    assert "--model-name-or-path MODEL_NAME_OR_PATH (required) checkpoint directory" in flat
+    assert "--meta-path META_PATH (required) meta JSON" in flat and flat.count("(required)") == 2
+    assert flat.index("--model_name_or_path") < flat.index("--max_dynamic_patch") < flat.index("--freeze_llm") \
+        < flat.index("--use_packed_ds") < flat.index("--learning_rate")
+    assert lines.index("model:") < 20  # no longer under 500 lines of TrainingArguments
+
+
+def test_eval_help_names_the_benchmarks_their_folders_and_every_setting(capsys):
+    from vlaser.eval.benchmark import REGISTRY
+    from vlaser.eval.suite import LAYOUTS
+
+    for verb in ("run", "suite"):
+        with pytest.raises(SystemExit):
+            main(["eval", verb, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        for flag in ("--batch-size BATCH_SIZE items generated together", "--dtype DTYPE with --model: auto",
+                     "--device DEVICE with --model: cpu"):
+            assert flag in out, (verb, flag)
+        if verb == "run":
+            assert f"--benchmark NAME one of: {', '.join(REGISTRY)}" in out
+        else:
+            assert all(f"{name}/ ({' '.join(LAYOUTS[name].split())})" in out for name in REGISTRY)
