@@ -224,3 +224,16 @@ def test_train_argument_errors_are_one_line_naming_train_and_the_flag(tiny_origi
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("vlaser train: error: ") and message in err[0], err
         assert "--pad2square" in err[0] or extra[0] == "--num_train_epochs"
+
+
+@pytest.mark.slow
+def test_trained_checkpoints_follow_the_umask(tiny_original, tmp_path, umask):
+    from conftest import modes
+
+    umask(0o022)
+    meta = colour_data(tmp_path)
+    out = train(flags(tiny_original, meta, tmp_path / "out", "--max_steps", "2", "--save_strategy", "steps",
+                      "--save_steps", "2"))
+    got = modes(out)
+    assert {"model.safetensors", "checkpoint-2/model.safetensors", "config.json"} <= set(got)
+    assert got == {name: 0o755 if (out / name).is_dir() else 0o644 for name in got}

@@ -21,7 +21,7 @@ from vlaser.model.loading import load_model
 from vlaser.model.packed_attention import use_packed_attention
 from vlaser.train.args import DataTrainingArguments, ModelArguments, parse_args, processor_settings
 from vlaser.train.freezing import apply_freezing, apply_lora, merge_lora
-from vlaser.train.saving import check_output_dir, save_final
+from vlaser.train.saving import check_output_dir, save_final, umask_callback
 from vlaser.train.trainer import SFTTrainer
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def train(argv: list[str], callbacks: list | None = None) -> Path:
         model=model, args=args, train_dataset=dataset, data_collator=collator,
         processing_class=tokenizer, loss_reduction=data_args.loss_reduction, vision_lr=model_args.vision_lr,
         mlp_lr=model_args.mlp_lr, lengths=lengths, sample_weights=None if data_args.use_packed_ds else weights,
-        initial_skips=load_skips, callbacks=callbacks,
+        initial_skips=load_skips, callbacks=[*(callbacks or []), umask_callback()],
     )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.log_metrics("train", result.metrics)
