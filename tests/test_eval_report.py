@@ -138,3 +138,20 @@ def test_eval_score_reports_unknown_and_repeated_ids_and_refuses_conflicting_one
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"vlaser eval: error: {tmp_path / 'preds.jsonl'}: 1 id(s) have different answers: "
                    "100 (lines 1 and 5)"]
+
+
+def test_coverage_says_partial_and_shards_and_the_report_shows_them(tmp_path):
+    from vlaser.eval.provenance import coverage, partial_note
+    from vlaser.eval.report import write_report
+
+    full = coverage({"limit": 200, "n_available": 100, "shards": 1}, 100)
+    assert full == {"limit": 200, "n_available": 100, "shards": 1, "partial": False} and partial_note(full) is None
+    part = coverage({"limit": 20, "n_available": 100, "shards": 4}, 20)
+    assert part["partial"] and partial_note({**part, "n_items": 20}) == "(20 of 100 items)"
+    assert coverage(None, 7) == {"limit": None, "n_available": 7, "shards": 1, "partial": False}  # eval score
+    metrics = {"benchmark": "b", "protocol": "p", "score": 0.849, "n_scored": 20, "n_items": 20, "n_unparsed": 0,
+               "n_missing_predictions": 0, **part}
+    write_report(metrics, tmp_path, [])
+    report = (tmp_path / "report.md").read_text()
+    assert "**Partial run: the first 20 of 100 items** (--limit 20)" in report
+    assert "Items were asked over 4 processes and scored together." in report
