@@ -32,9 +32,11 @@ Outputs in ``OUT``: ``table.md``, ``table.json`` and ``index.html``: this model'
 metrics["score"]``) beside every row of the paper's Table 1 (``report.PAPER_TABLE_1``), columns in the paper's
 order, each labelled with the protocol name and version recorded in its ``metrics.json`` and with any setting
 that departs from that protocol (e.g. a smaller ``max_new_tokens``: such a number is not comparable with the
-paper's). ``avg`` is the mean over the columns this model has, and for each paper row the mean of its numbers
-over the same columns. Under the table: items scored per column, links to each benchmark's ``report.md`` and
-pictures (``index.html``), the absent benchmarks with what was looked for, and the failed ones.
+paper's). A partial column (``--limit`` left items out) shows its count, ``84.9 (20 of 100 items)``. ``avg`` is
+the mean over the columns this model has, partial ones left out unless ``--average-partial``, and for each paper
+row the mean of its numbers over the same columns. Under the table: items scored per column, links to each
+benchmark's ``report.md`` and pictures (``index.html``), the absent benchmarks with what was looked for, and the
+failed ones.
 """
 
 from __future__ import annotations
