@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -350,7 +351,7 @@ def _ask(backend, batch: list[Item], prepared: list, generation: Generation) -> 
 
 
 def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict], out: Path, pictures: int = 50,
-          record: dict | None = None, duplicate_ids: list[str] = ()) -> dict[str, Any]:
+          record: dict | None = None, duplicate_ids: Sequence[str] = ()) -> dict[str, Any]:
     """Score predictions (from any source); write ``metrics.json``, ``scores.jsonl``, ``report.md`` and, for
     pointing benchmarks, pictures of the first ``pictures`` items with ``index.html``. ``duplicate_ids``: ids
     given more than once (with the same answer) in a predictions file, listed in the outputs."""
