@@ -136,7 +136,7 @@ def test_eval_score_reports_unknown_and_repeated_ids_and_refuses_conflicting_one
     lines += [{"id": "100", "response": "[(0, 0)]"}]
     assert _score_cli(tmp_path, lines) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"vlaser eval: error: {tmp_path / 'preds.jsonl'}: 1 id(s) have different answers: "
+    assert err == [f"vlaser eval score: error: {tmp_path / 'preds.jsonl'}: 1 id(s) have different answers: "
                    "100 (lines 1 and 5)"]
 
 
