@@ -40,3 +40,20 @@ def loaded(tiny_original):
     import vlaser
 
     return vlaser.load_model(tiny_original, dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture
+def umask():
+    """Set the process's umask for one test (``umask(0o027)``), put back after it."""
+    saved = os.umask(0o022)
+    os.umask(saved)
+    yield os.umask
+    os.umask(saved)
+
+
+def modes(root) -> dict[str, int]:
+    """``relative path -> permission bits`` of ``root`` ("." ) and everything under it."""
+    from pathlib import Path
+
+    root = Path(root)
+    return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}

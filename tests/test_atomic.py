@@ -1,6 +1,7 @@
 """Checkpoint folders appear whole or not at all (``vlaser.model.atomic``) and the final save of training uses it."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -103,3 +104,23 @@ def test_a_failed_final_save_leaves_no_checkpoint(loaded, tiny_original, tmp_pat
     with pytest.raises(OSError):
         saving.save_final(_FakeTrainer(model), tokenizer, out, layout="original", source=tiny_original)
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("mask, folder, file", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_published_folders_and_files_follow_the_umask(tmp_path, umask, mask, folder, file):
+    import os
+    import tempfile
+
+    from conftest import modes
+
+    umask(mask)
+    with atomic_directory(tmp_path / "ckpt") as tmp:
+        fd = os.open(tmp / "model.safetensors", os.O_WRONLY | os.O_CREAT, 0o600)  # as the safetensors writer
+        os.close(fd)
+        Path(tempfile.mkdtemp(dir=tmp)).joinpath("x.json").write_text("{}")
+    with staged_checkpoint(tmp_path / "run") as staged:
+        os.close(os.open(staged / "model.safetensors", os.O_WRONLY | os.O_CREAT, 0o600))
+        (staged / "config.json").write_text("{}")
+    for root in (tmp_path / "ckpt", tmp_path / "run"):
+        got = modes(root)
+        assert got == {name: folder if (root / name).is_dir() else file for name in got}, root

@@ -169,3 +169,91 @@ def test_train_help_lists_every_flag_with_its_help(capsys):
         missing = [f.name for f in dataclasses.fields(cls) if f.init and f"--{f.name} " not in out]
         assert not missing, (cls.__name__, missing)
     assert "--evaluation_strategy -> --eval_strategy" in out  # the translated 4.37-era spellings are named
+
+
+def test_option_errors_are_one_line_naming_the_subcommand_and_option(capsys):
+    for argv, start, option in ((["eval", "run", "--benchmark", "x", "--limit", "0"], "vlaser eval run: error: ",
+                                 "argument --limit: must be at least 1"),
+                                (["serve", "--model", "m", "--port", "x"], "vlaser serve: error: ", "argument --port"),
+                                (["eval", "score", "--benchmark", "b", "--data", "d", "--out", "o", "--predictions",
+                                  "p", "--bogus"],
+                                 "vlaser eval score: error: ", "unrecognized arguments: --bogus")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1, err
+        assert err[0].startswith(start) and option in err[0] and "usage:" not in err[0], err
+
+
+def test_serve_says_a_port_in_use_before_loading_the_model(monkeypatch, capsys):
+    import socket
+
+    import vlaser.api
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(vlaser.api.VLM, "from_pretrained", no_model)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", "anything", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"vlaser serve: error: --host 127.0.0.1 --port {port}: cannot listen"), err
+
+
+def test_serve_binds_first_and_hands_uvicorn_that_socket(tiny_original, monkeypatch):
+    import uvicorn
+
+    import vlaser.api
+    import vlaser.cli.serve as serve
+
+    order, handed = [], []
+    bind, load = serve.bind, vlaser.api.VLM.from_pretrained
+    monkeypatch.setattr(serve, "bind", lambda *a: order.append("bind") or bind(*a))
+    monkeypatch.setattr(vlaser.api.VLM, "from_pretrained", lambda *a, **k: order.append("load") or load(*a, **k))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: handed.extend(sockets or []))
+    monkeypatch.setattr(serve.signal, "signal", lambda *a: None)
+    assert main(["serve", "--model", str(tiny_original), "--port", "0", "--dtype", "float32", "--device", "cpu"]) == 0
+    assert order == ["bind", "load"] and len(handed) == 1
+    host, port = handed[0].getsockname()[:2]
+    assert host == "127.0.0.1" and port > 0  # bound (port 0: a free one), so nothing else can take it meanwhile
+    handed[0].close()
+
+
+def test_train_help_opens_with_examples_and_vlasers_own_sections_required_flags_marked(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    examples = lines.index("examples:")
+    assert lines[examples + 1].strip().startswith("vlaser train --model_name_or_path")
+    assert any(line.strip().startswith("torchrun ") for line in lines[examples + 1:examples + 5])
+    sections = [line[:-1] for line in lines if line.endswith(":") and not line.startswith(" ")]
+    assert sections == ["examples", "model", "data", "tiling", "freezing and LoRA", "packing",
+                        "training (transformers' TrainingArguments)"]
+    flat = " ".join(out.split())
+    assert "--model-name-or-path MODEL_NAME_OR_PATH (required) checkpoint directory" in flat
+    assert "--meta-path META_PATH (required) meta JSON" in flat and flat.count("(required)") == 2
+    assert flat.index("--model_name_or_path") < flat.index("--max_dynamic_patch") < flat.index("--freeze_llm") \
+        < flat.index("--use_packed_ds") < flat.index("--learning_rate")
+    assert lines.index("model:") < 20  # no longer under 500 lines of TrainingArguments
+
+
+def test_eval_help_names_the_benchmarks_their_folders_and_every_setting(capsys):
+    from vlaser.eval.benchmark import REGISTRY
+    from vlaser.eval.suite import LAYOUTS
+
+    for verb in ("run", "suite"):
+        with pytest.raises(SystemExit):
+            main(["eval", verb, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        for flag in ("--batch-size BATCH_SIZE items generated together", "--dtype DTYPE with --model: auto",
+                     "--device DEVICE with --model: cpu"):
+            assert flag in out, (verb, flag)
+        if verb == "run":
+            assert f"--benchmark NAME one of: {', '.join(REGISTRY)}" in out
+        else:
+            assert all(f"{name}/ ({' '.join(LAYOUTS[name].split())})" in out for name in REGISTRY)

@@ -320,3 +320,13 @@ def test_a_killed_convert_leaves_no_checkpoint_at_the_destination(tiny_original,
     assert not dst.exists()
     leftovers = _siblings(dst)
     assert len(leftovers) == 1 and leftovers[0].startswith(".hf.tmp-")
+
+
+def test_converted_checkpoint_is_readable_by_others_under_the_umask(tiny_original, tmp_path, umask):
+    from conftest import modes
+
+    umask(0o022)
+    assert main(["convert", str(tiny_original), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    got = modes(tmp_path / "hf")
+    assert got["."] == 0o755 and "model.safetensors" in got
+    assert got == {name: 0o755 if (tmp_path / "hf" / name).is_dir() else 0o644 for name in got}

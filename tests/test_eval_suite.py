@@ -57,7 +57,7 @@ def test_suite_cli_with_the_tiny_model(tiny_original, tmp_path, capsys):
     data, out = make_dataset(tmp_path / "data"), tmp_path / "out"
     args = ["eval", "suite", "--model", str(tiny_original), "--data-root", str(data), "--out", str(out),
             "--benchmarks", "erqa,mmsi_bench,refspatial,where2place", "--max-new-tokens", "8", "--dtype", "float32",
-            "--limit", "2", "--batch-size", "2"]
+            "--limit", "2", "--batch-size", "2", "--average-partial"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert f"[1/4] erqa: absent -- looked for {data / 'erqa'}/" in printed
@@ -77,7 +77,10 @@ def test_suite_cli_with_the_tiny_model(tiny_original, tmp_path, capsys):
     assert mine.startswith(f"| **{tiny_original}** (this run) | ")
     assert f"- erqa: looked for `{data / 'erqa'}/` -- no such folder; it should hold the official erqa.tfrecord" \
         in table
-    assert "- where2place: 2 of 2 items scored" in table and "only the first 2 items (--limit)" in table
+    assert "- where2place: 2 of 2 items scored" in table and "where2place: 2 of 2 items scored;" not in table
+    assert "partial: only the first 2 of 4 items (--limit)" in table
+    assert "(2 of 4 items) | " in mine and "(2 of 3 items) | " in mine  # refspatial and mmsi_bench are partial
+    assert "partial columns included, as asked: refspatial, mmsi_bench" in table
     assert "[report](refspatial/report.md), [pictures](refspatial/index.html)" in table
 
     saved = json.loads((out / "table.json").read_text())
@@ -183,3 +186,39 @@ def test_suite_cli_refuses_before_loading_and_fails_on_a_failed_benchmark(tmp_pa
     assert main(["eval", "suite", "--model", missing_model, "--data-root", str(data), "--out", str(out),
                  "--protocol", "where2place=nope"]) == 2
     assert "where2place: unknown protocol 'nope'" in capsys.readouterr().err
+
+
+def test_a_truncated_image_does_not_fail_its_benchmark(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    image = data / "where2place" / "images" / "1.jpg"
+    image.write_bytes(image.read_bytes()[:200])
+    table = run_suite(ScriptedBackend(), data, tmp_path / "out", ["where2place"], echo=lambda line: None)
+    assert table["failed"] == [] and [c["name"] for c in table["columns"]] == ["where2place"]
+    assert "1 item(s) have no picture" in (tmp_path / "out" / "where2place" / "report.md").read_text()
+
+
+def test_partial_columns_are_marked_and_left_out_of_the_averages(tmp_path):
+    data, out = make_dataset(tmp_path / "data"), tmp_path / "out"
+    table = run_suite(ScriptedBackend(), data, out, list(THREE), limit=2, echo=lambda line: None)
+    assert table["average_over"] == ["where2place"] and table["partial"] == ["refspatial", "mmsi_bench"]
+    vlaser_2b = next(r for r in table["paper_rows"] if r["name"] == "Vlaser-2B")
+    assert vlaser_2b["average"] == pytest.approx(74.0)  # where2place alone: the partial columns are left out
+    assert table["model_row"]["average"] == pytest.approx(table["model_row"]["scores"]["where2place"])
+    markdown, page = (out / "table.md").read_text(), (out / "index.html").read_text()
+    mine = next(line for line in markdown.splitlines() if "(this run)" in line)
+    refspatial = table["model_row"]["scores"]["refspatial"]
+    assert f"| {refspatial:.1f} (2 of 4 items) | " in mine and "(2 of 2 items)" not in mine
+    assert "| Vlaser-2B | 74.0 | 43.0 | 23.6 | 74.0 |" in markdown  # paper cells are never marked
+    assert "partial columns left out: refspatial, mmsi_bench; --average-partial includes them" in markdown
+    assert f"<td>{refspatial:.1f} (2 of 4 items)</td>" in page and "partial columns left out" in page
+    for name, n_available in (("where2place", 2), ("refspatial", 4)):
+        run, metrics = (json.loads((out / name / f).read_text()) for f in ("run.json", "metrics.json"))
+        assert (run["limit"], run["n_available"], run["shards"]) == (2, n_available, 1)
+        assert (metrics["limit"], metrics["n_available"], metrics["partial"]) == (2, n_available, n_available > 2)
+    assert "**Partial run: the first 2 of 4 items** (--limit 2)" in (out / "refspatial" / "report.md").read_text()
+    assert "Partial run" not in (out / "where2place" / "report.md").read_text()
+
+    from vlaser.eval.report import cross_run_table
+
+    report = cross_run_table([out / "where2place", out / "refspatial"])
+    assert f"| {refspatial:.1f} (2 of 4 items) |" in report and "(2 of 2 items)" not in report

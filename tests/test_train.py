@@ -191,3 +191,49 @@ def test_data_resampling_draws_datasets_by_sqrt_size(tiny_original, tmp_path):
     out = train(flags(tiny_original, tmp_path / "meta.json", tmp_path / "out", "--max_steps", "3",
                       "--use_data_resampling", "True"))
     assert len(losses(out)) == 3
+
+
+def test_inputs_and_output_are_checked_before_the_weights_load(tiny_original, tmp_path, monkeypatch, capsys):
+    import vlaser.train.sft as sft
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the inputs were checked")
+
+    monkeypatch.setattr(sft, "load_model", no_weights)
+    meta = colour_data(tmp_path)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    stray = tmp_path / "stray.json"
+    stray.write_text(json.dumps({"d": {"root": str(tmp_path), "annotation": str(tmp_path / "gone.jsonl")}}))
+    (tmp_path / "a_file").write_text("x")
+    for meta_path, out, message in (
+            (tmp_path / "missing.json", tmp_path / "o", f"cannot read meta file {tmp_path / 'missing.json'}"),
+            (broken, tmp_path / "o", f"cannot read meta file {broken}"),
+            (stray, tmp_path / "o", f"dataset 'd': annotation file not found: {tmp_path / 'gone.jsonl'}"),
+            (meta, tmp_path / "a_file", f"--output_dir {tmp_path / 'a_file'}: exists and is not a folder")):
+        assert main(["train", *flags(tiny_original, meta_path, out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("vlaser train: error: ") and message in err[0], err
+
+
+def test_train_argument_errors_are_one_line_naming_train_and_the_flag(tiny_original, tmp_path, capsys):
+    meta = colour_data(tmp_path)
+    for extra, message in ((["--num_train_epochs", "abc"], "argument --num_train_epochs"),
+                           (["--ps_version", "v1", "--pad2square", "True"], "--ps_version: only v2")):
+        assert main(["train", *flags(tiny_original, meta, tmp_path / "o", *extra)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("vlaser train: error: ") and message in err[0], err
+        assert "--pad2square" in err[0] or extra[0] == "--num_train_epochs"
+
+
+@pytest.mark.slow
+def test_trained_checkpoints_follow_the_umask(tiny_original, tmp_path, umask):
+    from conftest import modes
+
+    umask(0o022)
+    meta = colour_data(tmp_path)
+    out = train(flags(tiny_original, meta, tmp_path / "out", "--max_steps", "2", "--save_strategy", "steps",
+                      "--save_steps", "2"))
+    got = modes(out)
+    assert {"model.safetensors", "checkpoint-2/model.safetensors", "config.json"} <= set(got)
+    assert got == {name: 0o755 if (out / name).is_dir() else 0o644 for name in got}

@@ -1,6 +1,6 @@
 """The ``vlaser`` command: a thin argparse layer over the Python API (one module per verb).
 
-Error policy: a user's mistake is one line (``vlaser VERB: error: ...``, exit 2); that is a ``VlaserError``
+Error policy: a user's mistake is one line (``vlaser VERB [SUBVERB]: error: ...``, exit 2); that is a ``VlaserError``
 (a bad path, file, flag, option or data line, a missing extra, a server that refuses), an argparse usage error,
 or an ``OSError`` about a path the user gave (a named file that does not exist, or no permission/space in a
 folder they chose). Anything else is a bug in vlaser and shows its traceback (exit 1). ``--debug`` shows the
@@ -22,8 +22,16 @@ _VERBS = {"chat": chat, "convert": convert, "info": info, "train": train, "data"
           "quickstart": quickstart, "serve": serve}
 
 
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line naming the (sub)command and the option, with where to
+    find the usage, instead of the whole usage block; its subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vlaser", description="Run, convert, inspect and fine-tune InternVL3/Vlaser models."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
@@ -37,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    command = " ".join(["vlaser", args.verb] + ([args.eval_verb] if getattr(args, "eval_verb", None) else []))
     if extra and not hasattr(args, "passthrough"):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        Parser(prog=command).error(f"unrecognized arguments: {' '.join(extra)}")
     if hasattr(args, "passthrough"):  # train / data preview take InternVL's flags as they are
         args.passthrough = extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -49,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or not user_error:
             traceback.print_exc()
         if user_error:
-            print(f"vlaser {args.verb}: error: {e}", file=sys.stderr)
+            print(f"{command}: error: {e}", file=sys.stderr)
             return 2
-        print(f"vlaser {args.verb}: internal error (a bug in vlaser; please report it with the traceback above)",
+        print(f"{command}: internal error (a bug in vlaser; please report it with the traceback above)",
               file=sys.stderr)
         return 1
 

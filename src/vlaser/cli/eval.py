@@ -7,7 +7,8 @@ from pathlib import Path
 from vlaser.cli.args import at_least
 from vlaser.errors import UserInputError
 from vlaser.eval.backends import ENGINES
-from vlaser.eval.benchmark import PROMPT_STYLES
+from vlaser.eval.benchmark import PROMPT_STYLES, REGISTRY
+from vlaser.eval.suite import IMPORTED, LAYOUTS
 
 
 def _options(pairs: list[str]) -> dict:
@@ -21,7 +22,7 @@ def _options(pairs: list[str]) -> dict:
 
 
 def _common(p) -> None:
-    p.add_argument("--benchmark", required=True, help="registered name, e.g. where2place")
+    p.add_argument("--benchmark", required=True, metavar="NAME", help=f"one of: {', '.join(REGISTRY)}")
     p.add_argument("--data", required=True, type=Path, help="the benchmark's folder in its official layout")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--protocol", default=None,
@@ -58,16 +59,21 @@ def _add_suite(verbs) -> None:
                                         "paper's Table 1")
     _model_and_settings(su)
     su.add_argument("--data-root", required=True, type=Path,
-                    help="a folder holding DIR/<benchmark>/ per benchmark (names: see vlaser.eval.suite)")
+                    help="a folder holding one folder per benchmark, named as the benchmark: "
+                         + "; ".join(f"{name}/ ({layout})" for name, layout in LAYOUTS.items())
+                         + f"; {', '.join(IMPORTED)}: imported into --out with 'vlaser eval import'")
     su.add_argument("--out", required=True, type=Path, help="output folder: OUT/<benchmark>/ runs and the table")
     su.add_argument("--benchmarks", default=None,
-                    help="comma-separated names (default: every registered benchmark, plus eb_alfred/eb_habitat "
-                         "when imported into OUT)")
+                    help=f"comma-separated names from: {', '.join([*REGISTRY, *IMPORTED])} (default: every "
+                         "registered benchmark, plus eb_alfred/eb_habitat when imported into OUT)")
     su.add_argument("--protocol", action="append", default=[], metavar="BENCHMARK=PROTOCOL",
                     help="a benchmark's protocol other than its default (repeatable)")
     su.add_argument("--option", action="append", default=[], metavar="BENCHMARK.KEY=VALUE",
                     help="a benchmark option (repeatable), e.g. vlabench.prompt_file=PATH")
     su.add_argument("--pictures", type=at_least(0), default=50, help="pictures of the first N items (0: none)")
+    su.add_argument("--average-partial", action="store_true",
+                    help="include partial columns (--limit left items out) in the averages beside the paper's "
+                         "(default: left out, as a score over a few items is not comparable)")
 
 
 def _model_and_settings(p) -> None:
@@ -82,8 +88,10 @@ def _model_and_settings(p) -> None:
                         "that it builds InternVL's prompt (default: ask the server's /models)")
     p.add_argument("--system-message", default=None,
                    help="with --api-base: the system message to send (default InternVL's; '' sends none)")
-    p.add_argument("--batch-size", type=at_least(1), default=8)
-    p.add_argument("--limit", type=at_least(1), default=None, help="only the first K items (of each benchmark)")
+    p.add_argument("--batch-size", type=at_least(1), default=8,
+                   help="items generated together (default 8); answers do not depend on it")
+    p.add_argument("--limit", type=at_least(1), default=None,
+                   help="only the first K items (of each benchmark); the scores are marked partial")
     p.add_argument("--max-num", type=at_least(1), default=None, help="tiles per image (default: the protocol's)")
     p.add_argument("--max-new-tokens", type=at_least(1), default=None, help="default: the protocol's")
     p.add_argument("--min-new-tokens", type=at_least(0), default=None, help="default: the protocol's")
@@ -91,8 +99,10 @@ def _model_and_settings(p) -> None:
                    help="frames per video item (default: the protocol's; recorded in run.json)")
     p.add_argument("--prompt", default=None, choices=PROMPT_STYLES,
                    help="prompt builder (default: the protocol's): vlaser = the seed's point prefix")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="auto",
+                   help="with --model: auto (the checkpoint's dtype), bfloat16, float16 or float32")
+    p.add_argument("--device", default=None,
+                   help="with --model: cpu, cuda, cuda:N or auto (default: cuda when available)")
 
 
 def _backend(args):
@@ -118,7 +128,7 @@ def _suite(args) -> int:
     check(names, overrides, protocols, options)
     table = run_suite(_backend(args), args.data_root, args.out, names, batch_size=args.batch_size, limit=args.limit,
                       protocols=protocols, options=options, pictures=args.pictures,
-                      echo=lambda line: print(line, flush=True), **overrides)
+                      average_partial=args.average_partial, echo=lambda line: print(line, flush=True), **overrides)
     return 1 if table["failed"] or not table["columns"] else 0
 
 
@@ -147,9 +157,10 @@ def run(args) -> int:
                            pictures=args.pictures, frames=args.frames, min_new_tokens=args.min_new_tokens,
                            workers=args.workers)
     else:
-        from vlaser.eval.runner import read_predictions, score
+        from vlaser.eval.runner import read_predictions_once, score
 
-        metrics = score(benchmark, benchmark.load(args.data), read_predictions(args.predictions), args.out,
-                        args.pictures)
+        predictions, repeated = read_predictions_once(args.predictions)
+        metrics = score(benchmark, benchmark.load(args.data), predictions, args.out, args.pictures,
+                        duplicate_ids=repeated)
     print(f"{metrics['benchmark']}: {metrics['score']:.4f} over {metrics['n_scored']} items -> {args.out}/report.md")
     return 0

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 
 from vlaser.cli.args import at_least
 
@@ -63,11 +64,16 @@ def run(args) -> int:
         raise UserInputError(f"--allow-local-media {args.allow_local_media}: not a folder")
     if args.max_tokens > args.max_tokens_cap:
         raise UserInputError(f"--max-tokens {args.max_tokens} is over --max-tokens-cap {args.max_tokens_cap}")
+    listener = bind(args.host, args.port)  # a port in use is said now, not after minutes of loading the model
     from vlaser.api import VLM
     from vlaser.serve.app import create_app
     from vlaser.serve.engine import Engine
 
-    vlm = VLM.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    try:
+        vlm = VLM.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    except BaseException:
+        listener.close()
+        raise
     engine = Engine(vlm, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                     keep_grounding_tokens=args.keep_grounding_tokens)
     app = create_app(engine, args.served_model_name or args.model, api_key=args.api_key or None,
@@ -82,8 +88,28 @@ def run(args) -> int:
     # uvicorn finishes the requests in flight on SIGTERM (the lifespan then drains the engine) and re-raises the
     # signal afterwards; this handler turns that into an ordinary exit 0 instead of a kill by the default one.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=None)
+    host, port = listener.getsockname()[:2]
+    log.info("serving on http://%s:%d", f"[{host}]" if ":" in host else host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=None))
+    server.run(sockets=[listener])  # the socket bound above: nothing else can take the port meanwhile
     return 0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (as uvicorn binds one: ``SO_REUSEADDR``, IPv6 for an address with a
+    colon), handed to uvicorn later; a port in use or an unknown host is vlaser's one-line error."""
+    from vlaser.errors import UserInputError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UserInputError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
+                             "choose another --port (0: any free one)") from e
+    return sock
 
 
 def _log_settings(args, vlm) -> None:

@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 
 from vlaser.errors import UserInputError
+
+EXAMPLES = """examples:
+  vlaser train --model_name_or_path ckpt/Vlaser-2B --meta_path data/meta.json --output_dir runs/sft \\
+      --bf16 True --num_train_epochs 1 --per_device_train_batch_size 4
+  torchrun --nproc_per_node 8 -m vlaser train recipes/vlaser_2b_sft.yaml --output_dir runs/sft-8gpu"""
+#: the help's sections of vlaser's own flags beyond their dataclass (model, data), in the order shown
+SECTIONS = {
+    "tiling": ("force_image_size", "down_sample_ratio", "dynamic_image_size", "use_thumbnail", "min_dynamic_patch",
+               "max_dynamic_patch", "min_num_frame", "max_num_frame"),
+    "freezing and LoRA": ("freeze_llm", "freeze_backbone", "freeze_mlp", "unfreeze_vit_layers", "unfreeze_lm_head",
+                          "use_backbone_lora", "use_llm_lora"),
+    "packing": ("use_packed_ds", "max_packed_tokens", "num_images_expected", "max_buffer_size", "loss_reduction"),
+}
 
 
 class _FullHelp(argparse.Action):
@@ -15,10 +30,33 @@ class _FullHelp(argparse.Action):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from vlaser.train.args import build_parser
-
-        build_parser(prog=parser.prog).print_help()
+        help_parser(parser.prog).print_help()
         parser.exit()
+
+
+def help_parser(prog: str) -> argparse.ArgumentParser:
+    """The flags of the training parser arranged for reading: two examples, vlaser's own sections (model, data,
+    tiling, freezing, packing) first, transformers' ``TrainingArguments`` last, required flags marked."""
+    from vlaser.train.args import DataTrainingArguments, ModelArguments, build_parser
+
+    full = build_parser(prog=prog)
+    own = {"model": {f.name for f in dataclasses.fields(ModelArguments)},
+           "data": {f.name for f in dataclasses.fields(DataTrainingArguments)}}
+    shown = argparse.ArgumentParser(prog=prog, usage=full.usage, description=f"{full.description}\n\n{EXAMPLES}",
+                                    epilog=full.epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                    add_help=False)
+    groups = {title: shown.add_argument_group(title) for title in ("model", "data", *SECTIONS)}
+    groups["training"] = shown.add_argument_group("training (transformers' TrainingArguments)")
+    for action in full._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        section = next((title for title, names in SECTIONS.items() if action.dest in names), None) or \
+            next((title for title, names in own.items() if action.dest in names), "training")
+        if action.required:
+            action = copy.copy(action)
+            action.help = f"(required) {action.help or ''}"
+        groups[section]._add_action(action)
+    return shown
 
 
 def add_parser(sub) -> None:

@@ -89,6 +89,18 @@ def load_meta(path: str | os.PathLike) -> list[DatasetSpec]:
     return specs
 
 
+def check_datasets(path: str | os.PathLike) -> list[DatasetSpec]:
+    """The meta file's datasets, each annotation file and image root checked to exist: what ``vlaser train``
+    confirms before loading any weights (for an 8B model that takes minutes)."""
+    specs = load_meta(path)
+    for spec in specs:
+        if not spec.annotation.is_file():
+            raise MetaError(f"{path}: dataset {spec.name!r}: annotation file not found: {spec.annotation}")
+        if spec.root and "://" not in spec.root and not Path(spec.root).is_dir():
+            raise MetaError(f"{path}: dataset {spec.name!r}: root folder not found: {spec.root}")
+    return specs
+
+
 def read_annotations(spec: DatasetSpec) -> Annotations:
     """All usable lines of one dataset, after ``repeat_time``; unreadable lines become skips.
 

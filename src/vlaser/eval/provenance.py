@@ -2,7 +2,9 @@
 
 ``run.json`` holds the vlaser version and git commit, the benchmark's protocol (name, version, source), every
 generation and media setting actually used, the benchmark options, the backend with its model and a hash of
-the checkpoint's config, and the data folder. ``metrics.json`` repeats it under ``run``.
+the checkpoint's config, the data folder, and how much of the benchmark the run covers (``limit``: the first N
+items only, ``n_available``: the items the data holds, ``shards``: processes the items were split over).
+``metrics.json`` repeats it under ``run`` and says at its top level whether the score is ``partial``.
 """
 
 from __future__ import annotations
@@ -46,13 +48,33 @@ def git_commit() -> str | None:
     return commit.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def run_record(benchmark, settings: dict[str, Any], backend_info: dict[str, Any], data_dir: Path) -> dict:
-    """The ``run.json`` of a run of ``benchmark`` with these (effective) settings."""
+def run_record(benchmark, settings: dict[str, Any], backend_info: dict[str, Any], data_dir: Path,
+               limit: int | None = None, n_available: int | None = None, shards: int = 1) -> dict:
+    """The ``run.json`` of a run of ``benchmark`` with these (effective) settings, over the first ``limit`` of
+    its ``n_available`` items split over ``shards`` processes."""
     return {"benchmark": benchmark.name, "protocol": benchmark.protocol,
             "protocol_version": benchmark.settings.version, "protocol_source": benchmark.settings.source,
             "settings": settings, "options": benchmark.options, "backend": backend_info, "data": str(data_dir),
+            "limit": limit, "n_available": n_available, "shards": shards,
             "vlaser_version": vlaser_version(), "git_commit": git_commit(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def coverage(record: dict | None, n_items: int) -> dict[str, Any]:
+    """What ``metrics.json`` says about how much of the benchmark was scored: ``partial`` when ``--limit`` left
+    items out (a score over part of a benchmark is not comparable with a full one)."""
+    record = record or {}
+    available = record.get("n_available")
+    available = n_items if available is None else available
+    return {"limit": record.get("limit"), "n_available": available, "shards": record.get("shards", 1),
+            "partial": n_items < available}
+
+
+def partial_note(metrics: dict) -> str | None:
+    """``"(20 of 100 items)"`` for a partial score, else None; how every table marks one."""
+    if not metrics.get("partial"):
+        return None
+    return f"({metrics.get('n_items')} of {metrics.get('n_available')} items)"
 
 
 def _get(record: dict, dotted: str):

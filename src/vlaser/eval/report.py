@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from vlaser.points import draw_points
+from vlaser.eval.benchmark import BenchmarkDataError
+from vlaser.eval.provenance import partial_note
+
+log = logging.getLogger(__name__)
 
 #: Vlaser paper (arXiv 2510.11027v2) Table 1, percent: every row and column, in the paper's order.
 PAPER_COLUMNS = ("erqa", "egoplan_bench2", "where2place", "point_bench", "paco_lvis", "pixmo_points", "vsi_bench",
@@ -42,6 +46,10 @@ PAPER_TABLE_1: dict[str, dict[str, float]] = {
 PAPER_ROWS = ("InternVL3-2B", "Vlaser-2B", "InternVL3-8B", "Vlaser-8B")
 PICTURE_WIDTH = 480  #: pictures are shown at 320 px; 480 keeps detail for zooming, and keeps writing them cheap
 PICTURE_MIN_SIDE = 320  #: a smaller image is enlarged (an integer factor, nearest-neighbour) to at least this
+OUTLINE_WIDTH = 2  #: pixels of each tone of the mask's outline
+GT_COLOR, PREDICTED_COLOR = (40, 220, 90), (255, 64, 64)
+LEGEND = ("white-and-black outline: the ground-truth mask; green dots: ground-truth points; red dots (in a white and "
+          "a black ring): predicted points")
 
 
 def picture_scale(width: int, height: int) -> float:
@@ -53,58 +61,102 @@ def picture_scale(width: int, height: int) -> float:
     return float(max(1, math.ceil(PICTURE_MIN_SIDE / min(width, height))))
 
 
-def _overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
-    """The image with the ground-truth mask tinted green (soft masks tint in proportion)."""
+def _outline(image: Image.Image, mask: np.ndarray) -> Image.Image:
+    """The image with the ground-truth mask (above one half, for soft masks) drawn as a two-tone outline, white
+    inside its edge and black outside, so it shows on any object's colour and leaves the object's own colours."""
     image = image.convert("RGB")
-    alpha = Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8)).resize(image.size)
-    tinted = Image.blend(image, Image.new("RGB", image.size, (40, 220, 90)), 0.45)
-    return Image.composite(tinted, image, alpha)
+    inside = Image.fromarray(((np.asarray(mask) > 0.5) * 255).astype(np.uint8)).resize(image.size, Image.NEAREST)
+    edge = 2 * OUTLINE_WIDTH + 1
+    white = ImageChops.subtract(inside, inside.filter(ImageFilter.MinFilter(edge)))
+    black = ImageChops.subtract(inside.filter(ImageFilter.MaxFilter(edge)), inside)
+    image.paste((255, 255, 255), mask=white)
+    image.paste((0, 0, 0), mask=black)
+    return image
+
+
+def _markers(image: Image.Image, points, color: tuple[int, int, int]) -> Image.Image:
+    """Filled dots in ``color``, each in a white and then a black ring, so a dot shows on any colour (a red
+    dot on a red object keeps its rings)."""
+    draw = ImageDraw.Draw(image)
+    r = max(3, round(min(image.size) / 80))
+    ring = max(1, r // 2)
+    for x, y in points:
+        for radius, fill in ((r + 2 * ring, (0, 0, 0)), (r + ring, (255, 255, 255)), (r, color)):
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=fill)
+    return image
 
 
 def _picture(image_path: Path, mask: np.ndarray | None, points, gt_points) -> Image.Image:
-    """The image resized by ``picture_scale``, the mask tinted green, GT points green, predictions red (points
+    """The image resized by ``picture_scale``, the mask outlined, GT points green, predictions red (points
     and markers scaled with the image)."""
     with Image.open(image_path) as image:
         scale = picture_scale(image.width, image.height)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         picture = image.convert("RGB").resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
     if mask is not None:
-        picture = _overlay(picture, mask)
+        picture = _outline(picture, mask)
     if gt_points:
-        picture = draw_points(picture, [(x * scale, y * scale) for x, y in gt_points], color=(40, 220, 90))
-    return draw_points(picture, [(x * scale, y * scale) for x, y in points])
+        picture = _markers(picture, [(x * scale, y * scale) for x, y in gt_points], GT_COLOR)
+    return _markers(picture, [(x * scale, y * scale) for x, y in points], PREDICTED_COLOR)
 
 
 def write_pictures(benchmark, items, scores, predictions, out: Path) -> list[dict]:
-    """A PNG per item given (ground truth in green, predicted points in red) and ``index.html`` showing them."""
+    """A PNG per item given (ground truth in green, predicted points in red) and ``index.html`` showing them.
+
+    An item whose image (or mask) cannot be read gets a card with its ``error`` and no picture, as the runner
+    treats unreadable media: named, counted, never fatal."""
     folder = out / "pictures"
     folder.mkdir(exist_ok=True)
     cards = []
     for item, score in zip(items, scores):
-        if not item.images[0].is_file():
+        card = {"id": item.id, "score": score.value, "prompt": predictions[item.id].get("prompt", ""),
+                "response": predictions[item.id].get("response", "")}
+        try:
+            picture = _picture(item.images[0], benchmark.gt_mask(item), score.points, benchmark.gt_points(item))
+        except (OSError, BenchmarkDataError, Image.DecompressionBombError) as e:
+            log.warning("item %s: no picture, cannot read %s: %s", item.id, item.images[0], e)
+            cards.append({**card, "error": f"cannot read {item.images[0]}: {e}"})
             continue
-        picture = _picture(item.images[0], benchmark.gt_mask(item), score.points, benchmark.gt_points(item))
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", item.id) + ".png"
         picture.save(folder / name)
-        cards.append({"id": item.id, "file": f"pictures/{name}", "score": score.value,
-                      "prompt": predictions[item.id].get("prompt", ""),
-                      "response": predictions[item.id].get("response", "")})
+        cards.append({**card, "file": f"pictures/{name}"})
     page = ["<!doctype html><meta charset='utf-8'><title>vlaser eval</title>",
             "<style>body{font-family:sans-serif}div.c{display:inline-block;width:330px;margin:6px;"
             "vertical-align:top}img{width:320px}pre{white-space:pre-wrap;font-size:11px}</style>",
-            f"<h1>{html.escape(benchmark.name)}</h1><p>green: ground truth (mask or points); red: predicted points</p>"]
+            f"<h1>{html.escape(benchmark.name)}</h1><p>{html.escape(LEGEND)}</p>"]
     for card in cards:
         score = "skipped" if card["score"] is None else f"{card['score']:.3f}"
-        page.append(f"<div class='c'><img src='{card['file']}'><b>{html.escape(card['id'])}</b> score {score}"
+        shown = f"<img src='{card['file']}'>" if "file" in card else \
+            f"<p><b>no picture</b>: {html.escape(card['error'])}</p>"
+        page.append(f"<div class='c'>{shown}<b>{html.escape(card['id'])}</b> score {score}"
                     f"<pre>{html.escape(card['prompt'])}</pre><pre>{html.escape(card['response'])}</pre></div>")
     (out / "index.html").write_text("\n".join(page))
     return cards
+
+
+def _coverage_lines(metrics: dict) -> list[str]:
+    """Warnings that the score covers part of the benchmark, or came with ids it does not know or repeats."""
+    lines = []
+    if metrics.get("partial"):
+        lines += [f"**Partial run: the first {metrics['n_items']} of {metrics['n_available']} items** (--limit "
+                  f"{metrics.get('limit')}); not comparable with scores over the whole benchmark.", ""]
+    if (metrics.get("shards") or 1) > 1:
+        lines += [f"Items were asked over {metrics['shards']} processes and scored together.", ""]
+    if metrics.get("n_unknown_ids"):
+        lines += [f"**{metrics['n_unknown_ids']} prediction id(s) are not in the benchmark** (not scored): "
+                  + ", ".join(f"`{i}`" for i in metrics["unknown_ids"]) + ("..." if metrics["n_unknown_ids"] > 20
+                                                                          else ""), ""]
+    if metrics.get("n_duplicate_ids"):
+        lines += [f"**{metrics['n_duplicate_ids']} id(s) are given more than once** in the predictions (with the "
+                  "same answer; scored once): " + ", ".join(f"`{i}`" for i in metrics["duplicate_ids"]), ""]
+    return lines
 
 
 def write_report(metrics: dict, out: Path, pictures: list[dict]) -> None:
     lines = [f"# {metrics['benchmark']} ({metrics['protocol']})", "",
              f"**score {metrics['score']:.4f}** over {metrics['n_scored']} scored of {metrics['n_items']} items "
              f"({metrics['n_unparsed']} answers not parsed, {metrics['n_missing_predictions']} unanswered)", ""]
+    lines += _coverage_lines(metrics)
     if metrics.get("n_truncated"):
         budget = metrics.get("run", {}).get("settings", {}).get("max_new_tokens", "the token budget")
         lines += [f"**Warning: {metrics['n_truncated']} answer(s) were cut off at max_new_tokens ({budget})** without "
@@ -121,22 +173,29 @@ def write_report(metrics: dict, out: Path, pictures: list[dict]) -> None:
             lines += [f"| {g} | {v['score']:.4f} | {v['n']} |" for g, v in table.items()]
             lines.append("")
     if pictures:
-        lines += [f"Pictures of {len(pictures)} items: [index.html](index.html)", ""]
+        unreadable = [card for card in pictures if "error" in card]
+        lines += [f"Pictures of {len(pictures) - len(unreadable)} items: [index.html](index.html)", ""]
+        if unreadable:
+            lines += [f"**{len(unreadable)} item(s) have no picture (unreadable image or mask):**", ""]
+            lines += [f"- item {card['id']}: {card['error']}" for card in unreadable[:20]] + [""]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
 def cross_run_table(outs: list[Path]) -> str:
-    """One markdown table (percent) over run directories, one row per run, beside the paper's Table 1 rows."""
+    """One markdown table (percent) over run directories, one row per run, beside the paper's Table 1 rows; a
+    partial run's cell says how many items it covers, e.g. ``84.9 (20 of 100 items)``."""
     runs = {}
     for out in outs:
         metrics = json.loads((Path(out) / "metrics.json").read_text())
         model = json.loads((Path(out) / "run.json").read_text()).get("model", str(out)) \
             if (Path(out) / "run.json").is_file() else str(out)
-        runs.setdefault(f"{model} ({out})", {})[metrics["benchmark"]] = 100 * metrics["score"]
+        note = partial_note(metrics)
+        cell = f"{100 * metrics['score']:.1f}" + (f" {note}" if note else "")
+        runs.setdefault(f"{model} ({out})", {})[metrics["benchmark"]] = cell
     present = {b for scores in runs.values() for b in scores}
     benchmarks = [b for b in PAPER_COLUMNS if b in present] + sorted(present - set(PAPER_COLUMNS))
     rows = ["| model | " + " | ".join(benchmarks) + " |", "|---" * (len(benchmarks) + 1) + "|"]
-    for name, scores in list(runs.items()) + [(f"paper: {k}", PAPER_TABLE_1[k]) for k in PAPER_ROWS]:
-        cells = [f"{scores[b]:.1f}" if b in scores else "-" for b in benchmarks]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    paper = [(f"paper: {k}", {b: f"{v:.1f}" for b, v in PAPER_TABLE_1[k].items()}) for k in PAPER_ROWS]
+    for name, scores in list(runs.items()) + paper:
+        rows.append(f"| {name} | " + " | ".join(scores.get(b, "-") for b in benchmarks) + " |")
     return "\n".join(rows) + "\n"

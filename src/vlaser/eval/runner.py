@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from vlaser.errors import UserInputError, VlaserError
 from vlaser.eval.backends import Generation, Request
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score, check_prompt_style
-from vlaser.eval.provenance import check_and_write, git_commit, run_record, vlaser_version
+from vlaser.eval.provenance import check_and_write, coverage, git_commit, run_record, vlaser_version
 from vlaser.jsonl import JSONLError, read_jsonl
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageLoadError, LastClip, decode_frames
@@ -30,9 +31,35 @@ log = logging.getLogger(__name__)
 
 def read_predictions(path: Path) -> dict[str, dict]:
     """``id -> record`` from a predictions JSONL; a torn last line (a killed run) is ignored and reported."""
-    records: dict[str, dict] = {}
     if not path.is_file():
-        return records
+        return {}
+    return {str(record["id"]): record for _, record in _prediction_records(path)}
+
+
+def read_predictions_once(path: Path) -> tuple[dict[str, dict], list[str]]:
+    """``eval score``'s reading of a predictions file made anywhere: ``(id -> record, ids given twice with the
+    same response)``; an id given twice with different responses is an error naming the ids and lines."""
+    records: dict[str, tuple[int, dict]] = {}
+    repeated, conflicting = [], []
+    for number, record in _prediction_records(Path(path)):
+        key = str(record["id"])
+        if key in records:
+            first, earlier = records[key]
+            if earlier.get("response") == record.get("response"):
+                repeated.append(key)
+            else:
+                conflicting.append(f"{key} (lines {first} and {number})")
+        records[key] = (number, record)
+    if conflicting:
+        raise UserInputError(f"{path}: {len(conflicting)} id(s) have different answers: {', '.join(conflicting[:10])}")
+    if repeated:
+        log.warning("%s: %d id(s) are given more than once with the same answer: %s", path, len(repeated),
+                    repeated[:10])
+    return {key: record for key, (_, record) in records.items()}, repeated
+
+
+def _prediction_records(path: Path):
+    """``(line number, record)`` of a predictions JSONL, each checked to be an object with an ``id``."""
 
     def torn_tail(error: JSONLError) -> None:
         if not error.last:
@@ -42,8 +69,7 @@ def read_predictions(path: Path) -> dict[str, dict]:
     for number, record in read_jsonl(path, on_error=torn_tail):
         if not isinstance(record, dict) or "id" not in record:
             raise UserInputError(f"{path}:{number}: not a prediction record (an object with an 'id')")
-        records[str(record["id"])] = record
-    return records
+        yield number, record
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -130,7 +156,8 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
         raise UserInputError(f"--workers must be at least 0, got {workers}")
     if limit is not None and limit < 1:
         raise UserInputError(f"--limit must be at least 1 (all items: leave it out), got {limit}")
-    items = benchmark.load(Path(data_dir))[:limit]
+    available = benchmark.load(Path(data_dir))
+    items = available[:limit]
     settings = effective_settings(benchmark, any(item.video for item in items), prompt=prompt, max_num=max_num,
                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, frames=frames)
     generation = Generation(settings["max_new_tokens"], settings["min_new_tokens"])
@@ -138,7 +165,8 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     rank, world = _world()
     out.mkdir(parents=True, exist_ok=True)
     # the workers are recorded but not compared on resume: tiles, and so answers, do not depend on them
-    record = {**run_record(benchmark, settings, backend.info(), Path(data_dir)), "workers": workers}
+    record = {**run_record(benchmark, settings, backend.info(), Path(data_dir), limit, len(available), world),
+              "workers": workers}
     if rank == 0:
         check_and_write(out, record)
     pred_path = out / "predictions.jsonl"
@@ -323,9 +351,10 @@ def _ask(backend, batch: list[Item], prepared: list, generation: Generation) -> 
 
 
 def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict], out: Path, pictures: int = 50,
-          record: dict | None = None) -> dict[str, Any]:
+          record: dict | None = None, duplicate_ids: Sequence[str] = ()) -> dict[str, Any]:
     """Score predictions (from any source); write ``metrics.json``, ``scores.jsonl``, ``report.md`` and, for
-    pointing benchmarks, pictures of the first ``pictures`` items with ``index.html``."""
+    pointing benchmarks, pictures of the first ``pictures`` items with ``index.html``. ``duplicate_ids``: ids
+    given more than once (with the same answer) in a predictions file, listed in the outputs."""
     from vlaser.eval.report import write_pictures, write_report
 
     out.mkdir(parents=True, exist_ok=True)
@@ -348,6 +377,8 @@ def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict],
                    errors=[predictions[i.id]["error"] for i in answered if predictions[i.id].get("error")],
                    n_errors=sum(bool(predictions[i.id].get("error")) for i in answered),
                    n_truncated=sum(bool(predictions[i.id].get("truncated")) for i in answered),
+                   duplicate_ids=sorted(duplicate_ids)[:20], n_duplicate_ids=len(duplicate_ids),
+                   **coverage(record, len(items)),
                    protocol_version=benchmark.settings.version,
                    run=record or {"vlaser_version": vlaser_version(), "git_commit": git_commit(),
                                   "scored_only": True},

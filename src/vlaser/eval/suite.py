@@ -32,9 +32,11 @@ Outputs in ``OUT``: ``table.md``, ``table.json`` and ``index.html``: this model'
 metrics["score"]``) beside every row of the paper's Table 1 (``report.PAPER_TABLE_1``), columns in the paper's
 order, each labelled with the protocol name and version recorded in its ``metrics.json`` and with any setting
 that departs from that protocol (e.g. a smaller ``max_new_tokens``: such a number is not comparable with the
-paper's). ``avg`` is the mean over the columns this model has, and for each paper row the mean of its numbers
-over the same columns. Under the table: items scored per column, links to each benchmark's ``report.md`` and
-pictures (``index.html``), the absent benchmarks with what was looked for, and the failed ones.
+paper's). A partial column (``--limit`` left items out) shows its count, ``84.9 (20 of 100 items)``. ``avg`` is
+the mean over the columns this model has, partial ones left out unless ``--average-partial``, and for each paper
+row the mean of its numbers over the same columns. Under the table: items scored per column, links to each
+benchmark's ``report.md`` and pictures (``index.html``), the absent benchmarks with what was looked for, and the
+failed ones.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from typing import Any
 
 from vlaser.errors import UserInputError, VlaserError
 from vlaser.eval.benchmark import REGISTRY, get_benchmark
+from vlaser.eval.provenance import partial_note
 from vlaser.eval.report import PAPER_COLUMNS, PAPER_TABLE_1
 
 log = logging.getLogger(__name__)
@@ -126,14 +129,15 @@ def check(names: list[str], overrides: dict[str, Any], protocols: dict[str, str]
 
 def run_suite(backend, data_root: str | Path, out: str | Path, benchmarks: list[str] | None = None,
               batch_size: int = 8, limit: int | None = None, *, protocols: dict[str, str] | None = None,
-              options: dict[str, dict] | None = None, pictures: int = 50,
+              options: dict[str, dict] | None = None, pictures: int = 50, average_partial: bool = False,
               echo: Callable[[str], None] = print, **overrides) -> dict[str, Any]:
     """Run every selected benchmark found under ``data_root`` into ``out/<name>/`` (resuming what is there), then
     write ``table.md``, ``table.json`` and ``index.html``; returns the table's data (``table.json``).
 
     ``overrides`` (``max_new_tokens=...``, see :data:`OVERRIDES`) apply to every benchmark and are marked in the
     column labels; ``protocols``/``options`` are per benchmark name. ``echo`` gets one line per benchmark as it
-    starts and as it ends.
+    starts and as it ends. A partial column (``limit`` left items out) is marked with its count and left out of
+    the averages unless ``average_partial``.
     """
     data_root, out = Path(data_root), Path(out)
     names = select(benchmarks)
@@ -160,9 +164,9 @@ def run_suite(backend, data_root: str | Path, out: str | Path, benchmarks: list[
             echo(f"{tag}: FAILED -- {entry['error']}")
         else:
             columns.append(_without_status(entry))
-            echo(f"{tag}: {entry['score']:.1f} ({entry['label']}) over {entry['n_scored']} of {entry['n_items']} "
-                 f"items -> {out / name / 'report.md'}")
-    table = build_table(_model_name(backend), backend.info(), columns, absent, failed, data_root)
+            echo(f"{tag}: {_cell(entry['score'], entry)} ({entry['label']}) over {entry['n_scored']} of "
+                 f"{entry['n_items']} items -> {out / name / 'report.md'}")
+    table = build_table(_model_name(backend), backend.info(), columns, absent, failed, data_root, average_partial)
     write_table(table, out)
     echo(f"table: {out / 'table.md'} ({len(columns)} benchmark(s), {len(absent)} absent, {len(failed)} failed)")
     return table
@@ -227,6 +231,7 @@ def _column(name: str, metrics: dict, out: Path, departures: dict, limit: int | 
             "n_items": metrics.get("n_items", metrics.get("n")), "n_scored": metrics.get("n_scored"),
             "n_unparsed": metrics.get("n_unparsed", 0), "n_errors": metrics.get("n_errors", 0),
             "n_missing_predictions": metrics.get("n_missing_predictions", 0),
+            "partial": bool(metrics.get("partial")), "n_available": metrics.get("n_available"),
             "metrics": f"{name}/metrics.json", **links, **{k: v for k, v in extra.items() if v is not None}}
 
 
@@ -235,24 +240,41 @@ def _mean(values: list[float]) -> float | None:
 
 
 def build_table(model: str, backend_info: dict, columns: list[dict], absent: list[dict], failed: list[dict],
-                data_root: Path) -> dict[str, Any]:
+                data_root: Path, average_partial: bool = False) -> dict[str, Any]:
     """The table's data: this model's row and every paper row over the same columns, with their averages.
 
-    The average leaves out a column the paper does not report (none of the registered benchmarks today), so
-    every row averages the same columns.
+    The average leaves out a column the paper does not report (none of the registered benchmarks today), and a
+    partial one (part of the benchmark's items) unless ``average_partial``, so every row averages the same
+    columns and a number over a few items does not move an average set beside the paper's.
     """
-    averaged = [c["name"] for c in columns if c["name"] in PAPER_COLUMNS]
+    averaged = [c["name"] for c in columns if c["name"] in PAPER_COLUMNS and (average_partial or not c.get("partial"))]
     scores = {c["name"]: c["score"] for c in columns}
     paper_rows = [{"name": row, "scores": {c["name"]: values.get(c["name"]) for c in columns},
                    "average": _mean([values[n] for n in averaged])} for row, values in PAPER_TABLE_1.items()]
     return {"model": model, "backend": backend_info, "data_root": str(data_root), "paper": PAPER,
-            "columns": columns, "average_over": averaged,
+            "columns": columns, "average_over": averaged, "average_partial": average_partial,
+            "partial": [c["name"] for c in columns if c.get("partial")],
             "model_row": {"name": model, "scores": scores, "average": _mean([scores[n] for n in averaged])},
             "paper_rows": paper_rows, "absent": absent, "failed": failed}
 
 
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _cell(value: float | None, column: dict | None = None) -> str:
+    """A percent; this model's partial column adds its count, ``84.9 (20 of 100 items)``."""
+    if value is None:
+        return "-"
+    note = partial_note(column) if column else None
+    return f"{value:.1f}" + (f" {note}" if note else "")
+
+
+def _average_note(table: dict) -> str:
+    """What the average covers, and the partial columns it leaves out (or, when asked, includes)."""
+    averaged = table["average_over"]
+    note = f"the mean over the {len(averaged)} column(s) this model has ({', '.join(averaged)}"
+    if table.get("partial"):
+        names = ", ".join(table["partial"])
+        note += (f"; partial columns included, as asked: {names}" if table.get("average_partial") else
+                 f"; partial columns left out: {names}; --average-partial includes them")
+    return note + ")"
 
 
 def _md(text: str) -> str:
@@ -265,8 +287,8 @@ def _count_line(column: dict) -> str:
     extra = [f"{column[k]} {what}" for k, what in (("n_unparsed", "not parsed"), ("n_errors", "media errors"),
                                                     ("n_missing_predictions", "unanswered")) if column.get(k)]
     line = f"{column['n_scored']} of {column['n_items']} items scored" + (f" ({', '.join(extra)})" if extra else "")
-    if column.get("limit"):
-        line += f"; only the first {column['limit']} items (--limit)"
+    if column.get("partial"):
+        line += f"; partial: only the first {column['n_items']} of {column['n_available']} items (--limit)"
     if column.get("imported_from"):
         line += f"; imported from EmbodiedBench run `{column['imported_from']}`"
     return line
@@ -277,15 +299,15 @@ def render_markdown(table: dict) -> str:
     columns = table["columns"]
     lines = [f"# Benchmark suite: {table['model']}", ""]
     if columns:
-        lines += [f"Percent (100 x each benchmark's `score`). Paper rows: {PAPER}. `avg`: the mean over the "
-                  f"{len(table['average_over'])} column(s) this model has ({', '.join(table['average_over'])}), "
-                  "for every row alike. Column labels: the protocol and its version, then any setting that "
-                  "departs from it.", ""]
+        lines += [f"Percent (100 x each benchmark's `score`). Paper rows: {PAPER}. `avg`: {_average_note(table)}, "
+                  "for every row alike. Column labels: the protocol and its "
+                  "version, then any setting that departs from it. A partial column (--limit) gives its count.", ""]
         header = ["model", *[f"{c['name']} ({c['label']})" for c in columns], f"avg ({len(table['average_over'])})"]
         lines += ["| " + " | ".join(_md(h) for h in header) + " |", "|---" * len(header) + "|"]
-        rows = [({**table["model_row"], "name": f"**{table['model']}** (this run)"})] + table["paper_rows"]
-        for row in rows:
-            cells = [_cell(row["scores"].get(c["name"])) for c in columns] + [_cell(row["average"])]
+        rows = [({**table["model_row"], "name": f"**{table['model']}** (this run)", "mine": True})]
+        for row in rows + table["paper_rows"]:
+            cells = [_cell(row["scores"].get(c["name"]), c if row.get("mine") else None) for c in columns]
+            cells.append(_cell(row["average"]))
             lines.append(f"| {_md(row['name'])} | " + " | ".join(cells) + " |")
         lines += ["", "## Runs", ""]
         for c in columns:
@@ -311,8 +333,8 @@ def render_html(table: dict) -> str:
             "{text-align:left}tr.me{background:#fff3c4;font-weight:bold}small{font-weight:normal;color:#555}"
             "</style>", f"<h1>Benchmark suite: {e(table['model'])}</h1>"]
     if columns:
-        page.append(f"<p>Percent (100 &times; each benchmark's score). Paper rows: {e(PAPER)}. avg: the mean over "
-                    f"the {len(table['average_over'])} column(s) this model has, for every row alike.</p>")
+        page.append(f"<p>Percent (100 &times; each benchmark's score). Paper rows: {e(PAPER)}. avg: "
+                    f"{e(_average_note(table))}, for every row alike. A partial column (--limit) gives its count.</p>")
         head = "".join(f"<th>{e(c['name'])}<br><small>{e(c['label'])}</small></th>" for c in columns)
         page.append(f"<table><tr><th>model</th>{head}<th>avg</th></tr>")
         links = "".join("<td>" + " ".join(f"<a href='{e(c[kind], quote=True)}'>{kind}</a>"
@@ -321,7 +343,7 @@ def render_html(table: dict) -> str:
         page.append(f"<tr><td>outputs</td>{links}<td></td></tr>")
         rows = [(table["model_row"], " class='me'")] + [(row, "") for row in table["paper_rows"]]
         for row, cls in rows:
-            cells = "".join(f"<td>{_cell(row['scores'].get(c['name']))}</td>" for c in columns)
+            cells = "".join(f"<td>{e(_cell(row['scores'].get(c['name']), c if cls else None))}</td>" for c in columns)
             page.append(f"<tr{cls}><td>{e(row['name'])}</td>{cells}<td>{_cell(row['average'])}</td></tr>")
         page.append("</table><h2>Runs</h2><ul>")
         page += [f"<li>{e(c['name'])}: {e(_count_line(c))}</li>" for c in columns]

@@ -9,6 +9,10 @@ Two shapes: ``atomic_directory`` owns the whole destination (``vlaser convert``)
 checkpoint's files into a folder that holds other things too (``vlaser train``'s output folder, with the
 Trainer's ``checkpoint-N`` folders and logs), with ``config.json`` (what makes a folder a checkpoint for vlaser
 and transformers) removed first and moved in last.
+
+Both give what they publish the permissions the user's umask gives any new file or folder (``mkdtemp`` makes
+0700 folders and the safetensors writer 0600 files, which other users of a shared cluster, or a serving
+container, could not read).
 """
 
 from __future__ import annotations
@@ -38,6 +42,31 @@ def check_destination(dst: Path, overwrite: bool) -> None:
         raise UserInputError(f"{dst} is not empty; pass --overwrite to replace it, or choose a new folder")
 
 
+def current_umask() -> int:
+    """The process's umask (read from ``/proc`` where it can be; else set and put back at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(root: Path) -> None:
+    """Give ``root`` and everything under it the mode a new folder (0777) or file (0666, or 0777 where
+    executable) gets under the umask."""
+    umask = current_umask()
+    paths = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for path in paths:
+        if path.is_symlink():
+            continue
+        executable = path.is_dir() or os.stat(path).st_mode & 0o111
+        os.chmod(path, (0o777 if executable else 0o666) & ~umask)
+
+
 def _temporary_sibling(path: Path, kind: str) -> Path:
     return path.parent / f".{path.name}.{kind}-{secrets.token_hex(4)}"
 
@@ -56,6 +85,7 @@ def atomic_directory(dst: str | Path, overwrite: bool = False) -> Iterator[Path]
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
         yield tmp
+        follow_umask(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -87,6 +117,7 @@ def staged_checkpoint(out: str | Path) -> Iterator[Path]:
         yield tmp
         if not (tmp / MARKER).is_file():
             raise RuntimeError(f"the staged checkpoint in {tmp} has no {MARKER}")
+        follow_umask(tmp)
         (out / MARKER).unlink(missing_ok=True)
         for pattern in _WEIGHT_PATTERNS:
             for stale in out.glob(pattern):

@@ -86,7 +86,7 @@ def write_outputs(out: Path, summary: dict) -> None:
               f"{max([p['where2place'] for p in summary['curve']] or [0.0]):.3f}).")
     lines = [f"# {title}", "", trained, "", *_table(summary), "", pointing, ""]
     lines += [f"![{name}]({name})" for name in summary["files"]]
-    lines += ["", "Held-out pictures (mask green, predicted points red): "
+    lines += ["", "Held-out pictures (mask outlined in white and black, predicted points red in a ring): "
               "[eval/trained/where2place/index.html](eval/trained/where2place/index.html)", ""]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _html(out, summary, title, [trained, pointing])
@@ -109,7 +109,8 @@ def _html(out: Path, summary: dict, title: str, paragraphs: list[str]) -> None:
             "<table border=1 cellspacing=0><tr>" + "".join(f"<th>{h}</th>" for h in HEADER) + "</tr>", *rows,
             "</table>",
             *[f"<p><img src='{name}'></p>" for name in summary["files"]],
-            "<h2>Held-out pointing</h2><p>green: object mask; red: predicted point. All pictures with prompts "
+            "<h2>Held-out pointing</h2><p>white-and-black outline: object mask; red dot in a ring: predicted point. "
+            "All pictures with prompts "
             "and answers: <a href='eval/untrained/where2place/index.html'>untrained</a>, "
             "<a href='eval/trained/where2place/index.html'>trained</a></p>"]
     for run in ("untrained", "trained"):

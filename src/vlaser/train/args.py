@@ -138,8 +138,14 @@ def build_parser(prog: str | None = None):
     every transformers ``TrainingArguments`` flag (the 4.37-era spellings are translated before parsing)."""
     from transformers import HfArgumentParser, TrainingArguments
 
+    class Parser(HfArgumentParser):
+        """Usage errors (a bad value, a missing flag) raise vlaser's one-line ``vlaser train: error: ...``."""
+
+        def error(self, message: str):
+            raise UserInputError(message)
+
     legacy = ", ".join(f"{old} -> {new}" for old, new in _LEGACY_FLAGS.items())
-    return HfArgumentParser(
+    return Parser(
         (ModelArguments, DataTrainingArguments, TrainingArguments), prog=prog,
         usage=f"{prog or 'vlaser train'} [CONFIG.yaml|CONFIG.json] [--FLAG VALUE ...]",
         description="Second-stage SFT with the flags of InternVL's internvl_chat_finetune.py and transformers' "
@@ -185,7 +191,7 @@ def _validate(model_args: ModelArguments, data_args: DataTrainingArguments, trai
     except ValueError as e:  # the message names the config key, which is the flag's name
         problems.append(str(e))
     if problems:
-        raise UserInputError("invalid training arguments:\n  " + "\n  ".join(problems))
+        raise UserInputError("invalid training arguments: " + "; ".join(problems))
 
 
 def processor_settings(data_args: DataTrainingArguments):

@@ -7,15 +7,27 @@ output folder that looks like a finished checkpoint. Intermediate ``checkpoint-N
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 from vlaser.errors import UserInputError
-from vlaser.model.atomic import staged_checkpoint
+from vlaser.model.atomic import follow_umask, staged_checkpoint
 from vlaser.model.checkpoint import HF, ORIGINAL
 from vlaser.model.convert import TOKENIZER_FILES, hf_to_original_config, hf_to_original_state_dict, save_weights
 from vlaser.model.template import DEFAULT_TEMPLATE, get_template
 from vlaser.model.tokenizer import save_hf_tokenizer
+
+
+def check_output_dir(out: str | Path) -> None:
+    """Make sure the output folder can be written, before any weights are loaded: a file in its place, or a
+    folder without write permission, is an error now rather than after training."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--output_dir {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserInputError(f"--output_dir {out}: no permission to write into it")
 
 
 def save_checkpoint(model, tokenizer, out: Path, layout: str, source: Path | None = None,
@@ -44,6 +56,20 @@ def save_checkpoint(model, tokenizer, out: Path, layout: str, source: Path | Non
         tokenizer.save_pretrained(str(out))
     model.generation_config.save_pretrained(str(out))
     return out
+
+
+def umask_callback():
+    """A ``TrainerCallback`` giving each ``checkpoint-N`` folder the Trainer saves the umask's permissions (the
+    safetensors writer makes its weights 0600, unreadable to others on a shared cluster)."""
+    from transformers import TrainerCallback
+
+    class FollowUmask(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                follow_umask(folder)
+
+    return FollowUmask()
 
 
 def gathered_state_dict(trainer) -> dict | None:

@@ -13,6 +13,7 @@ import torch
 
 from vlaser.data.collator import SFTCollator
 from vlaser.data.dataset import DataConfig, SFTDataset
+from vlaser.data.meta import check_datasets
 from vlaser.data.packing import PackedCollator, PackedSFTDataset
 from vlaser.errors import UserInputError
 from vlaser.model.checkpoint import inspect_checkpoint
@@ -20,7 +21,7 @@ from vlaser.model.loading import load_model
 from vlaser.model.packed_attention import use_packed_attention
 from vlaser.train.args import DataTrainingArguments, ModelArguments, parse_args, processor_settings
 from vlaser.train.freezing import apply_freezing, apply_lora, merge_lora
-from vlaser.train.saving import save_final
+from vlaser.train.saving import check_output_dir, save_final, umask_callback
 from vlaser.train.trainer import SFTTrainer
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ def train(argv: list[str], callbacks: list | None = None) -> Path:
     args.remove_unused_columns = False  # image_flags and skip records must reach compute_loss
     set_seed(args.seed)
     source = inspect_checkpoint(model_args.model_name_or_path)
+    specs = check_datasets(data_args.meta_path)  # every input and the output checked before the weights load
+    check_output_dir(args.output_dir)
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     model, tokenizer = load_model(source.path, dtype=dtype, device="cpu")
     tokenizer.model_max_length = data_args.max_seq_length
@@ -75,7 +78,7 @@ def train(argv: list[str], callbacks: list | None = None) -> Path:
         args.gradient_checkpointing = True
         args.gradient_checkpointing_kwargs = {"use_reentrant": False}
 
-    dataset = SFTDataset(data_args.meta_path, tokenizer, data_config(model, data_args, args.seed))
+    dataset = SFTDataset(data_args.meta_path, tokenizer, data_config(model, data_args, args.seed), specs)
     load_skips = dataset.load_skips
     lengths = None
     weights = dataset.resampling_weights() if data_args.use_data_resampling else None
@@ -93,7 +96,7 @@ def train(argv: list[str], callbacks: list | None = None) -> Path:
         model=model, args=args, train_dataset=dataset, data_collator=collator,
         processing_class=tokenizer, loss_reduction=data_args.loss_reduction, vision_lr=model_args.vision_lr,
         mlp_lr=model_args.mlp_lr, lengths=lengths, sample_weights=None if data_args.use_packed_ds else weights,
-        initial_skips=load_skips, callbacks=callbacks,
+        initial_skips=load_skips, callbacks=[*(callbacks or []), umask_callback()],
     )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.log_metrics("train", result.metrics)
