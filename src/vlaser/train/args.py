@@ -73,6 +73,7 @@ class DataTrainingArguments:
     num_images_expected: int = field(default=40, metadata={"help": "tiles per packed row"})
     max_buffer_size: int = field(default=20, metadata={"help": "open packs kept while filling"})
     loss_reduction: str = field(default="token", metadata={"help": "token, sample or square"})
+    loss: str = field(default="chunked", metadata={"help": "chunked (no full-vocabulary logits) or plain"})
 
 
 #: transformers 4.37 TrainingArguments spellings -> today's (value translation where needed).
@@ -178,6 +179,8 @@ def _validate(model_args: ModelArguments, data_args: DataTrainingArguments, trai
         problems.append("--pad2square: not used by InternVL3; use False")
     if data_args.loss_reduction not in ("token", "sample", "square"):
         problems.append("--loss_reduction must be token, sample or square")
+    if data_args.loss not in ("chunked", "plain"):
+        problems.append("--loss must be chunked or plain")
     if model_args.save_format not in (None, "original", "hf"):
         problems.append("--save_format must be original or hf")
     try:

@@ -91,7 +91,8 @@ def train(argv: list[str], callbacks: list | None = None) -> Path:
             lengths = dataset.estimated_lengths()
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
-        processing_class=tokenizer, loss_reduction=data_args.loss_reduction, vision_lr=model_args.vision_lr,
+        processing_class=tokenizer, loss_reduction=data_args.loss_reduction, loss_impl=data_args.loss,
+        vision_lr=model_args.vision_lr,
         mlp_lr=model_args.mlp_lr, lengths=lengths, sample_weights=None if data_args.use_packed_ds else weights,
         initial_skips=load_skips, callbacks=callbacks,
     )

@@ -22,12 +22,12 @@ VISION, PROJECTOR = "vision_tower", "multi_modal_projector"
 
 
 class SFTTrainer(Trainer):
-    def __init__(self, *args, loss_reduction: str = "token", vision_lr: float | None = None,
-                 mlp_lr: float | None = None, lengths: list[int] | None = None,
+    def __init__(self, *args, loss_reduction: str = "token", loss_impl: str = "chunked",
+                 vision_lr: float | None = None, mlp_lr: float | None = None, lengths: list[int] | None = None,
                  sample_weights: list[float] | None = None, initial_skips=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_reduction, self.vision_lr, self.mlp_lr, self.lengths = loss_reduction, vision_lr, mlp_lr, lengths
-        self.sample_weights = sample_weights
+        self.sample_weights, self.loss_impl = sample_weights, loss_impl
         self.skips: dict[tuple[str, str, int], str] = {}  # (dataset, file, line) -> reason: each sample once
         self._record_skips(initial_skips)
         self._tokens, self._clock = 0, time.perf_counter()
@@ -45,7 +45,7 @@ class SFTTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._record_skips(inputs.pop("skipped", []))
         self._tokens += int(inputs.pop("n_tokens"))
-        outputs = model(**inputs, loss_reduction=self.loss_reduction)
+        outputs = model(**inputs, loss_reduction=self.loss_reduction, loss_impl=self.loss_impl)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def create_optimizer(self, model=None):
