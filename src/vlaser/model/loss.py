@@ -46,8 +46,8 @@ def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str 
 
 
 LOSS_IMPLS = ("chunked", "plain")
-#: logits elements per chunk of the chunked loss: 2**26 floats is 256 MiB in float32, whatever the vocabulary.
-CHUNK_ELEMENTS = 2**26
+#: logits elements per chunk of the chunked loss: 2**25 floats is 128 MiB in float32, whatever the vocabulary.
+CHUNK_ELEMENTS = 2**25
 
 
 def _chunk_ce_sum(head, hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
