@@ -163,3 +163,16 @@ def test_chunked_loss_trains_like_the_plain_one(tiny_original, dataset, monkeypa
     chunked = _twenty_steps(tiny_original, batches, reduction, "chunked")
     assert plain[-1, 0] < plain[0, 0]  # it trains
     torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=0)
+
+
+def test_generation_is_unchanged_by_packed_attention(tiny_original):
+    import vlaser
+    from vlaser.model.packed_attention import use_packed_attention
+
+    model, tok = vlaser.load_model(tiny_original, dtype=torch.float32, device="cpu")
+    questions = ["Hi?", "Describe the scene in one long sentence, please."]  # different lengths: left padding
+    gen = dict(max_new_tokens=12, do_sample=False)
+    before = model.batch_chat(tok, None, questions, dict(gen)), model.chat(tok, None, questions[1], dict(gen))
+    use_packed_attention(model)
+    after = model.batch_chat(tok, None, questions, dict(gen)), model.chat(tok, None, questions[1], dict(gen))
+    assert after == before
