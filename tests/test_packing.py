@@ -176,3 +176,23 @@ def test_generation_is_unchanged_by_packed_attention(tiny_original):
     use_packed_attention(model)
     after = model.batch_chat(tok, None, questions, dict(gen)), model.chat(tok, None, questions[1], dict(gen))
     assert after == before
+
+
+@pytest.mark.parametrize("every", [0, 1, 2])
+def test_checkpointing_every_kth_layer_keeps_the_gradients(tiny_original, dataset, every):
+    import vlaser
+    from vlaser.train.trainer import checkpoint_every, decoder_layers
+
+    model, tok = vlaser.load_model(tiny_original, dtype=torch.float32, device="cpu")
+    model.train()
+    batch = PackedCollator(tok.pad_token_id)([pack_samples([dataset[i] for i in range(3)], "token")])
+    batch = {k: v for k, v in batch.items() if k not in ("skipped", "n_tokens")}
+    model(**batch).loss.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    checkpoint_every(model, every)
+    assert [layer.gradient_checkpointing for layer in decoder_layers(model)] == [
+        every > 0 and i % every == 0 for i in range(len(decoder_layers(model)))]
+    model(**batch).loss.backward()
+    for want, p in zip(expected, model.parameters()):
+        torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-7)

@@ -88,3 +88,24 @@ class SFTTrainer(Trainer):
             logs["skipped_samples"] = len(self.skips)
             self._tokens, self._clock = 0, time.perf_counter()
         super().log(logs, *args, **kwargs)
+
+
+def decoder_layers(model) -> list:
+    """The language model's decoder layers (transformers' ``GradientCheckpointingLayer`` modules)."""
+    return list(model.model.language_model.layers)
+
+
+def checkpoint_every(model, every: int) -> None:
+    """Recompute every ``every``-th decoder layer in backward (0: none, 1: all); the rest keep activations."""
+    if every <= 0:
+        model.gradient_checkpointing_disable()
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for i, layer in enumerate(decoder_layers(model)):
+        layer.gradient_checkpointing = i % every == 0
+
+
+def compile_decoder_layers(model) -> None:
+    """``torch.compile`` each decoder layer in place (fuses norms, rotary, SwiGLU; the model stays eager)."""
+    for layer in decoder_layers(model):
+        layer.compile()
