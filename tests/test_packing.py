@@ -35,7 +35,7 @@ def dataset(tiny_original, tmp_path_factory):
 
 def _per_sample_ce(model, batch, lengths):
     with torch.no_grad():
-        out = model(**{k: v for k, v in batch.items() if k not in ("skipped", "n_tokens")})
+        out = model(**{k: v for k, v in batch.items() if k not in ("skipped", "n_tokens")}, loss_impl="plain")
     ce = per_token_ce(out.logits, batch["labels"])[0]  # (T-1,)
     result, start = [], 0
     for n in lengths:
@@ -122,3 +122,77 @@ def test_training_with_packing(tiny_original, tmp_path):
     assert len(curve) == 40 and curve[0] / min(curve[-5:]) > 5, curve
     with pytest.raises(ValueError, match="max_steps"):
         train(flags(tiny_original, meta, tmp_path / "o2", "--use_packed_ds", "True"))
+
+
+def _twenty_steps(tiny_original, batches, reduction, loss_impl):
+    """(loss, gradient norm) of 20 AdamW steps cycling through ``batches``."""
+    import vlaser
+
+    torch.manual_seed(0)
+    model, _ = vlaser.load_model(tiny_original, dtype=torch.float32, device="cpu")
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    trace = []
+    for step in range(20):
+        batch = {k: v for k, v in batches[step % len(batches)].items() if k not in ("skipped", "n_tokens")}
+        loss = model(**batch, loss_reduction=reduction, loss_impl=loss_impl).loss
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)
+        optimizer.step()
+        optimizer.zero_grad()
+        trace.append((loss.item(), norm.item()))
+    return torch.tensor(trace, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["unpacked", "packed"])
+@pytest.mark.parametrize("reduction", ["token", "sample", "square"])
+def test_chunked_loss_trains_like_the_plain_one(tiny_original, dataset, monkeypatch, packed, reduction):
+    from vlaser.data.collator import SFTCollator
+    from vlaser.model import loss as loss_module
+    from vlaser.model.tokenizer import load_tokenizer
+
+    pad = load_tokenizer(tiny_original).pad_token_id
+    samples = [dataset[i] for i in range(len(dataset))]
+    if packed:
+        batches = [PackedCollator(pad)([pack_samples(samples[:4], reduction)]),
+                   PackedCollator(pad)([pack_samples(samples[4:], reduction)])]
+    else:
+        batches = [SFTCollator(pad)(samples[i:i + 2]) for i in range(0, len(samples), 2)]
+    plain = _twenty_steps(tiny_original, batches, reduction, "plain")
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 7 * 1000)  # a few tokens per chunk: many chunks per row
+    chunked = _twenty_steps(tiny_original, batches, reduction, "chunked")
+    assert plain[-1, 0] < plain[0, 0]  # it trains
+    torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=0)
+
+
+def test_generation_is_unchanged_by_packed_attention(tiny_original):
+    import vlaser
+    from vlaser.model.packed_attention import use_packed_attention
+
+    model, tok = vlaser.load_model(tiny_original, dtype=torch.float32, device="cpu")
+    questions = ["Hi?", "Describe the scene in one long sentence, please."]  # different lengths: left padding
+    gen = dict(max_new_tokens=12, do_sample=False)
+    before = model.batch_chat(tok, None, questions, dict(gen)), model.chat(tok, None, questions[1], dict(gen))
+    use_packed_attention(model)
+    after = model.batch_chat(tok, None, questions, dict(gen)), model.chat(tok, None, questions[1], dict(gen))
+    assert after == before
+
+
+@pytest.mark.parametrize("every", [0, 1, 2])
+def test_checkpointing_every_kth_layer_keeps_the_gradients(tiny_original, dataset, every):
+    import vlaser
+    from vlaser.train.trainer import checkpoint_every, decoder_layers
+
+    model, tok = vlaser.load_model(tiny_original, dtype=torch.float32, device="cpu")
+    model.train()
+    batch = PackedCollator(tok.pad_token_id)([pack_samples([dataset[i] for i in range(3)], "token")])
+    batch = {k: v for k, v in batch.items() if k not in ("skipped", "n_tokens")}
+    model(**batch).loss.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    checkpoint_every(model, every)
+    assert [layer.gradient_checkpointing for layer in decoder_layers(model)] == [
+        every > 0 and i % every == 0 for i in range(len(decoder_layers(model)))]
+    model(**batch).loss.backward()
+    for want, p in zip(expected, model.parameters()):
+        torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-7)

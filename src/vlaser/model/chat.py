@@ -16,7 +16,7 @@ from transformers import InternVLForConditionalGeneration
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vlaser.model.constants import GROUNDING_TOKENS, IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN
-from vlaser.model.loss import weighted_lm_loss
+from vlaser.model.loss import chunked_lm_loss, weighted_lm_loss
 from vlaser.model.settings import ProcessorSettings
 from vlaser.model.template import ChatTemplate, build_chat_prompt, get_template
 
@@ -113,7 +113,8 @@ class InternVLChat(InternVLForConditionalGeneration):
     # ---- training forward -------------------------------------------------------------------------
 
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, labels=None, image_flags=None,
-                loss_reduction: str = "token", loss_weight=None, position_ids=None, **kwargs):
+                loss_reduction: str = "token", loss_weight=None, position_ids=None, loss_impl: str = "chunked",
+                **kwargs):
         """transformers' forward, or, given ``image_flags``, InternVL's training forward.
 
         The training forward runs the vision tower on every tile, writes the features of tiles with flag 1
@@ -121,7 +122,8 @@ class InternVLChat(InternVLForConditionalGeneration):
         keeps the flag-0 dummy tiles in the graph with weight 0 (no unused-parameter hangs under DDP/ZeRO)
         and weights the loss per sample as ``loss_reduction`` says (or by ``loss_weight`` per token, for packed
         rows, where ``position_ids`` restart at each sample and ``attention_mask`` is ``None`` so attention
-        stays within each sample).
+        stays within each sample). With labels and ``loss_impl="chunked"`` the loss is computed chunk by chunk
+        from the hidden states and no logits are returned (``"plain"`` builds the full logits, as before).
         """
         if image_flags is None:
             return super().forward(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
@@ -138,10 +140,12 @@ class InternVLChat(InternVLForConditionalGeneration):
         kwargs.setdefault("use_cache", False)  # a cache would also stop transformers seeing packed positions
         hidden = self.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
                                            position_ids=position_ids, **kwargs)[0]
+        dummy = 0.0 * features[~keep].sum()
+        if labels is not None and loss_impl == "chunked":
+            loss = chunked_lm_loss(self.lm_head, hidden, labels, loss_reduction, loss_weight) + dummy
+            return CausalLMOutputWithPast(loss=loss, logits=None)
         logits = self.lm_head(hidden)
-        loss = None
-        if labels is not None:
-            loss = weighted_lm_loss(logits, labels, loss_reduction, loss_weight) + 0.0 * features[~keep].sum()
+        loss = None if labels is None else weighted_lm_loss(logits, labels, loss_reduction, loss_weight) + dummy
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     # ---- shared generation -------------------------------------------------------------------------

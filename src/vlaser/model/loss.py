@@ -43,3 +43,40 @@ def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str 
     """``sum(CE * w) / sum(w)`` over the shifted labels; ``token`` equals transformers' token-mean loss."""
     weights = (row_weights(labels, reduction) if loss_weight is None else loss_weight.to(torch.float32))[:, 1:]
     return (per_token_ce(logits, labels) * weights).sum() / weights.sum().clamp(min=1e-12)
+
+
+LOSS_IMPLS = ("chunked", "plain")
+#: logits elements per chunk of the chunked loss: 2**25 floats is 128 MiB in float32, whatever the vocabulary.
+CHUNK_ELEMENTS = 2**25
+
+
+def _chunk_ce_sum(head, hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum(CE * w)`` of one chunk of tokens: logits in the head's dtype, cross-entropy in float32."""
+    logits = head(hidden).float()
+    ce = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return (ce * weights).sum()
+
+
+def chunked_lm_loss(head, hidden: torch.Tensor, labels: torch.Tensor, reduction: str = "token",
+                    loss_weight: torch.Tensor | None = None, chunk_tokens: int | None = None) -> torch.Tensor:
+    """:func:`weighted_lm_loss` of ``head(hidden)`` without the ``(tokens, vocab)`` logits.
+
+    The shifted tokens are cut into chunks; each chunk's logits exist only inside its own checkpointed
+    call (recomputed in backward), so at most one chunk of float32 logits is alive at a time. The head is
+    called as a module, so ZeRO-3/FSDP gather its weight as they do for the plain path.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    weights = (row_weights(labels, reduction) if loss_weight is None else loss_weight.to(torch.float32))[:, 1:]
+    keep = labels[:, 1:] != IGNORE_INDEX
+    flat_hidden = hidden[:, :-1][keep]  # only predicted positions reach the head: ignored ones cost nothing
+    flat_targets, flat_weights = labels[:, 1:][keep], weights[keep]
+    step = chunk_tokens or max(1, CHUNK_ELEMENTS // head.out_features)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, flat_targets.shape[0], step):
+        part = slice(start, start + step)
+        total = total + checkpoint(_chunk_ce_sum, head, flat_hidden[part], flat_targets[part], flat_weights[part],
+                                   use_reentrant=False)
+    if flat_targets.shape[0] == 0:
+        total = total + 0.0 * hidden.sum()  # keep the graph (and DDP's reducer) connected with nothing supervised
+    return total / weights.sum().clamp(min=1e-12)

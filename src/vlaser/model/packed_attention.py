@@ -24,7 +24,7 @@ def _segments(position_ids: torch.Tensor) -> list[tuple[int, int]]:
 def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
                 position_ids: torch.Tensor | None = None, **kwargs):
     """``(B, H, T, D)`` query / ``(B, H_kv, T, D)`` key and value -> ``(B, T, H, D)``, causal within samples."""
-    if attention_mask is not None or position_ids is None:
+    if attention_mask is not None or position_ids is None or key.shape[2] != query.shape[2]:  # padding or a cache
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -40,8 +40,19 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     return out.transpose(1, 2).contiguous(), None
 
 
-def _no_mask(*args, **kwargs):
-    return None  # samples are found from the position ids; no dense mask is built
+def _packed_mask(*args, attention_mask=None, q_offset: int = 0, kv_offset: int = 0, q_length: int = 0,
+                 kv_length: int = 0, **kwargs):
+    """No dense mask for a whole-row forward without padding (samples come from the position ids).
+
+    With padding or a cache (generation) transformers' SDPA mask is built as usual, so a model switched to
+    packed attention still generates exactly as before the switch.
+    """
+    if attention_mask is None and q_offset == 0 and kv_offset == 0 and q_length == kv_length:
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(*args, attention_mask=attention_mask, q_offset=q_offset, kv_offset=kv_offset,
+                     q_length=q_length, kv_length=kv_length, **kwargs)
 
 
 def use_packed_attention(model) -> str:
@@ -53,6 +64,6 @@ def use_packed_attention(model) -> str:
     if current and current.startswith("flash_attention"):
         return current
     AttentionInterface.register(NAME, packed_sdpa)
-    AttentionMaskInterface.register(NAME, _no_mask)
+    AttentionMaskInterface.register(NAME, _packed_mask)
     model.set_attn_implementation({"text_config": NAME})
     return NAME

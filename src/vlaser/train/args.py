@@ -33,6 +33,9 @@ class ModelArguments:
     use_llm_lora: int = field(default=0, metadata={"help": "LoRA rank for the language model (0: off)"})
     unfreeze_lm_head: bool = field(default=False, metadata={"help": "train lm_head even with --freeze_llm"})
     grad_checkpoint: bool = field(default=True, metadata={"help": "gradient checkpointing in the language model"})
+    grad_checkpoint_every: int = field(default=1, metadata={"help": "with --grad_checkpoint: recompute every k-th "
+                                                                    "decoder layer only (1: all)"})
+    compile_layers: bool = field(default=False, metadata={"help": "torch.compile each decoder layer"})
     drop_path_rate: float = field(default=0.0, metadata={"help": "accepted for compatibility; must be 0"})
     ps_version: str = field(default="v2", metadata={"help": "pixel shuffle version; only v2 is supported"})
     use_fast_tokenizer: bool = field(default=False, metadata={"help": "accepted for compatibility"})
@@ -73,6 +76,7 @@ class DataTrainingArguments:
     num_images_expected: int = field(default=40, metadata={"help": "tiles per packed row"})
     max_buffer_size: int = field(default=20, metadata={"help": "open packs kept while filling"})
     loss_reduction: str = field(default="token", metadata={"help": "token, sample or square"})
+    loss: str = field(default="chunked", metadata={"help": "chunked (no full-vocabulary logits) or plain"})
 
 
 #: transformers 4.37 TrainingArguments spellings -> today's (value translation where needed).
@@ -184,6 +188,10 @@ def _validate(model_args: ModelArguments, data_args: DataTrainingArguments, trai
         problems.append("--pad2square: not used by InternVL3; use False")
     if data_args.loss_reduction not in ("token", "sample", "square"):
         problems.append("--loss_reduction must be token, sample or square")
+    if model_args.grad_checkpoint_every < 1:
+        problems.append("--grad_checkpoint_every must be at least 1")
+    if data_args.loss not in ("chunked", "plain"):
+        problems.append("--loss must be chunked or plain")
     if model_args.save_format not in (None, "original", "hf"):
         problems.append("--save_format must be original or hf")
     try:

@@ -22,7 +22,7 @@ from vlaser.model.packed_attention import use_packed_attention
 from vlaser.train.args import DataTrainingArguments, ModelArguments, parse_args, processor_settings
 from vlaser.train.freezing import apply_freezing, apply_lora, merge_lora
 from vlaser.train.saving import check_output_dir, save_final, umask_callback
-from vlaser.train.trainer import SFTTrainer
+from vlaser.train.trainer import SFTTrainer, checkpoint_every, compile_decoder_layers
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,11 @@ def train(argv: list[str], callbacks: list | None = None) -> Path:
     tokenizer.model_max_length = data_args.max_seq_length
     _record_settings(model, model_args, data_args)
     apply_freezing(model, model_args)
-    model = apply_lora(model, model_args)
     if model_args.grad_checkpoint:
-        args.gradient_checkpointing = True
-        args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        checkpoint_every(model, model_args.grad_checkpoint_every)  # the Trainer's flag would enable every layer
+    if model_args.compile_layers:
+        compile_decoder_layers(model)
+    model = apply_lora(model, model_args)
 
     dataset = SFTDataset(data_args.meta_path, tokenizer, data_config(model, data_args, args.seed), specs)
     load_skips = dataset.load_skips
@@ -94,7 +95,8 @@ def train(argv: list[str], callbacks: list | None = None) -> Path:
             lengths = dataset.estimated_lengths()
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
-        processing_class=tokenizer, loss_reduction=data_args.loss_reduction, vision_lr=model_args.vision_lr,
+        processing_class=tokenizer, loss_reduction=data_args.loss_reduction, loss_impl=data_args.loss,
+        vision_lr=model_args.vision_lr,
         mlp_lr=model_args.mlp_lr, lengths=lengths, sample_weights=None if data_args.use_packed_ds else weights,
         initial_skips=load_skips, callbacks=[*(callbacks or []), umask_callback()],
     )

@@ -22,12 +22,12 @@ VISION, PROJECTOR = "vision_tower", "multi_modal_projector"
 
 
 class SFTTrainer(Trainer):
-    def __init__(self, *args, loss_reduction: str = "token", vision_lr: float | None = None,
-                 mlp_lr: float | None = None, lengths: list[int] | None = None,
+    def __init__(self, *args, loss_reduction: str = "token", loss_impl: str = "chunked",
+                 vision_lr: float | None = None, mlp_lr: float | None = None, lengths: list[int] | None = None,
                  sample_weights: list[float] | None = None, initial_skips=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_reduction, self.vision_lr, self.mlp_lr, self.lengths = loss_reduction, vision_lr, mlp_lr, lengths
-        self.sample_weights = sample_weights
+        self.sample_weights, self.loss_impl = sample_weights, loss_impl
         self.skips: dict[tuple[str, str, int], str] = {}  # (dataset, file, line) -> reason: each sample once
         self._record_skips(initial_skips)
         self._tokens, self._clock = 0, time.perf_counter()
@@ -45,7 +45,7 @@ class SFTTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._record_skips(inputs.pop("skipped", []))
         self._tokens += int(inputs.pop("n_tokens"))
-        outputs = model(**inputs, loss_reduction=self.loss_reduction)
+        outputs = model(**inputs, loss_reduction=self.loss_reduction, loss_impl=self.loss_impl)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def create_optimizer(self, model=None):
@@ -88,3 +88,24 @@ class SFTTrainer(Trainer):
             logs["skipped_samples"] = len(self.skips)
             self._tokens, self._clock = 0, time.perf_counter()
         super().log(logs, *args, **kwargs)
+
+
+def decoder_layers(model) -> list:
+    """The language model's decoder layers (transformers' ``GradientCheckpointingLayer`` modules)."""
+    return list(model.model.language_model.layers)
+
+
+def checkpoint_every(model, every: int) -> None:
+    """Recompute every ``every``-th decoder layer in backward (0: none, 1: all); the rest keep activations."""
+    if every <= 0:
+        model.gradient_checkpointing_disable()
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for i, layer in enumerate(decoder_layers(model)):
+        layer.gradient_checkpointing = i % every == 0
+
+
+def compile_decoder_layers(model) -> None:
+    """``torch.compile`` each decoder layer in place (fuses norms, rotary, SwiGLU; the model stays eager)."""
+    for layer in decoder_layers(model):
+        layer.compile()
