@@ -40,3 +40,12 @@ def loaded(tiny_original):
     import vlaser
 
     return vlaser.load_model(tiny_original, dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def vlm(loaded, request):
+    """A ``VLM`` over the tiny model, built with the test module's ``VLM_SETTINGS`` (a dict; none: defaults)."""
+    from vlaser.api import VLM
+
+    model, tokenizer = loaded
+    return VLM(model, tokenizer, **getattr(request.module, "VLM_SETTINGS", {}))

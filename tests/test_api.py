@@ -1,17 +1,11 @@
 """The friendly VLM API: it must build exactly the prompts the original API builds."""
 
-import pytest
 import torch
 
 import vlaser
 from media import solid_image
-from vlaser import VLM
 
-
-@pytest.fixture(scope="module")
-def vlm(loaded):
-    model, tokenizer = loaded
-    return VLM(model, tokenizer, max_new_tokens=10)
+VLM_SETTINGS = {"max_new_tokens": 10}  # the conftest ``vlm``'s; the tests compare against chat(max_new_tokens=10)
 
 
 def test_ask_equals_model_chat(vlm):

@@ -31,7 +31,6 @@ from PIL import Image
 
 from fakes import end_token_first, stream_tokens
 from media import data_url
-from vlaser.api import VLM
 from vlaser.errors import UserInputError
 from vlaser.serve.app import create_app
 from vlaser.serve.engine import Completion, Engine, QueueFull
@@ -219,10 +218,7 @@ def post(port: int, body: dict, timeout: float = 60) -> tuple[int, dict]:
 # ---- fixtures ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def vlm(loaded):
-    model, tokenizer = loaded
-    return VLM(model, tokenizer, max_num=MAX_NUM)
+VLM_SETTINGS = {"max_num": MAX_NUM}  # the conftest ``vlm``'s
 
 
 @pytest.fixture(scope="module")

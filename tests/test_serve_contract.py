@@ -48,13 +48,6 @@ def build_app(checkpoint, name: str, **options):
 
 
 @pytest.fixture(scope="module")
-def vlm(tiny_original):
-    from vlaser.api import VLM
-
-    return VLM.from_pretrained(tiny_original, dtype=torch.float32, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def client(tiny_original):
     from fastapi.testclient import TestClient
 

@@ -11,18 +11,10 @@ from transformers.generation.streamers import BaseStreamer
 
 from fakes import end_token_first, stream_tokens
 from media import solid_image
-from vlaser import VLM
 from vlaser.errors import UserInputError
 from vlaser.serve import engine as engine_module
 from vlaser.serve.engine import Completion, Engine, Job, QueueFull, Sampling, settled_prefix
 from vlaser.serve.messages import ChatRequest
-
-
-@pytest.fixture(scope="module")
-def vlm(loaded):
-    model, tokenizer = loaded
-    return VLM(model, tokenizer)
-
 
 REQUESTS = [
     ChatRequest("<image>\nWhat is on the table?", [solid_image((200, 20, 20))]),
