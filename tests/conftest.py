@@ -57,3 +57,12 @@ def modes(root) -> dict[str, int]:
 
     root = Path(root)
     return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}
+
+
+@pytest.fixture(scope="module")
+def vlm(loaded, request):
+    """A ``VLM`` over the tiny model, built with the test module's ``VLM_SETTINGS`` (a dict; none: defaults)."""
+    from vlaser.api import VLM
+
+    model, tokenizer = loaded
+    return VLM(model, tokenizer, **getattr(request.module, "VLM_SETTINGS", {}))

@@ -4,6 +4,8 @@ Each frame shows its index as 8 bits, one 16-pixel-wide black or white column pe
 first), which survives lossy encoding; ``frame_index`` reads a decoded frame back.
 """
 
+import base64
+import io
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +42,26 @@ def frame_index(image: Image.Image) -> int:
     """The index a decoded counter frame shows (read at each column's centre row)."""
     pixels = np.asarray(image.convert("L").resize((WIDTH, HEIGHT)))[HEIGHT // 2]
     return int("".join("1" if pixels[16 * b + 8] > 127 else "0" for b in range(BITS)), 2)
+
+
+def solid_image(color, size: tuple[int, int] = (120, 80)) -> Image.Image:
+    """A one-colour RGB picture (default 120x80: one tile plus nothing to cut)."""
+    return Image.new("RGB", size, color)
+
+
+def data_url(image: Image.Image, mime: str = "image/png") -> str:
+    """The picture saved as PNG in a ``data:`` URL (``local_image_to_data_url``'s form); ``mime`` is the type
+    the URL claims, so a test can label PNG bytes as another type."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def write_mask(path: Path, box: tuple[int, int, int, int], size: tuple[int, int] = (10, 10),
+               fmt: str | None = None) -> None:
+    """A black ``size`` mask, white inside ``box`` (x0, y0, x1, y1), saved at ``path`` (folders made)."""
+    arr = np.zeros((size[1], size[0]), dtype=np.uint8)
+    x0, y0, x1, y1 = box
+    arr[y0:y1, x0:x1] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)

@@ -1,33 +1,23 @@
 """The friendly VLM API: it must build exactly the prompts the original API builds."""
 
-import pytest
 import torch
-from PIL import Image
 
 import vlaser
-from vlaser import VLM
+from media import solid_image
 
-
-@pytest.fixture(scope="module")
-def vlm(loaded):
-    model, tokenizer = loaded
-    return VLM(model, tokenizer, max_new_tokens=10)
-
-
-def _img(color, size=(120, 80)):
-    return Image.new("RGB", size, color)
+VLM_SETTINGS = {"max_new_tokens": 10}  # the conftest ``vlm``'s; the tests compare against chat(max_new_tokens=10)
 
 
 def test_ask_equals_model_chat(vlm):
     model, tok = vlm.model, vlm.tokenizer
-    image = _img((200, 20, 20), (300, 120))
+    image = solid_image((200, 20, 20), (300, 120))
     pv = vlaser.load_image(image, input_size=56, max_num=12)
     assert vlm.ask(image, "What is it?") == model.chat(tok, pv, "What is it?", dict(max_new_tokens=10, do_sample=False))
     assert vlm.ask(None, "Hello") == model.chat(tok, None, "Hello", dict(max_new_tokens=10, do_sample=False))
 
 
 def test_multi_image_ask_uses_image_prefixes(vlm):
-    a, b = _img((255, 0, 0)), _img((0, 0, 255), (60, 200))
+    a, b = solid_image((255, 0, 0)), solid_image((0, 0, 255), (60, 200))
     pa, pb = vlaser.load_image(a, input_size=56), vlaser.load_image(b, input_size=56)
     expected = vlm.model.chat(vlm.tokenizer, torch.cat([pa, pb]), "Image-1: <image>\nImage-2: <image>\nSame?",
                               dict(max_new_tokens=10, do_sample=False), num_patches_list=[len(pa), len(pb)])
@@ -35,12 +25,13 @@ def test_multi_image_ask_uses_image_prefixes(vlm):
 
 
 def test_ask_batch_equals_single_asks(vlm):
-    requests = [(_img((255, 0, 0)), "Colour?"), ([_img((0, 255, 0)), _img((0, 0, 9))], "Compare these."), (None, "Hi")]
+    requests = [(solid_image((255, 0, 0)), "Colour?"),
+                ([solid_image((0, 255, 0)), solid_image((0, 0, 9))], "Compare these."), (None, "Hi")]
     assert vlm.ask_batch(requests) == [vlm.ask(images, q) for images, q in requests]
 
 
 def test_session_is_multi_turn_chat(vlm):
-    image = _img((10, 200, 10))
+    image = solid_image((10, 200, 10))
     session = vlm.session(image)
     first, second = session.ask("What is it?"), session.ask("And the colour?")
     pv = vlaser.load_image(image, input_size=56)
@@ -58,7 +49,7 @@ def test_point_parses_and_scales(vlm, monkeypatch):
         return ["<point>[[500, 250], [100, 900]]</point> <ref>cup</ref><box>[[0, 0, 500, 500]]</box>"], [False]
 
     monkeypatch.setattr(vlm.model, "generate_answers", fake_generate_answers)
-    answer = vlm.point(_img((0, 0, 0), (640, 480)), "Point to the cup.")
+    answer = vlm.point(solid_image((0, 0, 0), (640, 480)), "Point to the cup.")
     assert answer.points == [(500.0, 250.0), (100.0, 900.0)]
     assert answer.pixels == [(320, 120), (64, 432)]
     assert answer.box_pixels == [(0, 0, 320, 240)]
@@ -71,7 +62,7 @@ def test_point_uses_at_most_six_tiles(vlm, monkeypatch):
     monkeypatch.setattr(vlm.model, "generate_answers",
                         lambda tok, prompts, pv, gen, keep_grounding_tokens=False: tiles.setdefault("n", pv.shape[0])
                         and ([""], [False]))
-    vlm.point(_img((0, 0, 0), (1000, 1000)), "Point.")
+    vlm.point(solid_image((0, 0, 0), (1000, 1000)), "Point.")
     assert tiles["n"] == 5  # a 2x2 grid plus the thumbnail; with 12 tiles it would be 3x3 plus the thumbnail
 
 

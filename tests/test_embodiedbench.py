@@ -1,7 +1,6 @@
 """EmbodiedBench: its plan format and request shape against vlaser's request path, and the results import."""
 
 import base64
-import io
 import json
 import math
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from media import data_url
 from vlaser.cli import main
 from vlaser.eval.backends import Generation, Request, to_payload
 from vlaser.eval.benchmark import BenchmarkDataError
@@ -128,13 +128,6 @@ def test_point_actions_only_where_the_evaluator_enables_them():
 
 
 # ---- the request path ---------------------------------------------------------------------------------------------
-
-def data_url(image: Image.Image, mime: str = "image/png") -> str:
-    """``local_image_to_data_url`` of a saved PNG: ``data:image/png;base64,...``."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode()}"
-
 
 def eb_request(image: Image.Image, prompt: str, history: list | None = None, **extra) -> dict:
     """The body ``RemoteModel._call_intern38b`` posts: image part first, then the prompt."""

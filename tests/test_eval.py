@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from fakes import ChatServer, ScriptedBackend
+from media import write_mask
 from test_eval_egoplan_bench2 import make_dataset as egoplan_bench2
 from test_eval_erqa import make_dataset as erqa
 from test_eval_vlabench import make_dataset as vlabench
@@ -17,20 +18,13 @@ from vlaser.eval.extract import robopoint_text2pts
 from vlaser.eval.runner import read_predictions, run, score
 
 
-def _mask(path, box, size, fmt):
-    arr = np.zeros((size[1], size[0]), dtype=np.uint8)
-    x0, y0, x1, y1 = box
-    arr[y0:y1, x0:x1] = 255
-    Image.fromarray(arr).save(path, format=fmt)
-
-
 def where2place(root, n=3):
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     lines = []
     for i in range(n):
         Image.new("RGB", (640, 480), (90, 90, 90 + 40 * i)).save(root / "images" / f"{i}.jpg")
-        _mask(root / "masks" / f"{i:02d}.jpg", (200, 150, 440, 330), (640, 480), "JPEG")  # centre region
+        write_mask(root / "masks" / f"{i:02d}.jpg", (200, 150, 440, 330), (640, 480), "JPEG")  # centre region
         lines.append({"question_id": 100 + i, "image": f"{i}.jpg", "category": "seen" if i else "unseen",
                       "text": f"Find free space {i} on the table. Your answer should be formatted as a list of "
                               "tuples, i.e. [(x1, y1), (x2, y2), ...]."})
@@ -50,7 +44,7 @@ def point_bench(root):
         folder.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (100, 80), (10, 10, 10)).save(folder / row["image_filename"])
         if "mask_filename" in row:
-            _mask(root / "masks" / row["mask_filename"], (50, 0, 100, 80), (100, 80), "PNG")  # right half
+            write_mask(root / "masks" / row["mask_filename"], (50, 0, 100, 80), (100, 80), "PNG")  # right half
     (root / "data.json").write_text(json.dumps(rows))
     return root
 
@@ -62,7 +56,7 @@ def refspatial(root):
         rows = []
         for i in range(2):
             Image.new("RGB", (200, 100), (0, 0, 0)).save(root / split / "image" / f"{i}.png")
-            _mask(root / split / "mask" / f"{i}.png", (0, 0, 100, 100), (200, 100), "PNG")  # left half
+            write_mask(root / split / "mask" / f"{i}.png", (0, 0, 100, 100), (200, 100), "PNG")  # left half
             rows.append({"id": i, "object": "the mug", "prompt": f"Point to the mug {i}.", "step": 1,
                          "suffix": "Your answer should be formatted as a list of tuples.", "category": split,
                          "rgb_path": f"image/{i}.png", "mask_path": f"mask/{i}.png"})

@@ -11,7 +11,7 @@ from PIL import Image
 from fakes import ChatServer
 from media import frame_index, write_counter_video
 from vlaser.eval.backends import Answer, Generation, OpenAIBackend, Request, TransformersBackend, to_payload
-from vlaser.eval.benchmark import Benchmark, Item, Protocol, Score
+from vlaser.eval.benchmark import Benchmark, EvalProtocol, Item, Score
 from vlaser.eval.runner import build_request, read_predictions, run
 
 
@@ -20,7 +20,7 @@ class ClipQA(Benchmark):
 
     name = "clip_qa"
     pointing = False
-    protocols = (Protocol("official", max_num=2, max_new_tokens=6, frames=4),)
+    protocols = (EvalProtocol("official", max_num=2, max_new_tokens=6, frames=4),)
 
     def load(self, data_dir: Path) -> list[Item]:
         rows = json.loads((data_dir / "items.json").read_text())

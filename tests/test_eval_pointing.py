@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from media import write_mask
 from vlaser.cli import main
 from vlaser.eval.backends import Answer
 from vlaser.eval.benchmark import BenchmarkDataError, get_benchmark
@@ -30,14 +31,6 @@ PAD = "            "  # the 12 spaces of source indentation inside PointArena's 
 def _image(path, size, color=(20, 20, 20)):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, color).save(path, format=None if path.suffix else "PNG")  # Molmo's files have no suffix
-
-
-def _mask(path, box, size):
-    arr = np.zeros((size[1], size[0]), dtype=np.uint8)
-    x0, y0, x1, y1 = box
-    arr[y0:y1, x0:x1] = 255
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
 
 
 # ---- Point-Bench -------------------------------------------------------------------------------------------------
@@ -57,7 +50,7 @@ def make_dataset(root, metadata=True):
     for row in rows:
         _image(root / "images" / row["category"] / row["image_filename"], (100, 80))
         if "mask_filename" in row:
-            _mask(root / "masks" / row["mask_filename"], (50, 0, 100, 80), (100, 80))  # right half
+            write_mask(root / "masks" / row["mask_filename"], (50, 0, 100, 80), (100, 80))  # right half
     (root / "data.json").write_text(json.dumps(rows))
     if metadata:
         (root / "pixmo_metadata.csv").write_text('image_filename,points\n'
@@ -429,7 +422,7 @@ def test_molmo_parquet_reads_the_local_image_column(tmp_path):
 
 def _where2place(root):
     _image(root / "images" / "0.jpg", (64, 48))
-    _mask(root / "masks" / "00.jpg", (0, 0, 10, 10), (64, 48))
+    write_mask(root / "masks" / "00.jpg", (0, 0, 10, 10), (64, 48))
     text = ("Find some free space on the plate. Your answer should be formatted as a list of tuples, i.e. "
             "[(x1, y1), (x2, y2), ...], where each tuple contains the x and y coordinates of a point satisfying the "
             "conditions above. The coordinates should be between 0 and 1, indicating the normalized pixel locations "
@@ -441,7 +434,7 @@ def _where2place(root):
 
 def _refspatial(root):
     _image(root / "Location" / "image" / "0.png", (64, 48))
-    _mask(root / "Location" / "mask" / "0.png", (0, 0, 10, 10), (64, 48))
+    write_mask(root / "Location" / "mask" / "0.png", (0, 0, 10, 10), (64, 48))
     row = {"id": 0, "object": "the mug", "prompt": "Please point out the mug left of the bowl.",
            "suffix": "Your answer should be formatted as a list of tuples, i.e. [(x1, y1)], where each tuple contains "
                      "the x and y coordinates of a point satisfying the conditions above. The coordinates should be "

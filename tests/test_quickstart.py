@@ -3,10 +3,10 @@
 import json
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from media import write_mask
 from vlaser.quickstart import run as quickstart
 
 #: the CI variant's training, as steps so that it does not depend on the machine's speed (about 6 minutes here;
@@ -43,13 +43,6 @@ def test_budget_stops_training_and_does_not_count_evaluation_time(monkeypatch):
     assert callback.curve[-1]["step"] == 4 and callback.train_seconds() == pytest.approx(31.0)
 
 
-def _mask(path, box):
-    mask = np.zeros((10, 10), np.uint8)
-    x0, y0, x1, y1 = box
-    mask[y0:y1, x0:x1] = 255
-    Image.fromarray(mask).save(path)
-
-
 def test_blind_baselines_find_the_best_constant_point_and_the_majority(tmp_path):
     w2p = tmp_path / "w2p"
     (w2p / "images").mkdir(parents=True)
@@ -58,7 +51,7 @@ def test_blind_baselines_find_the_best_constant_point_and_the_majority(tmp_path)
     lines = []
     for i, box in enumerate(boxes):
         Image.new("RGB", (10, 10)).save(w2p / "images" / f"{i}.png")
-        _mask(w2p / "masks" / f"{i:02d}.jpg", box)
+        write_mask(w2p / "masks" / f"{i:02d}.jpg", box)
         lines.append(json.dumps({"question_id": i, "image": f"{i}.png", "text": "Point to it.", "category": "x"}))
     (w2p / "point_questions.jsonl").write_text("\n".join(lines) + "\n")
     import pyarrow as pa

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
-import io
 import json
 import os
 import signal
@@ -31,7 +30,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from fakes import end_token_first, stream_tokens
-from vlaser.api import VLM
+from media import data_url
 from vlaser.errors import UserInputError
 from vlaser.serve.app import create_app
 from vlaser.serve.engine import Completion, Engine, QueueFull
@@ -39,12 +38,6 @@ from vlaser.serve.messages import MediaLimits, is_public, parse_chat_request
 
 GREEDY = {"max_new_tokens": 12, "do_sample": False}
 MAX_NUM = 2  # tiles per image: enough to tile, few enough to stay fast
-
-
-def data_url(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def image_part(url: str, **extra) -> dict:
@@ -225,10 +218,7 @@ def post(port: int, body: dict, timeout: float = 60) -> tuple[int, dict]:
 # ---- fixtures ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def vlm(loaded):
-    model, tokenizer = loaded
-    return VLM(model, tokenizer, max_num=MAX_NUM)
+VLM_SETTINGS = {"max_num": MAX_NUM}  # the conftest ``vlm``'s
 
 
 @pytest.fixture(scope="module")

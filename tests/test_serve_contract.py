@@ -10,8 +10,6 @@ a system message; its InternVL video example's ``Frame1: <IMAGE_TOKEN>`` lines).
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 
 import numpy as np
@@ -19,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from media import data_url
 from vlaser.api import Media
 from vlaser.eval.backends import Generation, Request, from_response, to_payload
 from vlaser.model.template import INTERNVL2_5_SYSTEM_MESSAGE, multi_image_prefix
@@ -31,12 +30,6 @@ def noise(size: tuple[int, int], seed: int) -> Image.Image:
     """A random picture: every tile differs, so a different tiling gives a different answer."""
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def data_url(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 WIDE = noise((224, 56), 0)  # 4:1 at the tiny model's 56 px tiles: 4 tiles + thumbnail, or 1 tile
@@ -52,13 +45,6 @@ def build_app(checkpoint, name: str, **options):
     vlm = VLM.from_pretrained(checkpoint, dtype=torch.float32, device="cpu")
     engine = Engine(vlm, max_batch_size=8, max_wait_ms=5, keep_grounding_tokens=False)
     return create_app(engine, name, default_max_num=vlm.max_num, **options)
-
-
-@pytest.fixture(scope="module")
-def vlm(tiny_original):
-    from vlaser.api import VLM
-
-    return VLM.from_pretrained(tiny_original, dtype=torch.float32, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -7,37 +7,25 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
 from fakes import end_token_first, stream_tokens
-from vlaser import VLM
+from media import solid_image
 from vlaser.errors import UserInputError
 from vlaser.serve import engine as engine_module
 from vlaser.serve.engine import Completion, Engine, Job, QueueFull, Sampling, settled_prefix
 from vlaser.serve.messages import ChatRequest
 
-
-@pytest.fixture(scope="module")
-def vlm(loaded):
-    model, tokenizer = loaded
-    return VLM(model, tokenizer)
-
-
-def _img(color, size=(120, 80)):
-    return Image.new("RGB", size, color)
-
-
 REQUESTS = [
-    ChatRequest("<image>\nWhat is on the table?", [_img((200, 20, 20))]),
+    ChatRequest("<image>\nWhat is on the table?", [solid_image((200, 20, 20))]),
     ChatRequest("Hello, who are you?"),
-    ChatRequest("Image-1: <image>\nImage-2: <image>\nSame colour?", [_img((0, 0, 255), (60, 200)),
-                                                                     _img((0, 255, 0), (300, 100))]),
+    ChatRequest("Image-1: <image>\nImage-2: <image>\nSame colour?", [solid_image((0, 0, 255), (60, 200)),
+                                                                     solid_image((0, 255, 0), (300, 100))]),
     ChatRequest("And now?", [], system="You are a robot.", history=[("Hi", "Hello! How can I help?")]),
-    ChatRequest("<image>\nPoint to the cup.", [_img((9, 9, 9), (500, 500))], system="You are a robot."),
-    ChatRequest("Describe it again.", [_img((50, 100, 150))], history=[("<image>\nDescribe it.", "A square.")]),
+    ChatRequest("<image>\nPoint to the cup.", [solid_image((9, 9, 9), (500, 500))], system="You are a robot."),
+    ChatRequest("Describe it again.", [solid_image((50, 100, 150))], history=[("<image>\nDescribe it.", "A square.")]),
     ChatRequest("Which object is left of the green circle?"),
-    ChatRequest("<image>\nA. B. C. D.", [_img((255, 255, 0), (80, 300))], system=""),
+    ChatRequest("<image>\nA. B. C. D.", [solid_image((255, 255, 0), (80, 300))], system=""),
 ]
 
 
@@ -175,7 +163,7 @@ def test_an_image_s_own_tile_limit_wins(vlm, monkeypatch):
     real = vlm.model.generate_answers
     monkeypatch.setattr(vlm.model, "generate_answers", lambda tok, prompts, pixel_values, *a, **k: tiles.append(
         len(pixel_values)) or real(tok, prompts, pixel_values, *a, **k))
-    wide = _img((0, 255, 0), (300, 100))  # 3 tiles and the thumbnail at max_num 6, 1 tile at max_num 1
+    wide = solid_image((0, 255, 0), (300, 100))  # 3 tiles and the thumbnail at max_num 6, 1 tile at max_num 1
     request = ChatRequest("Image-1: <image>\nImage-2: <image>\nSame?", [wide, wide], image_max_tiles=[1, None])
 
     async def body(engine):
@@ -390,7 +378,7 @@ def test_cancel_a_running_job_frees_its_row(vlm, monkeypatch):
 
 
 def test_failing_preparation_fails_only_that_job(vlm, batch_sizes):
-    mismatch = ChatRequest("No tag here.", [_img((1, 2, 3))], history=[("Hi", "Hello")])
+    mismatch = ChatRequest("No tag here.", [solid_image((1, 2, 3))], history=[("Hi", "Hello")])
     context = vlm.model.config.text_config.max_position_embeddings
 
     async def body(engine):

@@ -1,6 +1,6 @@
 """The web page of ``vlaser serve``: its routes and offline assets, and a real browser (Playwright driving
 Debian's ``chromium``, headless) that uploads images, asks, and finds the answer's points and boxes drawn at
-their pixel positions. CI installs both (``.ci/run``); a missing browser is a failure, not a skip."""
+their pixel positions. ``./install.sh`` installs both; a missing browser is a failure, not a skip."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def browser():
     except ImportError as error:
         raise AssertionError("the browser tests need the `playwright` package (the dev extra installs it)") from error
     if not Path(CHROMIUM).exists():
-        raise AssertionError(f"the browser tests need Debian's chromium at {CHROMIUM} (.ci/run apt-installs it)")
+        raise AssertionError(f"the browser tests need Debian's chromium at {CHROMIUM} (./install.sh apt-installs it)")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield chromium

@@ -67,7 +67,7 @@ VLASER_EVALUATOR = ("OpenGVLab/Vlaser internvl_chat/eval/evaluate_point_{pixmo,p
 
 
 @dataclass(frozen=True)
-class Protocol:
+class EvalProtocol:
     """One named way to ask and score a benchmark: prompt builder, tiles, frames and generation settings.
 
     The benchmark's ``score`` reads ``Benchmark.protocol`` (the name) where the answer parser or scorer
@@ -96,7 +96,7 @@ class Benchmark(abc.ABC):
     """
 
     name: ClassVar[str]
-    protocols: ClassVar[tuple[Protocol, ...]] = (Protocol("official"),)
+    protocols: ClassVar[tuple[EvalProtocol, ...]] = (EvalProtocol("official"),)
     pointing: ClassVar[bool] = True
     #: the prompt line of video frame ``i`` (1-based): ``Frame-{i}: <image>``, as InternVL's video path, unless
     #: a benchmark's own InternVL code says otherwise
@@ -112,7 +112,7 @@ class Benchmark(abc.ABC):
         self.protocol = protocol or names[0]
         if self.protocol not in names:
             raise UserInputError(f"{self.name}: unknown protocol {self.protocol!r}; choose from {names}")
-        self.settings: Protocol = self.protocols[names.index(self.protocol)]
+        self.settings: EvalProtocol = self.protocols[names.index(self.protocol)]
         self.options = options
 
     @abc.abstractmethod

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from vlaser.errors import UserInputError
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score, mean_by
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, EvalProtocol, Item, Score, mean_by
 from vlaser.model.template import MULTI_IMAGE_LINE
 
 ANNOTATION = "EgoPlan-Bench2.json"
@@ -150,7 +150,7 @@ def _item(row: Any, videos: Path, where: str) -> Item:
 class EgoPlanBench2(Benchmark):
     name = "egoplan_bench2"
     pointing = False
-    protocols = (Protocol("official", max_new_tokens=512, frames=8,
+    protocols = (EvalProtocol("official", max_new_tokens=512, frames=8,
                           source="qiulu66/EgoPlan-Bench2 eval.py and models/InternVL2.py (LMDeploy defaults)"),)
     frame_line = MULTI_IMAGE_LINE
     known_options = ("videos", "fixed_prefixes")

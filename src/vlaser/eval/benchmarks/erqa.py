@@ -63,7 +63,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, EvalProtocol, Item, Score
 from vlaser.eval.parquet import cache_dir, find_parquet, image_file, iter_rows
 from vlaser.eval.tfrecord import read_examples
 from vlaser.model.constants import IMAGE_PLACEHOLDER as IMAGE
@@ -200,8 +200,8 @@ def _indices(value: Any, where: str) -> list[int]:
 
 class ERQA(Benchmark):
     name = "erqa"
-    protocols = (Protocol("vlaser", max_num=6, max_new_tokens=1024, source="see the module docstring"),
-                 Protocol("lmms_eval", max_num=6, max_new_tokens=1024,
+    protocols = (EvalProtocol("vlaser", max_num=6, max_new_tokens=1024, source="see the module docstring"),
+                 EvalProtocol("lmms_eval", max_num=6, max_new_tokens=1024,
                           source="lmms-eval's erqa task: images first, its priority letter extractor"))
     pointing = False
 

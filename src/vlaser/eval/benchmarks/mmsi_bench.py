@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, EvalProtocol, Item, Score
 from vlaser.eval.parquet import find_parquet, image_file, iter_rows
 
 SUFFIX = "\nAnswer with the option's letter from the given choices directly. Enclose the option's letter within ``."
@@ -32,7 +32,7 @@ def extract_choice(text: str) -> str | None:
 class MMSIBench(Benchmark):
     name = "mmsi_bench"
     pointing = False
-    protocols = (Protocol("official", max_num=6, max_new_tokens=1024,
+    protocols = (EvalProtocol("official", max_num=6, max_new_tokens=1024,
                           source="InternRobotics/MMSI-Bench's VLMEvalKit fork; generation as eval_example.py"),)
 
     def load(self, data_dir: Path) -> list[Item]:

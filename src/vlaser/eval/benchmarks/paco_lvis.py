@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vlaser.errors import require
-from vlaser.eval.benchmark import VLASER_EVALUATOR, BenchmarkDataError, Item, Protocol, Score
+from vlaser.eval.benchmark import VLASER_EVALUATOR, BenchmarkDataError, EvalProtocol, Item, Score
 from vlaser.eval.benchmarks.vlaser_points import VlaserPointJSONL, annotation_jsonl_present, eval_points
 from vlaser.eval.masks import image_size
 from vlaser.points import referring_point_question
@@ -85,7 +85,7 @@ class PacoLvis(VlaserPointJSONL):
     name = "paco_lvis"
     known_options = ("annotation", "max_queries", "seed")
     protocols = (
-        Protocol("vlaser", version=2, prompt="vlaser", max_num=6, max_new_tokens=100, min_new_tokens=1,
+        EvalProtocol("vlaser", version=2, prompt="vlaser", max_num=6, max_new_tokens=100, min_new_tokens=1,
                  source=VLASER_EVALUATOR),
     )
     annotation_names = (r"paco",)

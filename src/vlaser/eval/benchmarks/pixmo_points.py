@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from vlaser.eval.benchmark import VLASER_EVALUATOR, BenchmarkDataError, Item, Protocol, Score, check_prompt_style
+from vlaser.eval.benchmark import VLASER_EVALUATOR, BenchmarkDataError, EvalProtocol, Item, Score, check_prompt_style
 from vlaser.eval.benchmarks.vlaser_points import VlaserPointJSONL, annotation_jsonl_present, eval_points, first_ref
 from vlaser.eval.extract import vlaser_pixels
 from vlaser.eval.masks import image_size
@@ -104,9 +104,9 @@ class PixmoPoints(VlaserPointJSONL):
     name = "pixmo_points"
     known_options = ("annotation", "match_by_line", "radius", "fix_gt_scale")
     protocols = (
-        Protocol("vlaser", version=2, prompt="vlaser", max_num=6, max_new_tokens=100, min_new_tokens=1,
+        EvalProtocol("vlaser", version=2, prompt="vlaser", max_num=6, max_new_tokens=100, min_new_tokens=1,
                  source=VLASER_EVALUATOR),
-        Protocol("molmo", prompt="official", max_num=6, max_new_tokens=100, min_new_tokens=1,
+        EvalProtocol("molmo", prompt="official", max_num=6, max_new_tokens=100, min_new_tokens=1,
                  source="Molmo's PointingEval data and scorer, asked with Vlaser's evaluator settings"),
     )
 

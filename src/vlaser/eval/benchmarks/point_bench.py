@@ -40,7 +40,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vlaser.eval.benchmark import VLASER_EXAMPLE, Benchmark, BenchmarkDataError, Item, Protocol, Score
+from vlaser.eval.benchmark import VLASER_EXAMPLE, Benchmark, BenchmarkDataError, EvalProtocol, Item, Score
 from vlaser.eval.extract import json_points
 from vlaser.eval.masks import image_size, mask_and_points, values_at
 
@@ -111,8 +111,8 @@ def official_text(item: Item, width: int, height: int) -> str:
 class PointBench(Benchmark):
     name = "point_bench"
     protocols = (
-        Protocol("vlaser", prompt="vlaser", max_num=12, max_new_tokens=1024, source=VLASER_EXAMPLE),
-        Protocol("official", version=2, prompt="official", max_num=12, max_new_tokens=1024,
+        EvalProtocol("vlaser", prompt="vlaser", max_num=12, max_new_tokens=1024, source=VLASER_EXAMPLE),
+        EvalProtocol("official", version=2, prompt="official", max_num=12, max_new_tokens=1024,
                  source="pointarena/pointarena model_evaluator.py call_claude/call_grok prompt (steerable reference "
                         "points from pixmo_metadata.csv), with eval_example.py's generation settings"),
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlaser.eval.benchmark import VLASER_EXAMPLE, Benchmark, BenchmarkDataError, Item, Protocol, Score
+from vlaser.eval.benchmark import VLASER_EXAMPLE, Benchmark, BenchmarkDataError, EvalProtocol, Item, Score
 from vlaser.eval.masks import image_size, robopoint_mean_score
 from vlaser.eval.parquet import find_parquet, image_file, iter_rows
 
@@ -25,8 +25,8 @@ class RefSpatial(Benchmark):
     name = "refspatial"
     known_options = ("unparsed_as_zero",)
     protocols = (
-        Protocol("vlaser", prompt="vlaser", max_num=12, max_new_tokens=1024, source=VLASER_EXAMPLE),
-        Protocol("official", prompt="official", max_num=12, max_new_tokens=1024,
+        EvalProtocol("vlaser", prompt="vlaser", max_num=12, max_new_tokens=1024, source=VLASER_EXAMPLE),
+        EvalProtocol("official", prompt="official", max_num=12, max_new_tokens=1024,
                  source="the benchmark's own prompt, with eval_example.py's generation settings"),
     )
 

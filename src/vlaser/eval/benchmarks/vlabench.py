@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from vlaser.errors import UserInputError
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, EvalProtocol, Item, Score
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 
 #: ``SUBTASK_PATTERN`` of the official scorer, tried in this order at every position
@@ -294,7 +294,7 @@ def _mean(values: list[float]) -> float:
 class VLABench(Benchmark):
     name = "vlabench"
     pointing = False
-    protocols = (Protocol("official", max_num=6, max_new_tokens=512,
+    protocols = (EvalProtocol("official", max_num=6, max_new_tokens=512,
                           source="VLABench's InternVL wrapper (LMDeploy defaults); 6 tiles for two pictures"),)
 
     known_options = tuple(OPTIONS)

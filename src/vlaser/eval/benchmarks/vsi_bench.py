@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 
 from vlaser.errors import UserInputError
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Protocol, Score
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, EvalProtocol, Item, Score
 from vlaser.eval.parquet import read_rows
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class VSIBench(Benchmark):
     name = "vsi_bench"
     pointing = False
     #: vsibench.yaml generation_kwargs; evaluate_all_in_one.sh: max_frames_num=8 for InternVL2 (32 for most others)
-    protocols = (Protocol("official", max_new_tokens=16, frames=8,
+    protocols = (EvalProtocol("official", max_new_tokens=16, frames=8,
                           source="thinking-in-space vsibench.yaml and evaluate_all_in_one.sh (InternVL2 setting)"),)
     #: the official InternVL2 wrapper's line: ``Frame1: <image>``, no hyphen
     frame_line = "Frame{i}: <image>\n"
