@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 from transformers import Qwen2Config
 
@@ -131,7 +131,8 @@ def _reference_velocity(model, embeds, attention_mask, state, x_t, t, theta, max
         for layer, h, pos in zip((vl, el), groups, positions):
             at = layer.self_attn
             x = _rms(h, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-            split = (lambda y: y.view(b, h.shape[1], -1, at.head_dim).transpose(1, 2))  # noqa: E731
+            def split(y, n=h.shape[1], d=at.head_dim):
+                return y.view(b, n, -1, d).transpose(1, 2)
             qs.append(_rope(split(F.linear(x, at.q_proj.weight, at.q_proj.bias)), pos, theta))
             ks.append(_rope(split(F.linear(x, at.k_proj.weight, at.k_proj.bias)), pos, theta))
             vs.append(split(F.linear(x, at.v_proj.weight, at.v_proj.bias)))

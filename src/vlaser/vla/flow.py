@@ -57,7 +57,8 @@ def time_embedding(t: torch.Tensor, dim: int, max_period: float, convention: str
     ``exp(-i log(max_period) / (dim/2 - 1))``) or openpi's ``posemb_sincos`` (periods from 4e-3 to ``max_period``)."""
     half = dim // 2
     if convention == "release":
-        freq = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -(math.log(max_period) / (half - 1)))
+        steps = torch.arange(half, device=t.device, dtype=torch.float32)
+        freq = torch.exp(steps * -(math.log(max_period) / (half - 1)))
     else:
         fraction = torch.linspace(0.0, 1.0, half, device=t.device, dtype=torch.float32)
         freq = 2 * math.pi / (OPENPI_MIN_PERIOD * (max_period / OPENPI_MIN_PERIOD) ** fraction)
