@@ -284,8 +284,10 @@ class Engine:
         if row.cancelled:
             return
         row.tokens.append(token)
-        text = row.decode(row.tokens).lstrip()
         stops = row.params.stop
+        if row.on_delta is None and not stops and token != self.end_id and len(row.tokens) < row.params.max_new_tokens:
+            return  # nothing to stream or cut: the text is decoded once, at the end
+        text = row.decode(row.tokens).lstrip()
         cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=None)
         if cut is not None:
             self._finish(row, text[:cut], "stop")
