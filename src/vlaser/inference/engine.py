@@ -281,7 +281,7 @@ class Engine:
     def _advance(self, row: Row, token: int) -> None:
         """Add a token to a row: it ends at its end token, its first stop string or its ``max_new_tokens``;
         otherwise the part of its answer no later token can change is streamed."""
-        if row.cancelled:
+        if row.done:
             return
         row.tokens.append(token)
         stops = row.params.stop
