@@ -532,3 +532,64 @@ def test_each_job_decodes_the_grounding_tags_its_own_way(vlm, monkeypatch, batch
     assert batch_sizes == [3]
     assert kept[0] == kept[1].text == "<ref>cup</ref><box>[[1, 2, 3, 4]]</box>"
     assert dropped[0] == dropped[1].text == default[0] == default[1].text == "cup[[1, 2, 3, 4]]"
+
+
+@pytest.mark.slow
+def test_vlaser_serve_answers_a_short_request_while_a_long_one_streams(tiny_original, tmp_path):
+    """Continuous batching end to end: a 4-token request sent once a 256-token stream has produced 8 chunks
+    (each at least a token) completes before that stream ends. Ordered by events, not by timing."""
+    import http.client
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "vlaser", "serve", "--model", str(tiny_original), "--port",
+                             str(port), "--dtype", "float32", "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
+    events, eight = [], threading.Event()
+
+    def post(body: dict) -> http.client.HTTPResponse:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        return connection.getresponse()
+
+    def read_long() -> None:
+        response = post({"messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 256,
+                         "min_tokens": 256, "stream": True})
+        chunks = 0
+        for line in response:
+            if line.startswith(b"data: [DONE]"):
+                events.append("long done")
+            elif line.startswith(b"data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                chunks += 1
+                if chunks == 8:
+                    eight.set()
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "vlaser serve did not start"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        reader = threading.Thread(target=read_long)
+        reader.start()
+        assert eight.wait(120), "the long stream produced fewer than 8 chunks"
+        short = json.loads(post({"messages": [{"role": "user", "content": "Hi."}], "max_tokens": 4}).read())
+        events.append("short done")
+        reader.join(300)
+        assert short["usage"]["completion_tokens"] <= 4
+        assert events == ["short done", "long done"]
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        log.close()
