@@ -29,9 +29,10 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fakes import end_token_first, stream_tokens
+from fakes import end_token_first, scripted_sampling
 from media import data_url
 from vlaser.errors import UserInputError
+from vlaser.inference import engine as core
 from vlaser.serve.app import create_app
 from vlaser.serve.engine import Completion, Engine, QueueFull
 from vlaser.serve.messages import MediaLimits, is_public, parse_chat_request
@@ -359,10 +360,7 @@ def test_skip_special_tokens_chooses_the_grounding_tags_per_request(client, vlm,
     ids = [*tokenizer(boxed)["input_ids"], tokenizer.convert_tokens_to_ids("<|im_end|>")]
     assert tokenizer.convert_tokens_to_ids("<box>") in ids
 
-    def fixed(tok, prompts, pixel_values, config, keep_grounding_tokens=False):
-        stream_tokens(config["streamer"], len(prompts), ids)
-
-    monkeypatch.setattr(vlm.model, "generate_answers", fixed)
+    monkeypatch.setattr(core.Engine, "_sample", scripted_sampling(lambda row: ids))
     messages = [user(image_part(data_url(RED)), text_part("Where is the cup?"))]
 
     def text(**fields) -> str:

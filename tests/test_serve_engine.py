@@ -4,14 +4,15 @@ import asyncio
 import threading
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.generation.streamers import BaseStreamer
 
-from fakes import end_token_first, stream_tokens
+from fakes import end_token_first
 from media import solid_image
 from vlaser.errors import UserInputError
+from vlaser.inference import Prepared
+from vlaser.inference import engine as core
 from vlaser.serve import engine as engine_module
 from vlaser.serve.engine import Completion, Engine, Job, QueueFull, Sampling, settled_prefix
 from vlaser.serve.messages import ChatRequest
@@ -78,16 +79,16 @@ async def _collect(stream):
 
 
 @pytest.fixture
-def batch_sizes(vlm, monkeypatch):
-    """The number of prompts of each generate call the engine makes."""
+def batch_sizes(monkeypatch):
+    """The number of rows of each prefill (the rows that join the running batch together)."""
     sizes = []
-    real = vlm.model.generate_answers
+    real = core.Engine._prefill
 
-    def spy(tokenizer, prompts, *args, **kwargs):
-        sizes.append(len(prompts))
-        return real(tokenizer, prompts, *args, **kwargs)
+    def spy(engine, rows):
+        sizes.append(len(rows))
+        return real(engine, rows)
 
-    monkeypatch.setattr(vlm.model, "generate_answers", spy)
+    monkeypatch.setattr(core.Engine, "_prefill", spy)
     return sizes
 
 
@@ -138,14 +139,14 @@ def test_generation_runs_off_the_event_loop_while_the_next_jobs_are_prepared(vlm
     """The first batch is held at the start of generation until the event loop has seen the second job's tiles
     ready: that needs generation off the loop and preparation ahead of it."""
     released = threading.Event()
-    real = vlm.model.generate_answers
+    real = core.Engine._prefill
 
     def gated(*args, **kwargs):
         if not released.wait(30):
             raise TimeoutError("the event loop did not run, or the next job was not prepared, while generating")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(vlm.model, "generate_answers", gated)
+    monkeypatch.setattr(core.Engine, "_prefill", gated)
 
     async def body(engine):
         first, second = (engine.submit(Job(r, Sampling(max_tokens=3), 6)) for r in REQUESTS[:2])
@@ -160,9 +161,9 @@ def test_generation_runs_off_the_event_loop_while_the_next_jobs_are_prepared(vlm
 
 def test_an_image_s_own_tile_limit_wins(vlm, monkeypatch):
     tiles = []
-    real = vlm.model.generate_answers
-    monkeypatch.setattr(vlm.model, "generate_answers", lambda tok, prompts, pixel_values, *a, **k: tiles.append(
-        len(pixel_values)) or real(tok, prompts, pixel_values, *a, **k))
+    real = core.Engine._prefill
+    monkeypatch.setattr(core.Engine, "_prefill", lambda engine, rows: tiles.extend(
+        len(row.item.pixel_values) for row in rows) or real(engine, rows))
     wide = solid_image((0, 255, 0), (300, 100))  # 3 tiles and the thumbnail at max_num 6, 1 tile at max_num 1
     request = ChatRequest("Image-1: <image>\nImage-2: <image>\nSame?", [wide, wide], image_max_tiles=[1, None])
 
@@ -225,27 +226,18 @@ def test_stop_string_cuts_the_answer(vlm, batch_sizes):
     assert streamed == expected and other.text == other_text
 
 
-def _track(tokenizer, ids, sampling, keep_grounding_tokens=True):
-    """Feed ``ids`` to a one-row tracker step by step, as ``generate`` does; the text streamed after each step
-    and the completions it settled."""
-    pushed, settled = [], []
-
-    class FakeStream:
-        cancelled = False
-        job = Job(ChatRequest("q"), sampling, 6)
-        _push = pushed.append
-        _settle = settled.append
-
-    decode = engine_module.answer_decoder(tokenizer, "<|im_end|>", keep_grounding_tokens)
-    tracker = engine_module._BatchTracker([engine_module._Row(FakeStream(), "prompt", None, 7, decode)],
-                                          tokenizer.convert_tokens_to_ids("<|im_end|>"), "<|im_end|>")
-    tracker.put(torch.zeros(1, 7, dtype=torch.long))  # the prompt
+def _track(vlm, ids, sampling, keep_grounding_tokens=True):
+    """Feed ``ids`` to one row of the core engine step by step, as decoding does (a prompt of 7 tokens); the
+    text streamed after each step and the completions it settled."""
+    engine = core.Engine(vlm.model, vlm.tokenizer)
+    pushed = []
+    row = core.Row(Prepared("prompt", None, [], [], input_ids=[0] * 7), sampling.params(),
+                   engine._decoder(keep_grounding_tokens), on_delta=pushed.append)
     streamed = []
     for token in ids:
-        tracker.put(torch.tensor([token]))
+        engine._advance(row, token)
         streamed.append("".join(pushed))
-    tracker.end()
-    return streamed, settled
+    return streamed, [row.completion] if row.completion else []
 
 
 def test_tracker_streams_whole_characters_and_cuts_at_a_stop(vlm):
@@ -253,7 +245,7 @@ def test_tracker_streams_whole_characters_and_cuts_at_a_stop(vlm):
     tokenizer = vlm.tokenizer
     answer = "  你是书生·万象, robot arm <ref>cup</ref><box>[[1, 2, 3, 4]]</box> picks up the blue bowl END ignored"
     ids = tokenizer(answer)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    streamed, settled = _track(tokenizer, ids, Sampling(max_tokens=100, stop=("END",)))
+    streamed, settled = _track(vlm, ids, Sampling(max_tokens=100, stop=("END",)))
     expected = "你是书生·万象, robot arm <ref>cup</ref><box>[[1, 2, 3, 4]]</box> picks up the blue bowl"
     assert settled == [Completion(expected, "stop", 7, len(tokenizer(answer[: answer.index(" END") + 4])["input_ids"]))]
     assert streamed[-1] == expected
@@ -264,15 +256,8 @@ def test_tracker_streams_whole_characters_and_cuts_at_a_stop(vlm):
 def test_end_token_finishes_a_row_with_stop(vlm):
     tokenizer = vlm.tokenizer
     ids = tokenizer("The cup.")["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    streamed, settled = _track(tokenizer, ids, Sampling(max_tokens=len(ids)), keep_grounding_tokens=False)
+    streamed, settled = _track(vlm, ids, Sampling(max_tokens=len(ids)), keep_grounding_tokens=False)
     assert settled == [Completion("The cup.", "stop", 7, len(ids))] and streamed[-1] == "The cup."
-
-
-def test_rows_open_when_generate_ends_are_settled_as_cut_off(vlm):
-    """A row generate stopped before its own end (no end token, max_tokens not reached) still gets an answer."""
-    ids = vlm.tokenizer("The cup is ")["input_ids"]
-    streamed, settled = _track(vlm.tokenizer, ids, Sampling(max_tokens=50))
-    assert settled == [Completion("The cup is", "length", 7, len(ids))] and streamed[-1] == "The cup is"
 
 
 @given(data=st.data())
@@ -289,7 +274,7 @@ def test_streamed_text_is_always_the_final_text(vlm, data):
     stops = tuple(data.draw(st.lists(st.sampled_from([full[i:i + n] for i in range(len(full)) for n in (1, 2, 3)])
                                      if full.strip() else st.just("never"), max_size=2), label="stops"))
     stops = tuple(s for s in stops if s)
-    streamed, settled = _track(tokenizer, ids, Sampling(max_tokens=len(ids), stop=stops), keep)
+    streamed, settled = _track(vlm, ids, Sampling(max_tokens=len(ids), stop=stops), keep)
     (completion,) = settled
     assert all(completion.text.startswith(p) for p in streamed) and streamed[-1] == completion.text
     used = ids[: completion.completion_tokens]
@@ -311,7 +296,7 @@ def test_settled_prefix_holds_back_what_may_change(text, settled):
     assert settled_prefix(text, ("STOP", "<|im_end|>")) == settled
 
 
-def test_seeded_sampling_runs_alone_and_repeats(vlm, batch_sizes):
+def test_seeded_sampling_repeats_whatever_shares_the_batch(vlm, batch_sizes):
     request = REQUESTS[0]
 
     async def body(engine):
@@ -319,13 +304,15 @@ def test_seeded_sampling_runs_alone_and_repeats(vlm, batch_sizes):
             return engine.submit(Job(request, Sampling(max_tokens=12, **sampling), 6))
 
         seeded = [submit(temperature=1.5, seed=7), submit(temperature=1.5, seed=7), submit(temperature=1.5, seed=8)]
-        greedy = [submit(), submit(seed=3)]  # a seed does not matter to greedy decoding: these batch together
-        unseeded = [submit(temperature=1.5, top_p=0.9), submit(temperature=1.5, top_p=0.9)]
-        return [await s.result() for s in seeded], [await s.result() for s in greedy + unseeded]
+        others = [submit(), submit(seed=3), submit(temperature=1.5, top_p=0.9), submit(temperature=0.7, top_p=0.9)]
+        together = [await s.result() for s in seeded + others]
+        alone = await submit(temperature=1.5, seed=7).result()
+        return together, alone
 
-    (a, b, c), _ = _serve(vlm, body)
-    assert batch_sizes == [1, 1, 1, 2, 2]
-    assert a.text == b.text and a.text != c.text
+    (a, b, c, greedy, greedy_seeded, *_), alone = _serve(vlm, body)
+    assert batch_sizes == [7, 1]  # greedy, seeded and sampled rows of different settings share one batch
+    assert a.text == b.text == alone.text and a.text != c.text
+    assert greedy.text == greedy_seeded.text == _alone(vlm, request, 12)[0]
 
 
 def test_cancel_a_queued_job(vlm, batch_sizes):
@@ -342,39 +329,33 @@ def test_cancel_a_queued_job(vlm, batch_sizes):
 
 
 def test_cancel_a_running_job_frees_its_row(vlm, monkeypatch):
-    """Cancelled after its third token, a row stops at the next step; the other rows are unaffected."""
+    """Cancelled after its third token, a row stops at the next step and leaves its slot; the others go on."""
     expected = [_alone(vlm, r, 15)[0] for r in (REQUESTS[0], REQUESTS[3])]
-    outputs = []
-    real_generate = vlm.model.generate
-    monkeypatch.setattr(vlm.model, "generate", lambda **kw: outputs.append(
-        real_generate(**kw)[:, kw["input_ids"].shape[1]:]) or outputs[-1])
-    real_put = engine_module._BatchTracker.put
-    state = {"steps": 0}
+    real_advance = core.Engine._advance
+    seen = {}
 
-    def put(tracker, value):
-        real_put(tracker, value)
-        if value.dim() == 1:
-            state["steps"] += 1
-            if state["steps"] == 3:  # cancel on the event loop, and wait for it, as a disconnect would
+    def advance(engine, row, token):
+        real_advance(engine, row, token)
+        if row.tag is seen.get("gone"):
+            seen["row"], seen["running"] = row, engine.running
+            if len(row.tokens) == 3:  # cancel on the event loop, and wait for it, as a disconnect would
                 cancelled = threading.Event()
-                stream = tracker.rows[0].stream
+                stream = row.tag
                 stream._loop.call_soon_threadsafe(lambda: (stream.cancel(), cancelled.set()))
                 cancelled.wait()
 
-    monkeypatch.setattr(engine_module._BatchTracker, "put", put)
+    monkeypatch.setattr(core.Engine, "_advance", advance)
 
     async def body(engine):
-        gone = engine.submit(Job(REQUESTS[1], Sampling(max_tokens=15), 6))
+        gone = seen["gone"] = engine.submit(Job(REQUESTS[1], Sampling(max_tokens=15), 6))
         stays = [engine.submit(Job(r, Sampling(max_tokens=15), 6)) for r in (REQUESTS[0], REQUESTS[3])]
         with pytest.raises(asyncio.CancelledError):
             await gone.result()
-        return [await s.result() for s in stays]
+        return [await s.result() for s in stays], engine.core
 
-    stays = _serve(vlm, body)
+    stays, engine = _serve(vlm, body)
     assert [c.text for c in stays] == expected
-    (new,) = outputs
-    pad = vlm.tokenizer.pad_token_id
-    assert (new[0, 4:] == pad).all() and (new[0, :4] != pad).all()  # one more step ran before it stopped
+    assert len(seen["row"].tokens) == 3 and seen["row"] not in engine.running  # no step ran for it after the cancel
 
 
 def test_failing_preparation_fails_only_that_job(vlm, batch_sizes):
@@ -398,16 +379,16 @@ def test_failing_preparation_fails_only_that_job(vlm, batch_sizes):
 
 
 def test_failing_generation_fails_its_batch_and_the_loop_goes_on(vlm, monkeypatch):
-    real = vlm.model.generate_answers
+    real = core.Engine._prefill
     calls = []
 
-    def flaky(*args, **kwargs):
+    def flaky(engine, rows):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("out of memory")
-        return real(*args, **kwargs)
+        return real(engine, rows)
 
-    monkeypatch.setattr(vlm.model, "generate_answers", flaky)
+    monkeypatch.setattr(core.Engine, "_prefill", flaky)
 
     async def body(engine):
         first = [engine.submit(Job(r, Sampling(max_tokens=3), 6)) for r in REQUESTS[:2]]
@@ -518,19 +499,17 @@ def test_rows_with_different_min_tokens_share_a_batch_and_equal_their_lone_runs(
     assert together[1].text == _alone(vlm, REQUESTS[1], 8, min_new_tokens=3)[0]
 
 
-def test_each_job_decodes_the_grounding_tags_its_own_way(vlm, monkeypatch):
+def test_each_job_decodes_the_grounding_tags_its_own_way(vlm, monkeypatch, batch_sizes):
     """Jobs that keep and drop the ``<ref>``/``<box>`` tags share a batch; each streams what it settles on."""
     tokenizer = vlm.tokenizer
     answer = [*tokenizer("<ref>cup</ref><box>[[1, 2, 3, 4]]</box>")["input_ids"],
               tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
-    sizes = []
+    def fixed(engine, rows, hidden):  # every row generates ``answer``
+        for row in rows:
+            engine._advance(row, answer[len(row.tokens)])
 
-    def fixed(tok, prompts, pixel_values, config, keep_grounding_tokens=False):
-        sizes.append(len(prompts))
-        stream_tokens(config["streamer"], len(prompts), answer)
-
-    monkeypatch.setattr(vlm.model, "generate_answers", fixed)
+    monkeypatch.setattr(core.Engine, "_sample", fixed)
 
     async def body(engine):
         streams = [engine.submit(Job(REQUESTS[1], Sampling(max_tokens=30), 6, keep_grounding_tokens=keep))
@@ -538,6 +517,67 @@ def test_each_job_decodes_the_grounding_tags_its_own_way(vlm, monkeypatch):
         return await asyncio.gather(*[_collect(s) for s in streams])
 
     kept, dropped, default = _serve(vlm, body, keep_grounding_tokens=False)
-    assert sizes == [3]
+    assert batch_sizes == [3]
     assert kept[0] == kept[1].text == "<ref>cup</ref><box>[[1, 2, 3, 4]]</box>"
     assert dropped[0] == dropped[1].text == default[0] == default[1].text == "cup[[1, 2, 3, 4]]"
+
+
+@pytest.mark.slow
+def test_vlaser_serve_answers_a_short_request_while_a_long_one_streams(tiny_original, tmp_path):
+    """Continuous batching end to end: a 4-token request sent once a 256-token stream has produced 8 chunks
+    (each at least a token) completes before that stream ends. Ordered by events, not by timing."""
+    import http.client
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "vlaser", "serve", "--model", str(tiny_original), "--port",
+                             str(port), "--dtype", "float32", "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
+    events, eight = [], threading.Event()
+
+    def post(body: dict) -> http.client.HTTPResponse:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        return connection.getresponse()
+
+    def read_long() -> None:
+        response = post({"messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 256,
+                         "min_tokens": 256, "stream": True})
+        chunks = 0
+        for line in response:
+            if line.startswith(b"data: [DONE]"):
+                events.append("long done")
+            elif line.startswith(b"data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                chunks += 1
+                if chunks == 8:
+                    eight.set()
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "vlaser serve did not start"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        reader = threading.Thread(target=read_long)
+        reader.start()
+        assert eight.wait(120), "the long stream produced fewer than 8 chunks"
+        short = json.loads(post({"messages": [{"role": "user", "content": "Hi."}], "max_tokens": 4}).read())
+        events.append("short done")
+        reader.join(300)
+        assert short["usage"]["completion_tokens"] <= 4
+        assert events == ["short done", "long done"]
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        log.close()

@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fakes import stream_tokens
+from fakes import scripted_sampling
 from vlaser.api import VLM
+from vlaser.inference import engine as core
 from vlaser.points import POINT_PROMPT, parse_boxes, parse_points, point_question, to_pixels
 from vlaser.serve.app import create_app
 from vlaser.serve.engine import Engine
@@ -121,18 +122,19 @@ def serve(app: FastAPI) -> Iterator[str]:
 
 
 class FixedAnswers:
-    """Stands in for the tiny model's ``generate_answers`` under the real engine: streams the test's answer token
-    by token through the engine's streamer, and keeps the prompt and image tiles the engine prepared."""
+    """Fixes the tiny model's answers under the real engine: each row generates the test's next answer token
+    by token; keeps the prompt and image tiles the engine prepared."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
         self.answers: list[str] = []
         self.calls: list[tuple[str, torch.Tensor | None]] = []
+        self.sample = scripted_sampling(self._answer)
 
-    def __call__(self, tokenizer, prompts, pixel_values, config, keep_grounding_tokens=True):
-        (prompt,) = prompts  # the page sends one request at a time
-        self.calls.append((prompt, pixel_values))
-        answer = [*tokenizer(self.answers.pop(0))["input_ids"], tokenizer.convert_tokens_to_ids("<|im_end|>")]
-        stream_tokens(config["streamer"], 1, answer)
+    def _answer(self, row) -> list[int]:
+        self.calls.append((row.item.prompt, row.item.pixel_values))
+        tokenizer = self.tokenizer
+        return [*tokenizer(self.answers.pop(0))["input_ids"], tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +167,9 @@ def real_server(loaded):
     dropped unless a request keeps them, as ``vlaser serve`` runs without ``--keep-grounding-tokens``."""
     model, tokenizer = loaded
     vlm = VLM(model, tokenizer)
-    fixed = FixedAnswers()
+    fixed = FixedAnswers(tokenizer)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model, "generate_answers", fixed)
+        patch.setattr(core.Engine, "_sample", fixed.sample)
         for url in serve(create_app(Engine(vlm, max_wait_ms=0, keep_grounding_tokens=False), "tiny-vlaser")):
             yield url, fixed, vlm
 

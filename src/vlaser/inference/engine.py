@@ -1,0 +1,352 @@
+"""The one engine for local generation, with continuous batching: prepared requests in, completions out.
+
+Each request is a row in one of ``max_batch_size`` slots of a KV cache of vlaser's own (:class:`SlotCache`):
+every row writes its keys and values at its own positions, with its own position ids and a 4D attention
+mask, so a request joins the running batch at the next step and a finished row frees its slot at once.
+New rows are prefilled together (right-padded: causal attention never looks at the padding), their images
+through the vision tower in one call; admission is bounded by ``max_batch_tokens`` (prompt plus
+``max_new_tokens`` of every running row). Greedy answers equal the batch-1 ``model.chat`` loop.
+
+Two ways in: :meth:`Engine.generate` (a list of items, answers in order; it admits them sorted by tile count and
+prompt length) and :meth:`Engine.add` / :meth:`Engine.step` (the server's loop, with streamed deltas).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache
+
+from vlaser.errors import UserInputError
+from vlaser.inference.types import Completion, GenerationParams, Prepared
+from vlaser.model.chat import answer_decoder
+
+
+class SlotCache(Cache):
+    """Keys and values of ``slots`` rows, each row written at its own positions (see :meth:`bind`)."""
+
+    def __init__(self, layers: int, slots: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device):
+        super().__init__(layers=[])
+        self.shape, self.dtype, self.device, self.num_layers = (slots, kv_heads, 0, head_dim), dtype, device, layers
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.capacity = 0
+        self._rows = torch.zeros(0, dtype=torch.long)
+        self._contiguous = True
+        self._positions = torch.zeros(0, 0, dtype=torch.long)
+        self._kv_len = 0
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for ``capacity`` positions per slot, keeping what is written."""
+        if capacity <= self.capacity:
+            return
+        slots, heads, _, dim = self.shape
+        grown = [torch.zeros(slots, heads, capacity, dim, dtype=self.dtype, device=self.device)
+                 for _ in range(2 * self.num_layers)]
+        for new, old in zip(grown, self.keys + self.values):
+            new[:, :, : self.capacity] = old
+        self.keys, self.values = grown[: self.num_layers], grown[self.num_layers:]
+        self.capacity = capacity
+
+    def bind(self, slots: list[int], positions: torch.Tensor, kv_len: int) -> None:
+        """The next forward runs rows ``slots`` (in order), writing row ``b``'s tokens at ``positions[b]`` and
+        attending to the first ``kv_len`` positions of its slot."""
+        self._rows = torch.tensor(slots, device=self.device)
+        self._contiguous = slots == list(range(len(slots)))  # then the rows read a view, no copy
+        self._positions, self._kv_len = positions, kv_len
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys[self._rows[:, None], :, self._positions] = key_states.transpose(1, 2)
+        values[self._rows[:, None], :, self._positions] = value_states.transpose(1, 2)
+        if self._contiguous:
+            rows = len(self._rows)
+            return keys[:rows, :, : self._kv_len], values[:rows, :, : self._kv_len]
+        return keys[self._rows, :, : self._kv_len], values[self._rows, :, : self._kv_len]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self._kv_len
+
+
+@dataclass(eq=False)
+class Row:
+    """One request in the engine: its prompt, settings, slot and what it has generated so far."""
+
+    item: Prepared
+    params: GenerationParams
+    decode: Callable[[list[int]], str]
+    on_delta: Callable[[str], None] | None = None  #: streamed text; the deltas add up to the final text
+    tag: Any = None  #: the caller's own handle
+    slot: int = -1
+    length: int = 0  #: positions written in its slot
+    tokens: list[int] = field(default_factory=list)
+    emitted: str = ""
+    cancelled: bool = False
+    completion: Completion | None = None
+    error: BaseException | None = None
+    generator: torch.Generator | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.completion is not None or self.error is not None or self.cancelled
+
+
+class Engine:
+    """Continuous batching over a slot KV cache (see the module docstring).
+
+    ``keep_grounding_tokens`` is the choice for rows that make none (off, as in ``model.chat``).
+    """
+
+    def __init__(self, model, tokenizer, max_batch_size: int = 8, max_batch_tokens: int = 16384,
+                 keep_grounding_tokens: bool = False):
+        if max_batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError(f"need max_batch_size >= 1 and max_batch_tokens >= 1, got {max_batch_size} and "
+                             f"{max_batch_tokens}")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
+        self.keep_grounding_tokens = keep_grounding_tokens
+        self.end_token = model.conv_template.stop_token
+        self.end_id = tokenizer.convert_tokens_to_ids(self.end_token)
+        self.context = model.config.text_config.max_position_embeddings
+        self.waiting: deque[Row] = deque()
+        self.running: list[Row] = []
+        self._decoders: dict[bool, Callable[[list[int]], str]] = {}
+        self._cache: SlotCache | None = None
+
+    # ---- the list API ------------------------------------------------------------------------------------
+
+    def generate(self, items: Sequence[Prepared], params: GenerationParams | Sequence[GenerationParams]
+                 ) -> list[Completion]:
+        """One completion per item, in the items' order; ``params`` is one setting for all or one per item.
+        Items are admitted sorted by tile count and prompt length, so rows that share a prefill are alike."""
+        params = _per_item(items, params)
+        rows = [self.add(item, p) for item, p in zip(items, params)]
+        for row in rows:
+            self.waiting.remove(row)
+        self.waiting.extend(sorted(rows, key=lambda r: (sum(r.item.num_patches), len(r.item.input_ids))))
+        while self.waiting or self.running:
+            self.step()
+        for row in rows:
+            if row.error is not None:
+                raise row.error
+        return [row.completion for row in rows]
+
+    # ---- the step API (the server's loop) ----------------------------------------------------------------
+
+    def add(self, item: Prepared, params: GenerationParams, keep_grounding_tokens: bool | None = None,
+            on_delta: Callable[[str], None] | None = None, tag: Any = None) -> Row:
+        """Queue one request; it joins the running rows at the next :meth:`step` with room for it. A prompt
+        whose tokens plus ``max_new_tokens`` exceed the model's context is a :class:`UserInputError`."""
+        if not item.input_ids:
+            item.input_ids = self.tokenizer(item.prompt)["input_ids"]
+        prompt_tokens, tiles = len(item.input_ids), sum(item.num_patches)
+        if prompt_tokens + params.max_new_tokens > self.context:
+            raise UserInputError(
+                f"the prompt is {prompt_tokens} tokens ({tiles} image tiles of {self.model.num_image_token} tokens "
+                f"each) and max_tokens asks for {params.max_new_tokens} more, over the model's context of "
+                f"{self.context} tokens; send fewer or smaller images, a lower tile count (max_num) or a lower "
+                "max_tokens")
+        keep = self.keep_grounding_tokens if keep_grounding_tokens is None else keep_grounding_tokens
+        row = Row(item, params, self._decoder(keep), on_delta, tag)
+        if not params.greedy:
+            row.generator = torch.Generator(self.model.device)
+            row.generator.manual_seed(params.seed if params.seed is not None else int(torch.randint(2**62, ())))
+        self.waiting.append(row)
+        return row
+
+    def cancel(self, row: Row) -> None:
+        """Drop a row: out of the queue, or out of its slot at the next step."""
+        row.cancelled = True
+
+    def step(self) -> list[Row]:
+        """Admit the waiting rows that fit, prefilled together, then decode one token for every running row.
+        Returns the rows that ended in this step (answered, failed or cancelled); their slots are free."""
+        ended = [row for row in self.waiting if row.cancelled]
+        for row in ended:
+            self.waiting.remove(row)
+        admitted = self._admit()
+        try:
+            with torch.inference_mode():
+                if admitted:
+                    self._prefill(admitted)
+                decoding = [row for row in self.running if not row.done and row not in admitted]
+                if decoding:
+                    self._decode(decoding)
+        except Exception as error:  # the rows of a failing forward fail; the engine goes on
+            for row in self.running:
+                if not row.done:
+                    row.error = error
+        ended += [row for row in self.running if row.done]
+        self.running = [row for row in self.running if not row.done]
+        if not self.running:
+            self._cache = None  # nothing to keep: the next batch starts with a cache of its own size
+        return ended
+
+    # ---- internals ---------------------------------------------------------------------------------------
+
+    def _admit(self) -> list[Row]:
+        """Waiting rows, in order, while a slot is free and the token budget allows (one row always fits)."""
+        used = {row.slot for row in self.running}
+        budget = sum(len(r.item.input_ids) + r.params.max_new_tokens for r in self.running)
+        admitted = []
+        while self.waiting and len(self.running) + len(admitted) < self.max_batch_size:
+            row = self.waiting[0]
+            need = len(row.item.input_ids) + row.params.max_new_tokens
+            if (self.running or admitted) and budget + need > self.max_batch_tokens:
+                break
+            self.waiting.popleft()
+            row.slot = min(set(range(self.max_batch_size)) - used)
+            used.add(row.slot)
+            budget += need
+            admitted.append(row)
+        self.running += admitted
+        return admitted
+
+    def _cache_for(self, rows: list[Row]) -> SlotCache:
+        text = self.model.config.text_config
+        if self._cache is None:
+            heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+            head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+            self._cache = SlotCache(text.num_hidden_layers, self.max_batch_size, heads, head_dim, self.model.dtype,
+                                    self.model.device)
+        self._cache.reserve(max(len(r.item.input_ids) + r.params.max_new_tokens for r in rows))
+        return self._cache
+
+    def _prefill(self, rows: list[Row]) -> None:
+        """The prompts of ``rows`` in one forward (right-padded), their images in one vision-tower call."""
+        model, device = self.model, self.model.device
+        width = max(len(r.item.input_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        for b, row in enumerate(rows):
+            ids[b, : len(row.item.input_ids)] = torch.tensor(row.item.input_ids)
+        ids = ids.to(device)
+        embeds = model.get_input_embeddings()(ids)
+        tiles = [r.item.pixel_values for r in rows if r.item.pixel_values is not None]
+        if tiles:
+            features = model.model.get_image_features(pixel_values=torch.cat(tiles).to(device, model.dtype))
+            features = getattr(features, "pooler_output", features)
+            mask = (ids == model.config.image_token_id).unsqueeze(-1)
+            embeds = embeds.masked_scatter(mask, features.reshape(-1, features.shape[-1]).to(embeds.dtype))
+        positions = torch.arange(width, device=device).expand(len(rows), width)
+        causal = positions[0][None, :] <= positions[0][:, None]  # (T, T)
+        allowed = causal.expand(len(rows), 1, width, width)
+        last = torch.tensor([len(r.item.input_ids) - 1 for r in rows], device=device)
+        hidden = self._forward(rows, embeds, positions, allowed, width)
+        self._sample(rows, hidden[torch.arange(len(rows), device=device), last])
+        for row in rows:
+            row.length = len(row.item.input_ids)
+
+    def _decode(self, rows: list[Row]) -> None:
+        """One token for each of ``rows``: each writes at its own position and attends to its own slot."""
+        device = self.model.device
+        ids = torch.tensor([[row.tokens[-1]] for row in rows], device=device)
+        lengths = torch.tensor([row.length for row in rows], device=device)
+        kv_len = int(lengths.max()) + 1
+        allowed = (torch.arange(kv_len, device=device)[None, :] <= lengths[:, None])[:, None, None, :]
+        hidden = self._forward(rows, self.model.get_input_embeddings()(ids), lengths[:, None], allowed, kv_len)
+        self._sample(rows, hidden[:, -1])
+        for row in rows:
+            row.length += 1
+
+    def _forward(self, rows: list[Row], embeds: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor,
+                 kv_len: int) -> torch.Tensor:
+        """The language model over ``rows`` at ``positions``, attending where ``allowed`` (B, 1, T, kv_len)."""
+        cache = self._cache_for(rows)
+        cache.bind([row.slot for row in rows], positions, kv_len)
+        mask = torch.zeros(allowed.shape, dtype=embeds.dtype, device=embeds.device)
+        mask.masked_fill_(~allowed, torch.finfo(embeds.dtype).min)
+        out = self.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                              cache=cache, use_cache=True)
+        return out.last_hidden_state
+
+    def _sample(self, rows: list[Row], hidden: torch.Tensor) -> None:
+        """The next token of each row from its last hidden state: its end token held back until its
+        ``min_new_tokens``, then greedy or sampled with its own generator (temperature, then top-p)."""
+        logits = self.model.lm_head(hidden).float()
+        for b, row in enumerate(rows):
+            if len(row.tokens) < row.params.min_new_tokens:
+                logits[b, self.end_id] = -float("inf")
+        tokens = logits.argmax(-1).tolist()
+        for b, row in enumerate(rows):
+            if not row.params.greedy:
+                tokens[b] = _sample_one(logits[b], row.params, row.generator)
+            self._advance(row, tokens[b])
+
+    def _advance(self, row: Row, token: int) -> None:
+        """Add a token to a row: it ends at its end token, its first stop string or its ``max_new_tokens``;
+        otherwise the part of its answer no later token can change is streamed."""
+        if row.done:
+            return
+        row.tokens.append(token)
+        stops = row.params.stop
+        if row.on_delta is None and not stops and token != self.end_id and len(row.tokens) < row.params.max_new_tokens:
+            return  # nothing to stream or cut: the text is decoded once, at the end
+        text = row.decode(row.tokens).lstrip()
+        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=None)
+        if cut is not None:
+            self._finish(row, text[:cut], "stop")
+        elif token == self.end_id:
+            self._finish(row, text, "stop")
+        elif len(row.tokens) >= row.params.max_new_tokens:
+            self._finish(row, text, "length")
+        else:
+            self._emit(row, settled_prefix(text, (*stops, self.end_token)))
+
+    def _emit(self, row: Row, text: str) -> None:
+        if len(text) > len(row.emitted) and text.startswith(row.emitted):
+            if row.on_delta is not None:
+                row.on_delta(text[len(row.emitted):])
+            row.emitted = text
+
+    def _finish(self, row: Row, text: str, reason: str) -> None:
+        text = text.strip()
+        self._emit(row, text)
+        row.completion = Completion(text, reason, len(row.item.input_ids), len(row.tokens))
+
+    def _decoder(self, keep: bool) -> Callable[[list[int]], str]:
+        if keep not in self._decoders:
+            self._decoders[keep] = answer_decoder(self.tokenizer, self.end_token, keep)
+        return self._decoders[keep]
+
+
+def _sample_one(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator | None) -> int:
+    """One sampled token, as transformers' temperature and top-p warpers then ``multinomial`` (top-k off)."""
+    scores = logits / params.temperature
+    if params.top_p < 1:
+        ordered, index = scores.sort()
+        remove = ordered.softmax(-1).cumsum(-1) <= 1 - params.top_p
+        remove[-1] = False  # the likeliest token always stays
+        scores = scores.masked_fill(remove.scatter(0, index, remove), -float("inf"))
+    return int(torch.multinomial(scores.softmax(-1), 1, generator=generator))
+
+
+def settled_prefix(text: str, stops: Sequence[str]) -> str:
+    """The part of a growing (left-stripped) answer that later tokens cannot change, so it can be streamed.
+
+    Held back: trailing U+FFFD (the bytes of an incomplete character), a tail that could begin a stop string
+    (the answer may be cut there), and trailing whitespace (the final answer is stripped).
+    """
+    text = text.rstrip("\ufffd")
+    end = len(text)
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                end = min(end, len(text) - k)
+                break
+    return text[:end].rstrip()
+
+
+def _per_item(items: Sequence[Prepared], params: GenerationParams | Sequence[GenerationParams]
+              ) -> list[GenerationParams]:
+    if isinstance(params, GenerationParams):
+        return [params] * len(items)
+    params = list(params)
+    if len(params) != len(items):
+        raise ValueError(f"{len(items)} items but {len(params)} generation parameters")
+    return params
