@@ -1,9 +1,9 @@
 """Tiles/s of still images read and tiled for `vlaser eval run --workers N` on this machine.
 
 Each round reads and tiles a folder of JPEG files, as the runner does for a batch: in this process (N = 0,
-`tile_picture` one after another, each with the tiling threads) or on N worker processes (`ImageWorkers`, each
-with its share of the cores; tiles come back through shared memory). Workers are started and warmed before
-timing. Medians over rounds; the tiles are checked equal to in-process ones first.
+the prepare step's `tile` one after another, each with the tiling threads) or on N worker processes
+(`ImageWorkers`, each with its share of the cores; tiles come back through shared memory). Workers are started
+and warmed before timing. Medians over rounds; the tiles are checked equal to in-process ones first.
 Usage: python bench/bench_eval_workers.py [--images 16] [--rounds 5] [--workers 0,1,2] [--max-num 12]
 """
 
@@ -18,8 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlaser.eval.backends import TransformersBackend, tile_picture
+from vlaser.eval.backends import TransformersBackend
 from vlaser.eval.runner import ImageWorkers
+from vlaser.inference.prepare import tile
+from vlaser.model.settings import ProcessorSettings
+
+SETTINGS = ProcessorSettings()  #: InternVL3's released tiling (448 px tiles, thumbnail)
 
 
 def photos(folder: Path, count: int, rng: np.random.Generator) -> list[Path]:
@@ -37,7 +41,7 @@ def photos(folder: Path, count: int, rng: np.random.Generator) -> list[Path]:
 def one_round(workers: ImageWorkers, paths: list[Path], max_num: int) -> list[torch.Tensor]:
     pending = workers.start([(path, max_num) for path in paths])
     if pending is None:
-        return [tile_picture(path, max_num, 448)[1] for path in paths]
+        return [tile(path, max_num, SETTINGS)[1] for path in paths]
     return [pending[path, max_num].result()[1] for path in paths]
 
 
@@ -48,7 +52,7 @@ def main() -> None:
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--max-num", type=int, default=12)
     args = ap.parse_args()
-    backend = TransformersBackend("bench", vlm=SimpleNamespace(image_size=448))  # only its tiling call is used
+    backend = TransformersBackend("bench", vlm=SimpleNamespace(settings=SETTINGS))  # only its tiling call is used
     with tempfile.TemporaryDirectory() as tmp:
         paths = photos(Path(tmp), args.images, np.random.default_rng(0))
         reference = one_round(ImageWorkers(0, backend), paths, args.max_num)

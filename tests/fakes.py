@@ -5,7 +5,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from vlaser.eval.backends import Answer
+from vlaser.inference import Completion, Picture, Request
+from vlaser.inference.prepare import place_tags
 
 
 @contextlib.contextmanager
@@ -40,8 +41,16 @@ def scripted_sampling(answer_for):
     return sample
 
 
+def tagged(prompt, pictures, max_tiles, frames=0, system=None) -> Request:
+    """A request whose prompt places its pictures with its own tags; the first ``frames`` are video frames."""
+    return Request(prompt, [Picture(p, n, frame=k < frames) for k, (p, n) in enumerate(zip(pictures, max_tiles))],
+                   system=system, tagged=True)
+
+
 class ScriptedBackend:
     """Answers every request with a fixed text; keeps the requests, their prompts and the settings."""
+
+    overlap_io = tiles_locally = False
 
     def __init__(self, answer="<point>[[500, 500]]</point>"):
         self.answer, self.asked, self.requests = answer, [], []
@@ -49,11 +58,17 @@ class ScriptedBackend:
     def info(self):
         return {"backend": "scripted", "model": "scripted"}
 
-    def generate(self, requests, generation):
+    def tiling(self, picture, max_tiles):
+        raise AssertionError("a scripted backend does not tile")
+
+    def prepare(self, request, pending=None):
+        return request
+
+    def generate(self, requests, params):
         self.requests += list(requests)
-        self.asked += [request.prompt for request in requests]
-        self.generation = generation
-        return [Answer(self.answer)] * len(requests)
+        self.asked += [place_tags(request) for request in requests]
+        self.generation = params
+        return [Completion(self.answer)] * len(requests)
 
 
 class ChatServer:

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from fakes import tagged
 from media import data_url
 from vlaser.cli import main
-from vlaser.eval.backends import Generation, Request, to_payload
+from vlaser.eval.backends import to_payload
 from vlaser.eval.benchmark import BenchmarkDataError
 from vlaser.eval.embodiedbench import (
     EMPTY_PLAN,
@@ -23,6 +24,7 @@ from vlaser.eval.embodiedbench import (
     import_results,
     parse_plan,
 )
+from vlaser.inference import GenerationParams
 from vlaser.model.preprocess import image_to_tiles
 from vlaser.model.template import build_chat_prompt
 from vlaser.serve.messages import parse_chat_request
@@ -167,10 +169,10 @@ def test_to_payload_round_trips_through_the_parser(tmp_path):
         pictures.append(tmp_path / f"{k}.png")
     for prompt in ("Image-1: <image>\nImage-2: <image>\nWhich is red?", "<image>\nA\n<image>\nB"):
         for engine in ("openai", "vlaser", "vllm", "lmdeploy"):  # vlaser serve reads every engine's shape
-            payload = to_payload(Request(prompt, pictures, [6, 6]), "m", Generation(16), engine=engine)
+            payload = to_payload(tagged(prompt, pictures, [6, 6]), "m", GenerationParams(16), engine=engine)
             request = parse_chat_request(payload)
             assert request.question == prompt and len(request.images) == 2 and request.max_tokens == 16, engine
-    glued = parse_chat_request(to_payload(Request("A<image>B", pictures[:1], [6]), "m", Generation(16)))
+    glued = parse_chat_request(to_payload(tagged("A<image>B", pictures[:1], [6]), "m", GenerationParams(16)))
     assert glued.question == "A\n<image>\nB"  # a tag gets its own line unless whitespace precedes it
 
 

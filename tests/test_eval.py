@@ -158,10 +158,10 @@ def test_missing_files_are_named(tmp_path):
 
 
 class TinyImageCheckingBackend(ScriptedBackend):
-    def prepare(self, request):
+    def prepare(self, request, pending=None):
         from vlaser.model.preprocess import load_image
 
-        load_image(request.pictures[0])
+        load_image(request.pictures[0].source)
         return request
 
 

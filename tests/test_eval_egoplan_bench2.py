@@ -184,10 +184,10 @@ def test_run_sends_image_lines_and_the_official_frames(tmp_path):
     backend = ScriptedBackend("A")
     metrics = run(get_benchmark("egoplan_bench2"), backend, data, tmp_path / "out", batch_size=2)
     lines = "".join(f"Image-{i}: <image>\n" for i in range(1, 9))  # models/InternVL2.py's frame lines
-    (first,) = [r for r in backend.requests if r.prompt == lines + PROMPT_0]
-    assert first.max_tiles == [1] * 8
-    assert [frame_index(f) for f in first.pictures] == [3, 6, 10, 14, 18, 22, 26, 30]
-    sent = [[frame_index(f) for f in r.pictures] for r in backend.requests]
+    (first,) = [r for r, prompt in zip(backend.requests, backend.asked) if prompt == lines + PROMPT_0]
+    assert [(p.max_tiles, p.frame) for p in first.pictures] == [(1, True)] * 8
+    assert [frame_index(p.source) for p in first.pictures] == [3, 6, 10, 14, 18, 22, 26, 30]
+    sent = [[frame_index(p.source) for p in r.pictures] for r in backend.requests]
     assert len(sent) == 3 and [5, 6, 7, 8, 9, 10, 11, 12] in sent
     assert metrics["score"] == pytest.approx(1 / 3) and metrics["n_scored"] == 3
     assert json.loads((tmp_path / "out" / "run.json").read_text())["settings"]["frames"] == 8

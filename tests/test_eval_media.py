@@ -8,11 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fakes import ChatServer
+from fakes import ChatServer, tagged
 from media import frame_index, write_counter_video
-from vlaser.eval.backends import Answer, Generation, OpenAIBackend, Request, TransformersBackend, to_payload
+from vlaser.eval.backends import OpenAIBackend, TransformersBackend, to_payload
 from vlaser.eval.benchmark import Benchmark, EvalProtocol, Item, Score
 from vlaser.eval.runner import build_request, read_predictions, run
+from vlaser.inference import Completion, GenerationParams, Picture, Request
+from vlaser.inference.prepare import place_tags
 
 
 class ClipQA(Benchmark):
@@ -57,34 +59,37 @@ def test_requests_place_frames_first_and_images_at_their_tags(tmp_path):
     items = bench.load(clip_qa(tmp_path / "d"))
     frames = [Image.new("RGB", (8, 8))] * 2
     request = build_request(bench, items[0], "official", 6, frames)
-    assert request.prompt == "Frame-1: <image>\nFrame-2: <image>\nWhat happens?"
-    assert request.max_tiles == [1, 1]
-    assert build_request(bench, items[1], "official", 6).prompt == "Where is <image> this?"
+    assert place_tags(request) == "Frame-1: <image>\nFrame-2: <image>\nWhat happens?"
+    assert [(p.max_tiles, p.frame) for p in request.pictures] == [(1, True), (1, True)]
+    assert place_tags(build_request(bench, items[1], "official", 6)) == "Where is <image> this?"
     two = build_request(bench, items[2], "official", 6, frames)
-    assert two.prompt == "Frame-1: <image>\nFrame-2: <image>\nImage-1: <image>\nImage-2: <image>\nCompare."
-    assert two.max_tiles == [1, 1, 6, 6] and two.pictures[2:] == items[2].images
+    assert place_tags(two) == "Frame-1: <image>\nFrame-2: <image>\nImage-1: <image>\nImage-2: <image>\nCompare."
+    assert [p.max_tiles for p in two.pictures] == [1, 1, 6, 6]
+    assert [p.source for p in two.pictures[2:]] == items[2].images
     items[1].images.append(items[1].images[0])
-    with pytest.raises(ValueError, match="c1: the prompt has 1 <image> tag"):
+    with pytest.raises(ValueError, match="c1: the request holds 1 <image> tag"):
         build_request(bench, items[1], "official", 6)
-    with pytest.raises(ValueError, match="must match"):
-        Request("no tags", [Path("a.png")], [6])
+    with pytest.raises(ValueError, match="holds 0 <image> tag"):
+        place_tags(Request("no tags", [Picture(Path("a.png"), 6)], tagged=True))
 
 
 def test_openai_payload_interleaves_text_images_and_frames(tmp_path):
     image = tmp_path / "a.png"
     Image.new("RGB", (4, 4)).save(image)
     frame = Image.new("RGB", (4, 4), (255, 0, 0))
-    payload = to_payload(Request("Frame-1: <image>\nLook at <image>\nand answer.", [frame, image], [1, 6]), "m",
-                         Generation(16))
+    payload = to_payload(tagged("Frame-1: <image>\nLook at <image>\nand answer.", [frame, image], [1, 6], frames=1),
+                         "m", GenerationParams(16))
     content = payload["messages"][0]["content"]
     assert [part["type"] for part in content] == ["text", "image_url", "text", "image_url", "text"]
     assert [content[k]["text"] for k in (0, 2, 4)] == ["Frame-1: ", "Look at ", "and answer."]
     assert content[1]["image_url"]["url"].startswith("data:image/jpeg;base64,")  # decoded frames go as JPEG
     assert content[3]["image_url"]["url"].startswith("data:image/png;base64,")  # files go as they are
     assert (payload["max_tokens"], payload["temperature"]) == (16, 0.0)
-    single = to_payload(Request("<image>\nWhat is it?", [image], [6]), "m", Generation(8))["messages"][0]["content"]
+    single = to_payload(tagged("<image>\nWhat is it?", [image], [6]), "m", GenerationParams(8))
+    single = single["messages"][0]["content"]
     assert [p["type"] for p in single] == ["image_url", "text"] and single[1]["text"] == "What is it?"
-    assert OpenAIBackend("http://x/v1", "m").prepare(Request("<image>", [frame], [1])).pictures == [frame]
+    ready = OpenAIBackend("http://x/v1", "m").prepare(tagged("<image>", [frame], [1], frames=1))
+    assert [p.source for p in ready.pictures] == [frame]
 
 
 def test_frames_follow_the_benchmarks_choice(tmp_path):
@@ -206,8 +211,16 @@ def test_each_clip_is_decoded_once_and_answers_are_stored_in_item_order(tmp_path
         def info(self):
             return {"backend": "echo", "model": "echo"}
 
-        def generate(self, requests, generation):
-            return [Answer(str(frame_index(r.pictures[-1]))) for r in requests]
+        overlap_io = tiles_locally = False
+
+        def tiling(self, picture, max_tiles):
+            raise AssertionError("echo does not tile")
+
+        def prepare(self, request, pending=None):
+            return request
+
+        def generate(self, requests, params):
+            return [Completion(str(frame_index(r.pictures[-1].source))) for r in requests]
 
     decoded = []
     original = preprocess._decode_at
@@ -227,9 +240,9 @@ def test_reused_frames_and_tiles_give_the_answers_fresh_ones_give(tiny_original,
     class Fresh(TransformersBackend):
         """Tiles every picture anew, and gets frames decoded anew (no clip is kept between items)."""
 
-        def prepare(self, request):
+        def prepare(self, request, pending=None):
             self._last_tiles = {}
-            return super().prepare(request)
+            return super().prepare(request, pending)
 
     data = vsi_many(tmp_path / "vsi", 6)
     bench = get_benchmark("vsi_bench")
@@ -276,15 +289,15 @@ def test_each_engines_payload_reads_as_internvls_prompt(tmp_path, prompt):
     """Read as each engine documents its reading, its payload gives back the prompt exactly, images in place."""
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
     n = prompt.count("<image>")
-    request = Request(prompt, [tmp_path / "a.png"] * n, [6] * n)
+    request = tagged(prompt, [tmp_path / "a.png"] * n, [6] * n)
     for engine, reads in (("vllm", _vllm_reads), ("vlaser", _vllm_reads), ("lmdeploy", _lmdeploy_reads)):
-        content = to_payload(request, "m", Generation(8), engine=engine)["messages"][0]["content"]
+        content = to_payload(request, "m", GenerationParams(8), engine=engine)["messages"][0]["content"]
         assert reads(content) == prompt, engine
         assert isinstance(content, str) == (n == 0)
     if prompt.startswith("Image-1"):  # why the engines need their own shape: interleaved parts move the images
-        assert _vllm_reads(to_payload(request, "m", Generation(8))["messages"][0]["content"]) != prompt
+        assert _vllm_reads(to_payload(request, "m", GenerationParams(8))["messages"][0]["content"]) != prompt
     with pytest.raises(ValueError, match="unknown engine 'tgi'"):
-        to_payload(request, "m", Generation(8), engine="tgi")
+        to_payload(request, "m", GenerationParams(8), engine="tgi")
 
 
 @pytest.mark.parametrize(("owner", "engine"), [("vllm", "vllm"), ("lmdeploy", "lmdeploy"), ("vlaser", "vlaser"),
@@ -295,8 +308,8 @@ def test_auto_engine_follows_the_servers_models_list(owner, engine, caplog):
     try:
         backend = OpenAIBackend(server.url, "m")
         with caplog.at_level(logging.WARNING, logger="vlaser.eval.backends"):
-            answers = backend.generate([Request("Image-1: <image>\nWhy?", [Image.new("RGB", (4, 4))], [1])],
-                                       Generation(8))
+            answers = backend.generate([tagged("Image-1: <image>\nWhy?", [Image.new("RGB", (4, 4))], [1])],
+                                       GenerationParams(8))
         assert answers[0].text == "ok" and backend.info()["engine"] == engine and server.gets == ["/v1/models"]
         tag = "<IMAGE_TOKEN>" if engine == "lmdeploy" else "<image>"
         first = server.seen[0]["messages"][-1]["content"][0]
@@ -310,7 +323,7 @@ def test_a_chosen_engine_asks_the_server_nothing():
     server = ChatServer([(200, {"choices": [{"message": {"content": "ok"}}]})], [{"id": "m", "owned_by": "vllm"}])
     try:
         backend = OpenAIBackend(server.url, "m", engine="lmdeploy")
-        backend.generate([Request("<image>\nWhy?", [Image.new("RGB", (4, 4))], [1])], Generation(8))
+        backend.generate([tagged("<image>\nWhy?", [Image.new("RGB", (4, 4))], [1])], GenerationParams(8))
         assert server.gets == [] and "<IMAGE_TOKEN>\nWhy?" in server.seen[0]["messages"][-1]["content"][0]["text"]
     finally:
         server.close()

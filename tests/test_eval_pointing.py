@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakes import ScriptedBackend
 from media import write_mask
 from vlaser.cli import main
-from vlaser.eval.backends import Answer
 from vlaser.eval.benchmark import BenchmarkDataError, get_benchmark
 from vlaser.eval.runner import run, score
 
@@ -167,20 +167,8 @@ def test_point_bench_scoring_and_official_run_without_media(tmp_path):
     assert metrics["protocol"] == "official" and metrics["protocol_version"] == 2
 
 
-class _Scripted:
-    def __init__(self):
-        self.asked = []
-
-    def info(self):
-        return {"backend": "scripted", "model": "scripted"}
-
-    def generate(self, requests, generation):
-        self.asked += [request.prompt for request in requests]
-        return [Answer('[{"point": [80, 40]}]')] * len(requests)
-
-
 def test_point_bench_official_run_sends_the_pinned_text(tmp_path):
-    backend = _Scripted()
+    backend = ScriptedBackend('[{"point": [80, 40]}]')
     metrics = run(get_benchmark("point_bench", protocol="official"), backend, make_dataset(tmp_path / "pb"),
                   tmp_path / "out", pictures=0)
     assert backend.asked[0] == "<image>\n" + POINT_BENCH_CUP

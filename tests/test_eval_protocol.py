@@ -10,9 +10,10 @@ from fakes import ChatServer, ScriptedBackend
 from test_eval import where2place
 from vlaser.cli import main
 from vlaser.errors import UserInputError
-from vlaser.eval.backends import Generation, OpenAIBackend, Request, ServerError, TransformersBackend
+from vlaser.eval.backends import OpenAIBackend, ServerError, TransformersBackend
 from vlaser.eval.benchmark import REGISTRY, get_benchmark
 from vlaser.eval.runner import run
+from vlaser.inference import GenerationParams, Request
 
 
 def test_every_benchmark_declares_cited_versioned_protocols():
@@ -38,7 +39,7 @@ def test_default_run_uses_the_protocol_and_records_how_it_was_made(tmp_path):
     data = where2place(tmp_path / "w", n=2)
     backend = ScriptedBackend()
     metrics = run(get_benchmark("where2place"), backend, data, tmp_path / "out")
-    assert backend.generation == Generation(max_new_tokens=1024, min_new_tokens=0)
+    assert backend.generation == GenerationParams(max_new_tokens=1024, min_new_tokens=0)
     assert backend.asked[0].startswith("<image>\nYou are InternVL.")  # the vlaser prompt builder
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["settings"] == {"prompt": "vlaser", "max_num": 12, "max_new_tokens": 1024, "min_new_tokens": 0,
@@ -96,7 +97,7 @@ def test_openai_client_errors_fail_at_once_with_the_servers_message(status):
     server = ChatServer([(status, {"error": {"message": "max_tokens is too large"}})] + [(200, OK)] * 3)
     try:
         with pytest.raises(ServerError, match=f"answered {status}: .*max_tokens is too large"):
-            OpenAIBackend(server.url, "m", retries=3).generate([Request("hi", [], [])], Generation(8))
+            OpenAIBackend(server.url, "m", retries=3).generate([Request("hi")], GenerationParams(8))
     finally:
         server.close()
     assert len(server.seen) == 1  # not retried
@@ -107,7 +108,7 @@ def test_openai_transient_failures_are_retried_and_truncation_read(monkeypatch):
     server = ChatServer([(503, {}), (429, {}), (200, OK)])
     try:
         backend = OpenAIBackend(server.url, "m", retries=3, system_message="")
-        (answer,) = backend.generate([Request("hi", [], [])], Generation(8, min_new_tokens=1))
+        (answer,) = backend.generate([Request("hi")], GenerationParams(8, min_new_tokens=1))
     finally:
         server.close()
     assert (answer.text, answer.truncated) == ("B", True)  # finish_reason "length"

@@ -84,6 +84,7 @@ def test_load_reads_the_hf_layout(tmp_path):
 
 def test_prompt_is_get_ti_list_joined_as_the_internvl_wrapper(tmp_path):
     from vlaser.eval.runner import build_request
+    from vlaser.inference.prepare import place_tags
 
     pre = tmp_path / "eval_vlm_en.txt"
     pre.write_text("You plan robot skills.\nSkills: pick, place.", encoding="utf-8")
@@ -97,7 +98,8 @@ def test_prompt_is_get_ti_list_joined_as_the_internvl_wrapper(tmp_path):
                 "Please give the output skill sequence\n")
     assert bench.prompt(item, "vlaser") == bench.prompt(item, "official") == expected
     request = build_request(bench, item, "vlaser", bench.settings.max_num)
-    assert request.prompt == expected and request.pictures == item.images  # the labelled picture second
+    assert place_tags(request) == expected  # the labelled picture second
+    assert [(p.source, p.max_tiles) for p in request.pictures] == [(image, 6) for image in item.images]
     cot = get_benchmark("vlabench", prompt_file=str(pre), cot=True).load(data)[1]
     assert cot.official_prompt == expected + "Please analyze the problem step by step and give the answer\n"
     assert bench.prompt_source.startswith(f"file {pre} (sha256 ")

@@ -188,12 +188,13 @@ def test_frame_lines_are_the_internvl2_wrappers(tmp_path):
     from PIL import Image
 
     from vlaser.eval.runner import build_request
+    from vlaser.inference.prepare import place_tags
 
     bench = get_benchmark("vsi_bench")
     item = bench.load(make_dataset(tmp_path))[0]
     request = build_request(bench, item, "official", 6, [Image.new("RGB", (8, 8))] * 2)
-    assert request.prompt == "Frame1: <image>\nFrame2: <image>\n" + item.official_prompt
-    assert request.max_tiles == [1, 1]
+    assert place_tags(request) == "Frame1: <image>\nFrame2: <image>\n" + item.official_prompt
+    assert [(p.max_tiles, p.frame) for p in request.pictures] == [(1, True), (1, True)]
 
 
 def test_score_without_videos(tmp_path):

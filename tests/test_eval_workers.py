@@ -10,9 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from vlaser.api import VLM
 from vlaser.cli import main
-from vlaser.eval.backends import Request, TransformersBackend, tile_picture
+from vlaser.eval.backends import TransformersBackend
 from vlaser.eval.runner import ImageWorkers
+from vlaser.inference import Picture, Request
+from vlaser.inference.prepare import tile
 
 
 def _done(value) -> Future:
@@ -21,25 +24,25 @@ def _done(value) -> Future:
     return future
 
 
-def test_prepare_takes_tiles_from_the_workers_and_makes_the_rest(tmp_path):
-    backend = TransformersBackend("tiny", vlm=SimpleNamespace(image_size=56))
+def test_prepare_takes_tiles_from_the_workers_and_makes_the_rest(loaded, tmp_path):
+    backend = TransformersBackend("tiny", vlm=VLM(*loaded))
     paths = [tmp_path / "a.png", tmp_path / "b.png"]
     for k, path in enumerate(paths):
         Image.fromarray(np.random.default_rng(k).integers(0, 256, (90, 130, 3), dtype=np.uint8)).save(path)
-    request = Request("<image>\n<image>\nWhat changed?", paths, [6, 6])
-    alone, _ = backend.prepare(request)
-    assert alone.num_patches == [tile_picture(p, 6, 56)[1].shape[0] for p in paths]
+    request = Request("<image>\n<image>\nWhat changed?", [Picture(p, 6) for p in paths], tagged=True)
+    alone = backend.prepare(request)
+    assert alone.num_patches == [tile(p, 6, backend.vlm.settings)[1].shape[0] for p in paths]
     marked = torch.full((2, 3, 56, 56), 7.0)
-    given, _ = backend.prepare(request, {(paths[0], 6): _done(((1, 2), marked))})
+    given = backend.prepare(request, {(paths[0], 6): _done(((1, 2), marked))})
     assert torch.equal(given.pixel_values[:2], marked)  # from the worker, as it sent them
     assert torch.equal(given.pixel_values[2:], alone.pixel_values[-alone.num_patches[1]:])  # made here
     assert given.sizes == [(1, 2), (130, 90)]
 
 
-def test_no_worker_processes_without_workers_or_for_a_backend_that_reads_images_itself():
-    with ImageWorkers(0, TransformersBackend("tiny", vlm=SimpleNamespace(image_size=56))) as workers:
+def test_no_worker_processes_without_workers_or_for_a_backend_that_reads_images_itself(loaded):
+    with ImageWorkers(0, TransformersBackend("tiny", vlm=VLM(*loaded))) as workers:
         assert workers.pool is None and workers.start([("x.png", 6)]) is None
-    with ImageWorkers(2, SimpleNamespace(prepare=lambda request: request)) as workers:
+    with ImageWorkers(2, SimpleNamespace(tiles_locally=False)) as workers:
         assert workers.pool is None and workers.start([("x.png", 6)]) is None
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 from media import data_url
 from vlaser.api import Media
 from vlaser.eval.backends import Generation, Request, from_response, to_payload
-from vlaser.model.template import INTERNVL2_5_SYSTEM_MESSAGE, multi_image_prefix
+from vlaser.model.template import INTERNVL2_5_SYSTEM_MESSAGE
 
 NAME = "tiny-vlaser"
 NEW = 6  # new tokens per answer: enough to tell prompts apart on a random model
@@ -58,11 +58,10 @@ def client(tiny_original):
 def local(vlm, images: list[tuple[Image.Image, int]], question: str, system: str | None = None, **generation) -> str:
     """``model.chat``'s greedy answer: each image with its own tile limit, ``Image-i`` lines for several."""
     media = [vlm.media(image, max_num=tiles) for image, tiles in images]
-    prefix = multi_image_prefix(len(images)) if len(images) > 1 else ""
-    joined = Media(torch.cat([m.pixel_values for m in media]), [m.num_patches[0] for m in media], prefix,
-                   [m.sizes[0] for m in media])
+    joined = Media(torch.cat([m.pixel_values for m in media]), [m.num_patches[0] for m in media],
+                   [m.sizes[0] for m in media], [m.pictures[0] for m in media])
     return vlm.generate_answers([joined], [question], {"max_new_tokens": NEW, **generation},
-                                system_messages=[system])[0][0]
+                                system_messages=[system])[0].text
 
 
 def chat(client, body: dict) -> dict:

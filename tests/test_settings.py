@@ -43,7 +43,7 @@ def test_reads_the_original_layout_top_level():
     config = tiny_original_config(100) | {"max_dynamic_patch": 4, "use_thumbnail": False, "min_dynamic_patch": 2,
                                           "force_image_size": None, "system_message": "Be brief."}
     settings = ProcessorSettings.from_config(config)
-    assert settings == ProcessorSettings(image_size=56, min_num=2, max_num=4, use_thumbnail=False,
+    assert settings == ProcessorSettings(image_size=56, min_dynamic_patch=2, max_dynamic_patch=4, use_thumbnail=False,
                                          system_message="Be brief.")  # null force_image_size: the tower's size
     assert ProcessorSettings.from_config(config | {"dynamic_image_size": False}).max_tiles == 1
 
@@ -52,9 +52,9 @@ def test_reads_vlasers_transformers_layout_and_prefers_internvl_chat():
     config = {"vision_config": {"image_size": [56, 56]}, "max_dynamic_patch": 9,
               "internvl_chat": {"max_dynamic_patch": 3, "use_thumbnail": False, "force_image_size": 56}}
     settings = ProcessorSettings.from_config(config)
-    assert (settings.image_size, settings.max_num, settings.use_thumbnail) == (56, 3, False)
+    assert (settings.image_size, settings.max_dynamic_patch, settings.use_thumbnail) == (56, 3, False)
     top_level_only = {"vision_config": {"image_size": [56, 56]}, "max_dynamic_patch": 9}
-    assert ProcessorSettings.from_config(top_level_only).max_num == 9
+    assert ProcessorSettings.from_config(top_level_only).max_dynamic_patch == 9
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -78,8 +78,8 @@ def test_non_square_tiles_are_refused():
 
 
 def test_to_config_round_trips():
-    settings = ProcessorSettings(image_size=56, min_num=2, max_num=5, use_thumbnail=False, dynamic=True,
-                                 system_message="Hi")
+    settings = ProcessorSettings(image_size=56, min_dynamic_patch=2, max_dynamic_patch=5, use_thumbnail=False,
+                                 dynamic=True, system_message="Hi")
     assert ProcessorSettings.from_config({"vision_config": {"image_size": 56}} | settings.to_config()) == settings
 
 
@@ -87,7 +87,8 @@ def test_loaded_model_carries_the_checkpoints_settings(tiny_original, tiny_hf, t
     for layout, src in (("original", tiny_original), ("hf", tiny_hf)):
         ckpt = _with_settings(src, tmp_path / layout, max_dynamic_patch=4, use_thumbnail=False)
         model, _ = vlaser.load_model(ckpt, dtype=torch.float32, device="cpu")
-        assert model.processor_settings == ProcessorSettings(image_size=56, max_num=4, use_thumbnail=False), layout
+        expected = ProcessorSettings(image_size=56, max_dynamic_patch=4, use_thumbnail=False)
+        assert model.processor_settings == expected, layout
 
 
 def test_load_refuses_bad_settings_naming_the_file(tiny_original, tmp_path):
@@ -209,3 +210,18 @@ def test_a_trained_model_infers_with_its_training_settings(tiny_original, tmp_pa
     image = Image.new("RGB", WIDE)
     assert vlm.max_num == 4 and vlm.media(image).num_patches == [4]
     assert vlm.media(image, max_num=6).num_patches == [6]
+
+
+def test_chat_point_tiles_with_the_checkpoints_settings_unless_asked(tiny_original, tmp_path, caplog):
+    """``vlaser chat --point``'s own default is no choice: a checkpoint saved with ``max_dynamic_patch`` 1 gets one
+    tile, as the server gives it; ``--max-num`` still sets the tiles."""
+    ckpt = _with_settings(tiny_original, tmp_path / "one", max_dynamic_patch=1)
+    path = tmp_path / "scene.png"
+    Image.new("RGB", (1120, 840), (0, 90, 200)).save(path)
+    for extra, expected in (([], "1 tile (max_num 1)"), (["--max-num", "4"], "4 tiles + thumbnail (max_num 4)")):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="vlaser.api"):
+            assert main(["-v", "chat", "--model", str(ckpt), "--image", str(path), "--point", "--max-new-tokens",
+                         "2", *extra, "Point to the cup."]) == 0
+        assert [r.getMessage() for r in caplog.records if r.name == "vlaser.api"] == [
+            f"image {path}: 1120x840 -> {expected}"]

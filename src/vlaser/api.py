@@ -1,7 +1,8 @@
 """The friendly API: ``VLM.from_pretrained(path).ask(images, question)`` and ``.point(image, query)``.
 
-Built only from the inference core (``load_model``, preprocessing, templates, ``batch_chat``); no prompt
-logic lives here beyond choosing the seed's multi-image / video prefixes and the point prompt.
+A thin adapter over the inference core: questions and images become a :class:`~vlaser.inference.Request`,
+:func:`~vlaser.inference.prepare.prepare` places the tags and tiles, the model answers. Only the point prompt
+is chosen here.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import torch
 from PIL import Image
 
 from vlaser.errors import UserInputError
+from vlaser.inference import Completion, Picture, Prepared, Request
+from vlaser.inference.prepare import place_tags, prepare, tile, tile_limit
 from vlaser.model.constants import IMAGE_PLACEHOLDER
-from vlaser.model.preprocess import ImageInput, image_to_tiles, load_video, to_pil
-from vlaser.model.template import build_chat_prompt, multi_image_prefix, video_prefix
+from vlaser.model.preprocess import ImageInput, read_video_frames, to_pil
 from vlaser.points import parse_boxes, parse_points, point_question, to_pixels
 
 Images = ImageInput | Sequence[ImageInput] | None
+POINT_TILES = 6  #: the point protocol's tiles per image (Vlaser's pointing evaluations)
 log = logging.getLogger(__name__)
 
 
@@ -38,10 +41,12 @@ class PointAnswer:
 
 @dataclass
 class Media:
+    """Tiled pictures: every picture's tiles in order, how many each has, and each one's (width, height)."""
+
     pixel_values: torch.Tensor | None
     num_patches: list[int]
-    prefix: str
     sizes: list[tuple[int, int]]
+    pictures: list[Picture] = field(default_factory=list)  #: what was tiled, for the prompt's tags
 
 
 class VLM:
@@ -54,13 +59,18 @@ class VLM:
     """
 
     def __init__(self, model, tokenizer, max_num: int | None = None, max_new_tokens: int = 1024):
-        """``max_num`` (tiles per image) defaults to the checkpoint's ``max_dynamic_patch`` (1 when it turned
-        ``dynamic_image_size`` off); the tile size, ``min_dynamic_patch`` and ``use_thumbnail`` are the checkpoint's."""
+        """``max_num`` (tiles per image, the seed's name) applies where a call sets none; None: the checkpoint's
+        ``max_dynamic_patch`` (1 when it turned ``dynamic_image_size`` off)."""
         self.model, self.tokenizer = model, tokenizer
         self.settings = model.processor_settings
-        self.max_num = self.settings.max_tiles if max_num is None else max_num
+        self.max_tiles = max_num
         self.max_new_tokens = max_new_tokens
         self.image_size = self.settings.image_size
+
+    @property
+    def max_num(self) -> int:
+        """The tile limit a still image gets when a call sets none."""
+        return tile_limit(Picture(""), self.settings, self.max_tiles)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype="auto", device=None, **kwargs) -> VLM:
@@ -69,32 +79,35 @@ class VLM:
         model, tokenizer = load_model(path, dtype=dtype, device=device)
         return cls(model, tokenizer, **kwargs)
 
-    def media(self, images: Images, video: str | os.PathLike | None = None, max_num: int | None = None,
-              num_segments: int = 8) -> Media:
-        """Load and tile images (or sample a video) once; pass the result to :meth:`generate`."""
-        max_num = self.max_num if max_num is None else max_num
+    def pictures(self, images: Images, video: str | os.PathLike | None = None, max_num: int | None = None,
+                 num_segments: int = 8) -> list[Picture]:
+        """The images (each with ``max_num`` tiles at most; None: this model's limit), or a video's
+        ``num_segments`` frames (one tile each, as InternVL's ``load_video``)."""
         if video is not None:
             if images:
                 raise UserInputError("pass either images or a video, not both")
-            pixel_values, counts = load_video(video, input_size=self.image_size, num_segments=num_segments)
-            return Media(pixel_values, counts, video_prefix(len(counts)), [])
+            return [Picture(frame, frame=True) for frame in read_video_frames(video, num_segments)]
         if images is None:
-            return Media(None, [], "", [])
+            return []
         items = [images] if isinstance(images, (str, bytes, os.PathLike, Image.Image)) or (
             hasattr(images, "ndim")) else list(images)
-        pils = [to_pil(im) for im in items]
-        tiles = [self._tiles(im, max_num) for im in pils]
-        for i, (item, im, t) in enumerate(zip(items, pils, tiles)):
-            name = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"{i + 1}"
-            log.info("image %s: %dx%d -> %s (max_num %d)", name, *im.size, self._tiles_text(t.shape[0]), max_num)
-        prefix = multi_image_prefix(len(pils)) if len(pils) > 1 else ""
-        return Media(torch.cat(tiles) if tiles else None, [t.shape[0] for t in tiles], prefix,
-                      [im.size for im in pils])
+        return [Picture(item if isinstance(item, (str, os.PathLike)) else to_pil(item), max_tiles=max_num)
+                for item in items]
 
-    def _tiles(self, image: Image.Image, max_num: int) -> torch.Tensor:
-        """The checkpoint's tiling with ``max_num`` tiles at most (its ``min_dynamic_patch`` capped to fit)."""
-        return image_to_tiles(image, max_num=max_num, min_num=min(self.settings.min_num, max_num),
-                              image_size=self.image_size, use_thumbnail=self.settings.use_thumbnail)
+    def media(self, images: Images, video: str | os.PathLike | None = None, max_num: int | None = None,
+              num_segments: int = 8) -> Media:
+        """Load and tile images (or sample a video) once, as the prepare step does; logs how each was cut."""
+        pictures = self.pictures(images, video, max_num, num_segments)
+        made = []
+        for i, picture in enumerate(pictures):
+            limit = tile_limit(picture, self.settings, self.max_tiles)
+            size, tiles = tile(picture.source, limit, self.settings)
+            made.append((size, tiles))
+            if not picture.frame:
+                name = os.fspath(picture.source) if isinstance(picture.source, (str, os.PathLike)) else f"{i + 1}"
+                log.info("image %s: %dx%d -> %s (max_num %d)", name, *size, self._tiles_text(tiles.shape[0]), limit)
+        return Media(torch.cat([t for _, t in made]) if made else None, [t.shape[0] for _, t in made],
+                     [size for size, _ in made], pictures)
 
     def _tiles_text(self, n: int) -> str:
         """``n`` tiles as the grid and thumbnail they are: ``"6 tiles + thumbnail"``."""
@@ -102,10 +115,14 @@ class VLM:
         grid = n - thumbnail
         return f"{grid} tile{'s' if grid > 1 else ''}" + (" + thumbnail" if thumbnail else "")
 
-    def _question(self, media: Media, question: str) -> str:
-        if media.prefix and IMAGE_PLACEHOLDER not in question:
-            return media.prefix + question
-        return question
+    def request(self, media: Media, question: str, system: str | None = None) -> Request:
+        """A question about tiled media; tags the question writes itself place the pictures."""
+        return Request(question, media.pictures, system=system, tagged=IMAGE_PLACEHOLDER in question)
+
+    def prepare(self, media: Media, request: Request) -> Prepared:
+        """``request`` made ready with the tiles ``media`` already holds (made by :meth:`media` for it)."""
+        tiles = iter(zip(media.sizes, media.pixel_values.split(media.num_patches) if media.num_patches else ()))
+        return prepare(request, self.model, self.max_tiles, tiler=lambda picture, limit: next(tiles))
 
     def _gen(self, kwargs: dict) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "do_sample": False, **kwargs}
@@ -118,50 +135,53 @@ class VLM:
 
     def ask_batch(self, requests: Sequence[tuple[Images, str]], max_num: int | None = None,
                   **generation) -> list[str]:
-        """Answer several ``(images, question)`` pairs in one left-padded batch."""
+        """Answer several ``(images, question)`` pairs in one batch."""
         media = [self.media(images, None, max_num, 0) for images, _ in requests]
         return self.generate(media, [q for _, q in requests], generation)
 
     def generate(self, media: Sequence[Media], questions: Sequence[str], generation: dict,
                  keep_grounding_tokens: bool = False) -> list[str]:
-        """Answer prepared media with questions, in one left-padded batch."""
-        return self.generate_answers(media, questions, generation, keep_grounding_tokens)[0]
+        """Answer prepared media with questions, in one batch."""
+        return [c.text for c in self.generate_answers(media, questions, generation, keep_grounding_tokens)]
 
     def generate_answers(self, media: Sequence[Media], questions: Sequence[str], generation: dict,
                          keep_grounding_tokens: bool = False, system_messages: Sequence[str | None] | None = None
-                         ) -> tuple[list[str], list[bool]]:
-        """:meth:`generate`, plus whether each answer was cut off at ``max_new_tokens``; a question's system
-        message may replace the model's (None keeps it)."""
+                         ) -> list[Completion]:
+        """:meth:`generate`'s completions (text, and whether each was cut off at ``max_new_tokens``); a
+        question's system message may replace the model's (None keeps it)."""
         systems = system_messages or [None] * len(questions)
-        prompts = [
-            build_chat_prompt(self._question(m, q), self.model.conv_template, m.num_patches,
-                              self.model.num_image_token,
-                              system_message=self.model.system_message if s is None else s)[1]
-            for m, q, s in zip(media, questions, systems)
-        ]
-        tiles = [m.pixel_values for m in media if m.pixel_values is not None]
-        return self.model.generate_answers(self.tokenizer, prompts, torch.cat(tiles) if tiles else None,
-                                           self._gen(generation), keep_grounding_tokens=keep_grounding_tokens)
+        prepared = [self.prepare(m, self.request(m, q, s)) for m, q, s in zip(media, questions, systems)]
+        return self.complete(prepared, generation, keep_grounding_tokens)
 
-    def point(self, image: ImageInput, query: str, max_num: int = 6, max_new_tokens: int = 100,
+    def complete(self, prepared: Sequence[Prepared], generation: dict,
+                 keep_grounding_tokens: bool = False) -> list[Completion]:
+        """Completions of prepared requests, in one left-padded batch."""
+        tiles = [p.pixel_values for p in prepared if p.pixel_values is not None]
+        texts, cut = self.model.generate_answers(self.tokenizer, [p.prompt for p in prepared],
+                                                 torch.cat(tiles) if tiles else None, self._gen(generation),
+                                                 keep_grounding_tokens=keep_grounding_tokens)
+        return [Completion(text, "length" if truncated else "stop") for text, truncated in zip(texts, cut)]
+
+    def point(self, image: ImageInput, query: str, max_num: int | None = POINT_TILES, max_new_tokens: int = 100,
               prompt: bool = True, **generation) -> PointAnswer:
-        """Ask for points (Vlaser's point prompt, 6 tiles, greedy, 100 new tokens) and return them in pixels."""
+        """Ask for points (Vlaser's point prompt, greedy, 100 new tokens, 6 tiles; ``max_num`` None: the
+        checkpoint's tiles) and return them in pixels."""
         return self.point_batch([(image, query)], max_num=max_num, max_new_tokens=max_new_tokens, prompt=prompt,
                                 **generation)[0]
 
-    def point_batch(self, requests: Sequence[tuple[ImageInput, str]], max_num: int = 6, max_new_tokens: int = 100,
-                    prompt: bool = True, **generation) -> list[PointAnswer]:
+    def point_batch(self, requests: Sequence[tuple[ImageInput, str]], max_num: int | None = POINT_TILES,
+                    max_new_tokens: int = 100, prompt: bool = True, **generation) -> list[PointAnswer]:
         """:meth:`point` for several ``(image, query)`` pairs in one batch."""
-        pils = [to_pil(image) for image, _ in requests]
-        media = [self.media(im, None, max_num, 0) for im in pils]
+        media = [self.media(image, None, max_num, 0) for image, _ in requests]
         questions = [point_question(q) if prompt else q for _, q in requests]
         texts = self.generate(media, questions, {"max_new_tokens": max_new_tokens, **generation},
-                               keep_grounding_tokens=True)
+                              keep_grounding_tokens=True)
         answers = []
-        for text, im in zip(texts, pils):
+        for text, m in zip(texts, media):
             points, boxes = parse_points(text), parse_boxes(text)
-            answers.append(PointAnswer(text=text, points=points, pixels=to_pixels(points, *im.size), boxes=boxes,
-                                       box_pixels=to_pixels(boxes, *im.size), size=im.size))
+            size = m.sizes[0]
+            answers.append(PointAnswer(text=text, points=points, pixels=to_pixels(points, *size), boxes=boxes,
+                                       box_pixels=to_pixels(boxes, *size), size=size))
         return answers
 
     def session(self, images: Images = None, video=None, max_num: int | None = None,
@@ -179,7 +199,7 @@ class Session:
 
     def ask(self, question: str, **generation) -> str:
         if self.history is None:
-            question = self.vlm._question(self.media, question)
+            question = place_tags(self.vlm.request(self.media, question))
         response, self.history = self.vlm.model.chat(
             self.vlm.tokenizer, self.media.pixel_values, question, self.vlm._gen(generation), history=self.history,
             return_history=True, num_patches_list=self.media.num_patches,

@@ -1,10 +1,9 @@
 """Where answers come from: a local model through the inference core, or any OpenAI-compatible server.
 
-Both take the runner's :class:`Request` (a prompt with one ``<image>`` tag per picture, the pictures, how
-many tiles each may use, the system message) and one :class:`Generation` (the settings): ``prepare``
-readies one request's media (run ahead, on a thread where that helps) and ``generate`` answers a batch of
-prepared requests with :class:`Answer` s. So a model served by vLLM or LMDeploy is evaluated by the same
-runner and scorers as a local checkpoint.
+Both are :class:`Backend` s: ``prepare`` readies one :class:`~vlaser.inference.Request` (run ahead, on a
+thread where that helps) and ``generate`` answers a batch of them under one
+:class:`~vlaser.inference.GenerationParams` with :class:`~vlaser.inference.Completion` s. So a model served
+by vLLM or LMDeploy is evaluated by the same runner and scorers as a local checkpoint.
 """
 
 from __future__ import annotations
@@ -21,75 +20,52 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from PIL import Image
 
 from vlaser.errors import ExternalServiceError
+from vlaser.inference import Completion, GenerationParams, Picture, Prepared, Request
+from vlaser.inference.prepare import place_tags, prepare, tile
 from vlaser.model.constants import IMAGE_PLACEHOLDER
-
-if TYPE_CHECKING:
-    from vlaser.api import Media
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Generation:
-    """Generation settings of a run (InternVL's evaluations decode greedily within a token budget)."""
-
-    max_new_tokens: int
-    min_new_tokens: int = 0
-    do_sample: bool = False
-
-    def as_dict(self) -> dict:
-        """Keyword arguments for transformers' ``generate`` (``min_new_tokens`` only when set)."""
-        out = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
-        if self.min_new_tokens:
-            out["min_new_tokens"] = self.min_new_tokens
-        return out
+#: ``(image file, max tiles) -> future`` of the tiles worker processes are making for a batch
+Pending = dict[tuple[Path, int], Future]
 
 
-@dataclass
-class Answer:
-    """A generated answer; ``truncated``: it stopped at ``max_new_tokens`` without an end token."""
+class Backend(Protocol):
+    """What the eval runner asks of a model, local or behind an API."""
 
-    text: str
-    truncated: bool = False
+    #: prepare the next batch on a thread while this one generates (not when generation needs this CPU)
+    overlap_io: bool
+    #: pictures are tiled in this process, so ``--workers`` processes can tile them ahead (``tiling``)
+    tiles_locally: bool
 
+    def info(self) -> dict:
+        """What answers: recorded in ``run.json`` and compared on resume."""
 
-@dataclass
-class Request:
-    """One item's question: ``prompt`` holds an ``<image>`` tag where each picture goes, in order.
+    def tiling(self, picture: Path, max_tiles: int) -> tuple[Callable, tuple]:
+        """The call that tiles one image for this model, as a module-level function and its arguments."""
 
-    ``pictures`` are image files or decoded video frames; ``max_tiles[i]`` is the dynamic-tiling limit of
-    picture ``i`` (``max_num`` for still images, 1 for video frames, as InternVL's video path).
-    ``system_message`` None means the model's own (InternVL's default for the checkpoints vlaser runs).
-    """
+    def prepare(self, request: Request, pending: Pending | None = None) -> Any:
+        """One request made ready to generate (media read, and for a local model tiled)."""
 
-    prompt: str
-    pictures: list[Path | Image.Image]
-    max_tiles: list[int]
-    system_message: str | None = None
-
-    def __post_init__(self) -> None:
-        tags = self.prompt.count(IMAGE_PLACEHOLDER)
-        if tags != len(self.pictures) or len(self.max_tiles) != len(self.pictures):
-            raise ValueError(f"a request has {tags} {IMAGE_PLACEHOLDER} tag(s), {len(self.pictures)} picture(s) and "
-                             f"{len(self.max_tiles)} tile limit(s); they must match")
+    def generate(self, prepared: Sequence[Any], params: GenerationParams) -> list[Completion]:
+        """Completions of prepared requests, in their order."""
 
 
 class TransformersBackend:
-    """Batched greedy generation with a local checkpoint (``VLM.ask_batch``: left-padded ``batch_chat``)."""
+    """Batched generation with a local checkpoint, through the inference core (the checkpoint's tiling)."""
+
+    tiles_locally = True
 
     def __init__(self, model_path: str, dtype="auto", device=None, vlm=None):
         """Loads ``model_path``; or, given ``vlm`` (a model already in memory, e.g. one being trained), uses it
         and ``model_path`` only names it in ``run.json``."""
-        import os
-
         import torch
 
         from vlaser.api import VLM
@@ -98,7 +74,7 @@ class TransformersBackend:
             device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun process
         self.model_path = model_path
         self.vlm = vlm if vlm is not None else VLM.from_pretrained(model_path, dtype=dtype, device=device)
-        self._last_tiles: dict[tuple[int, int], tuple[Image.Image, tuple[int, int], object]] = {}
+        self._last_tiles: dict[tuple[int, int], tuple[Image.Image, tuple[int, int], Any]] = {}
 
     @property
     def overlap_io(self) -> bool:
@@ -115,57 +91,51 @@ class TransformersBackend:
         data = config.read_bytes() if config.is_file() else self.vlm.model.config.to_json_string().encode()
         return hashlib.sha256(data).hexdigest()
 
-    def prepare(self, request: Request, pending: dict | None = None) -> tuple[Media, Request]:
-        """Load and tile a request's pictures (the runner does this for the next batch during generation).
+    def prepare(self, request: Request, pending: Pending | None = None) -> Prepared:
+        """The request's prompt and tiles (the runner does this for the next batch during generation).
 
         Decoded frames shared with the previous request (the runner hands the same frame objects to questions
-        about one clip) reuse their tiles. ``pending``: ``(image file, max_tiles) -> future`` of the ``tiling``
-        calls worker processes are running for this batch.
+        about one clip) reuse their tiles; ``pending`` holds tiles worker processes are making.
         """
-        import torch
+        reused: dict[tuple[int, int], tuple[Image.Image, tuple[int, int], Any]] = {}
 
-        from vlaser.api import Media
+        def tiler(picture: Picture, max_tiles: int):
+            source = picture.source
+            if isinstance(source, Image.Image):
+                hit = self._last_tiles.get((id(source), max_tiles))
+                made = hit[1:] if hit is not None and hit[0] is source else self._tile(source, max_tiles)
+                reused[id(source), max_tiles] = (source, *made)
+                return made
+            if pending is not None and (source, max_tiles) in pending:
+                return pending[source, max_tiles].result()
+            return self._tile(source, max_tiles)
 
-        tiles, sizes, reused = [], [], {}
-        for picture, max_tiles in zip(request.pictures, request.max_tiles):
-            key = (id(picture), max_tiles)
-            hit = self._last_tiles.get(key)
-            if isinstance(picture, Image.Image):
-                size, tensor = hit[1:] if hit is not None and hit[0] is picture else self._tile(picture, max_tiles)
-                reused[key] = (picture, size, tensor)
-            elif pending is not None and (picture, max_tiles) in pending:
-                size, tensor = pending[picture, max_tiles].result()
-            else:
-                size, tensor = self._tile(picture, max_tiles)
-            tiles.append(tensor)
-            sizes.append(size)
+        prepared = prepare(request, self.vlm.model, tiler=tiler)
         self._last_tiles = reused
-        media = Media(torch.cat(tiles) if tiles else None, [t.shape[0] for t in tiles], "", sizes)
-        return media, request
+        return prepared
 
     def tiling(self, picture: Path | Image.Image, max_tiles: int) -> tuple[Callable, tuple]:
-        """The call that tiles one picture for this model, as a module-level function and its arguments, so a
-        worker process can run the very same call."""
-        return tile_picture, (picture, max_tiles, self.vlm.image_size)
+        """The call that tiles one picture with the checkpoint's settings, as a module-level function and its
+        arguments, so a worker process can run the very same call."""
+        return tile, (picture, max_tiles, self.vlm.settings)
 
     def _tile(self, picture: Path | Image.Image, max_tiles: int):
         call, args = self.tiling(picture, max_tiles)
         return call(*args)
 
-    def generate(self, prepared: Sequence[tuple[Media, Request]], generation: Generation) -> list[Answer]:
-        """Answers for prepared requests, in one left-padded batch."""
-        texts, cut = self.vlm.generate_answers([m for m, _ in prepared], [r.prompt for _, r in prepared],
-                                               generation.as_dict(),
-                                               system_messages=[r.system_message for _, r in prepared])
-        return [Answer(text, truncated) for text, truncated in zip(texts, cut)]
+    def generate(self, prepared: Sequence[Prepared], params: GenerationParams) -> list[Completion]:
+        """Completions of prepared requests, in one batch."""
+        return self.vlm.complete(prepared, _generate_kwargs(params))
 
 
-def tile_picture(picture: Path | Image.Image, max_tiles: int, image_size: int):
-    """``((width, height), tiles)`` of an image file or frame: what ``TransformersBackend`` feeds its model."""
-    from vlaser.model.preprocess import image_to_tiles, to_pil
-
-    pil = to_pil(picture)
-    return pil.size, image_to_tiles(pil, max_num=max_tiles, image_size=image_size)
+def _generate_kwargs(params: GenerationParams) -> dict:
+    """transformers' ``generate`` arguments for ``params`` (``min_new_tokens`` only when set)."""
+    out: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": not params.greedy}
+    if not params.greedy:
+        out.update(temperature=params.temperature, top_p=params.top_p)
+    if params.min_new_tokens:
+        out["min_new_tokens"] = params.min_new_tokens
+    return out
 
 
 def _data_url(picture: Path | Image.Image) -> str:
@@ -184,11 +154,12 @@ ENGINES = ("auto", "vllm", "lmdeploy", "vlaser", "openai")  #: ``--api-engine`` 
 LMDEPLOY_IMAGE_TOKEN = "<IMAGE_TOKEN>"  #: LMDeploy's image placeholder (``lmdeploy.vl.constants``)
 
 
-def to_payload(request: Request, model: str, generation: Generation, system_message: str | None = None,
+def to_payload(request: Request, model: str, params: GenerationParams, system_message: str | None = None,
                engine: str = "openai") -> dict:
     """An OpenAI chat-completions request, shaped so that ``engine`` builds InternVL's prompt from it exactly.
 
-    - Content: the prompt as a string when it has no pictures (LMDeploy puts an empty ``<img></img>`` before a
+    - Content: the prompt (the request's question, its tags placed by the prepare step) as a string when it has
+      no pictures (LMDeploy puts an empty ``<img></img>`` before a
       list without images). Otherwise, by engine:
       - ``vllm`` and ``vlaser``: the whole prompt, ``<image>`` tags and all, as one text part, then the images in
         order. vLLM (``--chat-template-content-format string``) keeps the tags a text already holds and adds only
@@ -204,34 +175,52 @@ def to_payload(request: Request, model: str, generation: Generation, system_mess
       InternVL's default one, a known cause of large score drops.
     - Tiles: LMDeploy reads ``max_dynamic_patch`` inside each ``image_url`` part (so frames get 1 and still
       images ``max_num``); vLLM reads ``mm_processor_kwargs.max_dynamic_patch`` for the whole request (the
-      still images' limit, or 1 when there are only frames). Each server ignores the other's field.
+      still images' limit, or 1 when there are only frames). Each server ignores the other's field; a picture
+      without a limit of its own sends none (the server's setting applies).
     - Greedy is ``temperature`` 0; ``min_new_tokens`` goes as vLLM's ``min_tokens`` and LMDeploy's
-      ``min_new_tokens``.
+      ``min_new_tokens``; ``top_p``, ``stop`` and ``seed`` go when set.
     """
     if engine not in ENGINES[1:]:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES[1:])}")
-    images = [{"type": "image_url", "image_url": {"url": _data_url(picture), "max_dynamic_patch": tiles}}
-              for picture, tiles in zip(request.pictures, request.max_tiles)]
+    if request.history:
+        raise ValueError("to_payload sends one question; earlier turns are not sent")
+    prompt = place_tags(request)
+    images = [_image_part(picture) for picture in request.pictures]
     content: str | list[dict]
     if not images:
-        content = request.prompt
+        content = prompt
     elif engine == "openai":
-        content = _interleaved(request.prompt, images)
+        content = _interleaved(prompt, images)
     else:
         tag = LMDEPLOY_IMAGE_TOKEN if engine == "lmdeploy" else IMAGE_PLACEHOLDER
-        content = [{"type": "text", "text": request.prompt.replace(IMAGE_PLACEHOLDER, tag)}, *images]
+        content = [{"type": "text", "text": prompt.replace(IMAGE_PLACEHOLDER, tag)}, *images]
     messages = [{"role": "user", "content": content}]
-    system = request.system_message if request.system_message is not None else system_message
+    system = request.system if request.system is not None else system_message
     if system:
         messages.insert(0, {"role": "system", "content": system})
-    payload = {"model": model, "messages": messages, "max_tokens": generation.max_new_tokens,
-               "temperature": 1.0 if generation.do_sample else 0.0}
-    if request.pictures:
-        still = [n for n, p in zip(request.max_tiles, request.pictures) if not isinstance(p, Image.Image)]
+    payload = {"model": model, "messages": messages, "max_tokens": params.max_new_tokens,
+               "temperature": params.temperature}
+    limits = [p.max_tiles for p in request.pictures if p.max_tiles is not None]
+    if limits:
+        still = [p.max_tiles for p in request.pictures if not p.frame and p.max_tiles is not None]
         payload["mm_processor_kwargs"] = {"max_dynamic_patch": max(still) if still else 1}
-    if generation.min_new_tokens:
-        payload["min_tokens"] = payload["min_new_tokens"] = generation.min_new_tokens
+    if params.min_new_tokens:
+        payload["min_tokens"] = payload["min_new_tokens"] = params.min_new_tokens
+    if params.top_p != 1:
+        payload["top_p"] = params.top_p
+    if params.stop:
+        payload["stop"] = list(params.stop)
+    if params.seed is not None:
+        payload["seed"] = params.seed
     return payload
+
+
+def _image_part(picture: Picture) -> dict:
+    """One picture as an ``image_url`` part, with its own tile limit when it has one (LMDeploy's field)."""
+    image_url: dict[str, Any] = {"url": _data_url(picture.source)}
+    if picture.max_tiles is not None:
+        image_url["max_dynamic_patch"] = picture.max_tiles
+    return {"type": "image_url", "image_url": image_url}
 
 
 def _interleaved(prompt: str, images: list[dict]) -> list[dict]:
@@ -264,12 +253,15 @@ def detect_engine(api_base: str, model: str, api_key: str | None = None, timeout
     return engine
 
 
-def from_response(body: dict) -> Answer:
-    """The answer of a chat-completions response (``""`` when the server returned no content); a
+def from_response(body: dict) -> Completion:
+    """The completion of a chat-completions response (``""`` when the server returned no content); a
     ``finish_reason`` of ``length`` means it was cut off at ``max_tokens``."""
     try:
         choice = body["choices"][0]
-        return Answer(choice["message"].get("content") or "", choice.get("finish_reason") == "length")
+        usage = body.get("usage") or {}
+        return Completion(choice["message"].get("content") or "",
+                          "length" if choice.get("finish_reason") == "length" else "stop",
+                          int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
     except (KeyError, IndexError, TypeError, AttributeError) as e:
         raise ExternalServiceError(f"not a chat-completions response: {json.dumps(body)[:300]}") from e
 
@@ -287,6 +279,7 @@ class OpenAIBackend:
     """
 
     overlap_io = True  # the server does the work; read the next batch's images meanwhile
+    tiles_locally = False  # the server tiles
 
     def __init__(self, api_base: str, model: str, concurrency: int = 8, timeout: float = 300, retries: int = 3,
                  system_message: str | None = None, engine: str = "auto"):
@@ -311,7 +304,7 @@ class OpenAIBackend:
         return {"backend": "openai", "model": self.model, "api_base": self.url, "engine": self.engine,
                 "system_message": self.system_message}
 
-    def _post(self, payload: dict) -> Answer:
+    def _post(self, payload: dict) -> Completion:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -334,17 +327,20 @@ class OpenAIBackend:
             time.sleep(min(2**attempt, 30) * 0.5)
         raise AssertionError("unreachable")
 
-    def prepare(self, request: Request) -> Request:
+    def tiling(self, picture: Path, max_tiles: int) -> tuple[Callable, tuple]:
+        raise TypeError("the server tiles its images; no tiling call to run here (tiles_locally is False)")
+
+    def prepare(self, request: Request, pending: Pending | None = None) -> Request:
         """Check the image files open (a missing or corrupt one is named here, before any request)."""
         from vlaser.model.preprocess import to_pil
 
         for picture in request.pictures:
-            if not isinstance(picture, Image.Image):
-                to_pil(picture)
+            if not isinstance(picture.source, Image.Image):
+                to_pil(picture.source)
         return request
 
-    def generate(self, prepared: Sequence[Request], generation: Generation) -> list[Answer]:
-        payloads = [to_payload(request, self.model, generation, self.system_message, self.engine)
+    def generate(self, prepared: Sequence[Request], params: GenerationParams) -> list[Completion]:
+        payloads = [to_payload(request, self.model, params, self.system_message, self.engine)
                     for request in prepared]
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(self._post, payloads))

@@ -18,13 +18,14 @@ from typing import Any
 from tqdm import tqdm
 
 from vlaser.errors import UserInputError, VlaserError
-from vlaser.eval.backends import Generation, Request
+from vlaser.eval.backends import Backend, Pending
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score, check_prompt_style
 from vlaser.eval.provenance import check_and_write, coverage, git_commit, run_record, vlaser_version
+from vlaser.inference import Completion, GenerationParams, Picture, Request
+from vlaser.inference.prepare import place_tags
 from vlaser.jsonl import JSONLError, read_jsonl
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageLoadError, LastClip, decode_frames
-from vlaser.model.template import IMAGE_LINE, multi_image_prefix
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +139,10 @@ def effective_settings(benchmark: Benchmark, has_video: bool, **overrides) -> di
     return settings
 
 
-def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: int = 8, limit: int | None = None,
-        prompt: str | None = None, max_num: int | None = None, max_new_tokens: int | None = None,
-        pictures: int = 50, frames: int | None = None, min_new_tokens: int | None = None,
-        workers: int = 0) -> dict[str, Any]:
+def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch_size: int = 8,
+        limit: int | None = None, prompt: str | None = None, max_num: int | None = None,
+        max_new_tokens: int | None = None, pictures: int = 50, frames: int | None = None,
+        min_new_tokens: int | None = None, workers: int = 0) -> dict[str, Any]:
     """Ask every item not yet answered in ``OUT`` (items that failed on unreadable media are asked again),
     then score all of them.
 
@@ -160,7 +161,7 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     items = available[:limit]
     settings = effective_settings(benchmark, any(item.video for item in items), prompt=prompt, max_num=max_num,
                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, frames=frames)
-    generation = Generation(settings["max_new_tokens"], settings["min_new_tokens"])
+    params = GenerationParams(settings["max_new_tokens"], settings["min_new_tokens"])
     out = Path(out)
     rank, world = _world()
     out.mkdir(parents=True, exist_ok=True)
@@ -188,7 +189,7 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
     batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
     # With the model on a GPU (or behind an API) the next batch's images are read and tiled on a worker
     # thread while this one generates; on a CPU that thread would only compete with generation.
-    loader_cls = ThreadPoolExecutor if getattr(backend, "overlap_io", False) else _InlineExecutor
+    loader_cls = ThreadPoolExecutor if backend.overlap_io else _InlineExecutor
     with open(my_path, "a") as stream, loader_cls(max_workers=1) as loader, ImageWorkers(workers, backend) as tiler, \
             tqdm(total=len(mine), initial=len(mine) - len(todo), desc=benchmark.name, unit="item",
                  disable=rank != 0) as bar:
@@ -204,7 +205,7 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
             prepared = upcoming.result()
             if number + 1 < len(batches):
                 upcoming = loader.submit(prepare, batches[number + 1])
-            for answer in _ask(backend, batch, prepared, generation):
+            for answer in _ask(backend, batch, prepared, params):
                 stream.write(json.dumps(answer, ensure_ascii=False) + "\n")
                 done[answer["id"]] = answer
             stream.flush()
@@ -220,7 +221,7 @@ def run(benchmark: Benchmark, backend, data_dir: Path, out: Path, batch_size: in
 
 class ImageWorkers:
     """``n`` processes that read and tile still images with the backend's own ``tiling`` call, so preprocessing
-    keeps up with a GPU; none (``n`` 0, or a backend that does not tile) leaves it to ``backend.prepare``.
+    keeps up with a GPU; none (``n`` 0, or a backend that does not tile here) leaves it to ``backend.prepare``.
 
     Video frames stay in this process: questions about one clip are asked together, its frames decoded once and
     their tiles reused, which a split across processes would undo (and a frame is one small tile). The tiles are
@@ -228,10 +229,10 @@ class ImageWorkers:
     (``spawn``): a process forked from one whose threads hold locks (torch's, the tiling pool's) can hang.
     """
 
-    def __init__(self, n: int, backend) -> None:
+    def __init__(self, n: int, backend: Backend) -> None:
         self.backend = backend
         self.pool = None
-        if n and hasattr(backend, "tiling"):
+        if n and backend.tiles_locally:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
@@ -249,7 +250,7 @@ class ImageWorkers:
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
 
-    def start(self, images: list[tuple[Path, int]]) -> dict | None:
+    def start(self, images: list[tuple[Path, int]]) -> Pending | None:
         """``(image file, max tiles) -> future`` of its tiles, started on the workers; None without workers."""
         if self.pool is None:
             return None
@@ -291,30 +292,28 @@ class _InlineExecutor:
 
 def build_request(benchmark: Benchmark, item: Item, style: str, max_num: int,
                   frames: list | None = None) -> Request:
-    """The text sent for an item, with an ``<image>`` tag per picture, and its pictures.
+    """An item's request: the benchmark's prompt and the item's pictures, each still image with ``max_num``
+    tiles at most, each video frame (first, one ``frame_line`` each) with one.
 
-    The benchmark's prompt places still images with its own tags; without tags one image goes first
-    (``<image>\n``, as ``model.chat``) and several as ``Image-i: <image>`` lines. Video frames come first,
-    one ``frame_line`` each (``Frame-i: <image>``), one tile per frame (InternVL's video path).
+    A prompt with ``<image>`` tags places the pictures itself; otherwise the prepare step lays them out.
     """
     text = benchmark.prompt(item, style)
-    tags = text.count(IMAGE_PLACEHOLDER)
-    if not tags and item.images:
-        text = (IMAGE_LINE if len(item.images) == 1 else multi_image_prefix(len(item.images))) + text
-    elif tags != len(item.images):
-        raise BenchmarkDataError(f"{benchmark.name} item {item.id}: the prompt has {tags} {IMAGE_PLACEHOLDER} "
-                                 f"tag(s) for {len(item.images)} image(s)")
-    frames = frames or []
-    lines = "".join(benchmark.frame_line.format(i=i + 1) for i in range(len(frames)))
-    return Request(lines + text, [*frames, *item.images], [1] * len(frames) + [max_num] * len(item.images))
+    pictures = [*(Picture(frame, 1, frame=True) for frame in frames or []),
+                *(Picture(image, max_num) for image in item.images)]
+    request = Request(text, pictures, tagged=IMAGE_PLACEHOLDER in text, frame_line=benchmark.frame_line)
+    try:
+        place_tags(request)
+    except ValueError as e:
+        raise BenchmarkDataError(f"{benchmark.name} item {item.id}: {e}") from None
+    return request
 
 
 class MediaError(VlaserError):
     """An item whose media could not be read; the message names the item and the file."""
 
 
-def _prepare(benchmark: Benchmark, backend, item: Item, style: str, max_num: int, n_frames: int | None,
-             clip: LastClip | None = None, pending: dict | None = None):
+def _prepare(benchmark: Benchmark, backend: Backend, item: Item, style: str, max_num: int, n_frames: int | None,
+             clip: LastClip | None = None, pending: Pending | None = None):
     """``(prompt text, request readied by the backend)`` for an item (video frames are decoded here, ahead of
     generation), or the ``MediaError`` that names the unreadable file. ``pending``: tiles being made by
     :class:`ImageWorkers`."""
@@ -323,19 +322,16 @@ def _prepare(benchmark: Benchmark, backend, item: Item, style: str, max_num: int
         if item.video is not None:
             frames = decode_frames(item.video, lambda total: benchmark.frame_indices(item, total, n_frames), clip)
         request = build_request(benchmark, item, style, max_num, frames)
-        prepare = getattr(backend, "prepare", None)
-        if prepare is None:
-            return request.prompt, request
-        return request.prompt, prepare(request) if pending is None else prepare(request, pending)
+        return place_tags(request), backend.prepare(request, pending)
     except ImageLoadError as e:
         return MediaError(f"item {item.id}: {e}")
 
 
-def _ask(backend, batch: list[Item], prepared: list, generation: Generation) -> list[dict]:
+def _ask(backend: Backend, batch: list[Item], prepared: list, params: GenerationParams) -> list[dict]:
     """Records for a batch; an item whose media cannot be read gets an ``error`` record (scored as a miss,
     asked again on the next run). ``truncated``: the answer stopped at ``max_new_tokens``."""
     ok = [k for k, ready in enumerate(prepared) if not isinstance(ready, MediaError)]
-    answers = backend.generate([prepared[k][1] for k in ok], generation) if ok else []
+    answers: list[Completion] = backend.generate([prepared[k][1] for k in ok], params) if ok else []
     by_index = dict(zip(ok, answers))
     records = []
     for k, item in enumerate(batch):

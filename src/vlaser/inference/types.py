@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from vlaser.model.template import FRAME_LINE
+
 PictureSource = str | os.PathLike | Image.Image
 
 
@@ -36,9 +38,9 @@ class Turn:
 class Request:
     """What to ask: the question, its pictures in order, earlier turns and the system message.
 
-    ``tagged`` says the question already holds one ``<image>`` tag per picture, placed by the caller (a
-    benchmark's own layout); otherwise the prepare step places them as InternVL does.
-    ``system`` None means the model's own system message.
+    ``tagged`` says the turns already hold one ``<image>`` tag per picture, placed by the caller (a
+    benchmark's own layout, a client's message); otherwise the prepare step places them as InternVL does,
+    video frames with one ``frame_line`` each. ``system`` None means the model's own system message.
     """
 
     question: str
@@ -46,6 +48,7 @@ class Request:
     history: list[Turn] = field(default_factory=list)
     system: str | None = None
     tagged: bool = False
+    frame_line: str = FRAME_LINE
 
 
 @dataclass(frozen=True)

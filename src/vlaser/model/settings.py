@@ -19,8 +19,8 @@ from vlaser.model.template import get_template
 #: Field -> InternVL's config key (also the ``vlaser train`` flag that sets it).
 CONFIG_KEYS = {
     "image_size": "force_image_size",
-    "min_num": "min_dynamic_patch",
-    "max_num": "max_dynamic_patch",
+    "min_dynamic_patch": "min_dynamic_patch",
+    "max_dynamic_patch": "max_dynamic_patch",
     "use_thumbnail": "use_thumbnail",
     "dynamic": "dynamic_image_size",
     "template": "template",
@@ -36,23 +36,24 @@ class ProcessorSettings:
     """
 
     image_size: int = 448
-    min_num: int = DEFAULT_CHAT_SETTINGS["min_dynamic_patch"]
-    max_num: int = DEFAULT_CHAT_SETTINGS["max_dynamic_patch"]
+    min_dynamic_patch: int = DEFAULT_CHAT_SETTINGS["min_dynamic_patch"]
+    max_dynamic_patch: int = DEFAULT_CHAT_SETTINGS["max_dynamic_patch"]
     use_thumbnail: bool = DEFAULT_CHAT_SETTINGS["use_thumbnail"]
     dynamic: bool = DEFAULT_CHAT_SETTINGS["dynamic_image_size"]
     template: str = DEFAULT_CHAT_SETTINGS["template"]
     system_message: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "min_num", "max_num"):
+        for name in ("image_size", "min_dynamic_patch", "max_dynamic_patch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{CONFIG_KEYS[name]} must be an integer >= 1, got {value!r}")
         for name in ("use_thumbnail", "dynamic"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{CONFIG_KEYS[name]} must be true or false, got {getattr(self, name)!r}")
-        if self.min_num > self.max_num:
-            raise ValueError(f"min_dynamic_patch {self.min_num} is larger than max_dynamic_patch {self.max_num}")
+        if self.min_dynamic_patch > self.max_dynamic_patch:
+            raise ValueError(f"min_dynamic_patch {self.min_dynamic_patch} is larger than max_dynamic_patch "
+                             f"{self.max_dynamic_patch}")
         if not isinstance(self.template, str):
             raise ValueError(f"template must be a template name, got {self.template!r}")
         get_template(self.template)  # an unknown name fails here, listing the known ones
@@ -61,8 +62,13 @@ class ProcessorSettings:
 
     @property
     def max_tiles(self) -> int:
-        """The tile limit of an image when the caller gives none: one tile without dynamic tiling."""
-        return self.max_num if self.dynamic else 1
+        """The tile limit of an image when neither the caller nor a protocol sets one: ``max_dynamic_patch``,
+        or one tile without dynamic tiling (the config's names stay as InternVL writes them)."""
+        return self.max_dynamic_patch if self.dynamic else 1
+
+    def min_tiles(self, max_tiles: int) -> int:
+        """The least number of grid tiles under a limit of ``max_tiles`` (``min_dynamic_patch``, capped to fit)."""
+        return min(self.min_dynamic_patch, max_tiles)
 
     @classmethod
     def from_config(cls, config, source: str = "config.json") -> ProcessorSettings:
@@ -96,7 +102,8 @@ class ProcessorSettings:
 
     def summary(self) -> str:
         """One line for logs and ``vlaser info``."""
-        tiles = f"{self.min_num}-{self.max_num} tiles" if self.dynamic else "1 tile (dynamic_image_size off)"
+        tiles = f"{self.min_dynamic_patch}-{self.max_dynamic_patch} tiles" if self.dynamic else \
+            "1 tile (dynamic_image_size off)"
         thumbnail = "with" if self.use_thumbnail else "without"
         system = "template default" if self.system_message is None else "custom"
         return (f"{self.image_size} px, {tiles} per image, {thumbnail} thumbnail; template {self.template} "

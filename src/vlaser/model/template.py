@@ -225,7 +225,9 @@ def _replace_tags(text: str, patches: Iterator[int], num_image_token: int) -> st
 def with_image_tag(text: str) -> str:
     """``<image>\\n`` + ``text`` unless ``text`` already has an ``<image>`` tag: where a single image goes
     when the question does not say (``model.chat`` on a first turn, and a single-image training record)."""
-    return text if IMAGE_PLACEHOLDER in text else IMAGE_LINE + text
+    from vlaser.inference.prepare import images_first  # the prepare step imports this module
+
+    return text if IMAGE_PLACEHOLDER in text else images_first(text, 1)
 
 
 def build_chat_prompt(

@@ -206,6 +206,6 @@ def processor_settings(data_args: DataTrainingArguments):
     """The tiling and template a run trains with, as the ``ProcessorSettings`` its checkpoint will carry."""
     from vlaser.model.settings import ProcessorSettings
 
-    return ProcessorSettings(image_size=data_args.force_image_size, min_num=data_args.min_dynamic_patch,
-                             max_num=data_args.max_dynamic_patch, use_thumbnail=data_args.use_thumbnail,
+    return ProcessorSettings(image_size=data_args.force_image_size, min_dynamic_patch=data_args.min_dynamic_patch,
+                             max_dynamic_patch=data_args.max_dynamic_patch, use_thumbnail=data_args.use_thumbnail,
                              dynamic=data_args.dynamic_image_size, template=data_args.conv_style)

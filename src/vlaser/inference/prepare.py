@@ -1,0 +1,99 @@
+"""The one prepare step: where a request's image tags go and how many tiles each picture gets.
+
+``VLM``, the eval runner, the server and the benchmarks that lay out their own prompts all come here, so one
+request gives one prompt and one set of tiles whichever path it takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from vlaser.inference.types import Picture, PictureSource, Prepared, Request
+from vlaser.model.constants import IMAGE_PLACEHOLDER
+from vlaser.model.preprocess import image_to_tiles, to_pil
+from vlaser.model.template import IMAGE_LINE, build_chat_prompt, multi_image_prefix
+
+if TYPE_CHECKING:
+    from vlaser.model.settings import ProcessorSettings
+
+#: ``(picture, its tile limit) -> ((width, height), tiles)``: how a caller may supply tiles made elsewhere
+Tiler = Callable[[Picture, int], tuple[tuple[int, int], torch.Tensor]]
+
+
+def images_first(text: str, n_images: int) -> str:
+    """InternVL's layout of still images before a text: ``<image>\\n`` for one, ``Image-i: <image>\\n`` lines
+    for several (``model.chat``'s single- and multi-image prompts)."""
+    if n_images == 0:
+        return text
+    return (IMAGE_LINE if n_images == 1 else multi_image_prefix(n_images)) + text
+
+
+def frame_lines(n_frames: int, line: str) -> str:
+    """One ``line`` (``"Frame-{i}: <image>\\n"`` or a benchmark's own) per video frame, numbered from 1."""
+    return "".join(line.format(i=i + 1) for i in range(n_frames))
+
+
+def tag_count(request: Request) -> int:
+    """``<image>`` tags in the request's user turns (earlier ones and the question)."""
+    return sum(text.count(IMAGE_PLACEHOLDER) for text in [*(t.user for t in request.history), request.question])
+
+
+def place_tags(request: Request) -> str:
+    """The question with one ``<image>`` tag per picture, in the pictures' order.
+
+    A ``tagged`` request's tags (in its turns) are checked and kept; otherwise video frames get their
+    ``frame_line`` each and still images go first as :func:`images_first` lays them out.
+    """
+    tags, pictures = tag_count(request), request.pictures
+    if request.tagged:
+        if tags != len(pictures):
+            raise ValueError(f"the request holds {tags} {IMAGE_PLACEHOLDER} tag(s) for {len(pictures)} picture(s); "
+                             f"write one {IMAGE_PLACEHOLDER} per picture")
+        return request.question
+    if tags:
+        raise ValueError(f"the question holds {tags} {IMAGE_PLACEHOLDER} tag(s) but the request is not tagged; mark "
+                         "it tagged (the tags place the pictures) or leave the tags out")
+    frames = sum(p.frame for p in pictures)
+    if any(p.frame for p in pictures[frames:]):
+        raise ValueError("video frames must come before the still images of a request")
+    return frame_lines(frames, request.frame_line) + images_first(request.question, len(pictures) - frames)
+
+
+def tile_limit(picture: Picture, settings: ProcessorSettings, max_tiles: int | None = None) -> int:
+    """A picture's tile limit: its own, else ``max_tiles`` (an explicit argument or a benchmark protocol), else
+    the checkpoint's setting; a video frame gets one tile, as InternVL's video path."""
+    if picture.max_tiles is not None:
+        return picture.max_tiles
+    if picture.frame:
+        return 1
+    return settings.max_tiles if max_tiles is None else max_tiles
+
+
+def tile(source: PictureSource, max_tiles: int, settings: ProcessorSettings) -> tuple[tuple[int, int], torch.Tensor]:
+    """``((width, height), tiles)`` of one picture cut as the checkpoint cuts (its tile size, thumbnail and
+    ``min_dynamic_patch``, capped to fit); a module-level function so worker processes run the very same call."""
+    pil = to_pil(source)
+    return pil.size, image_to_tiles(pil, max_num=max_tiles, min_num=settings.min_tiles(max_tiles),
+                                    image_size=settings.image_size, use_thumbnail=settings.use_thumbnail)
+
+
+def prepare(request: Request, model, max_tiles: int | None = None, tiler: Tiler | None = None) -> Prepared:
+    """The request made ready for ``model``: its tags placed, its pictures tiled, its prompt rendered.
+
+    ``max_tiles`` applies to pictures without their own limit (None: the checkpoint's); ``tiler`` supplies
+    tiles made ahead (worker processes, a clip's frames shared between questions).
+    """
+    settings = model.processor_settings
+    question = place_tags(request)
+    tiler = tiler or (lambda picture, limit: tile(picture.source, limit, settings))
+    made = [tiler(picture, tile_limit(picture, settings, max_tiles)) for picture in request.pictures]
+    num_patches = [tiles.shape[0] for _, tiles in made]
+    system = model.system_message if request.system is None else request.system
+    history = [(turn.user, turn.assistant) for turn in request.history] or None
+    prompt = build_chat_prompt(question, model.conv_template, num_patches, model.num_image_token, history=history,
+                               system_message=system)[1]
+    pixel_values = torch.cat([tiles for _, tiles in made]) if made else None
+    return Prepared(prompt, pixel_values, num_patches, [size for size, _ in made])
