@@ -17,9 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
+from fakes import tagged
 from media import data_url
 from vlaser.api import Media
-from vlaser.eval.backends import Generation, Request, from_response, to_payload
+from vlaser.eval.backends import from_response, to_payload
+from vlaser.inference import GenerationParams
 from vlaser.model.template import INTERNVL2_5_SYSTEM_MESSAGE
 
 NAME = "tiny-vlaser"
@@ -149,8 +151,8 @@ def test_vlaser_eval_client_body(client, vlm, tmp_path):
     """``OpenAIBackend``'s payload (InternVL's system message, both engines' tile fields, ``min_tokens``) is
     answered as the local backend answers the same request, and read back by ``from_response``."""
     WIDE.save(tmp_path / "wide.png")
-    request = Request("<image>\nFind free space on the table.", [tmp_path / "wide.png"], [2])
-    payload = to_payload(request, NAME, Generation(NEW, min_new_tokens=1), INTERNVL2_5_SYSTEM_MESSAGE)
+    request = tagged("<image>\nFind free space on the table.", [tmp_path / "wide.png"], [2])
+    payload = to_payload(request, NAME, GenerationParams(NEW, min_new_tokens=1), INTERNVL2_5_SYSTEM_MESSAGE)
     assert payload["mm_processor_kwargs"] == {"max_dynamic_patch": 2} and payload["min_tokens"] == 1
     body = chat(client, payload)
     expected = vlm.ask(WIDE, "<image>\nFind free space on the table.", max_num=2, max_new_tokens=NEW,
