@@ -62,6 +62,9 @@ def test_requests_place_frames_first_and_images_at_their_tags(tmp_path):
     assert place_tags(request) == "Frame-1: <image>\nFrame-2: <image>\nWhat happens?"
     assert [(p.max_tiles, p.frame) for p in request.pictures] == [(1, True), (1, True)]
     assert place_tags(build_request(bench, items[1], "official", 6)) == "Where is <image> this?"
+    with_frames = Request("Where is <image> this?", [*(Picture(f, 1, frame=True) for f in frames),
+                                                     Picture(Path("a.png"), 6)], tagged=True)
+    assert place_tags(with_frames) == "Frame-1: <image>\nFrame-2: <image>\nWhere is <image> this?"
     two = build_request(bench, items[2], "official", 6, frames)
     assert place_tags(two) == "Frame-1: <image>\nFrame-2: <image>\nImage-1: <image>\nImage-2: <image>\nCompare."
     assert [p.max_tiles for p in two.pictures] == [1, 1, 6, 6]

@@ -44,21 +44,24 @@ def tag_count(request: Request) -> int:
 def place_tags(request: Request) -> str:
     """The question with one ``<image>`` tag per picture, in the pictures' order.
 
-    A ``tagged`` request's tags (in its turns) are checked and kept; otherwise video frames get their
-    ``frame_line`` each and still images go first as :func:`images_first` lays them out.
+    Video frames come first, each on its ``frame_line``, unless a ``tagged`` request's turns already hold a tag
+    for every picture; a ``tagged`` request's tags for its still images are checked and kept, and untagged
+    still images go first as :func:`images_first` lays them out.
     """
     tags, pictures = tag_count(request), request.pictures
-    if request.tagged:
-        if tags != len(pictures):
-            raise ValueError(f"the request holds {tags} {IMAGE_PLACEHOLDER} tag(s) for {len(pictures)} picture(s); "
-                             f"write one {IMAGE_PLACEHOLDER} per picture")
-        return request.question
-    if tags:
-        raise ValueError(f"the question holds {tags} {IMAGE_PLACEHOLDER} tag(s) but the request is not tagged; mark "
-                         "it tagged (the tags place the pictures) or leave the tags out")
     frames = sum(p.frame for p in pictures)
     if any(p.frame for p in pictures[frames:]):
         raise ValueError("video frames must come before the still images of a request")
+    if request.tagged:
+        if tags == len(pictures):
+            return request.question
+        if tags != len(pictures) - frames:
+            raise ValueError(f"the request holds {tags} {IMAGE_PLACEHOLDER} tag(s) for {len(pictures)} picture(s); "
+                             f"write one {IMAGE_PLACEHOLDER} per picture")
+        return frame_lines(frames, request.frame_line) + request.question
+    if tags:
+        raise ValueError(f"the question holds {tags} {IMAGE_PLACEHOLDER} tag(s) but the request is not tagged; mark "
+                         "it tagged (the tags place the pictures) or leave the tags out")
     return frame_lines(frames, request.frame_line) + images_first(request.question, len(pictures) - frames)
 
 
