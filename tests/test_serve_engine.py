@@ -182,7 +182,8 @@ def test_batch_of_eight_equals_eight_sequential_jobs(vlm, batch_sizes):
         return batched, sequential
 
     batched, sequential = _serve(vlm, body, max_batch_size=8)
-    assert batch_sizes == [8] + [1] * 8
+    # the eight join as they are prepared (how many per prefill depends on the machine's load), then one by one
+    assert sum(batch_sizes[:-8]) == 8 and batch_sizes[-8:] == [1] * 8
     assert batched == sequential
 
 
@@ -310,7 +311,8 @@ def test_seeded_sampling_repeats_whatever_shares_the_batch(vlm, batch_sizes):
         return together, alone
 
     (a, b, c, greedy, greedy_seeded, *_), alone = _serve(vlm, body)
-    assert batch_sizes == [7, 1]  # greedy, seeded and sampled rows of different settings share one batch
+    # greedy, seeded and sampled rows of different settings run together (joining as they are prepared)
+    assert sum(batch_sizes[:-1]) == 7 and batch_sizes[-1] == 1
     assert a.text == b.text == alone.text and a.text != c.text
     assert greedy.text == greedy_seeded.text == _alone(vlm, request, 12)[0]
 
