@@ -1,9 +1,9 @@
 """The LeRobot dataset v3.0 layout: path templates, the implicit per-frame columns, and file readers that name
 the file they fail on.
 
-v3.0 packs many episodes per file: ``data/chunk-XXX/file-XXX.parquet`` holds the frames,
-``meta/episodes/chunk-XXX/file-XXX.parquet`` one row per episode (where its frames and video segments are),
-``videos/<key>/chunk-XXX/file-XXX.mp4`` the camera streams. A chunk is a folder of at most ``chunks_size`` files.
+v3.0 packs many episodes per file: ``data/chunk-NNN/file-NNN.parquet`` holds the frames,
+``meta/episodes/chunk-NNN/file-NNN.parquet`` one row per episode (where its frames and video segments are),
+``videos/<key>/chunk-NNN/file-NNN.mp4`` the camera streams. A chunk is a folder of at most ``chunks_size`` files.
 """
 
 from __future__ import annotations

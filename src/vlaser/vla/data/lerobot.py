@@ -363,7 +363,7 @@ def _read_tasks(path: Path) -> list[str]:
 def _episode_files(root: Path) -> list[Path]:
     files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
     if not files:
-        raise UserInputError(f"{root / 'meta' / 'episodes'}: missing (no chunk-XXX/file-XXX.parquet)")
+        raise UserInputError(f"{root / 'meta' / 'episodes'}: missing (no chunk-NNN/file-NNN.parquet)")
     return files
 
 
