@@ -1,4 +1,5 @@
-"""JSON Lines files, read one way everywhere: training annotations, benchmark annotations, eval predictions."""
+"""JSON and JSON Lines files, read one way everywhere: training meta files and annotations, benchmark annotations,
+eval predictions, LeRobot metadata."""
 
 from __future__ import annotations
 
@@ -42,3 +43,18 @@ def read_jsonl(path: str | os.PathLike,
             on_error(error)
             continue
         yield number, value
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file, or a ``UserInputError`` naming the file (missing, unreadable, or the line and column at fault)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserInputError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+    except UnicodeDecodeError as e:
+        raise UserInputError(f"{path}: not UTF-8 text ({e.reason})") from e
+    except OSError as e:
+        raise UserInputError(f"{path}: cannot read ({e})") from e

@@ -5,13 +5,12 @@ Broken lines are never dropped silently: each becomes a :class:`Skip` naming the
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlaser.errors import UserInputError
-from vlaser.jsonl import JSONLError, read_jsonl
+from vlaser.jsonl import JSONLError, read_json, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -62,9 +61,9 @@ def load_meta(path: str | os.PathLike) -> list[DatasetSpec]:
     """Parse a meta JSON. Relative ``annotation`` paths resolve against the meta file's folder, then the CWD."""
     path = Path(path)
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise MetaError(f"cannot read meta file {path}: {e}") from e
+        meta = read_json(path)
+    except UserInputError as e:
+        raise MetaError(f"cannot read meta file {e}") from e
     if not isinstance(meta, dict) or not meta:
         raise MetaError(f"{path}: expected a non-empty JSON object mapping dataset names to entries")
     specs = []

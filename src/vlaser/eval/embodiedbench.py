@@ -1,56 +1,8 @@
 """EmbodiedBench (EB-ALFRED, EB-Habitat): the planner's answer format, and importing the simulator's results.
 
-The two benchmarks are interactive: every item is an episode in AI2-THOR or Habitat, played by
-EmbodiedBench's own evaluator, which asks the model for a JSON plan at each step. vlaser therefore serves
-the model (any OpenAI-compatible server; ``docs/embodiedbench.md``), reproduces how EmbodiedBench reads
-a plan (:func:`parse_plan`, for contract tests), and imports the per-episode result files
-(:func:`import_results`) so success rates land in the same ``metrics.json`` / ``report.md`` as every other
-benchmark.
-
-Sources (EmbodiedBench/EmbodiedBench, commit fc59f5540bfaa82f9008f4619e14d3f135a87ec5 unless noted):
-
-- Prompt: ``planner/vlm_planner.py`` ``get_availabel_action_prompt`` and ``_build_standard_initial_prompt``
-  (first step, no history), plus ``planner_utils.template``, appended in ``act`` when the model name
-  contains ``InternVL`` (:func:`first_step_prompt`, :data:`JSON_TEMPLATE`). System prompts:
-  ``evaluator/config/system_prompts.py`` @f18086edbe05e2e0562d6de661bd207d8a2ccf01.
-- Request: ``planner/remote_model.py`` ``_call_intern38b`` (model names containing ``OpenGVLab/InternVL``):
-  one user message ``[image_url (PNG data URL), text]``, ``temperature=0``, ``max_tokens=2048``, no
-  ``response_format`` (commented out there), the answer passed through ``fix_json``.
-- Plan parsing: ``vlm_planner.py`` ``json_to_action`` and ``_parse_point_action`` (:func:`parse_plan`); the
-  EB-ALFRED evaluator turns point actions on (``enable_point_actions=True``), EB-Habitat leaves them off.
-  ``planner_utils.fix_json`` (:func:`fix_json`): the official ``planner_utils.py`` is not in the reference
-  index; its text was read from the fork shiyang1983/EmbodiedBench@b3d5ae51720a6ba19cb338622f1d7183b1852efb,
-  whose ``template`` matches the other stored forks.
-- Results: ``evaluator/eb_alfred_evaluator.py`` and ``eb_habitat_evaluator.py`` ``save_episode_metric``
-  write ``running/<eb_alfred|eb_habitat>/<model>[_<exp_name>]/<subset>/results/episode_<i>_final_res.json``
-  (``log_path`` in ``envs/eb_habitat/EBHabEnv.py`` and ``envs/eb_alfred/EBAlfEnv.py`` @f18086e;
-  ``<model>`` is the part of ``model_name`` after its last ``/``; ``<i>`` counts from 1) holding
-  ``task_success``, ``task_progress``, ``reward``, ``num_steps``, ``planner_steps``, ``planner_output_error``,
-  ``num_invalid_actions``, ... Subsets are each env's ``ValidEvalSets`` (EB-Habitat says
-  ``spatial_relationship`` where EB-ALFRED says ``spatial``); 50 episodes each (``base`` in EB-ALFRED's
-  ``data/splits/splits.json`` @9be4e980e9cd6bcb38373cd4aab7c32724bdd401 lists 50; the paper's 300 tasks per
-  high-level env; ``episodes_per_subset`` changes it). ``summarize_result.average_json_values`` then
-  writes ``results/summary.json``; the headline metric, the success rate, is the mean of ``task_success``,
-  which vlaser computes itself from the episode files.
-
-Quirks, and how they are handled:
-
-- Point actions: on EB-ALFRED a step with a ``point`` (or ``pixel``/``click_point``) and a matching action
-  word becomes ``{"action": "<kind>_by_point", "point": [x, y]}`` instead of an id (``point_actions``).
-- A step without an integer ``action_id`` ends the plan there (the whole plan is invalid when it is the
-  first); ids out of range cut the plan at the first bad one; ``true`` passes as an id (``bool`` is an
-  ``int`` in Python). Any other error (not JSON, no ``executable_plan``, a number as a step) is -1.
-- ``fix_json`` turns every ``'`` into ``"`` before parsing, then puts back ``'s ``, ``'re ``, ``'ll ``,
-  ``'t ``, ``'d ``, ``'m ``, ``'ve ``: an apostrophe elsewhere (``robots' arm``) breaks the JSON. It also
-  deletes Markdown fences and escapes stray quotes inside ``reasoning_and_reflection`` only.
-- EB-Habitat stores ``episode_elapsed_seconds`` as a one-element list (a trailing comma makes a tuple) and
-  ``task_success`` may be a JSON boolean; a one-element list is unwrapped (as the official summariser does)
-  and booleans count as 0/1. ``reward`` is ``NaN`` when an episode ended before any step; it is not used.
-- ``results/summary.json`` sits beside the episode files and matches the summariser's own ``*.json`` glob,
-  so a re-run in the same folder averages the old summary in as if it were an episode; vlaser reads only
-  ``episode_<i>_final_res.json`` files and reports the summary separately (``official_summary``).
-- An unreadable or incomplete episode file (e.g. a ``json.dump`` that failed half-way) is named in
-  ``metrics.json`` and ``report.md`` with the reason and left out of the rates (``n_unparsed``).
+EmbodiedBench's own evaluator plays the episodes against a served model; this module reproduces how it reads a
+plan (:func:`parse_plan`, for contract tests) and imports its per-episode result files (:func:`import_results`).
+Sources, quirks and the whole workflow: ``docs/embodiedbench.md``.
 """
 
 from __future__ import annotations

@@ -1,42 +1,9 @@
 """``vlaser eval suite``: every benchmark whose data is present, in one table beside the Vlaser paper's Table 1.
 
-Data root (``--data-root DIR``): one folder per benchmark, named as the registry names it, holding what
-``vlaser eval run --data`` takes for that benchmark (each benchmark module's docstring gives the full layout):
-
-- ``DIR/where2place/``: RoboPoint's ``point_questions.jsonl`` + ``images/`` + ``masks/``, or FlagEval's parquet;
-- ``DIR/point_bench/``: PointArena's ``data.json`` + ``images/<category>/`` + ``masks/``;
-- ``DIR/paco_lvis/``: Vlaser's JSONL with polygons (+ images), or PACO's ``paco_lvis_v1_*.json`` + ``images/``;
-- ``DIR/pixmo_points/``: Vlaser's JSONL with ``<ref>`` queries (+ images) for the default ``vlaser`` protocol;
-  the ``allenai/pixmo-points-eval`` parquet + ``images/<sha256>.*`` for ``--protocol pixmo_points=molmo``;
-- ``DIR/refspatial/``: ``Location/``, ``Placement/``, ``Unseen/`` each with ``question.json``, ``image/``,
-  ``mask/``, or the ``location``/``placement``/``unseen`` parquet files;
-- ``DIR/mmsi_bench/``: ``MMSI_Bench.parquet``;
-- ``DIR/erqa/``: the official ``erqa.tfrecord``, or FlagEval's ERQA parquet (not both);
-- ``DIR/egoplan_bench2/``: ``EgoPlan-Bench2.json`` + the Ego4D clips under ``videos/``;
-- ``DIR/vsi_bench/``: ``test-*.parquet`` + ``<dataset>/<scene_name>.mp4``;
-- ``DIR/vlabench/``: ``{Dimension}/{task}/example{N}/`` folders (HF ``VLABench/vlm_evaluation_v1.0``); pass
-  ``--option vlabench.prompt_file=.../eval_vlm_en.txt`` for VLABench's own pre-prompt.
-
-EB-ALFRED and EB-Habitat are played by EmbodiedBench's own simulator harness, not asked here: import their
-results into the same ``OUT`` first (``vlaser eval import embodiedbench RESULTS --out OUT``, which writes
-``OUT/eb_alfred/`` and ``OUT/eb_habitat/``); the suite then takes ``OUT/<env>/metrics.json`` as their columns.
-
-Each benchmark runs with :func:`vlaser.eval.runner.run` into ``OUT/<name>/``, under its default protocol (the one
-Vlaser's published numbers came from) unless ``protocols`` names another. So a re-run continues where the last
-one stopped (answered items are not asked again), and a folder made with other settings is refused by the
-runner, which names the difference. A benchmark without its folder is listed as absent with what was looked
-for; one whose folder fails to load (``BenchmarkDataError``), or whose ``OUT`` folder holds a run made
-differently, is listed as failed with the message while the others go on.
-
-Outputs in ``OUT``: ``table.md``, ``table.json`` and ``index.html``: this model's row (percent, ``100 x
-metrics["score"]``) beside every row of the paper's Table 1 (``report.PAPER_TABLE_1``), columns in the paper's
-order, each labelled with the protocol name and version recorded in its ``metrics.json`` and with any setting
-that departs from that protocol (e.g. a smaller ``max_new_tokens``: such a number is not comparable with the
-paper's). A partial column (``--limit`` left items out) shows its count, ``84.9 (20 of 100 items)``. ``avg`` is
-the mean over the columns this model has, partial ones left out unless ``--average-partial``, and for each paper
-row the mean of its numbers over the same columns. Under the table: items scored per column, links to each
-benchmark's ``report.md`` and pictures (``index.html``), the absent benchmarks with what was looked for, and the
-failed ones.
+Data root ``DIR``: one folder per benchmark, ``DIR/where2place/``, ``DIR/point_bench/``, ``DIR/refspatial/``,
+``DIR/pixmo_points/``, ``DIR/paco_lvis/``, ``DIR/mmsi_bench/``, ``DIR/erqa/``, ``DIR/egoplan_bench2/``,
+``DIR/vsi_bench/``, ``DIR/vlabench/`` (what each holds: :data:`LAYOUTS`); EmbodiedBench results are imported
+into ``OUT`` first. Layouts, resuming, failures and the outputs: ``docs/eval_suite.md``.
 """
 
 from __future__ import annotations

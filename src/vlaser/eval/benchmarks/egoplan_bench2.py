@@ -1,43 +1,8 @@
 """EgoPlan-Bench2: the next action from egocentric video, multiple choice, scored as its ``eval.py`` does.
 
-Layout: ``EgoPlan-Bench2.json`` (the HF dataset ``qiulu66/EgoPlan-Bench2``: a list of items with
-``sample_id``, ``domain``, ``scenario``, ``task_goal``, ``choice_a``..``choice_d``, ``golden_choice_idx``,
-``task_start_frame``, ``current_observation_frame``) and the Ego4D ``v1_288p`` clips it was cut from,
-``<videos>/<sample_id.split("_")[0]>.mp4`` (``--option videos=DIR``, default ``DATA/videos``).
-Item id: ``sample_id``. ``load`` reads only the JSON, so ``eval score`` needs no video.
-
-Official sources, qiulu66/EgoPlan-Bench2@5be81557715e30aff1c8ce2e9ae62beef8151272:
-- prompt: ``eval.py`` ``QA_template``, verbatim, its leading and trailing newline included;
-- video file: ``eval.py`` ``cut_keyframes`` opens ``video_dir/<qa_id.split('_')[0]>.mp4`` -- the text before
-  the FIRST underscore (Ego4D video ids are hyphenated UUIDs, so "up to the last underscore" names the same
-  file for every real item; the two rules differ only for ids with two underscores);
-- frames: ``cut_keyframes``: ``np.linspace(task_start_frame, current_observation_frame, frame_number,
-  endpoint=True, dtype=int)``, ``--frame_number`` 8, each read by index (``imageio`` ``get_data``); the last
-  frame is the "current observation" the question refers to;
-- frame lines: ``models/InternVL2.py`` puts ``Image-{i}: <IMAGE_TOKEN>\\n`` per frame before the question;
-- generation: that file calls an LMDeploy ``pipeline`` without a generation config, so LMDeploy's
-  ``GenerationConfig`` defaults apply: greedy (``do_sample=False``), ``max_new_tokens=512``;
-- scorer: ``eval.py`` ``extract_characters_regex`` (strip; ``str.replace`` each answer prefix away anywhere in
-  the text, case-sensitively; more than 10 words and no ``[ABCD]``: none; else the first capital A-D anywhere)
-  and ``run_inference`` (``.upper()``, compared with ``golden_choice_idx``; accuracy over every item).
-
-Quirks reproduced by default:
-- the prefix list misses two commas, so ``"The best option is" "The correct option is"`` and
-  ``"Best answer:" "Best option:"`` are single concatenated strings that never match: ``"Best option: D"``
-  reads as ``B`` (from "Best"). ``--option fixed_prefixes=true`` uses the four prefixes as intended;
-- the first capital A-D anywhere wins: "Based on the video, D" is ``B``, "According to..." is ``A``; a
-  lowercase "a" is no answer (scored 0, counted unparsed);
-- the more-than-10-words rule is kept, though it cannot change a result (without a capital A-D the
-  search finds nothing either).
-
-Differences, stated: a frame range past the end of the decoded clip stops the official run (``imageio``
-raises); here that item alone fails with an ``ImageLoadError`` naming the item, the file and the frame
-count (recorded as an error, scored as a miss, asked again on the next run). LMDeploy tiles every frame as a
-still image (up to the model's ``max_dynamic_patch``, 12 for InternVL2-8B, plus a thumbnail); vlaser's runner
-sends one 448px tile per frame, as InternVL's video path.
-
-Metrics: ``score`` is the official accuracy. ``by_domain`` and ``by_scenario`` (``by_group`` is the domain)
-are vlaser's breakdown; ``eval.py`` prints only the overall accuracy.
+Data: ``EgoPlan-Bench2.json`` and the Ego4D clips under ``videos=DIR`` (default ``DATA/videos``); item id
+``sample_id``. Options: ``videos=DIR``, ``fixed_prefixes=true``. Sources, quirks reproduced and differences:
+``docs/benchmarks/egoplan_bench2.md``.
 """
 
 from __future__ import annotations

@@ -1,34 +1,7 @@
 """Pixmo-Points: Vlaser's protocol on its JSONL, and Molmo's ``PointingEval`` on the HF parquet.
 
-``--protocol vlaser`` (default): ``OpenGVLab/Vlaser@a17f4da:Vlaser_VLM/internvl_chat/eval/evaluate_point_pixmo.py``
-(prompt, 6 tiles, ``max_new_tokens=100``, ``min_new_tokens=1``, greedy; ``load_gt_points`` and the scoring loop).
-Queries and the annotation file as in :mod:`vlaser_points` (known name: ``pixmo`` in it, or ``data_N.jsonl``).
-Ground truth is built the evaluator's way: one dict over the whole file, keyed by (``image`` as written, EXPR),
-from every gpt turn whose first ``<ref>`` is EXPR and which holds at least one integer ``[x, y]`` pair (0-1000
-grid); a later turn or line with the same key replaces the earlier one. Each query looks its ground truth up
-by (base name of its ``image``, EXPR). So, reproduced by default:
-- every line sharing a key is scored against the *last* such line's points (``n_gt_from_other_line`` in the
-  metrics counts the queries scored against another line's points; ``gt_line`` in scores.jsonl names it);
-- a line whose ``image`` has a folder finds no ground truth and is skipped (``n_skipped``), as is a query
-  whose line has no matching gpt turn.
-``match_by_line=true`` scores each query against its own line's points (the line's last gpt turn for that
-expression) whatever the image field, and skips only queries without one.
-A predicted point is correct when it lies within ``radius`` (default 25, on the 0-1000 grid; predictions are
-not rescaled either) of any ground-truth point; precision over points as in :mod:`vlaser_points`.
-
-``--protocol molmo``: the ``allenai/pixmo-points-eval`` parquet (``image_url``, ``image_sha256``, ``label``,
-``points``, ``masks``), scored as ``allenai/molmo@793fa38:olmo/eval/evaluators.py`` ``PointingEval``. Images:
-the row's ``image`` column when present (Molmo's local copy, ``olmo/data/pixmo_datasets.py``
-``PixMoPointsEval.download`` adds it: a file path -- an absolute one as written, a relative one under the
-parquet's folder or the data folder -- falling back to ``images/<its base name>``, or an image struct with
-embedded bytes), else
-``images/<image_sha256>.*`` beside the parquet download. Molmo keeps that copy with ``datasets.save_to_disk``;
-``datasets.load_from_disk(DIR).to_parquet("pixmo_points_eval.parquet")`` turns it into a file read here.
-Item id: the 0-based row index. Molmo answers (percent) and Vlaser ``<point>`` answers (0-1000 grid)
-are both accepted; a Vlaser answer passes the format gate when it is exactly one ``<point>`` block.
-Molmo matches predictions (pixels) against the dataset's points as stored (percent): reproduced;
-``fix_gt_scale=true`` converts the ground-truth points to pixels first. Score: mean F1 (precision and
-recall are reported too); an empty ground truth scores 1 only for an answer without points.
+Protocols ``vlaser`` (default) and ``molmo``. Sources, how ground truth is looked up, the quirks reproduced, the
+scoring and the options ``match_by_line=true``, ``radius``, ``fix_gt_scale=true``: ``docs/benchmarks/pixmo_points.md``.
 """
 
 from __future__ import annotations
@@ -165,7 +138,7 @@ class PixmoPoints(VlaserPointJSONL):
         return referring_point_question(item.question)
 
     def ground_truth(self, item: Item) -> tuple[GridPoints | None, int | None]:
-        """The points a query is scored against and the line they come from (see the module docstring)."""
+        """The points a query is scored against and the line they come from (``docs/benchmarks/pixmo_points.md``)."""
         if self.options.get("match_by_line"):
             own = item.meta["own_gt"]
             return own, item.meta["line"] if own is not None else None

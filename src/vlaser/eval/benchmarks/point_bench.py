@@ -1,33 +1,8 @@
 """Point-Bench (PointArena): binary success per item, as PointArena's ``model_evaluator.py`` scores it.
 
-Source: ``pointarena/pointarena@289838b:model_evaluator.py`` (the stored snapshot; ``benchmarks.md`` cites
-``dcd82f2``, whose summary of these prompts agrees): ``evaluate_model`` (items, scoring),
-``get_original_points_info`` (steerable reference points), ``call_claude``/``call_grok`` (prompt), ``load_mask``
-and ``is_point_in_mask``.
-
-Layout: ``data.json`` (``image_filename``, ``mask_filename``, ``user_input``, ``category``, ``count``),
-``images/<category>/<image_filename>``, ``masks/<mask_filename>``, and ``pixmo_metadata.csv``
-(``image_filename``, ``points``: a JSON list of ``{"x", "y"}`` in percent) for the steerable items.
-Item id: ``image_filename``. Items without a ``mask_filename`` key are not part of the benchmark.
-
-Prompts. ``vlaser`` (default protocol): the Vlaser point prefix + ``user_input`` (eval_example.py's settings).
-``official``: PointArena prompts each model family its own way; the JSON pixel-coordinate prompt of its API
-families is reproduced exactly as ``call_claude``/``call_grok`` send it in one user message -- the system
-sentence, a blank line, then the triple-quoted f-string with its source indentation (12 spaces) -- with the
-query as given (``{user_input}.``) and the real image size; the image goes first, as both send it. (At
-``dcd82f2`` ``call_openai`` sent the same prompt with the sentence as a system message, per ``benchmarks.md``;
-at ``289838b`` it asks about numbered marks on ``*_marked`` images instead.) Counting items ask for several
-points. A steerable item whose image has a row in ``pixmo_metadata.csv`` gets PointArena's sentence
-``"\\nThe image contains an existing original point at pixel coordinates: [x, y].\\nThe query refers to this
-existing point."`` after the size (percent -> pixels, ``.1f``). As officially, a steerable item without a row
-gets no sentence; that is warned about at load and counted in the metrics (``n_steerable``,
-``n_steerable_with_reference_point``, ``pixmo_metadata_csv``), as is a missing CSV (which PointArena only
-prints). A malformed CSV row is refused (PointArena would silently drop the whole file).
-
-Scoring: masks are > 127 in any channel. Success: the first point inside the mask; for ``counting``
-items, exactly ``count`` (default 1) points, all inside. No point (or an out-of-image point) is a failure.
-Answers are parsed as Vlaser ``<point>`` blocks (0-1000 grid) or as the JSON ``[{"point": [x, y]}]`` pixels
-the official prompt asks for.
+Data: ``data.json``, ``images/<category>/``, ``masks/`` and ``pixmo_metadata.csv``; item id ``image_filename``.
+Protocols ``vlaser`` (default) and ``official``. Sources, prompts, steerable items and scoring:
+``docs/benchmarks/point_bench.md``.
 """
 
 from __future__ import annotations
@@ -191,7 +166,7 @@ class PointBench(Benchmark):
         return Score(float(ok), parsed=True, points=points)
 
     def aggregate(self, items: list[Item], scores: list[Score]) -> dict[str, Any]:
-        """The base metrics plus how many steerable items had their reference point (see the docstring)."""
+        """The base metrics plus how many steerable items had their reference point (docs/benchmarks/point_bench.md)."""
         metrics = super().aggregate(items, scores)
         steerable = [i for i in items if i.group == "steerable"]
         statuses = {i.meta["reference_status"] for i in steerable}

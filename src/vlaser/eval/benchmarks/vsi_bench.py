@@ -1,54 +1,7 @@
 """VSI-Bench (Thinking in Space): spatial questions about indoor scan videos, scored as its ``utils.py`` does.
 
-Sources: vision-x-nyu/thinking-in-space@e6a72f3:lmms_eval/tasks/vsibench/{utils.py,vsibench.yaml} (prompt,
-generation, scorer; the same functions in ellisbrown/thinking-in-space@a99d5c3 and
-EvolvingLMMs-Lab/lmms-eval@78ef58a), jihanyang/thinking-in-space@2a592bd:evaluate_all_in_one.sh (frame counts),
-and the fork's InternVL2 wrapper lmms_eval/models/internvl2.py (frames and their prompt lines; read in the
-thinking-in-space forks zl3466/vsibench_eval_qwen@39afb3f and javaPengh/think-in-space-for-Endoscopy@f91034c,
-the official repository's copy was not available to us).
-
-- Data: HF ``nyu-visionx/VSI-Bench``. Config ``full`` is ``test-*.parquet`` (columns ``id, dataset, scene_name,
-  question_type, question, options, ground_truth``, and ``pruned`` since the Nov. 2025 update); config
-  ``debiased`` (VSI-Bench-Debiased) is ``test_debiased.parquet``, ``pruned`` is ``test_pruned.parquet``. Without
-  the subset file, ``debiased``/``pruned`` take the rows of the full file whose ``pruned`` column says so (the
-  dataset card's recommended way). Videos: ``<dataset>/<scene_name>.mp4`` (the unzipped ``arkitscenes.zip``,
-  ``scannet.zip``, ``scannetpp.zip``), under the data folder or ``videos=DIR``. Item id: ``id``.
-- Prompt (``utils.py`` ``vsibench_doc_to_text`` with ``vsibench.yaml``'s default kwargs): NA
-  ``"These are frames of a video.\\n{question}\\nPlease answer the question using a single word or phrase."``;
-  MCA ``"\\n".join([pre, question, "Options:\\n" + "\\n".join(options), "Answer with the option's letter from
-  the given choices directly."])`` (options carry their own ``"A. "`` labels).
-- Generation (``vsibench.yaml``): ``max_new_tokens`` 16, greedy.
-- Frames (``evaluate_all_in_one.sh``): InternVL2 runs with ``max_frames_num=8`` (most other open models 32,
-  GPT-4o 16), so ``frames = 8``; ``--frames 32`` gives the other setting. The InternVL2 wrapper decodes with
-  decord and samples InternVL's ``get_index`` segment centres over the whole clip
-  (``bound=None``, ``max_frame = len(vr) - 1``), one 448px tile per frame, and prefixes
-  ``"Frame{i}: <image>\\n"`` lines -- ``Frame1``, no hyphen (``frame_line``).
-- Scoring (``utils.py``): ``fuzzy_matching`` keeps ``response.split(' ')[0].rstrip('.').strip()``; MCA is
-  case-insensitive equality with the ground-truth letter; NA is the mean relative accuracy over the thresholds
-  ``np.linspace(0.5, 0.95, 10)`` (the official ``int((0.95 - 0.5) / 0.05 + 2)`` is 10 only through float error;
-  the ten values are hard-coded here), ``|pred - gt| / gt <= 1 - theta``. A prediction that ``float()`` cannot
-  read becomes ``None`` and the official ``except TypeError`` scores it 0.
-- Aggregation (``vsibench_aggregate_results``): mean per question type; the three ``object_rel_direction_*``
-  means are averaged into ``object_rel_direction_accuracy``; ``overall`` is the unweighted mean of the 8 task
-  scores. ``metrics["vsi"]`` holds that table in percent under the official key names; ``score`` is
-  ``overall / 100``.
-
-Quirks kept: only the first space-separated token counts ("3 chairs" reads 3, "There are 3" and "three" score
-0, a leading space leaves an empty token, "B) left" is "B)" and wrong); the MRA comparison is in floating point,
-so 8 for 10 scores 0.6, not 0.7 (``1 - 0.8 < 0.2``). Data checks instead of official failures: an NA ground
-truth that is not a finite positive number (the official ``to_float`` silently scores a non-number 0, zero
-divides by zero and stops the run, a negative one scores every answer 1) and an MCA item without options (a
-``TypeError`` there) or whose answer is not one of its option letters are ``BenchmarkDataError`` at
-load. A partial run (``--limit``) that lacks some question types, where the official merge raises ``KeyError``,
-averages the direction types it has and lists the absent types in ``metrics["vsi_missing_types"]``. Not
-reproduced: e6a72f3's ``process_docs`` keeps only a hard-coded list of ids of the distance and direction types
-(a debugging leftover; the forks and lmms-eval return the whole set), so every item is asked here. Frames are
-decoded with PyAV (the runner), indexed as decord's ``VideoReader``.
-
-Scoring the debiased subset of a full run: ``vlaser eval score ... --option config=debiased`` (the other ids
-are reported as unknown).
-
 Options: ``config=full|debiased|pruned`` (default ``full``), ``videos=DIR`` (default: the data folder).
+Sources, data layout, prompt, frames, scoring and the quirks kept: ``docs/benchmarks/vsi_bench.md``.
 """
 
 from __future__ import annotations

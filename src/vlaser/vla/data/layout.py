@@ -8,7 +8,6 @@ v3.0 packs many episodes per file: ``data/chunk-NNN/file-NNN.parquet`` holds the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +40,6 @@ INFO_KEYS = ("codebase_version", "fps", "features", "data_path", "chunks_size", 
 def next_file(chunk_index: int, file_index: int, chunks_size: int) -> tuple[int, int]:
     """The (chunk, file) after this one: files fill a chunk folder, then the next chunk starts at file 0."""
     return (chunk_index + 1, 0) if file_index + 1 >= chunks_size else (chunk_index, file_index + 1)
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file, or a ``UserInputError`` naming the file (missing, or the line and column of the fault)."""
-    if not path.is_file():
-        raise UserInputError(f"{path}: missing")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserInputError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
-    except UnicodeDecodeError as e:
-        raise UserInputError(f"{path}: not UTF-8 text ({e.reason})") from e
 
 
 def read_parquet(path: Path, columns: list[str] | None = None):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from vlaser.errors import UserInputError, require
+from vlaser.jsonl import read_json
 from vlaser.vla.data import layout
 from vlaser.vla.data.stats import aggregate_stats, camera_sample, feature_stats, stats_from_json, stats_to_json
 from vlaser.vla.data.video import VideoFile, VideoWriter, default_codec
@@ -436,11 +437,11 @@ class LeRobotDataset:
         if not self.root.is_dir():
             raise UserInputError(f"{self.root}: not a directory")
         info_path = self.root / layout.INFO_PATH
-        self.info: dict[str, Any] = layout.read_json(info_path)
+        self.info: dict[str, Any] = read_json(info_path)
         layout.check_info(self.info, info_path)
         self.fps: float = self.info["fps"]
         self.features: dict[str, dict[str, Any]] = self.info["features"]
-        stats = layout.read_json(self.root / layout.STATS_PATH)
+        stats = read_json(self.root / layout.STATS_PATH)
         if not isinstance(stats, dict):
             raise UserInputError(f"{self.root / layout.STATS_PATH}: expected a JSON object")
         self.stats = stats_from_json(stats)
