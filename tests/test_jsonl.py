@@ -45,3 +45,19 @@ def test_predictions_tolerate_only_a_torn_last_line(tmp_path):
     path.write_text('{"response": "x"}\n{"id": "c"}\n')
     with pytest.raises(UserInputError, match=rf"{path}:1: not a prediction record"):
         read_predictions(path)
+
+
+def test_read_json_names_the_file_and_what_is_wrong(tmp_path):
+    from vlaser.jsonl import read_json
+
+    good, bad, latin = tmp_path / "good.json", tmp_path / "bad.json", tmp_path / "latin.json"
+    good.write_text('{"a": [1, 2]}')
+    bad.write_text('{\n  "a": ,\n}')
+    latin.write_bytes(b'{"a": "\xe9"}')
+    assert read_json(good) == {"a": [1, 2]}
+    with pytest.raises(UserInputError, match=rf"{tmp_path / 'none.json'}: missing"):
+        read_json(tmp_path / "none.json")
+    with pytest.raises(UserInputError, match=rf"{bad}: not valid JSON \(line 2, column 8"):
+        read_json(bad)
+    with pytest.raises(UserInputError, match=rf"{latin}: not UTF-8 text"):
+        read_json(latin)
