@@ -26,7 +26,8 @@ def _common(p) -> None:
     p.add_argument("--data", required=True, type=Path, help="the benchmark's folder in its official layout")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--protocol", default=None,
-                   help="the benchmark's protocol (default: the one Vlaser's numbers came from); an unknown name lists the ones it has")
+                   help="the benchmark's protocol (default: the one Vlaser's numbers came from); "
+                        "an unknown name lists the ones it has")
     p.add_argument("--option", action="append", default=[], help="benchmark option key=value (repeatable)")
     p.add_argument("--pictures", type=at_least(0), default=50, help="pictures of the first N items (0: none)")
 
