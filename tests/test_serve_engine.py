@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.generation.streamers import BaseStreamer
 
-from fakes import end_token_first
+from fakes import end_token_first, free_port, wait_for_health
 from media import solid_image
 from vlaser.errors import UserInputError
 from vlaser.inference import Prepared
@@ -530,15 +530,10 @@ def test_vlaser_serve_answers_a_short_request_while_a_long_one_streams(tiny_orig
     (each at least a token) completes before that stream ends. Ordered by events, not by timing."""
     import http.client
     import json
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "vlaser", "serve", "--model", str(tiny_original), "--port",
                              str(port), "--dtype", "float32", "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
@@ -562,15 +557,7 @@ def test_vlaser_serve_answers_a_short_request_while_a_long_one_streams(tiny_orig
                     eight.set()
 
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "vlaser serve did not start"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.2)
+        wait_for_health(proc, f"http://127.0.0.1:{port}", tmp_path / "serve.log")
         reader = threading.Thread(target=read_long)
         reader.start()
         assert eight.wait(120), "the long stream produced fewer than 8 chunks"
