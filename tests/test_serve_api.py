@@ -86,8 +86,10 @@ class EchoEngine:
     def submit(self, job):
         self.jobs.append(job)
         request = job.request
-        text = json.dumps({"question": request.question, "system": request.system, "history": request.history,
-                           "images": [im.size for im in request.images], "tiles": request.tile_limits(job.max_num),
+        text = json.dumps({"question": request.question, "system": request.system,
+                           "history": [[turn.user, turn.assistant] for turn in request.history],
+                           "images": [p.source.size for p in request.pictures],
+                           "tiles": [job.max_num if p.max_tiles is None else p.max_tiles for p in request.pictures],
                            "max_tokens": job.sampling.max_tokens, "stop": list(job.sampling.stop)})
         return _Done(Completion(text, "stop", 3, 2))
 
