@@ -390,14 +390,20 @@ def _generation(body: dict, defaults: GenerationParams) -> GenerationParams:
     if len(set(sent.values())) > 1:
         raise UserInputError(f"min_tokens {sent['min_tokens']} and min_new_tokens {sent['min_new_tokens']} "
                              "disagree; send one of them (min_new_tokens is another name for min_tokens)")
+    minimum, limit = next(iter(sent.values()), None), max_tokens or defaults.max_new_tokens
+    if minimum is not None and minimum > limit:
+        raise UserInputError(f"{next(iter(sent))} {minimum} is over max_tokens {limit}: the answer could not be "
+                             "that long")
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
     if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
         raise UserInputError(f"stop must be a string or a list of strings, got {stop!r:.80}")
+    if stop is not None and not all(stop):
+        raise UserInputError(f"stop strings must not be empty, got {stop}")
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise UserInputError(f"seed must be an integer, got {seed!r:.80}")
-    fields = {"max_new_tokens": max_tokens, "min_new_tokens": next(iter(sent.values()), None),
+    fields = {"max_new_tokens": max_tokens, "min_new_tokens": minimum,
               "temperature": _number(body, "temperature", False, 0), "top_p": _number(body, "top_p", False, 0),
               "stop": None if stop is None else tuple(stop), "seed": seed}
     try:
