@@ -2,11 +2,39 @@
 
 import contextlib
 import json
+import socket
+import subprocess
 import threading
+import time
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from vlaser.inference import Completion, Picture, Request
 from vlaser.inference.prepare import place_tags
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a server started as a subprocess)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(proc: subprocess.Popen, base: str, log: Path, timeout: float = 180) -> None:
+    """Return once ``{base}/health`` answers 200; fail with the end of the server's ``log`` if the process exits
+    first or ``timeout`` seconds pass (a model loading on a busy CPU takes a while)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"vlaser serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"vlaser serve did not start:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
 
 
 @contextlib.contextmanager

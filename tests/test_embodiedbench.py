@@ -24,7 +24,8 @@ from vlaser.eval.embodiedbench import (
     import_results,
     parse_plan,
 )
-from vlaser.inference import GenerationParams
+from vlaser.inference import GenerationParams, Request, Turn
+from vlaser.inference.prepare import prepare
 from vlaser.model.preprocess import image_to_tiles
 from vlaser.model.template import build_chat_prompt
 from vlaser.serve.messages import parse_chat_request
@@ -150,16 +151,16 @@ def test_parse_chat_request_pieces():
                                      {"type": "text", "text": "please."}]}],
         "max_tokens": 10, "max_completion_tokens": 20, "temperature": 0.5,
         "response_format": {"type": "json_object"}}
-    request = parse_chat_request(body)
-    assert request.system == "Be brief." and request.history == [("Hello", "Hi.")]
-    assert request.question == "Compare\n<image>\n<image>\nplease."
-    assert [im.size for im in request.images] == [(30, 20), (10, 40)] and request.images[0].getpixel((0, 0)) == \
-        (255, 0, 0)
-    assert request.max_tokens == 20 and request.temperature == 0.5
-    assert request.response_format == {"type": "json_object"} and request.model is None
-    plain = parse_chat_request({"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "you"}]})
-    assert (plain.system, plain.history, plain.question, plain.images, plain.max_tokens) == \
-        (None, [], "Hi\nyou", [], None)
+    request, params = parse_chat_request(body)
+    assert request.system == "Be brief." and request.history == [Turn("Hello", "Hi.")]
+    assert request.question == "Compare\n<image>\n<image>\nplease." and request.tagged
+    images = [picture.source for picture in request.pictures]
+    assert [im.size for im in images] == [(30, 20), (10, 40)] and images[0].getpixel((0, 0)) == (255, 0, 0)
+    assert [picture.max_tiles for picture in request.pictures] == [None, None]  # the server's setting
+    assert params == GenerationParams(max_new_tokens=20, temperature=0.5)
+    plain, params = parse_chat_request({"messages": [{"role": "user", "content": "Hi"},
+                                                     {"role": "user", "content": "you"}]})
+    assert plain == Request("Hi\nyou") and params == GenerationParams()  # the defaults for fields not sent
 
 
 def test_to_payload_round_trips_through_the_parser(tmp_path):
@@ -170,9 +171,9 @@ def test_to_payload_round_trips_through_the_parser(tmp_path):
     for prompt in ("Image-1: <image>\nImage-2: <image>\nWhich is red?", "<image>\nA\n<image>\nB"):
         for engine in ("openai", "vlaser", "vllm", "lmdeploy"):  # vlaser serve reads every engine's shape
             payload = to_payload(tagged(prompt, pictures, [6, 6]), "m", GenerationParams(16), engine=engine)
-            request = parse_chat_request(payload)
-            assert request.question == prompt and len(request.images) == 2 and request.max_tokens == 16, engine
-    glued = parse_chat_request(to_payload(tagged("A<image>B", pictures[:1], [6]), "m", GenerationParams(16)))
+            request, params = parse_chat_request(payload)
+            assert request.question == prompt and len(request.pictures) == 2 and params.max_new_tokens == 16, engine
+    glued = parse_chat_request(to_payload(tagged("A<image>B", pictures[:1], [6]), "m", GenerationParams(16)))[0]
     assert glued.question == "A\n<image>\nB"  # a tag gets its own line unless whitespace precedes it
 
 
@@ -218,8 +219,8 @@ def test_mislabelled_data_url_still_decodes():
     image = Image.new("RGB", (5, 5), (1, 2, 3))
     url = data_url(image, mime="image/jpeg")
     request = parse_chat_request({"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": url[:23] + "\n" + url[23:]}}]}]})  # a wrapped line too
-    assert request.question == "<image>" and request.images[0].getpixel((2, 2)) == (1, 2, 3)
+        {"type": "image_url", "image_url": {"url": url[:23] + "\n" + url[23:]}}]}]})[0]  # a wrapped line too
+    assert request.question == "<image>" and request.pictures[0].source.getpixel((2, 2)) == (1, 2, 3)
 
 
 def test_embodiedbench_request_runs_through_vlaser(loaded):
@@ -231,13 +232,14 @@ def test_embodiedbench_request_runs_through_vlaser(loaded):
     scene = Image.new("RGB", (600, 600), (120, 90, 60))
     prompt = first_step_prompt(SYSTEM, ACTIONS, "Put an apple in the fridge.")
     schema = {"type": "json_schema", "json_schema": {"name": "embodied_planning", "schema": {"type": "object"}}}
-    request = parse_chat_request(eb_request(scene, prompt, response_format=schema))
+    request, params = parse_chat_request(eb_request(scene, prompt, response_format=schema))
     assert request.question == "<image>\n" + prompt and request.system is None and request.history == []
-    assert (request.max_tokens, request.temperature, request.response_format) == (2048, 0, schema)
-    assert request.model == "OpenGVLab/InternVL3-Vlaser-2B"
-    tiles = [image_to_tiles(im, max_num=6, image_size=vlm.image_size) for im in request.images]
+    assert (params.max_new_tokens, params.temperature) == (2048, 0)
+    tiles = [image_to_tiles(p.source, max_num=6, image_size=vlm.image_size) for p in request.pictures]
     counts = [t.shape[0] for t in tiles]
-    rendered = request.render(model.conv_template, counts, model.num_image_token, model.system_message)
+    prepared = prepare(request, model, max_tiles=6)  # the server's path
+    rendered = prepared.prompt
+    assert prepared.num_patches == counts
     # no system message in the request: the model's own, exactly as model.chat would build it for one image
     assert rendered == build_chat_prompt(prompt, model.conv_template, counts, model.num_image_token,
                                          system_message=model.system_message)[1]
@@ -250,11 +252,10 @@ def test_embodiedbench_request_runs_through_vlaser(loaded):
     # the second step with chat_history: the earlier answer comes back as an assistant turn with a text part
     history = eb_request(scene, prompt)["messages"] + [{"role": "assistant", "content": [
         {"type": "text", "text": answer}]}]
-    second = parse_chat_request(eb_request(scene, "The human instruction is: go on.", history))
-    assert second.history == [("<image>\n" + prompt, answer)] and len(second.images) == 2
-    tiles2 = [image_to_tiles(im, max_num=6, image_size=vlm.image_size) for im in second.images]
-    rendered2 = second.render(model.conv_template, [t.shape[0] for t in tiles2], model.num_image_token,
-                              model.system_message)
+    second = parse_chat_request(eb_request(scene, "The human instruction is: go on.", history))[0]
+    assert second.history == [Turn("<image>\n" + prompt, answer)] and len(second.pictures) == 2
+    tiles2 = [image_to_tiles(p.source, max_num=6, image_size=vlm.image_size) for p in second.pictures]
+    rendered2 = prepare(second, model, max_tiles=6).prompt
     assert rendered2.count("<img>") == 2
     assert isinstance(model.generate_text(tokenizer, [rendered2], torch.cat(tiles2), gen)[0], str)
     # what a real model returns, read as EmbodiedBench reads it

@@ -16,6 +16,7 @@ from vlaser.cli import main
 from vlaser.eval.benchmark import BenchmarkDataError, get_benchmark
 from vlaser.eval.benchmarks.erqa import extract_letter, interleave, lmms_eval_choice
 from vlaser.eval.tfrecord import crc32c, iter_records, masked_crc32c, parse_example
+from vlaser.inference.prepare import between
 
 SUFFIX = " Please answer directly with only the letter of the correct option and nothing else."
 
@@ -218,6 +219,13 @@ def test_layout_rules():
     assert interleave("abc", [2, 10], 2) == ("ab<image><image>c", [0, 1])  # past the end: before the tail
     assert interleave("abcdef", [4, 4], 2) == ("abcd<image><image>ef", [0, 1])
     assert interleave("abc", [3], 1) == ("abc<image>", [0])
+
+
+def test_benchmark_placed_pictures_are_written_by_the_prepare_step():
+    assert between(["a", None, "b", None]) == "a<image>b<image>"
+    assert between(["x\n", None, "y\n"], "Image: <image>\n") == "x\nImage: <image>\ny\n"
+    with pytest.raises(ValueError, match="one <image> tag"):
+        between(["a", None], "Image: \n")
 
 
 # ---- answer extraction -------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fakes import end_token_first, scripted_sampling
+from fakes import end_token_first, free_port, scripted_sampling, wait_for_health
 from media import data_url
 from vlaser.errors import UserInputError
 from vlaser.inference import engine as core
@@ -86,8 +86,10 @@ class EchoEngine:
     def submit(self, job):
         self.jobs.append(job)
         request = job.request
-        text = json.dumps({"question": request.question, "system": request.system, "history": request.history,
-                           "images": [im.size for im in request.images], "tiles": request.tile_limits(job.max_num),
+        text = json.dumps({"question": request.question, "system": request.system,
+                           "history": [[turn.user, turn.assistant] for turn in request.history],
+                           "images": [p.source.size for p in request.pictures],
+                           "tiles": [job.max_num if p.max_tiles is None else p.max_tiles for p in request.pictures],
                            "max_tokens": job.sampling.max_tokens, "stop": list(job.sampling.stop)})
         return _Done(Completion(text, "stop", 3, 2))
 
@@ -670,12 +672,6 @@ def test_a_client_that_disconnects_frees_its_slot(stream):
         assert engine.streams[0].cancelled.wait(30), "the job was not cancelled when its client went away"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_sigterm_finishes_the_requests_in_flight_then_exits_0(tiny_original, tmp_path):
     port, log = free_port(), (tmp_path / "serve.log").open("w")
@@ -684,15 +680,7 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits_0(tiny_original, tmp
                              str(port), "--max-num", "1", "--dtype", "float32", "--device", "cpu"], stdout=log,
                             stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "vlaser serve did not start"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.2)
+        wait_for_health(proc, f"http://127.0.0.1:{port}", tmp_path / "serve.log")
         with pytest.raises(urllib.error.HTTPError) as refused:  # the key came from VLASER_API_KEY
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10)
         assert refused.value.code == 401

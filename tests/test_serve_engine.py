@@ -8,25 +8,33 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.generation.streamers import BaseStreamer
 
-from fakes import end_token_first
+from fakes import end_token_first, free_port, wait_for_health
 from media import solid_image
 from vlaser.errors import UserInputError
-from vlaser.inference import Prepared
+from vlaser.inference import Picture, Prepared, Request, Turn
 from vlaser.inference import engine as core
+from vlaser.model.template import build_chat_prompt
 from vlaser.serve import engine as engine_module
 from vlaser.serve.engine import Completion, Engine, Job, QueueFull, Sampling, settled_prefix
-from vlaser.serve.messages import ChatRequest
+
+
+def chat(question, images=(), system=None, history=(), max_tiles=None) -> Request:
+    """A request as the server reads it: its tags place its images (``max_tiles``: each one's own limit)."""
+    limits = max_tiles or [None] * len(images)
+    return Request(question, [Picture(image, n) for image, n in zip(images, limits, strict=True)],
+                   [Turn(*turn) for turn in history], system, tagged=bool(images))
+
 
 REQUESTS = [
-    ChatRequest("<image>\nWhat is on the table?", [solid_image((200, 20, 20))]),
-    ChatRequest("Hello, who are you?"),
-    ChatRequest("Image-1: <image>\nImage-2: <image>\nSame colour?", [solid_image((0, 0, 255), (60, 200)),
-                                                                     solid_image((0, 255, 0), (300, 100))]),
-    ChatRequest("And now?", [], system="You are a robot.", history=[("Hi", "Hello! How can I help?")]),
-    ChatRequest("<image>\nPoint to the cup.", [solid_image((9, 9, 9), (500, 500))], system="You are a robot."),
-    ChatRequest("Describe it again.", [solid_image((50, 100, 150))], history=[("<image>\nDescribe it.", "A square.")]),
-    ChatRequest("Which object is left of the green circle?"),
-    ChatRequest("<image>\nA. B. C. D.", [solid_image((255, 255, 0), (80, 300))], system=""),
+    chat("<image>\nWhat is on the table?", [solid_image((200, 20, 20))]),
+    chat("Hello, who are you?"),
+    chat("Image-1: <image>\nImage-2: <image>\nSame colour?", [solid_image((0, 0, 255), (60, 200)),
+                                                              solid_image((0, 255, 0), (300, 100))]),
+    chat("And now?", [], system="You are a robot.", history=[("Hi", "Hello! How can I help?")]),
+    chat("<image>\nPoint to the cup.", [solid_image((9, 9, 9), (500, 500))], system="You are a robot."),
+    chat("Describe it again.", [solid_image((50, 100, 150))], history=[("<image>\nDescribe it.", "A square.")]),
+    chat("Which object is left of the green circle?"),
+    chat("<image>\nA. B. C. D.", [solid_image((255, 255, 0), (80, 300))], system=""),
 ]
 
 
@@ -47,9 +55,12 @@ class _Recorder(BaseStreamer):
 def _alone(vlm, request, max_tokens, max_num=6, min_new_tokens=0):
     """The reference answer, without the engine: the rendered prompt through ``generate_answers`` on its own.
     Returns the text, whether it was cut off at ``max_tokens``, the prompt's token count and the generated ids."""
-    media = vlm.media(request.images, max_num=max_num)
+    media = vlm.media([picture.source for picture in request.pictures], max_num=max_num)
     model, recorder = vlm.model, _Recorder()
-    prompt = request.render(model.conv_template, media.num_patches, model.num_image_token, model.system_message)
+    system = model.system_message if request.system is None else request.system
+    prompt = build_chat_prompt(request.question, model.conv_template, media.num_patches, model.num_image_token,
+                               history=[(turn.user, turn.assistant) for turn in request.history],
+                               system_message=system)[1]
     config = {"max_new_tokens": max_tokens, "do_sample": False, "streamer": recorder}
     if min_new_tokens:
         config["min_new_tokens"] = min_new_tokens
@@ -113,9 +124,9 @@ class _ThreadRecorder:
 
 def test_concurrent_jobs_batch_and_equal_lone_answers(vlm, batch_sizes, monkeypatch):
     tiling_threads, tokenizer_threads = set(), set()
-    real_media, real_tokenizer = vlm.media, vlm.tokenizer
-    monkeypatch.setattr(vlm, "media", lambda *a, **k: tiling_threads.add(threading.current_thread().name)
-                        or real_media(*a, **k))
+    real_prepare, real_tokenizer = engine_module.prepare, vlm.tokenizer
+    monkeypatch.setattr(engine_module, "prepare", lambda *a, **k: tiling_threads.add(threading.current_thread().name)
+                        or real_prepare(*a, **k))
     monkeypatch.setattr(vlm, "tokenizer", _ThreadRecorder(real_tokenizer, tokenizer_threads))
     max_tokens = [12, 5, 12, 9, 12, 12, 3, 12]
 
@@ -165,7 +176,7 @@ def test_an_image_s_own_tile_limit_wins(vlm, monkeypatch):
     monkeypatch.setattr(core.Engine, "_prefill", lambda engine, rows: tiles.extend(
         len(row.item.pixel_values) for row in rows) or real(engine, rows))
     wide = solid_image((0, 255, 0), (300, 100))  # 3 tiles and the thumbnail at max_num 6, 1 tile at max_num 1
-    request = ChatRequest("Image-1: <image>\nImage-2: <image>\nSame?", [wide, wide], image_max_tiles=[1, None])
+    request = chat("Image-1: <image>\nImage-2: <image>\nSame?", [wide, wide], max_tiles=[1, None])
 
     async def body(engine):
         return await engine.submit(Job(request, Sampling(max_tokens=2), max_num=6)).result()
@@ -361,7 +372,7 @@ def test_cancel_a_running_job_frees_its_row(vlm, monkeypatch):
 
 
 def test_failing_preparation_fails_only_that_job(vlm, batch_sizes):
-    mismatch = ChatRequest("No tag here.", [solid_image((1, 2, 3))], history=[("Hi", "Hello")])
+    mismatch = chat("No tag here.", [solid_image((1, 2, 3))], history=[("Hi", "Hello")])
     context = vlm.model.config.text_config.max_position_embeddings
 
     async def body(engine):
@@ -369,7 +380,7 @@ def test_failing_preparation_fails_only_that_job(vlm, batch_sizes):
         too_long = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=context), 6))
         good = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=4), 6))
         for call in (bad.prepared, bad.result, lambda: _collect(bad)):
-            with pytest.raises(ValueError, match="1 image"):
+            with pytest.raises(ValueError, match=r"for 1 picture\(s\)"):
                 await call()
         with pytest.raises(UserInputError, match=rf"max_tokens asks for {context} more, over the model's context"):
             await too_long.prepared()
@@ -530,15 +541,10 @@ def test_vlaser_serve_answers_a_short_request_while_a_long_one_streams(tiny_orig
     (each at least a token) completes before that stream ends. Ordered by events, not by timing."""
     import http.client
     import json
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "vlaser", "serve", "--model", str(tiny_original), "--port",
                              str(port), "--dtype", "float32", "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
@@ -562,15 +568,7 @@ def test_vlaser_serve_answers_a_short_request_while_a_long_one_streams(tiny_orig
                     eight.set()
 
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "vlaser serve did not start"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.2)
+        wait_for_health(proc, f"http://127.0.0.1:{port}", tmp_path / "serve.log")
         reader = threading.Thread(target=read_long)
         reader.start()
         assert eight.wait(120), "the long stream produced fewer than 8 chunks"

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,17 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from fakes import free_port, wait_for_health
 from test_eval import _mmsi, where2place
 from vlaser.cli import main
 
 NAME = "tiny-vlaser"
 KEY = "round-trip-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +36,7 @@ def server(tiny_original, tmp_path_factory) -> Iterator[str]:
                                 env={**os.environ, "VLASER_API_KEY": KEY})
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"vlaser serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"vlaser serve did not start:\n{log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.2)
+        wait_for_health(proc, base, log)
         yield f"{base}/v1"
     finally:
         proc.terminate()

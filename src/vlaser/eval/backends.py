@@ -171,37 +171,29 @@ def to_payload(request: Request, model: str, params: GenerationParams, system_me
       - ``openai`` (any other server): the prompt cut at its tags into text and image parts in the same order;
         the newline after a tag (InternVL's ``<image>\n``) is left to the server's template, empty text parts are
         dropped. vLLM and LMDeploy read this exactly only when the images come first.
+    - Earlier turns go as user and assistant messages before the question, each user turn with the pictures its
+      tags place.
     - The system message (the request's, else ``system_message``) goes first: vLLM's InternVL path does not add
-      InternVL's default one, a known cause of large score drops.
-    - Tiles: LMDeploy reads ``max_dynamic_patch`` inside each ``image_url`` part (so frames get 1 and still
-      images ``max_num``); vLLM reads ``mm_processor_kwargs.max_dynamic_patch`` for the whole request (the
-      still images' limit, or 1 when there are only frames). Each server ignores the other's field; a picture
-      without a limit of its own sends none (the server's setting applies).
+      InternVL's default one, a known cause of large score drops. An empty one means none: sent empty to
+      ``vlaser`` (which reads a missing one as the model's own), left out for the others.
+    - Tiles: LMDeploy (and ``vlaser serve``) read ``max_dynamic_patch`` inside each ``image_url`` part (so frames
+      get 1 and still images ``max_num``); vLLM reads ``mm_processor_kwargs.max_dynamic_patch`` for the whole
+      request (the still images' limit, or 1 when there are only frames), not sent to ``vlaser``, where it would
+      override the server's setting for pictures without their own. A picture without a limit of its own sends
+      none (the server's setting applies).
     - Greedy is ``temperature`` 0; ``min_new_tokens`` goes as vLLM's ``min_tokens`` and LMDeploy's
       ``min_new_tokens``; ``top_p``, ``stop`` and ``seed`` go when set.
     """
     if engine not in ENGINES[1:]:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES[1:])}")
-    if request.history:
-        raise ValueError("to_payload sends one question; earlier turns are not sent")
-    prompt = place_tags(request)
-    images = [_image_part(picture) for picture in request.pictures]
-    content: str | list[dict]
-    if not images:
-        content = prompt
-    elif engine == "openai":
-        content = _interleaved(prompt, images)
-    else:
-        tag = LMDEPLOY_IMAGE_TOKEN if engine == "lmdeploy" else IMAGE_PLACEHOLDER
-        content = [{"type": "text", "text": prompt.replace(IMAGE_PLACEHOLDER, tag)}, *images]
-    messages = [{"role": "user", "content": content}]
+    messages = _messages(request, engine)
     system = request.system if request.system is not None else system_message
-    if system:
+    if system or (system == "" and engine == "vlaser"):  # vlaser serve reads no system message as the model's own
         messages.insert(0, {"role": "system", "content": system})
     payload = {"model": model, "messages": messages, "max_tokens": params.max_new_tokens,
                "temperature": params.temperature}
     limits = [p.max_tiles for p in request.pictures if p.max_tiles is not None]
-    if limits:
+    if limits and engine != "vlaser":  # vlaser serve reads each picture's own, and none as its own setting
         still = [p.max_tiles for p in request.pictures if not p.frame and p.max_tiles is not None]
         payload["mm_processor_kwargs"] = {"max_dynamic_patch": max(still) if still else 1}
     if params.min_new_tokens:
@@ -213,6 +205,29 @@ def to_payload(request: Request, model: str, params: GenerationParams, system_me
     if params.seed is not None:
         payload["seed"] = params.seed
     return payload
+
+
+def _messages(request: Request, engine: str) -> list[dict]:
+    """The user and assistant turns, each user turn with the pictures its tags place (the question's placed by
+    the prepare step)."""
+    texts = [turn.user for turn in request.history] + [place_tags(request)]
+    pictures, messages = iter(request.pictures), []
+    for k, text in enumerate(texts):
+        messages.append({"role": "user", "content": _content(text, [_image_part(next(pictures)) for _ in
+                                                                    range(text.count(IMAGE_PLACEHOLDER))], engine)})
+        if k < len(request.history):
+            messages.append({"role": "assistant", "content": request.history[k].assistant})
+    return messages
+
+
+def _content(text: str, images: list[dict], engine: str) -> str | list[dict]:
+    """One user turn's content in ``engine``'s shape (see :func:`to_payload`)."""
+    if not images:
+        return text
+    if engine == "openai":
+        return _interleaved(text, images)
+    tag = LMDEPLOY_IMAGE_TOKEN if engine == "lmdeploy" else IMAGE_PLACEHOLDER
+    return [{"type": "text", "text": text.replace(IMAGE_PLACEHOLDER, tag)}, *images]
 
 
 def _image_part(picture: Picture) -> dict:

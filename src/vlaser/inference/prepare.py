@@ -6,7 +6,7 @@ request gives one prompt and one set of tiles whichever path it takes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -34,6 +34,14 @@ def images_first(text: str, n_images: int) -> str:
 def frame_lines(n_frames: int, line: str) -> str:
     """One ``line`` (``"Frame-{i}: <image>\\n"`` or a benchmark's own) per video frame, numbered from 1."""
     return "".join(line.format(i=i + 1) for i in range(n_frames))
+
+
+def between(pieces: Sequence[str | None], picture: str = IMAGE_PLACEHOLDER) -> str:
+    """Text pieces with one picture at each ``None``, written ``picture``: a benchmark's own placement (ERQA's
+    tags at character offsets, VLABench's ``Image: <image>\n`` lines), laid out here like every other."""
+    if IMAGE_PLACEHOLDER not in picture:
+        raise ValueError(f"a picture is written with one {IMAGE_PLACEHOLDER} tag, got {picture!r}")
+    return "".join(picture if piece is None else piece for piece in pieces)
 
 
 def tag_count(request: Request) -> int:

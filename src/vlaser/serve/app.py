@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from vlaser.errors import UserInputError
+from vlaser.inference.types import GenerationParams
 from vlaser.serve.engine import Completion, Job, QueueFull, Sampling, Stream
 from vlaser.serve.messages import MediaLimits, parse_chat_request
 from vlaser.serve.schema import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelCard, ModelList
@@ -158,36 +159,16 @@ async def _job(raw: dict, body: ChatCompletionRequest, limits: MediaLimits, defa
     if body.response_format and body.response_format.get("type") != "text":
         raise APIError(400, f"response_format {body.response_format.get('type')!r} is not supported: this server "
                             "does not constrain decoding (only {'type': 'text'})", param="response_format")
-    request = await anyio.to_thread.run_sync(parse_chat_request, raw, limits)
-    max_tokens = request.max_tokens or min(default_max_tokens, max_tokens_cap)
-    if max_tokens > max_tokens_cap:
+    sent = body.max_completion_tokens or body.max_tokens
+    if sent is not None and sent > max_tokens_cap:
         field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        raise APIError(400, f"{field} {max_tokens} is over this server's cap of {max_tokens_cap} tokens",
-                       param=field)
-    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    if not all(stop):
-        raise APIError(400, f"stop strings must not be empty, got {list(stop)}", param="stop")
-    sampling = Sampling(max_tokens=max_tokens, temperature=request.temperature or 0.0,
-                        top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=stop,
-                        min_tokens=_min_tokens(body, max_tokens))
+        raise APIError(400, f"{field} {sent} is over this server's cap of {max_tokens_cap} tokens", param=field)
+    defaults = GenerationParams(max_new_tokens=min(default_max_tokens, max_tokens_cap))
+    request, params = await anyio.to_thread.run_sync(parse_chat_request, raw, limits, defaults)
+    sampling = Sampling(max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+                        seed=params.seed, stop=params.stop, min_tokens=params.min_new_tokens)
     keep = None if body.skip_special_tokens is None else not body.skip_special_tokens
-    return Job(request=request, sampling=sampling, max_num=request.max_num or default_max_num,
-               keep_grounding_tokens=keep)
-
-
-def _min_tokens(body: ChatCompletionRequest, max_tokens: int) -> int:
-    """The request's minimum answer length: vLLM's ``min_tokens`` or LMDeploy's ``min_new_tokens`` (clients
-    such as vlaser's own eval send both, equal), at most ``max_tokens``."""
-    sent = {name: value for name in ("min_tokens", "min_new_tokens") if (value := getattr(body, name)) is not None}
-    if len(set(sent.values())) > 1:
-        raise APIError(400, f"min_tokens {sent['min_tokens']} and min_new_tokens {sent['min_new_tokens']} disagree; "
-                            "send one of them (min_new_tokens is another name for min_tokens)", param="min_tokens")
-    minimum = next(iter(sent.values()), 0)
-    if minimum > max_tokens:
-        name = next(iter(sent))
-        raise APIError(400, f"{name} {minimum} is over max_tokens {max_tokens}: the answer could not be that long",
-                       param=name)
-    return minimum
+    return Job(request=request, sampling=sampling, max_num=default_max_num, keep_grounding_tokens=keep)
 
 
 async def _until_disconnect(request: Request) -> None:

@@ -35,13 +35,11 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-import torch
-
 from vlaser.inference import engine as core
 from vlaser.inference.engine import settled_prefix
-from vlaser.inference.types import Completion, GenerationParams, Prepared
+from vlaser.inference.prepare import prepare
+from vlaser.inference.types import Completion, GenerationParams, Prepared, Request
 from vlaser.model.chat import answer_decoder
-from vlaser.serve.messages import ChatRequest
 
 __all__ = ["Completion", "Engine", "Job", "QueueFull", "Sampling", "Stream", "answer_decoder", "settled_prefix"]
 
@@ -81,9 +79,9 @@ class Sampling:
 class Job:
     """One chat request with its decoding settings and tile budget per image."""
 
-    request: ChatRequest
+    request: Request
     sampling: Sampling
-    max_num: int  #: tiles per image, unless the request sets an image's own (``ChatRequest.tile_limits``)
+    max_num: int  #: tiles per picture, unless the request sets a picture's own (``Picture.max_tiles``)
     keep_grounding_tokens: bool | None = None  #: keep ``<ref>``/``<box>``/``<quad>`` tags; None: the engine's choice
 
 
@@ -239,14 +237,8 @@ class Engine:
                 stream._prepared = self._preparer.submit(self._prepare, stream.job)
 
     def _prepare(self, job: Job) -> Prepared:
-        """Tile the images and render the prompt exactly as ``model.chat`` would (on the preparing thread)."""
-        model, request = self.vlm.model, job.request
-        media = [self.vlm.media(image, max_num=limit)
-                 for image, limit in zip(request.images, request.tile_limits(job.max_num), strict=True)]
-        num_patches = [m.num_patches[0] for m in media]
-        prompt = request.render(model.conv_template, num_patches, model.num_image_token, model.system_message)
-        return Prepared(prompt, torch.cat([m.pixel_values for m in media]) if media else None, num_patches,
-                        [size for m in media for size in m.sizes])
+        """Tile the pictures and render the prompt through the prepare step (on the preparing thread)."""
+        return prepare(job.request, self.vlm.model, max_tiles=job.max_num)
 
     # ---- the worker thread -------------------------------------------------------------------------------
 

@@ -1,38 +1,9 @@
-"""OpenAI chat-completions requests read into vlaser's prompt pieces (the server-side mirror of ``to_payload``).
+"""OpenAI chat-completions requests read into the inference vocabulary (the server-side inverse of ``to_payload``).
 
-A request's ``messages`` become: the system message (``None`` when the client sent none, so the model's own
-default system message applies, as ``model.chat`` does), the earlier turns as ``(user, assistant)`` pairs,
-and the final user question. Every image is decoded into a PIL image and leaves an ``<image>`` tag where its
-part stood; ``images`` lists them in the order of the tags across the whole conversation, which is the order
-``expand_images`` fills them in.
-
-How content parts are joined into one text (chosen so that ``vlaser.eval.backends.to_payload`` round-trips):
-
-- text parts are used as they are; two text parts in a row are joined with ``"\\n"``;
-- an image part becomes ``<image>``, with a ``"\\n"`` before it when the text before it does not end in
-  whitespace, and a ``"\\n"`` after it when anything follows (InternVL's ``<image>\\n`` convention);
-- several images that all come before the message's text (``[image, image, text]``) become the multi-image
-  prompt of ``model.chat``: ``"Image-1: <image>\\nImage-2: <image>\\n" + text`` (``multi_image_prefix``,
-  numbered from 1 in each message); images among the text stay where they stand, unlabelled;
-- a text that holds ``<image>`` tags itself (vLLM's InternVL placeholder; LMDeploy's ``<IMAGE_TOKEN>``, as its
-  InternVL examples write ``Frame1: <IMAGE_TOKEN>``, is read as the same tag) must hold exactly one per image part
-  of its message: the images fill the tags in order and the parts' positions are ignored.
-
-So EmbodiedBench's ``[image, text]`` user message reads ``"<image>\\n" + text``, exactly what
-``model.chat`` builds for one image. Consecutive messages of the same role are joined with ``"\\n"``.
-
-Images come as base64 ``data:`` URLs; ``http(s)`` URLs and local files (``file://`` URLs or plain paths)
-only where :class:`MediaLimits` allows them, which also caps the number of images and their pixels (read
-from the header, before anything is decoded, so a decompression bomb is refused without being expanded).
-
-Tiles: a request's ``max_num`` (vlaser's field) or ``mm_processor_kwargs.max_dynamic_patch`` (vLLM's) sets
-the limit for all its images; an ``image_url``'s own ``max_dynamic_patch`` (LMDeploy's) sets one image's.
-
-Not accepted, with a :class:`~vlaser.errors.UserInputError` naming the message (and part): images from
-sources not allowed, part types other than ``text`` and ``image_url``, bad base64, data that is not an image,
-an image over the pixel limit, too many images, ``<image>`` tags that do not match the image parts, images
-outside user messages, a system message after the first position, and a conversation that does not end
-with a user message.
+A body becomes a :class:`~vlaser.inference.Request` (system message, earlier turns, the question, every image as a
+:class:`~vlaser.inference.Picture` with its own tile limit, in tag order) and its
+:class:`~vlaser.inference.GenerationParams`. How content parts become text with ``<image>`` tags, where images may
+come from and what is refused: ``docs/serve.md``.
 """
 
 from __future__ import annotations
@@ -47,8 +18,7 @@ import threading
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -56,9 +26,10 @@ from urllib.parse import unquote, urlparse
 from PIL import Image, UnidentifiedImageError
 
 from vlaser.errors import UserInputError
+from vlaser.inference.types import GenerationParams, Picture, Request, Turn
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import to_pil
-from vlaser.model.template import ChatTemplate, build_chat_prompt, multi_image_prefix
+from vlaser.model.template import multi_image_prefix
 
 SYSTEM_ROLES = ("system", "developer")  #: ``developer`` is OpenAI's newer name for the system role
 LMDEPLOY_IMAGE_TOKEN = "<IMAGE_TOKEN>"  #: LMDeploy's image placeholder (``lmdeploy.vl.constants``), read as ``<image>``
@@ -89,37 +60,6 @@ class MediaLimits:
     """Seconds for one remote image."""
     max_fetch_bytes: int = 32 * 2**20
     """Bytes of one remote or local image file."""
-
-
-@dataclass
-class ChatRequest:
-    """One chat-completions request in vlaser's terms; generation fields are ``None`` when not sent.
-
-    ``max_num`` is the request's tile limit, ``image_max_tiles[i]`` image ``i``'s own (``None``: the request's).
-    """
-
-    question: str
-    images: list[Image.Image] = field(default_factory=list)
-    system: str | None = None
-    history: list[tuple[str, str]] = field(default_factory=list)
-    max_tokens: int | None = None
-    temperature: float | None = None
-    response_format: dict | None = None
-    model: str | None = None
-    max_num: int | None = None
-    image_max_tiles: list[int | None] = field(default_factory=list)
-
-    def render(self, template: ChatTemplate, num_patches_list: Sequence[int], num_image_token: int,
-               default_system: str) -> str:
-        """The full prompt (image tokens expanded) through vlaser's one template path, ``build_chat_prompt``."""
-        system = default_system if self.system is None else self.system
-        return build_chat_prompt(self.question, template, num_patches_list, num_image_token,
-                                 history=self.history, system_message=system)[1]
-
-    def tile_limits(self, default: int) -> list[int]:
-        """Each image's tile limit: its own, else the request's, else ``default`` (the server's)."""
-        request = self.max_num or default
-        return [own or request for own in self.image_max_tiles or [None] * len(self.images)]
 
 
 def _image_bytes(url: Any, where: str, limits: MediaLimits) -> tuple[bytes, str]:
@@ -318,7 +258,7 @@ def _part(part: Any, where: str, images_allowed: bool, limits: MediaLimits) -> t
 
 
 def _join(pieces: list[tuple[str, Any]], images: list) -> str:
-    """Text and ``<image>`` tags in part order (rules in the module docstring); images go to ``images``."""
+    """Text and ``<image>`` tags in part order (rules in docs/serve.md); images go to ``images``."""
     out, previous = "", None
     for kind, value in pieces:
         if kind == "text":
@@ -438,11 +378,49 @@ def _max_num(body: dict, cap: int | None) -> int | None:
     return value if value is not None else vllm
 
 
-def parse_chat_request(body: dict, limits: MediaLimits | None = None) -> ChatRequest:
-    """Read a chat-completions request body (the parsed JSON) into a :class:`ChatRequest`.
+def _generation(body: dict, defaults: GenerationParams) -> GenerationParams:
+    """The body's decoding fields over ``defaults``: ``max_completion_tokens`` (OpenAI's current name) wins over
+    ``max_tokens``; ``min_tokens`` (vLLM's) and ``min_new_tokens`` (LMDeploy's) are one setting, sent alone or
+    equal."""
+    max_tokens = _number(body, "max_completion_tokens", True, 1)
+    if max_tokens is None:
+        max_tokens = _number(body, "max_tokens", True, 1)
+    sent = {name: value for name in ("min_tokens", "min_new_tokens") if (value := _number(body, name, True, 0))
+            is not None}
+    if len(set(sent.values())) > 1:
+        raise UserInputError(f"min_tokens {sent['min_tokens']} and min_new_tokens {sent['min_new_tokens']} "
+                             "disagree; send one of them (min_new_tokens is another name for min_tokens)")
+    minimum, limit = next(iter(sent.values()), None), max_tokens or defaults.max_new_tokens
+    if minimum is not None and minimum > limit:
+        raise UserInputError(f"{next(iter(sent))} {minimum} is over max_tokens {limit}: the answer could not be "
+                             "that long")
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
+        raise UserInputError(f"stop must be a string or a list of strings, got {stop!r:.80}")
+    if stop is not None and not all(stop):
+        raise UserInputError(f"stop strings must not be empty, got {stop}")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise UserInputError(f"seed must be an integer, got {seed!r:.80}")
+    fields = {"max_new_tokens": max_tokens, "min_new_tokens": minimum,
+              "temperature": _number(body, "temperature", False, 0), "top_p": _number(body, "top_p", False, 0),
+              "stop": None if stop is None else tuple(stop), "seed": seed}
+    try:
+        return replace(defaults, **{k: v for k, v in fields.items() if v is not None})
+    except ValueError as e:
+        raise UserInputError(str(e)) from e
 
-    ``max_completion_tokens`` (OpenAI's current name) wins over ``max_tokens`` when both are sent;
-    ``response_format`` is kept as sent, for the server to honour or refuse.
+
+def parse_chat_request(body: dict, limits: MediaLimits | None = None,
+                       defaults: GenerationParams | None = None) -> tuple[Request, GenerationParams]:
+    """Read a chat-completions request body (the parsed JSON) into a :class:`~vlaser.inference.Request` and its
+    :class:`~vlaser.inference.GenerationParams` (``defaults`` for the fields not sent).
+
+    Each picture's tile limit is its own (LMDeploy's ``image_url.max_dynamic_patch``), else the request's
+    (``max_num``, else vLLM's ``mm_processor_kwargs.max_dynamic_patch``), else None: the server's setting. A
+    request with images holds one ``<image>`` tag per image (``tagged``); fields the server alone reads
+    (``response_format``, ``n``, ``stream``) are left to it.
     """
     limits = limits or MediaLimits()
     if not isinstance(body, dict):
@@ -453,15 +431,8 @@ def parse_chat_request(body: dict, limits: MediaLimits | None = None) -> ChatReq
     _count_images(messages, limits.max_images)
     images: list[tuple[Image.Image, int | None]] = []
     system, turns = _turns(messages, images, limits)
-    history = [(turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2)]
-    max_tokens = _number(body, "max_completion_tokens", True, 1)
-    if max_tokens is None:
-        max_tokens = _number(body, "max_tokens", True, 1)
-    response_format = body.get("response_format")
-    if response_format is not None and not isinstance(response_format, dict):
-        raise UserInputError(f"response_format must be an object, got {type(response_format).__name__}")
-    model = body.get("model")
-    return ChatRequest(question=turns[-1][1], images=[image for image, _ in images], system=system, history=history,
-                       max_tokens=max_tokens, temperature=_number(body, "temperature", False, 0),
-                       response_format=response_format, model=model if isinstance(model, str) else None,
-                       max_num=_max_num(body, limits.max_tiles), image_max_tiles=[tiles for _, tiles in images])
+    history = [Turn(turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2)]
+    params = _generation(body, defaults or GenerationParams())
+    request_tiles = _max_num(body, limits.max_tiles)
+    pictures = [Picture(image, request_tiles if own is None else own) for image, own in images]
+    return Request(turns[-1][1], pictures, history, system, tagged=bool(pictures)), params

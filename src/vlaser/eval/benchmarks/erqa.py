@@ -1,60 +1,8 @@
 """ERQA (Embodied Reasoning QA, Gemini Robotics): 400 multiple-choice questions on one or more images.
 
-Layouts (``--data``), read without TensorFlow:
-- the official ``erqa.tfrecord`` (``embodiedreasoning/ERQA:data/erqa.tfrecord``; one ``tf.train.Example`` per
-  question with ``question``, ``image/encoded`` (1-16 JPEGs), ``answer``, ``question_type`` (a list; its first
-  entry is the category, as ``loading_example.py`` reads it) and ``visual_indices``), parsed by
-  ``vlaser.eval.tfrecord`` (both record checksums verified). Item id: the record's 0-based index, ``"0"``..``"399"``;
-- FlagEval's parquet (HF ``FlagEval/ERQA``: ``question_id``, ``question``, ``question_type``, ``answer``,
-  ``visual_indices``, ``images`` as image structs), as lmms-eval reads it. Item id: ``question_id`` (``ERQA_1``...).
-The two id schemes differ, so predictions carry over only between runs on the same layout. A folder holding
-both layouts is refused (point ``--data`` at one). Embedded images are written once to a cache folder.
-
-Prompt: the question as shipped -- it holds the options and ends "Please answer directly with only the letter of
-the correct option and nothing else." (the instruction the Vlaser paper's ERQA example shows); nothing is added.
-Images go where ``visual_indices`` (character offsets into the question) put them, as
-``open-compass/VLMEvalKit@546ab517:vlmeval/dataset/erqabench.py`` ``ERQABench.build_prompt`` does (the same steps as
-copies of the official ``eval_harness.py``; the harness itself was not available to us): sort the (image, offset)
-pairs by offset (stably); an offset of 0 puts the image before the text, an offset inside the question emits the text
-since the previous cut and then the image, an offset past the end emits the image right away (so before the rest of
-the text -- a quirk kept); then the tail of the question. No offsets, all offsets 0, or as many offsets as images not
-matching: every image first, in file order.
-Rendering for InternVL (``<image>`` tags; both backends place images at the tags):
-- images first: one image ``"<image>\\n" + question`` (InternVL's ``chat``); several ``"Image-1: <image>\\n"`` lines
-  then the question, as Vlaser's ``eval_example.py`` and InternVL's multi-image chat;
-- interleaved: the tag replaces nothing and adds no space: ``question[:k] + "<image>" + question[k:]``; an image
-  at offset 0 is ``"<image>\\n"`` (InternVL's single-image form). ``Item.images`` is in tag order.
-VLMEvalKit's InternVL wrapper instead lists every image first and leaves ``<Image-k>`` markers in the text
-(``vlmeval/vlm/internvl/utils.py`` ``reorganize_prompt``); that layout is not offered.
-
-Protocols:
-- ``vlaser`` (default; the numbers reported for Vlaser's Table 1): the official harness's answer matching was not
-  available to us (the README says answers are single letters), so this documented, conservative extraction
-  (``extract_letter``): (1) the whole response, stripped of spaces, punctuation and wrappers (``. , : ; ! ? ( ) [ ]
-  { } * _ ` " '``), is one letter A-D, in either case ("b." is B); else (2) the last clearly marked answer: "answer",
-  "option" or "choice" (any case, optionally "final"), then "is", a colon or "=", optional wrappers, then a capital
-  A-D not followed by a letter or digit and not by "or"/"and"/","/"/" and another letter ("Answer: B", "The answer is
-  (C).", "**Final answer:** D"), or ``\\boxed{C}``; else (3) the response opens with a capital A-D option label:
-  ``A.``, ``(B)``, ``C)``, ``D:`` or the letter alone on the first line. Anything else (``"A robot picks..."``,
-  ``"I think C"``, a lower-case letter inside prose) is unparsed and scores 0. Correct: the letter equals ``answer``.
-- ``lmms_eval``: ``EvolvingLMMs-Lab/lmms-eval@5a89faf9:lmms_eval/tasks/erqa/utils.py``: images first in file order
-  (``erqa_doc_to_messages`` ignores ``visual_indices``) and
-  ``@c228e273:lmms_eval/tasks/_task_utils/mcq_extract.py`` ``extract_mcq_answer(response, ["A","B","C","D"])``
-  compared with ``==`` (``lmms_eval_choice`` reproduces it, quirks included: case-sensitive letters; priorities
-  start 10 > end 9 > answer phrase 7 > ``(A)`` 6 > ``A.`` 5 > ``A:`` 4 > ``A)`` 3 > ``A `` 2 > any capital 0, the
-  last within a priority; so "A robot picks..." reads as A and "the answer is Because" as B). Later lmms-eval
-  versions replaced this extractor with a scoped one; this is the priority version named in the ports we read.
-
-Generation: greedy, ``max_new_tokens=1024`` -- Vlaser says to run its ``eval_example.py`` generation inside each
-benchmark's official code (``OpenGVLab/Vlaser@a17f4dad:Vlaser_VLM/internvl_chat/eval/eval_example.py``:
-``dict(max_new_tokens=1024, do_sample=False)``); the room also keeps a model that reasons before its letter from being
-cut off (VLMEvalKit's InternVL default is 4096; InternVL's own MCQ scripts use 100). Tiles: ``max_num=6`` per image
-(``OpenGVLab/InternVL@136dc047:internvl_chat/eval/mmbench/evaluate_mmbench.py`` ``--max-num 6``;
-``VLMEvalKit@0496b7d8:vlmeval/vlm/internvl/internvl_chat.py`` ``set_max_num`` gives ERQA 6, and caps an item at 64
-tiles in all; ``eval_example.py``'s 12 would put a 16-image item near 53k image tokens, past InternVL3's context).
-``--max-num`` overrides.
-
-Metrics: accuracy (``score``) over every item (unparsed answers score 0), and per ``question_type`` (``by_group``).
+Reads the official ``erqa.tfrecord`` or FlagEval's parquet; places the images where ``visual_indices`` put them
+(the official harness's layout, through the prepare step); scores with vlaser's documented letter extraction or
+lmms-eval's. Layouts, prompt, protocols, generation settings and their sources: ``docs/benchmarks/erqa.md``.
 """
 
 from __future__ import annotations
@@ -66,40 +14,34 @@ from typing import Any
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, EvalProtocol, Item, Score
 from vlaser.eval.parquet import cache_dir, find_parquet, image_file, iter_rows
 from vlaser.eval.tfrecord import read_examples
-from vlaser.model.constants import IMAGE_PLACEHOLDER as IMAGE
-from vlaser.model.template import IMAGE_LINE, multi_image_prefix
+from vlaser.inference.prepare import between, images_first
 
 LETTERS = ("A", "B", "C", "D")
 
 # ---- prompt layout ------------------------------------------------------------------------------------------------
 
 
-def images_first(question: str, n_images: int) -> str:
-    """Every image before the question: InternVL's ``<image>\\n`` for one, ``Image-i: <image>\\n`` lines for more."""
-    if n_images == 1:
-        return IMAGE_LINE + question
-    return multi_image_prefix(n_images) + question
-
-
 def interleave(question: str, visual_indices: list[int], n_images: int) -> tuple[str, list[int]]:
     """The prompt with ``<image>`` tags where ``visual_indices`` place the images, and the image order of the tags.
 
-    Follows the official harness / VLMEvalKit ``build_prompt`` (see the module docstring), quirks included.
+    Follows the official harness / VLMEvalKit ``build_prompt`` (docs/benchmarks/erqa.md), quirks included; the
+    tags are written by the prepare step.
     """
     if len(visual_indices) != n_images or all(index == 0 for index in visual_indices):
         return images_first(question, n_images), list(range(n_images))
     pairs = sorted(enumerate(visual_indices), key=lambda pair: pair[1])  # stable: ties keep file order
-    pieces, last = [], 0
+    pieces: list[str | None] = []
+    last = 0
     for _, offset in pairs:
         if offset == 0:
-            pieces.append(IMAGE_LINE)
+            pieces += [None, "\n"]  # InternVL's single-image form, <image>\n
         elif offset <= len(question):
-            pieces += [question[last:offset], IMAGE]
+            pieces += [question[last:offset], None]
             last = offset
         else:  # past the end: emitted now, i.e. before the tail -- as the official code does
-            pieces.append(IMAGE)
+            pieces.append(None)
     pieces.append(question[last:])
-    return "".join(pieces), [image for image, _ in pairs]
+    return between(pieces), [image for image, _ in pairs]
 
 
 # ---- answer extraction --------------------------------------------------------------------------------------------
@@ -117,7 +59,7 @@ _LEADING = re.compile(r"[*_`\"'(\[]*([A-D])(?:[.):\]]|[*_`\"']*[ \t]*(?:\n|$))")
 
 
 def extract_letter(response: str) -> str | None:
-    """The ``vlaser`` protocol's answer letter (rules in the module docstring), or None."""
+    """The ``vlaser`` protocol's answer letter (rules in docs/benchmarks/erqa.md), or None."""
     bare = response.strip(_WRAPPERS)
     if len(bare) == 1 and bare.upper() in LETTERS:
         return bare.upper()
@@ -200,7 +142,7 @@ def _indices(value: Any, where: str) -> list[int]:
 
 class ERQA(Benchmark):
     name = "erqa"
-    protocols = (EvalProtocol("vlaser", max_num=6, max_new_tokens=1024, source="see the module docstring"),
+    protocols = (EvalProtocol("vlaser", max_num=6, max_new_tokens=1024, source="docs/benchmarks/erqa.md"),
                  EvalProtocol("lmms_eval", max_num=6, max_new_tokens=1024,
                           source="lmms-eval's erqa task: images first, its priority letter extractor"))
     pointing = False

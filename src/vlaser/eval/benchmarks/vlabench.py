@@ -1,58 +1,8 @@
 """VLABench, VLM track: plan a robot skill sequence from two scene pictures and an instruction.
 
-Layout (HF ``VLABench/vlm_evaluation_v1.0``): ``{Dimension}/{task}/example{N}/`` with ``input/input.png``,
-``input/input_mask.png`` (the same views with numbered object tags), ``input/instruction.txt`` and
-``output/operation_sequence.json`` (ground truth under ``skill_sequence``); dimension folders as shipped
-(``M&T``, ``CommenSence``, ``Semantic``, ``Spatial``, ``PhysicsLaw``, ``Complex``) are the groups.
-Item id: ``<dimension folder>/<task>/example<N>``. Only the text files are read, so ``eval score`` needs no
-pictures; files beside the folders (notebooks, READMEs) are not items and are passed over.
-
-Prompt (``VLABench/evaluation/model/vlm/base.py`` ``get_ti_list``, English, zero-shot): the skill-library
-pre-prompt, ``Input picture``, the picture, ``Input picture with numbered tags``, the tagged picture,
-``Language instruction:``, the instruction, ``Please give the output skill sequence`` (and with ``cot=true``
-``Please analyze the problem step by step and give the answer``), joined as VLABench's InternVL wrapper does
-(``evaluation/model/vlm/intern_vl.py`` ``get_prompt_with_tilist``: every text part + ``"\\n"``, every picture
-``"Image: <image>\\n"``). The pre-prompt text (``VLABench/configs/prompt/eval_vlm_en.txt``) is VLABench's
-and is not shipped: pass ``--option prompt_file=<VLABench checkout>/VLABench/configs/prompt/eval_vlm_en.txt``;
-without it :data:`PARAPHRASE` (vlaser's own wording of the same skill library, marked as a paraphrase on its
-first line) is sent, and ``metrics.json`` says which (``prompt_source``). Random few-shot examples (the
-official ``few_shot_num``, unseeded) are not offered.
-Generation: the InternVL wrapper runs an LMDeploy pipeline with its default ``GenerationConfig`` (greedy,
-``max_new_tokens=512``, ``lmdeploy/messages.py``), kept here; planning answers are JSON lists of a few hundred
-tokens. Tiles: 6 per picture (vlaser's default) rather than the checkpoint's ``max_dynamic_patch`` that
-LMDeploy would use, as the two pictures share the context with a long pre-prompt (the wrapper's
-``session_len`` is 8192).
-
-Parsing (``intern_vl.py``, ``gpt4.py``, ``qwen_vl.py``): ``text.split("```json")[1].split("```")[0]`` then
-``json.loads``; any failure is ``format_error``, 0 on every metric. Scoring reproduces
-``OpenMOSS/VLABench@47b04bf:VLABench/evaluation/utils.py`` ``get_final_score`` as driven by
-``evaluation/evaluator/vlm.py`` ``get_final_score_dict``, all on a 0-100 scale:
-
-- ``skill_match_score``: multiset (``Counter &``) overlap of skill names / number of GT skills;
-- ``entity_match_score``: the same over ``("target_entity", v)`` / ``("target_container", v)`` pairs;
-- ``skill_with_entity_match_score``: the same over ``(name, entity, container)`` triples;
-- ``exact_match_score``: both sequences are cut greedily into :data:`SUBTASK_PATTERNS` (unmatched skills
-  skipped); each sub-task is a node (joined names, last entity, last container). Tasks in
-  :data:`SEQ_INDEPENDENT_TASKS` hang every node off START, others form a chain. Layer by layer a GT node
-  matches an unused predicted node of its layer with equal attributes whose predecessors' attributes equal
-  its own predecessors'; matched / GT nodes.
-- ``total_score``: the official code weights only the first two (``0.4*skill + 0.4*entity``, at most 80):
-  ``total=official``, the default. ``total=intended`` applies the declared 0.4/0.4/0.1/0.1 weights, which
-  is what later upstream code computes (``OpenMOSS/VLABench@23d4511``).
-
-The evaluator's bare ``except`` scores 0 on every metric whenever scoring raises: a prediction that is not a
-list of ``{"name", "params": {...}}`` objects (a JSON object such as ``{"skill_sequence": [...]}``
-included), a list or object as a name or id, or a ground truth with no sub-task pattern (division by zero in
-the exact match). Entity ids are compared as parsed, so ``"3"`` never equals ``3``; ``entity_ids=text``
-compares integers and strings by their text instead (a corrected variant). ``score`` is
-``total_score / 100`` (at most 0.8 by default); the four metrics and the total are kept overall, as the mean
-over dimensions, per dimension (``by_group``, ``get_six_dim_result``'s per-dimension means) and per task.
-
-Options: ``prompt_file=PATH`` (the official pre-prompt), ``cot=true``, ``total=official|intended``,
-``entity_ids=exact|text``. Sources: the scorer as cited above; ``evaluator/vlm.py``, ``model/vlm/base.py``,
-``intern_vl.py``, ``gpt4.py``, ``qwen_vl.py`` as read in a copy of VLABench's tree
-(``stfntbkv/Robotic-Simulation-GATE@706269d``/``@2f71e3f``, same paths); LMDeploy defaults at
-``InternLM/lmdeploy@0043859:lmdeploy/messages.py``.
+The prompt is VLABench's ``get_ti_list`` joined as its InternVL wrapper joins it (pictures placed by the prepare
+step); answers are parsed and scored as the official evaluator does (``get_final_score``, 0-100). Layout, prompt,
+scoring rules, options and sources: ``docs/benchmarks/vlabench.md``.
 """
 
 from __future__ import annotations
@@ -67,6 +17,7 @@ from typing import Any
 
 from vlaser.errors import UserInputError
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, EvalProtocol, Item, Score
+from vlaser.inference.prepare import between
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 
 #: ``SUBTASK_PATTERN`` of the official scorer, tried in this order at every position
@@ -88,6 +39,7 @@ OPTIONS = {"prompt_file": None, "total": ("official", "intended"), "entity_ids":
 #: the message sequence of ``get_ti_list`` (English) after the pre-prompt
 INPUT_PICTURE = "Input picture"
 TAGGED_PICTURE = "Input picture with numbered tags"
+PICTURE_LINE = f"Image: {IMAGE_PLACEHOLDER}\n"  #: how the InternVL wrapper writes each picture
 INSTRUCTION = "Language instruction:"
 ASK = "Please give the output skill sequence"
 COT = "Please analyze the problem step by step and give the answer"
@@ -131,11 +83,11 @@ _NOT_PARSED = object()
 
 
 def render_prompt(pre_prompt: str, instruction: str, cot: bool = False) -> str:
-    """``get_ti_list``'s parts joined as VLABench's InternVL wrapper joins them, pictures as ``<image>`` tags."""
-    image = f"Image: {IMAGE_PLACEHOLDER}\n"
-    parts = [pre_prompt + "\n", INPUT_PICTURE + "\n", image, TAGGED_PICTURE + "\n", image, INSTRUCTION + "\n",
+    """``get_ti_list``'s parts joined as VLABench's InternVL wrapper joins them: each text part and a newline,
+    each picture an ``Image: <image>`` line (placed by the prepare step)."""
+    parts = [pre_prompt + "\n", INPUT_PICTURE + "\n", None, TAGGED_PICTURE + "\n", None, INSTRUCTION + "\n",
              instruction + "\n", ASK + "\n"]
-    return "".join(parts + ([COT + "\n"] if cot else []))
+    return between(parts + ([COT + "\n"] if cot else []), PICTURE_LINE)
 
 
 def parse_answer(text: str) -> Any:
