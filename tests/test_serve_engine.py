@@ -198,12 +198,15 @@ def test_batch_of_eight_equals_eight_sequential_jobs(vlm, batch_sizes):
     assert batched == sequential
 
 
-def test_batches_hold_at_most_max_batch_size(vlm, batch_sizes):
+def test_batches_hold_at_most_max_batch_size(vlm, batch_sizes, monkeypatch):
+    running, real = [], core.Engine._decode
+    monkeypatch.setattr(core.Engine, "_decode", lambda engine, rows: (running.append(len(rows)), real(engine, rows))[1])
+
     async def body(engine):
         return await asyncio.gather(*[engine.submit(Job(r, Sampling(max_tokens=2), 6)).result() for r in REQUESTS])
 
-    _serve(vlm, body, max_batch_size=3)
-    assert batch_sizes == [3, 3, 2]
+    _serve(vlm, body, max_batch_size=3)  # how the jobs split into prefills depends on the machine's load
+    assert sum(batch_sizes) == len(REQUESTS) and max(batch_sizes) <= 3 and max(running) <= 3
 
 
 def test_a_batch_waits_for_jobs_submitted_within_max_wait(vlm, batch_sizes):
