@@ -32,6 +32,9 @@ class VLATrainArguments:
     dataset: str | None = None  # a LeRobot v3.0 dataset directory (or pass dataset= to train_vla)
     preset: str = "vlaser_2b_bridge"
     config: dict[str, Any] = field(default_factory=dict)  # VLAConfig fields overriding the preset
+    normalization: str = "quantile"  # quantile (the release's), mean_std or min_max
+    # per key, the dimensions left unnormalised (None: the last one, the gripper, as released; {}: none)
+    gripper_dims: dict[str, list[int]] | None = None
     learning_rate: float = 5e-5  # the backbone's
     expert_learning_rate: float = 5e-5
     weight_decay: float = 0.0
@@ -55,6 +58,7 @@ class VLATrainArguments:
     dataloader_num_workers: int = 0
     seed: int = 0
     report_to: str = "none"
+    disable_tqdm: bool = False
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], where: str = "VLA training config") -> VLATrainArguments:
@@ -77,7 +81,7 @@ class VLATrainArguments:
             deepspeed=self.deepspeed, fsdp=self.fsdp, fsdp_config=self.fsdp_config, logging_steps=self.logging_steps,
             save_steps=self.save_steps, save_total_limit=self.save_total_limit, seed=self.seed,
             dataloader_num_workers=self.dataloader_num_workers, remove_unused_columns=False, report_to=self.report_to,
-            save_safetensors=True,
+            disable_tqdm=self.disable_tqdm,
         )
 
 
@@ -125,7 +129,7 @@ def _dataset(args: VLATrainArguments, config: VLAConfig):
     from vlaser.vla.data import ActionChunkDataset, LeRobotDataset, Normalizer
 
     data = LeRobotDataset(args.dataset)
-    normalizer = Normalizer(data.stats)
+    normalizer = Normalizer(data.stats, mode=args.normalization, gripper_dims=args.gripper_dims)
     return ActionChunkDataset(data, config.chunk_size, normalizer), normalizer.to_json()
 
 
