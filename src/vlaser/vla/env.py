@@ -163,11 +163,11 @@ def demonstration(seed: int):
     images, states, actions = [], [], []
     while not env.done:
         obs = env.observation()
-        action = expert_action(env.agent, env.scene.centres[env.scene.target])
+        action = expert_action(env.agent, env.scene.centres[env.scene.target]).astype(np.float32)
         images.append(obs["image"])
         states.append(obs["state"])
-        actions.append(action.astype(np.float32))
-        env.step(action)
+        actions.append(action)
+        env.step(action)  # the action as stored, so a replay of the dataset retraces the episode
     if not env.success:
         raise AssertionError(f"the scripted expert failed episode {seed}")  # cannot happen: a straight line
     return Episode(task=env.instruction, features={STATE: np.stack(states), ACTION: np.stack(actions),

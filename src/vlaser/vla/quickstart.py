@@ -35,6 +35,9 @@ EXPERT_LEARNING_RATE = 1e-3
 WARMUP_STEPS = 100
 CURVE_POINTS = 10  #: held-out evaluations during training (the success curve)
 STRIPS = 4  #: episodes drawn as frame strips per policy
+#: The backbone: model.tiny's InternVL3 at these widths (None: its defaults)
+VISION: dict | None = None
+LLM: dict | None = None
 #: The VLA: the tiny preset with this task's shapes; the prompt of the longest colour is 65 tokens.
 VLA = {"proprio_dim": 2, "action_dim": 2, "image_size": reach.SIZE, "prefix_len": 72, "chunk_size": 4,
        "act_steps": 4}
@@ -196,7 +199,7 @@ def run_quickstart(out: Path, seed: int = 0, train_steps: int | None = None, epi
 
     _say(progress, "== 2/5 building a tiny InternVL3 backbone (trainable init)")
     backbone = build_tiny_checkpoint(out / "backbone", "original", seed=seed, image_size=reach.SIZE,
-                                     init="trainable")
+                                     vision=VISION, llm=LLM, init="trainable")
     config = preset("tiny", **VLA)
 
     tokenizer = load_tokenizer(backbone)
