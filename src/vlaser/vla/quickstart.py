@@ -10,7 +10,6 @@ success curves and rollout frame strips.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,20 +25,24 @@ from vlaser.vla.policy import VLAPolicy
 
 #: Training samples: 4,000 scripted episodes (~12k frames); the step budget reuses them many times.
 DEMOS = 4000
-#: Steps of batch ``BATCH_SIZE``; measured at ~0.05 s/step on 2 cores (see the module's report), well
-#: inside the issue's five minutes of training.
-DEFAULT_STEPS = 3000
+#: Steps of batch ``BATCH_SIZE``: at the 0.088 s/step measured on the 2-core machine while other jobs shared it
+#: (3,000 steps in 263 s of training), 2,500 steps take ~3.7 minutes, inside the issue's five; held-out success
+#: passed 0.9 by step 1,500 of that run. ``report.json`` records each run's own seconds per step.
+DEFAULT_STEPS = 2500
 BATCH_SIZE = 32
 LEARNING_RATE = 1e-3  #: backbone (trained from scratch with the expert; freezing it does not work, as OPZ found)
 EXPERT_LEARNING_RATE = 1e-3
 WARMUP_STEPS = 100
 CURVE_POINTS = 10  #: held-out evaluations during training (the success curve)
 STRIPS = 4  #: episodes drawn as frame strips per policy
-#: The backbone: model.tiny's InternVL3 at these widths (None: its defaults)
-VISION: dict | None = None
-LLM: dict | None = None
-#: The VLA: the tiny preset with this task's shapes; the prompt of the longest colour is 65 tokens.
+#: The backbone: model.tiny's InternVL3 at twice its default widths (the defaults learn the task too slowly:
+#: 0.65 held-out success after 3,000 steps, against 0.94 after 1,800 at these widths)
+VISION = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2}
+LLM = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2}
+#: The VLA: the tiny preset with this task's shapes and an expert at half the LLM's width; the prompt of the
+#: longest colour is 65 tokens.
 VLA = {"proprio_dim": 2, "action_dim": 2, "image_size": reach.SIZE, "prefix_len": 72, "chunk_size": 4,
+       "expert_hidden_size": 64, "expert_intermediate_size": 128,
        "act_steps": 4}
 
 
@@ -217,7 +220,7 @@ def run_quickstart(out: Path, seed: int = 0, train_steps: int | None = None, epi
         "config": VLA, "gripper_dims": {}, "learning_rate": LEARNING_RATE,
         "expert_learning_rate": EXPERT_LEARNING_RATE, "warmup_steps": min(WARMUP_STEPS, steps // 10),
         "lr_scheduler_type": "cosine", "max_steps": steps, "per_device_train_batch_size": BATCH_SIZE,
-        "logging_steps": max(1, steps // 100), "save_steps": 10 * steps, "seed": seed,
+        "logging_steps": max(1, steps // 100), "save_strategy": "no", "seed": seed,
         "disable_tqdm": not progress}, callbacks=[callback])
 
     _say(progress, f"== 4/5 closed-loop evaluation on {episodes} held-out episodes")
@@ -250,5 +253,4 @@ def run_quickstart(out: Path, seed: int = 0, train_steps: int | None = None, epi
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(report))
     _say(progress, _markdown(report))
-    shutil.rmtree(out / "policy" / "runs", ignore_errors=True)
     return report

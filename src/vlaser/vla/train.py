@@ -52,6 +52,7 @@ class VLATrainArguments:
     freeze_vlm: bool = False
     freeze_vision: bool = False
     logging_steps: int = 10
+    save_strategy: str = "steps"  # "no": only the final policy is written
     save_steps: int = 500
     save_total_limit: int | None = None
     resume_from_checkpoint: str | None = None
@@ -79,7 +80,8 @@ class VLATrainArguments:
             per_device_train_batch_size=self.per_device_train_batch_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps, bf16=self.bf16,
             deepspeed=self.deepspeed, fsdp=self.fsdp, fsdp_config=self.fsdp_config, logging_steps=self.logging_steps,
-            save_steps=self.save_steps, save_total_limit=self.save_total_limit, seed=self.seed,
+            save_strategy=self.save_strategy, save_steps=self.save_steps, save_total_limit=self.save_total_limit,
+            seed=self.seed,
             dataloader_num_workers=self.dataloader_num_workers, remove_unused_columns=False, report_to=self.report_to,
             disable_tqdm=self.disable_tqdm,
         )
