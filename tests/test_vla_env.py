@@ -128,3 +128,9 @@ def test_batched_vla_rollout_equals_predict_one_at_a_time(tiny_original, tmp_pat
     assert untrained.success_rate <= 0.3  # an untrained expert does not find the named disc
     with pytest.raises(UserInputError, match="no normaliser"):
         VLARollout(VLAPolicy.from_vlm(tiny_original, preset("tiny", proprio_dim=2, action_dim=2)))
+
+
+def test_a_neutral_instruction_keeps_the_scene_target():
+    result = rollout(BlindPolicy(), SEEDS[:20], instruction=lambda scene: reach.NEUTRAL)
+    assert result.targets == [reach.sample_scene(s).target for s in SEEDS[:20]]
+    assert result.success_rate == rollout(BlindPolicy(), SEEDS[:20]).success_rate  # the blind policy cannot tell

@@ -39,6 +39,9 @@ FEATURES = {
 }
 
 
+NEUTRAL = "move to the disc"  #: an instruction naming no colour (the trained policy's blind check)
+
+
 def instruction(colour: str) -> str:
     return f"move to the {colour} disc"
 

@@ -5,7 +5,8 @@ once, each policy call answering a batch of observations with one action chunk p
 Policies: ``VLARollout`` (a ``VLAPolicy``, with seeded sampling noise per episode and chunk), ``ScriptedPolicy``
 (the demonstrator, reading the named disc from the scene) and ``BlindPolicy`` (the same controller heading for
 a disc picked at random, so it ignores the instruction: the best any instruction-blind policy can do is
-about 1 / ``N_DISCS``). ``colour_swap`` names the other disc's colour and counts the episodes that end there.
+about 1 / ``N_DISCS``; a VLA given ``env.NEUTRAL``, which names no colour, is the other blind check).
+``colour_swap`` names the other disc's colour and counts the episodes that end there.
 """
 
 from __future__ import annotations
@@ -105,6 +106,13 @@ class Rollouts:
                 "none_reached": sum(r is None for r in self.reached)}
 
 
+def _named(env: ReachEnv) -> int:
+    """The disc the episode's instruction names; the scene's own target for a colourless one."""
+    if env.instruction == reach.NEUTRAL:
+        return env.scene.target
+    return env.scene.colours.index(reach.colour_of(env.instruction))
+
+
 def _swap(scene: reach.Scene) -> str:
     """The instruction naming the other disc."""
     return reach.instruction(scene.colours[1 - scene.target])
@@ -129,7 +137,7 @@ def rollout(policy, seeds: Sequence[int], instruction: Callable[[reach.Scene], s
                         frames[env.seed].append(env.observation()["image"])
                     if done:
                         break
-    targets = [env.scene.colours.index(reach.colour_of(env.instruction)) for env in envs]
+    targets = [_named(env) for env in envs]
     return Rollouts(list(seeds), targets, [env.reached for env in envs], [env.steps for env in envs], frames)
 
 

@@ -152,7 +152,9 @@ def _plots(out: Path, report: dict) -> list[str]:
 def _markdown(report: dict) -> str:
     t, s = report["training"], report["seed"]
     rows = [("trained VLA", report["trained"]), ("untrained VLA", report["untrained"]),
-            ("instruction-blind baseline", report["blind"]), ("scripted expert", report["scripted"])]
+            ("instruction-blind baseline (a random disc)", report["blind"]),
+            (f"trained VLA told \"{reach.NEUTRAL}\" (no colour)", report["trained_neutral"]),
+            ("scripted expert", report["scripted"])]
     lines = [f"# vlaser vla quickstart (seed {s})", "",
              f"Trained {t['steps']} steps (batch {t['batch_size']}) in {t['train_seconds']:.0f} s of training "
              f"on {t['demonstrations']} demonstrations ({t['frames']} frames); evaluated closed-loop on "
@@ -231,6 +233,7 @@ def run_quickstart(out: Path, seed: int = 0, train_steps: int | None = None, epi
                "untrained": rollout(VLARollout(untrained, seed), seeds, record=STRIPS),
                "blind": rollout(BlindPolicy(config.chunk_size, config.act_steps), seeds, record=STRIPS),
                "scripted": rollout(ScriptedPolicy(config.chunk_size, config.act_steps), seeds)}
+    results["trained_neutral"] = rollout(VLARollout(trained, seed), seeds, instruction=lambda scene: reach.NEUTRAL)
     swap = colour_swap(VLARollout(trained, seed), seeds)
     speed = chunks_per_second(trained, seeds)
 
