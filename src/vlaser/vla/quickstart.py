@@ -25,9 +25,9 @@ from vlaser.vla.policy import VLAPolicy
 
 #: Training samples: 4,000 scripted episodes (~12k frames); the step budget reuses them many times.
 DEMOS = 4000
-#: Steps of batch ``BATCH_SIZE``: at the 0.088 s/step measured on the 2-core machine while other jobs shared it
-#: (3,000 steps in 263 s of training), 2,500 steps take ~3.7 minutes, inside the issue's five; held-out success
-#: passed 0.9 by step 1,500 of that run. ``report.json`` records each run's own seconds per step.
+#: Steps of batch ``BATCH_SIZE``: 2,500 took 174-206 s of training (0.070-0.082 s/step) on the 2-core machine
+#: while other jobs shared it, inside the issue's five minutes; seed 0 then reaches 0.91 held-out success.
+#: ``report.json`` records each run's own seconds per step.
 DEFAULT_STEPS = 2500
 BATCH_SIZE = 32
 LEARNING_RATE = 1e-3  #: backbone (trained from scratch with the expert; freezing it does not work, as OPZ found)
