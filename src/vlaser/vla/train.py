@@ -32,6 +32,9 @@ class VLATrainArguments:
     dataset: str | None = None  # a LeRobot v3.0 dataset directory (or pass dataset= to train_vla)
     preset: str = "vlaser_2b_bridge"
     config: dict[str, Any] = field(default_factory=dict)  # VLAConfig fields overriding the preset
+    normalization: str = "quantile"  # quantile (the release's), mean_std or min_max
+    # per key, the dimensions left unnormalised (None: the last one, the gripper, as released; {}: none)
+    gripper_dims: dict[str, list[int]] | None = None
     learning_rate: float = 5e-5  # the backbone's
     expert_learning_rate: float = 5e-5
     weight_decay: float = 0.0
@@ -49,12 +52,14 @@ class VLATrainArguments:
     freeze_vlm: bool = False
     freeze_vision: bool = False
     logging_steps: int = 10
+    save_strategy: str = "steps"  # "no": only the final policy is written
     save_steps: int = 500
     save_total_limit: int | None = None
     resume_from_checkpoint: str | None = None
     dataloader_num_workers: int = 0
     seed: int = 0
     report_to: str = "none"
+    disable_tqdm: bool = False
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], where: str = "VLA training config") -> VLATrainArguments:
@@ -75,9 +80,10 @@ class VLATrainArguments:
             per_device_train_batch_size=self.per_device_train_batch_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps, bf16=self.bf16,
             deepspeed=self.deepspeed, fsdp=self.fsdp, fsdp_config=self.fsdp_config, logging_steps=self.logging_steps,
-            save_steps=self.save_steps, save_total_limit=self.save_total_limit, seed=self.seed,
+            save_strategy=self.save_strategy, save_steps=self.save_steps, save_total_limit=self.save_total_limit,
+            seed=self.seed,
             dataloader_num_workers=self.dataloader_num_workers, remove_unused_columns=False, report_to=self.report_to,
-            save_safetensors=True,
+            disable_tqdm=self.disable_tqdm,
         )
 
 
@@ -125,7 +131,7 @@ def _dataset(args: VLATrainArguments, config: VLAConfig):
     from vlaser.vla.data import ActionChunkDataset, LeRobotDataset, Normalizer
 
     data = LeRobotDataset(args.dataset)
-    normalizer = Normalizer(data.stats)
+    normalizer = Normalizer(data.stats, mode=args.normalization, gripper_dims=args.gripper_dims)
     return ActionChunkDataset(data, config.chunk_size, normalizer), normalizer.to_json()
 
 
