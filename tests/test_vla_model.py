@@ -13,12 +13,13 @@ import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 from transformers import Qwen2Config
 
+from vlaser.inference.prepare import preset_prompt
+from vlaser.inference.types import Picture, Request
 from vlaser.vla import flow
 from vlaser.vla.config import VLAConfig, preset
 from vlaser.vla.expert import ActionExpert, expert_text_config
 from vlaser.vla.joint import additive, block_mask, joint_forward, position_ids
 from vlaser.vla.policy import VLAPolicy, action_tokens
-from vlaser.vla.prompt import vla_prompt
 
 TASKS = ["Point to the red cube on the table", "pick up the blue bowl"]
 
@@ -265,9 +266,15 @@ def test_positions_restart_and_contiguous():
 
 
 def test_prompt_is_the_release_string():
-    got = vla_prompt("put the spoon on the towel", 3)
+    request = Request("put the spoon on the towel", [Picture("camera")])
+    got = preset_prompt("vla", request, 3)
     assert got == ("<|im_start|>system\nNone<|im_end|>\n<|im_start|>user\n<img>" + "<IMG_CONTEXT>" * 3
                    + "</img>\nput the spoon on the towel<|im_end|>\n<|im_start|>assistant\n")
+    two = preset_prompt("vla", Request("go", [Picture("a"), Picture("b")], system="S"), 2)
+    assert two == ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nImage-1: <img>" + "<IMG_CONTEXT>" * 2
+                   + "</img>\nImage-2: <img>" + "<IMG_CONTEXT>" * 2 + "</img>\ngo<|im_end|>\n<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match="unknown prompt preset"):
+        preset_prompt("nope", request, 3)
 
 
 def _internvl3_2b_text_config() -> Qwen2Config:

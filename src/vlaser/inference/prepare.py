@@ -7,6 +7,7 @@ request gives one prompt and one set of tiles whichever path it takes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -14,7 +15,7 @@ import torch
 from vlaser.inference.types import Picture, PictureSource, Prepared, Request
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import image_to_tiles, to_pil
-from vlaser.model.template import IMAGE_LINE, build_chat_prompt, multi_image_prefix
+from vlaser.model.template import IMAGE_LINE, ChatTemplate, build_chat_prompt, get_template, multi_image_prefix
 
 if TYPE_CHECKING:
     from vlaser.model.settings import ProcessorSettings
@@ -103,8 +104,40 @@ def prepare(request: Request, model, max_tiles: int | None = None, tiler: Tiler 
     made = [tiler(picture, tile_limit(picture, settings, max_tiles)) for picture in request.pictures]
     num_patches = [tiles.shape[0] for _, tiles in made]
     system = model.system_message if request.system is None else request.system
-    history = [(turn.user, turn.assistant) for turn in request.history] or None
-    prompt = build_chat_prompt(question, model.conv_template, num_patches, model.num_image_token, history=history,
-                               system_message=system)[1]
+    prompt = render(request, question, model.conv_template, num_patches, model.num_image_token, system)
     pixel_values = torch.cat([tiles for _, tiles in made]) if made else None
     return Prepared(prompt, pixel_values, num_patches, [size for size, _ in made])
+
+
+def render(request: Request, question: str, template: ChatTemplate, num_patches: Sequence[int], num_image_token: int,
+           system: str | None) -> str:
+    """The prompt text of a request whose tags are placed (``question``): earlier turns, the template, each
+    picture's ``num_patches`` tiles expanded to image tokens."""
+    history = [(turn.user, turn.assistant) for turn in request.history] or None
+    return build_chat_prompt(question, template, num_patches, num_image_token, history=history,
+                             system_message=system)[1]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A fixed prompt layout that does not follow a checkpoint's settings: a template, a system message and a
+    tile count per picture (the VLA's, as released, whatever chat settings its backbone was saved with)."""
+
+    template: str
+    system: str
+    tiles: int
+
+
+#: Named layouts; ``vla``: InternVL's ``internvl2_5`` turn with a literal "None" system message and one tile per
+#: camera (V:``Vlaser_VLA/Simpler/src/model/vla/processing.py``).
+PRESETS = {"vla": Preset("internvl2_5", "None", 1)}
+
+
+def preset_prompt(name: str, request: Request, num_image_token: int) -> str:
+    """The prompt of ``request`` in the named layout (``request.system`` overrides the preset's)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown prompt preset {name!r}; choose from {sorted(PRESETS)}")
+    layout = PRESETS[name]
+    system = layout.system if request.system is None else request.system
+    return render(request, place_tags(request), get_template(layout.template), [layout.tiles] * len(request.pictures),
+                  num_image_token, system)

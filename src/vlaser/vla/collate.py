@@ -1,7 +1,8 @@
 """Batches for the VLA: ActionChunkDataset items (or one live observation) -> model inputs.
 
-Each image is one tile at the config's size (``dynamic_image_size=False``, no thumbnail, as released), the prompt is
-the release's (``vla.prompt``) right-padded to ``prefix_len``; the loss is masked at padded chunk steps.
+Each image is one tile at the config's size (``dynamic_image_size=False``, no thumbnail, as released); the prompt
+is the release's (the ``vla`` preset of ``inference.prepare``) right-padded to ``prefix_len``; the loss is masked
+at padded chunk steps.
 """
 
 from __future__ import annotations
@@ -13,9 +14,28 @@ import numpy as np
 import torch
 
 from vlaser.errors import UserInputError
+from vlaser.inference.prepare import preset_prompt
+from vlaser.inference.types import Picture, Request
 from vlaser.model.preprocess import build_transform, to_pil
 from vlaser.vla.config import VLAConfig
-from vlaser.vla.prompt import tokenize_prompts, vla_prompt
+
+PRESET = "vla"
+
+
+def tokenize_prompts(tokenizer, prompts: list[str], prefix_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of shape ``(B, prefix_len)``, right-padded; a longer prompt is an error
+    (truncating would cut image tokens or the instruction)."""
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(rows), prefix_len), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), prefix_len), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if len(row) > prefix_len:
+            raise UserInputError(f"prompt {i} has {len(row)} tokens, more than prefix_len={prefix_len}: "
+                                 f"shorten the instruction or raise prefix_len")
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+    return ids, mask
 
 
 class VLACollator:
@@ -31,7 +51,8 @@ class VLACollator:
         for i, (images, text) in enumerate(zip(images_per_item, instructions)):
             if not images:
                 raise UserInputError(f"item {i} has no image; the VLA needs at least one camera")
-            prompts.append(vla_prompt(text, self.num_image_token, len(images), self.config.system_message))
+            request = Request(text, [Picture(im) for im in images], system=self.config.system_message)
+            prompts.append(preset_prompt(PRESET, request, self.num_image_token))
         ids, mask = tokenize_prompts(self.tokenizer, prompts, self.config.prefix_len)
         pixels = torch.stack([self.transform(to_pil(im)) for images in images_per_item for im in images])
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
