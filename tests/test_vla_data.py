@@ -257,8 +257,21 @@ STATS = {"observation.state": {"q01": [-1.0, 0.0, 0.0], "q99": [3.0, 10.0, 1.0],
                                "std": [2.0, 4.0, 0.5], "min": [-2.0, -10.0, 0.0], "max": [6.0, 10.0, 1.0]}}
 
 
+GRIPPER = {"observation.state": [-1]}
+
+
+def test_release_default_passes_the_action_gripper_and_normalises_the_whole_proprio():
+    stats = {"observation.state": STATS["observation.state"], "action": STATS["observation.state"]}
+    norm = Normalizer(stats)
+    x = np.array([1.0, 5.0, 0.7])
+    assert norm.normalize("action", x)[2] == 0.7
+    assert norm.normalize("observation.state", x)[2] == 2 * 0.7 / (1 + 1e-8) - 1
+    assert norm.to_json()["features"]["action"]["gripper_dims"] == [2]
+    assert norm.to_json()["features"]["observation.state"]["gripper_dims"] == []
+
+
 def test_quantile_normalisation_maps_q01_q99_to_minus_one_one_and_passes_the_gripper():
-    norm = Normalizer(STATS, keys=["observation.state"])
+    norm = Normalizer(STATS, keys=["observation.state"], gripper_dims=GRIPPER)
     x = np.array([[1.0, 5.0, 0.7], [-5.0, 20.0, 0.3], [-1.0, 10.0, 2.0]])
     y = norm.normalize("observation.state", x)
     expected = np.array([[2 * 2 / (4 + 1e-8) - 1, 2 * 5 / (10 + 1e-8) - 1, 0.7],
@@ -276,7 +289,7 @@ def test_mean_std_and_min_max_modes_and_all_dimensions():
     mean_std = Normalizer(STATS, mode="mean_std", keys=["observation.state"], gripper_dims={})
     assert np.array_equal(mean_std.normalize("observation.state", x),
                           np.array([2 / (2 + 1e-8), 4 / (4 + 1e-8), 0.5 / (0.5 + 1e-8)]))
-    min_max = Normalizer(STATS, mode="min_max", keys=["observation.state"])
+    min_max = Normalizer(STATS, mode="min_max", keys=["observation.state"], gripper_dims=GRIPPER)
     assert np.array_equal(min_max.normalize("observation.state", x),
                           np.array([2 * 5 / (8 + 1e-8) - 1, 2 * 16 / (20 + 1e-8) - 1, 1.0]))
     with pytest.raises(UserInputError, match="mode 'bounds'"):
@@ -284,7 +297,7 @@ def test_mean_std_and_min_max_modes_and_all_dimensions():
 
 
 def test_normaliser_takes_torch_tensors_and_round_trips_through_json():
-    norm = Normalizer(STATS, keys=["observation.state"])
+    norm = Normalizer(STATS, keys=["observation.state"], gripper_dims=GRIPPER)
     x = np.array([[0.5, 2.5, 0.25]], dtype=np.float32)
     y = norm.normalize("observation.state", torch.from_numpy(x))
     assert y.dtype == torch.float32 and torch.equal(y, torch.from_numpy(norm.normalize("observation.state", x)))

@@ -33,7 +33,7 @@ class VLATrainArguments:
     preset: str = "vlaser_2b_bridge"
     config: dict[str, Any] = field(default_factory=dict)  # VLAConfig fields overriding the preset
     normalization: str = "quantile"  # quantile (the release's), mean_std or min_max
-    # per key, the dimensions left unnormalised (None: the last one, the gripper, as released; {}: none)
+    # per key, the dimensions left unnormalised (None: the action's gripper, as released; {}: none)
     gripper_dims: dict[str, list[int]] | None = None
     learning_rate: float = 5e-5  # the backbone's
     expert_learning_rate: float = 5e-5

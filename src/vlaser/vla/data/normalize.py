@@ -1,8 +1,8 @@
 """Normalisation of proprio and actions from a dataset's statistics.
 
 The release (open-pi-zero's Octo-style "bounds" normalisation) maps the 1st and 99th percentiles to [-1, 1],
-``clip(2 (x - q01) / (q99 - q01 + 1e-8) - 1, -1, 1)``, and leaves the gripper dimension as it is;
-un-normalising clips to [-1, 1] first and inverts the map. ``mean_std`` and ``min_max`` follow LeRobot's
+``clip(2 (x - q01) / (q99 - q01 + 1e-8) - 1, -1, 1)``, and leaves the action's gripper dimension as it is
+(the proprio's gripper is normalised with the rest: V:``S/src/agent/env_adapter/simpler.py``); un-normalising clips to [-1, 1] first and inverts the map. ``mean_std`` and ``min_max`` follow LeRobot's
 formulas (same epsilon, no clipping).
 """
 
@@ -18,6 +18,8 @@ from vlaser.errors import UserInputError
 MODES = {"quantile": ("q01", "q99"), "mean_std": ("mean", "std"), "min_max": ("min", "max")}
 EPS = 1e-8
 DEFAULT_KEYS = ("observation.state", "action")
+#: The release's pass-through dimensions: the action's last (the gripper command); the proprio is normalised whole.
+RELEASE_GRIPPER_DIMS = {"action": (-1,)}
 
 
 def _like(value: np.ndarray, x):
@@ -37,8 +39,8 @@ def _clip(x, low: float, high: float):
 class Normalizer:
     """Per-feature normalisation from ``stats`` (as ``LeRobotDataset.stats`` holds them).
 
-    ``gripper_dims`` maps a key to the dimensions passed through unchanged (default: the last dimension of each
-    key, the gripper in the release's Bridge and Fractal layouts; ``{}`` normalises every dimension).
+    ``gripper_dims`` maps a key to the dimensions passed through unchanged (default: the action's last
+    dimension, the gripper command in the release's Bridge and Fractal layouts; ``{}`` normalises every one).
     """
 
     def __init__(self, stats: Mapping[str, Mapping[str, Any]], mode: str = "quantile",
@@ -55,7 +57,7 @@ class Normalizer:
             if missing:
                 raise UserInputError(f"statistics of {key!r} lack {', '.join(missing)} (needed by mode {mode!r})")
             a, b = (np.asarray(stats[key][s], dtype=np.float64).reshape(-1) for s in MODES[mode])
-            dims = (-1,) if gripper_dims is None else tuple(gripper_dims.get(key, ()))
+            dims = tuple((RELEASE_GRIPPER_DIMS if gripper_dims is None else gripper_dims).get(key, ()))
             self.params[key] = (a, b)
             self.gripper_dims[key] = tuple(sorted({d % len(a) for d in dims}))
 
