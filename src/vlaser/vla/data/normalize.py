@@ -2,8 +2,9 @@
 
 The release (open-pi-zero's Octo-style "bounds" normalisation) maps the 1st and 99th percentiles to [-1, 1],
 ``clip(2 (x - q01) / (q99 - q01 + 1e-8) - 1, -1, 1)``, and leaves the action's gripper dimension as it is
-(the proprio's gripper is normalised with the rest: V:``S/src/agent/env_adapter/simpler.py``); un-normalising clips to [-1, 1] first and inverts the map. ``mean_std`` and ``min_max`` follow LeRobot's
-formulas (same epsilon, no clipping).
+(the proprio's gripper is normalised with the rest: V:``S/src/agent/env_adapter/simpler.py``); un-normalising
+clips to [-1, 1] first and inverts the map. ``mean_std`` and ``min_max`` follow LeRobot's formulas (same
+epsilon, no clipping).
 """
 
 from __future__ import annotations
