@@ -15,11 +15,11 @@ import os
 import sys
 import traceback
 
-from vlaser.cli import chat, convert, data, eval, info, quickstart, serve, train
+from vlaser.cli import chat, convert, data, eval, info, quickstart, serve, train, vla
 from vlaser.errors import VlaserError
 
 _VERBS = {"chat": chat, "convert": convert, "info": info, "train": train, "data": data, "eval": eval,
-          "quickstart": quickstart, "serve": serve}
+          "quickstart": quickstart, "serve": serve, "vla": vla}
 
 
 class Parser(argparse.ArgumentParser):
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    command = " ".join(["vlaser", args.verb] + ([args.eval_verb] if getattr(args, "eval_verb", None) else []))
+    sub_verb = getattr(args, "eval_verb", None) or getattr(args, "vla_verb", None)
+    command = " ".join(["vlaser", args.verb] + ([sub_verb] if sub_verb else []))
     if extra and not hasattr(args, "passthrough"):
         Parser(prog=command).error(f"unrecognized arguments: {' '.join(extra)}")
     if hasattr(args, "passthrough"):  # train / data preview take InternVL's flags as they are

@@ -109,7 +109,7 @@ def translate_legacy(argv: list[str]) -> list[str]:
     return out
 
 
-def _read_config(path: Path):
+def read_config(path: Path):
     """A YAML/JSON file's values; a syntax error names the file."""
     text = path.read_text()
     if path.suffix == ".json":
@@ -126,7 +126,7 @@ def _read_config(path: Path):
 
 def _file_flags(path: Path) -> list[str]:
     """A YAML/JSON config file as command-line flags."""
-    values = _read_config(path)
+    values = read_config(path)
     if not isinstance(values, dict):
         raise UserInputError(f"{path}: expected a mapping of flag names to values")
     flags = []
