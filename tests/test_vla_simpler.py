@@ -93,6 +93,7 @@ def test_fractal_counts_the_whole_chunk_as_released_and_only_executed_steps_as_t
 
 def test_the_adapter_imports_nothing_but_numpy():
     tree = ast.parse(Path(simpler.__file__).read_text())
-    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.Import)]
+    names = {alias.name.split(".")[0] for node in imports for alias in node.names}
     names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert names <= {"__future__", "math", "dataclasses", "numpy"}

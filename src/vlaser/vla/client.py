@@ -11,6 +11,7 @@ or as PNG/JPEG bytes; the answer's actions are plain lists (``numpy.asarray`` th
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -47,10 +48,8 @@ class PolicyClient:
                 return json.loads(response.read())
         except urllib.error.HTTPError as e:
             detail = e.read().decode("utf-8", "replace")
-            try:
+            with contextlib.suppress(ValueError, AttributeError):
                 detail = json.loads(detail).get("detail", detail)
-            except (ValueError, AttributeError):
-                pass
             raise PolicyError(f"{self.url}{path} answered {e.code}: {detail}") from e
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
             raise PolicyError(f"cannot reach the policy server at {self.url}: {e}") from e
