@@ -128,6 +128,9 @@ class VLAPolicy:
         if self.normalizer is None:
             raise UserInputError("this policy has no normaliser (no norm_stats.json); pass normalizer= or use "
                                  "predict_normalized")
-        norm_state = np.asarray(self.normalizer.normalize(STATE_KEY, np.asarray(state, dtype=np.float64)))
+        state = np.asarray(state, dtype=np.float64).reshape(-1)
+        if state.shape[0] != self.config.proprio_dim:
+            raise UserInputError(f"state has {state.shape[0]} values, the policy expects {self.config.proprio_dim}")
+        norm_state = np.asarray(self.normalizer.normalize(STATE_KEY, state))
         actions = self.predict_normalized(images, norm_state, instruction, noise)
         return np.asarray(self.normalizer.unnormalize(ACTION_KEY, actions.astype(np.float64)), dtype=np.float32)
