@@ -95,3 +95,20 @@ def test_quickstart_flags_parse():
     assert (args.steps, args.episodes, args.seed) == (50, 10, 0)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["vla", "quickstart", "--steps", "0"])
+
+
+@pytest.mark.parametrize("robot", ["bridge", "fractal"])
+def test_vla_recipes_hold_the_release_settings(robot, tmp_path):
+    from pathlib import Path
+
+    from vlaser.cli.vla import train_values
+    from vlaser.vla.config import preset
+    from vlaser.vla.train import VLATrainArguments
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "vla" / f"vlaser_2b_{robot}.yaml"
+    args = build_parser().parse_args(["vla", "train", str(recipe), "--output_dir", str(tmp_path)])
+    train = VLATrainArguments.from_dict(train_values(args), where=str(recipe))
+    assert train.output_dir == str(tmp_path) and train.preset == f"vlaser_2b_{robot}"
+    assert train.vla_config() == preset(f"vlaser_2b_{robot}")
+    assert (train.learning_rate, train.expert_learning_rate, train.max_grad_norm) == (5e-5, 5e-5, 1.0)
+    assert train.per_device_train_batch_size * 32 == 1024 and train.bf16 and train.normalization == "quantile"
