@@ -89,8 +89,8 @@ class EchoEngine:
         text = json.dumps({"question": request.question, "system": request.system,
                            "history": [[turn.user, turn.assistant] for turn in request.history],
                            "images": [p.source.size for p in request.pictures],
-                           "tiles": [job.max_num if p.max_tiles is None else p.max_tiles for p in request.pictures],
-                           "max_tokens": job.sampling.max_tokens, "stop": list(job.sampling.stop)})
+                           "tiles": [job.max_tiles if p.max_tiles is None else p.max_tiles for p in request.pictures],
+                           "max_tokens": job.params.max_new_tokens, "stop": list(job.params.stop)})
         return _Done(Completion(text, "stop", 3, 2))
 
 
@@ -445,16 +445,16 @@ def test_defaults_and_stop(echo):
     assert echoed(echo, [{"role": "user", "content": "x"}])["max_tokens"] == 64  # min(1024, the cap)
     assert echoed(echo, [{"role": "user", "content": "x"}], stop="END", max_completion_tokens=5, max_tokens=60,
                   unknown_field={"kept": True})["stop"] == ["END"]
-    assert echo.engine.jobs[-1].sampling.max_tokens == 5
-    sampling = echo.engine.jobs[-1].sampling
+    assert echo.engine.jobs[-1].params.max_new_tokens == 5
+    sampling = echo.engine.jobs[-1].params
     assert (sampling.temperature, sampling.top_p, sampling.seed) == (0.0, 1.0, None)  # greedy unless asked
     echoed(echo, [{"role": "user", "content": "x"}], n=None, stream=None, temperature=0.7, top_p=0.9, seed=3)
-    assert echo.engine.jobs[-1].sampling == type(sampling)(max_tokens=64, temperature=0.7, top_p=0.9, seed=3)
-    assert sampling.min_tokens == 0 and echo.engine.jobs[-1].keep_grounding_tokens is None  # the server's choice
+    assert echo.engine.jobs[-1].params == type(sampling)(max_new_tokens=64, temperature=0.7, top_p=0.9, seed=3)
+    assert sampling.min_new_tokens == 0 and echo.engine.jobs[-1].keep_grounding_tokens is None  # the server's choice
     for fields, least in [({"min_tokens": 4}, 4), ({"min_new_tokens": 2}, 2), ({"min_tokens": 5, "min_new_tokens": 5},
                                                                                  5), ({"min_tokens": 64}, 64)]:
         echoed(echo, [{"role": "user", "content": "x"}], **fields)
-        assert echo.engine.jobs[-1].sampling.min_tokens == least, fields
+        assert echo.engine.jobs[-1].params.min_new_tokens == least, fields
     for skip, keep in [(True, False), (False, True)]:
         echoed(echo, [{"role": "user", "content": "x"}], skip_special_tokens=skip)
         assert echo.engine.jobs[-1].keep_grounding_tokens is keep

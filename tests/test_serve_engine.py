@@ -11,11 +11,11 @@ from transformers.generation.streamers import BaseStreamer
 from fakes import end_token_first, free_port, wait_for_health
 from media import solid_image
 from vlaser.errors import UserInputError
-from vlaser.inference import Picture, Prepared, Request, Turn
+from vlaser.inference import GenerationParams, Picture, Prepared, Request, Turn
 from vlaser.inference import engine as core
 from vlaser.model.template import build_chat_prompt
 from vlaser.serve import engine as engine_module
-from vlaser.serve.engine import Completion, Engine, Job, QueueFull, Sampling, settled_prefix
+from vlaser.serve.engine import Completion, Engine, Job, QueueFull, settled_prefix
 
 
 def chat(question, images=(), system=None, history=(), max_tiles=None) -> Request:
@@ -131,7 +131,8 @@ def test_concurrent_jobs_batch_and_equal_lone_answers(vlm, batch_sizes, monkeypa
     max_tokens = [12, 5, 12, 9, 12, 12, 3, 12]
 
     async def body(engine):
-        streams = [engine.submit(Job(r, Sampling(max_tokens=n), max_num=6)) for r, n in zip(REQUESTS, max_tokens)]
+        streams = [engine.submit(Job(r, GenerationParams(max_new_tokens=n), max_tiles=6))
+                   for r, n in zip(REQUESTS, max_tokens)]
         return await asyncio.gather(*[_collect(s) for s in streams])
 
     results = _serve(vlm, body, max_batch_size=8)
@@ -160,7 +161,7 @@ def test_generation_runs_off_the_event_loop_while_the_next_jobs_are_prepared(vlm
     monkeypatch.setattr(core.Engine, "_prefill", gated)
 
     async def body(engine):
-        first, second = (engine.submit(Job(r, Sampling(max_tokens=3), 6)) for r in REQUESTS[:2])
+        first, second = (engine.submit(Job(r, GenerationParams(max_new_tokens=3), 6)) for r in REQUESTS[:2])
         await first.prepared()
         await asyncio.wrap_future(second._prepared)
         released.set()
@@ -179,7 +180,7 @@ def test_an_image_s_own_tile_limit_wins(vlm, monkeypatch):
     request = chat("Image-1: <image>\nImage-2: <image>\nSame?", [wide, wide], max_tiles=[1, None])
 
     async def body(engine):
-        return await engine.submit(Job(request, Sampling(max_tokens=2), max_num=6)).result()
+        return await engine.submit(Job(request, GenerationParams(max_new_tokens=2), max_tiles=6)).result()
 
     _serve(vlm, body)
     assert tiles == [1 + 4]
@@ -187,7 +188,7 @@ def test_an_image_s_own_tile_limit_wins(vlm, monkeypatch):
 
 def test_batch_of_eight_equals_eight_sequential_jobs(vlm, batch_sizes):
     async def body(engine):
-        jobs = [Job(r, Sampling(max_tokens=10), max_num=6) for r in REQUESTS]
+        jobs = [Job(r, GenerationParams(max_new_tokens=10), max_tiles=6) for r in REQUESTS]
         batched = await asyncio.gather(*[engine.submit(j).result() for j in jobs])
         sequential = [await engine.submit(j).result() for j in jobs]
         return batched, sequential
@@ -203,7 +204,8 @@ def test_batches_hold_at_most_max_batch_size(vlm, batch_sizes, monkeypatch):
     monkeypatch.setattr(core.Engine, "_decode", lambda engine, rows: (running.append(len(rows)), real(engine, rows))[1])
 
     async def body(engine):
-        return await asyncio.gather(*[engine.submit(Job(r, Sampling(max_tokens=2), 6)).result() for r in REQUESTS])
+        return await asyncio.gather(*[engine.submit(Job(r, GenerationParams(max_new_tokens=2), 6)).result()
+                                      for r in REQUESTS])
 
     _serve(vlm, body, max_batch_size=3)  # how the jobs split into prefills depends on the machine's load
     assert sum(batch_sizes) == len(REQUESTS) and max(batch_sizes) <= 3 and max(running) <= 3
@@ -211,9 +213,9 @@ def test_batches_hold_at_most_max_batch_size(vlm, batch_sizes, monkeypatch):
 
 def test_a_batch_waits_for_jobs_submitted_within_max_wait(vlm, batch_sizes):
     async def body(engine):
-        first = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=2), 6))
+        first = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=2), 6))
         await asyncio.sleep(0)  # the loop sees one job and waits for more
-        second = engine.submit(Job(REQUESTS[1], Sampling(max_tokens=2), 6))
+        second = engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=2), 6))
         return await first.result(), await second.result()
 
     _serve(vlm, body, max_batch_size=2, max_wait_ms=60_000)
@@ -231,8 +233,8 @@ def test_stop_string_cuts_the_answer(vlm, batch_sizes):
     batch_sizes.clear()
 
     async def body(engine):
-        stopped = engine.submit(Job(REQUESTS[1], Sampling(max_tokens=20, stop=("NEVER SEEN", stop)), 6))
-        other = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=20), 6))
+        stopped = engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=20, stop=("NEVER SEEN", stop)), 6))
+        other = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=20), 6))
         return await _collect(stopped), await other.result()
 
     (streamed, completion), other = _serve(vlm, body)
@@ -246,7 +248,7 @@ def _track(vlm, ids, sampling, keep_grounding_tokens=True):
     text streamed after each step and the completions it settled."""
     engine = core.Engine(vlm.model, vlm.tokenizer)
     pushed = []
-    row = core.Row(Prepared("prompt", None, [], [], input_ids=[0] * 7), sampling.params(),
+    row = core.Row(Prepared("prompt", None, [], [], input_ids=[0] * 7), sampling,
                    engine._decoder(keep_grounding_tokens), on_delta=pushed.append)
     streamed = []
     for token in ids:
@@ -260,7 +262,7 @@ def test_tracker_streams_whole_characters_and_cuts_at_a_stop(vlm):
     tokenizer = vlm.tokenizer
     answer = "  你是书生·万象, robot arm <ref>cup</ref><box>[[1, 2, 3, 4]]</box> picks up the blue bowl END ignored"
     ids = tokenizer(answer)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    streamed, settled = _track(vlm, ids, Sampling(max_tokens=100, stop=("END",)))
+    streamed, settled = _track(vlm, ids, GenerationParams(max_new_tokens=100, stop=("END",)))
     expected = "你是书生·万象, robot arm <ref>cup</ref><box>[[1, 2, 3, 4]]</box> picks up the blue bowl"
     assert settled == [Completion(expected, "stop", 7, len(tokenizer(answer[: answer.index(" END") + 4])["input_ids"]))]
     assert streamed[-1] == expected
@@ -271,7 +273,7 @@ def test_tracker_streams_whole_characters_and_cuts_at_a_stop(vlm):
 def test_end_token_finishes_a_row_with_stop(vlm):
     tokenizer = vlm.tokenizer
     ids = tokenizer("The cup.")["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    streamed, settled = _track(vlm, ids, Sampling(max_tokens=len(ids)), keep_grounding_tokens=False)
+    streamed, settled = _track(vlm, ids, GenerationParams(max_new_tokens=len(ids)), keep_grounding_tokens=False)
     assert settled == [Completion("The cup.", "stop", 7, len(ids))] and streamed[-1] == "The cup."
 
 
@@ -289,7 +291,7 @@ def test_streamed_text_is_always_the_final_text(vlm, data):
     stops = tuple(data.draw(st.lists(st.sampled_from([full[i:i + n] for i in range(len(full)) for n in (1, 2, 3)])
                                      if full.strip() else st.just("never"), max_size=2), label="stops"))
     stops = tuple(s for s in stops if s)
-    streamed, settled = _track(vlm, ids, Sampling(max_tokens=len(ids), stop=stops), keep)
+    streamed, settled = _track(vlm, ids, GenerationParams(max_new_tokens=len(ids), stop=stops), keep)
     (completion,) = settled
     assert all(completion.text.startswith(p) for p in streamed) and streamed[-1] == completion.text
     used = ids[: completion.completion_tokens]
@@ -316,7 +318,7 @@ def test_seeded_sampling_repeats_whatever_shares_the_batch(vlm, batch_sizes):
 
     async def body(engine):
         def submit(**sampling):
-            return engine.submit(Job(request, Sampling(max_tokens=12, **sampling), 6))
+            return engine.submit(Job(request, GenerationParams(max_new_tokens=12, **sampling), 6))
 
         seeded = [submit(temperature=1.5, seed=7), submit(temperature=1.5, seed=7), submit(temperature=1.5, seed=8)]
         others = [submit(), submit(seed=3), submit(temperature=1.5, top_p=0.9), submit(temperature=0.7, top_p=0.9)]
@@ -333,7 +335,7 @@ def test_seeded_sampling_repeats_whatever_shares_the_batch(vlm, batch_sizes):
 
 def test_cancel_a_queued_job(vlm, batch_sizes):
     async def body(engine):
-        streams = [engine.submit(Job(r, Sampling(max_tokens=4), 6)) for r in REQUESTS[:3]]
+        streams = [engine.submit(Job(r, GenerationParams(max_new_tokens=4), 6)) for r in REQUESTS[:3]]
         streams[1].cancel()
         with pytest.raises(asyncio.CancelledError):
             await streams[1].result()
@@ -363,8 +365,8 @@ def test_cancel_a_running_job_frees_its_row(vlm, monkeypatch):
     monkeypatch.setattr(core.Engine, "_advance", advance)
 
     async def body(engine):
-        gone = seen["gone"] = engine.submit(Job(REQUESTS[1], Sampling(max_tokens=15), 6))
-        stays = [engine.submit(Job(r, Sampling(max_tokens=15), 6)) for r in (REQUESTS[0], REQUESTS[3])]
+        gone = seen["gone"] = engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=15), 6))
+        stays = [engine.submit(Job(r, GenerationParams(max_new_tokens=15), 6)) for r in (REQUESTS[0], REQUESTS[3])]
         with pytest.raises(asyncio.CancelledError):
             await gone.result()
         return [await s.result() for s in stays], engine.core
@@ -379,9 +381,9 @@ def test_failing_preparation_fails_only_that_job(vlm, batch_sizes):
     context = vlm.model.config.text_config.max_position_embeddings
 
     async def body(engine):
-        bad = engine.submit(Job(mismatch, Sampling(max_tokens=4), 6))
-        too_long = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=context), 6))
-        good = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=4), 6))
+        bad = engine.submit(Job(mismatch, GenerationParams(max_new_tokens=4), 6))
+        too_long = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=context), 6))
+        good = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=4), 6))
         for call in (bad.prepared, bad.result, lambda: _collect(bad)):
             with pytest.raises(ValueError, match=r"for 1 picture\(s\)"):
                 await call()
@@ -407,11 +409,11 @@ def test_failing_generation_fails_its_batch_and_the_loop_goes_on(vlm, monkeypatc
     monkeypatch.setattr(core.Engine, "_prefill", flaky)
 
     async def body(engine):
-        first = [engine.submit(Job(r, Sampling(max_tokens=3), 6)) for r in REQUESTS[:2]]
+        first = [engine.submit(Job(r, GenerationParams(max_new_tokens=3), 6)) for r in REQUESTS[:2]]
         for stream in first:
             with pytest.raises(RuntimeError, match="out of memory"):
                 await stream.result()
-        return await engine.submit(Job(REQUESTS[0], Sampling(max_tokens=3), 6)).result()
+        return await engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=3), 6)).result()
 
     assert _serve(vlm, body).text == _alone(vlm, REQUESTS[0], 3)[0]
 
@@ -420,10 +422,10 @@ def test_stop_drains_submitted_jobs_and_refuses_new_ones(vlm):
     async def main():
         engine = Engine(vlm, max_batch_size=2)
         await engine.start()
-        streams = [engine.submit(Job(r, Sampling(max_tokens=5), 6)) for r in REQUESTS[:3]]
+        streams = [engine.submit(Job(r, GenerationParams(max_new_tokens=5), 6)) for r in REQUESTS[:3]]
         await engine.stop()
         with pytest.raises(RuntimeError, match="not running"):
-            engine.submit(Job(REQUESTS[0], Sampling(max_tokens=5), 6))
+            engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=5), 6))
         return [s._done.result() for s in streams]  # already resolved: stop() returned after them
 
     done = asyncio.run(main())
@@ -432,21 +434,21 @@ def test_stop_drains_submitted_jobs_and_refuses_new_ones(vlm):
 
 def test_full_queue_is_refused_until_a_slot_frees(vlm):
     async def body(engine):
-        streams = [engine.submit(Job(r, Sampling(max_tokens=2), 6)) for r in REQUESTS[:2]]
+        streams = [engine.submit(Job(r, GenerationParams(max_new_tokens=2), 6)) for r in REQUESTS[:2]]
         with pytest.raises(QueueFull, match="max_queue=2"):
-            engine.submit(Job(REQUESTS[2], Sampling(max_tokens=2), 6))
+            engine.submit(Job(REQUESTS[2], GenerationParams(max_new_tokens=2), 6))
         streams[0].cancel()
-        streams.append(engine.submit(Job(REQUESTS[2], Sampling(max_tokens=2), 6)))
+        streams.append(engine.submit(Job(REQUESTS[2], GenerationParams(max_new_tokens=2), 6)))
         await streams[2].result()
         await streams[1].result()
-        return engine.submit(Job(REQUESTS[3], Sampling(max_tokens=2), 6))
+        return engine.submit(Job(REQUESTS[3], GenerationParams(max_new_tokens=2), 6))
 
     _serve(vlm, body, max_queue=2)
 
 
 def test_cancelling_the_waiting_task_cancels_the_job(vlm):
     async def body(engine):
-        stream = engine.submit(Job(REQUESTS[0], Sampling(max_tokens=3), 6))
+        stream = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=3), 6))
         waiter = asyncio.ensure_future(stream.result())
         await asyncio.sleep(0)
         waiter.cancel()
@@ -459,15 +461,16 @@ def test_cancelling_the_waiting_task_cancels_the_job(vlm):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 2.5}, "max_tokens"), ({"max_tokens": 4, "temperature": -1},
-                                                                            "temperature"),
-    ({"max_tokens": 4, "top_p": 0}, "top_p"), ({"max_tokens": 4, "stop": ("",)}, "stop"),
-    ({"max_tokens": 4, "stop": ["x"]}, "stop"), ({"max_tokens": 4, "min_tokens": 5}, "min_tokens"),
-    ({"max_tokens": 4, "min_tokens": -1}, "min_tokens"), ({"max_tokens": 4, "min_tokens": True}, "min_tokens"),
+    ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": 2.5}, "max_new_tokens"),
+    ({"max_new_tokens": 4, "temperature": -1}, "temperature"), ({"max_new_tokens": 4, "top_p": 0}, "top_p"),
+    ({"max_new_tokens": 4, "stop": ("",)}, "stop"), ({"max_new_tokens": 4, "stop": ["x"]}, "stop"),
+    ({"max_new_tokens": 4, "min_new_tokens": 5}, "min_new_tokens"),
+    ({"max_new_tokens": 4, "min_new_tokens": -1}, "min_new_tokens"),
+    ({"max_new_tokens": 4, "min_new_tokens": True}, "min_new_tokens"),
 ])
 def test_bad_sampling_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        Sampling(**kwargs)
+        GenerationParams(**kwargs)
 
 
 @pytest.fixture
@@ -483,8 +486,9 @@ def test_min_tokens_holds_back_an_end_token_that_comes_first(vlm, ends_first):
     assert len(ids) == 4 and ends_first not in ids[:3] and ids[3] == ends_first
 
     async def body(engine):
-        plain = await engine.submit(Job(request, Sampling(max_tokens=8), 6)).result()
-        return plain, await _collect(engine.submit(Job(request, Sampling(max_tokens=8, min_tokens=3), 6)))
+        plain = await engine.submit(Job(request, GenerationParams(max_new_tokens=8), 6)).result()
+        held = engine.submit(Job(request, GenerationParams(max_new_tokens=8, min_new_tokens=3), 6))
+        return plain, await _collect(held)
 
     plain, (streamed, held) = _serve(vlm, body)
     assert (plain.text, plain.completion_tokens) == ("", 1)
@@ -494,7 +498,7 @@ def test_min_tokens_holds_back_an_end_token_that_comes_first(vlm, ends_first):
 
 def test_min_tokens_holds_when_sampling_with_top_p(vlm, ends_first):
     """The end token is masked before top-p keeps the likeliest tokens: top-p cannot keep only the masked one."""
-    sampling = Sampling(max_tokens=8, temperature=1.0, top_p=0.5, seed=3, min_tokens=3)
+    sampling = GenerationParams(max_new_tokens=8, temperature=1.0, top_p=0.5, seed=3, min_new_tokens=3)
 
     async def body(engine):
         return await engine.submit(Job(REQUESTS[1], sampling, 6)).result()
@@ -503,7 +507,8 @@ def test_min_tokens_holds_when_sampling_with_top_p(vlm, ends_first):
 
 
 def test_rows_with_different_min_tokens_share_a_batch_and_equal_their_lone_runs(vlm, ends_first, batch_sizes):
-    jobs = [Job(REQUESTS[0], Sampling(max_tokens=8), 6), Job(REQUESTS[1], Sampling(max_tokens=8, min_tokens=3), 6)]
+    jobs = [Job(REQUESTS[0], GenerationParams(max_new_tokens=8), 6),
+            Job(REQUESTS[1], GenerationParams(max_new_tokens=8, min_new_tokens=3), 6)]
 
     async def body(engine):
         together = await asyncio.gather(*[engine.submit(job).result() for job in jobs])
@@ -528,7 +533,7 @@ def test_each_job_decodes_the_grounding_tags_its_own_way(vlm, monkeypatch, batch
     monkeypatch.setattr(core.Engine, "_sample", fixed)
 
     async def body(engine):
-        streams = [engine.submit(Job(REQUESTS[1], Sampling(max_tokens=30), 6, keep_grounding_tokens=keep))
+        streams = [engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=30), 6, keep_grounding_tokens=keep))
                    for keep in (True, False, None)]
         return await asyncio.gather(*[_collect(s) for s in streams])
 

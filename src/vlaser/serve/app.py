@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException
 
 from vlaser.errors import UserInputError
 from vlaser.inference.types import GenerationParams
-from vlaser.serve.engine import Completion, Job, QueueFull, Sampling, Stream
+from vlaser.serve.engine import Completion, Job, QueueFull, Stream
 from vlaser.serve.messages import MediaLimits, parse_chat_request
 from vlaser.serve.schema import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelCard, ModelList
 
@@ -165,10 +165,8 @@ async def _job(raw: dict, body: ChatCompletionRequest, limits: MediaLimits, defa
         raise APIError(400, f"{field} {sent} is over this server's cap of {max_tokens_cap} tokens", param=field)
     defaults = GenerationParams(max_new_tokens=min(default_max_tokens, max_tokens_cap))
     request, params = await anyio.to_thread.run_sync(parse_chat_request, raw, limits, defaults)
-    sampling = Sampling(max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-                        seed=params.seed, stop=params.stop, min_tokens=params.min_new_tokens)
     keep = None if body.skip_special_tokens is None else not body.skip_special_tokens
-    return Job(request=request, sampling=sampling, max_num=default_max_num, keep_grounding_tokens=keep)
+    return Job(request=request, params=params, max_tiles=default_max_num, keep_grounding_tokens=keep)
 
 
 async def _until_disconnect(request: Request) -> None:

@@ -6,7 +6,7 @@ The interface the server is written against (kept backward compatible)::
 
     engine = Engine(vlm, max_batch_size=8, max_wait_ms=10, max_queue=64, keep_grounding_tokens=True)
     await engine.start()                       # the worker thread and its loop
-    stream = engine.submit(Job(request, Sampling(max_tokens=256), max_num=12))   # QueueFull -> 429
+    stream = engine.submit(Job(request, GenerationParams(max_new_tokens=256), max_tiles=12))   # QueueFull -> 429
     await stream.prepared()                    # optional: raises a preparation error (e.g. UserInputError) first
     async for delta in stream: ...             # text deltas; their concatenation is the final text
     completion = await stream.result()         # Completion(text, finish_reason, prompt_tokens, completion_tokens)
@@ -18,7 +18,7 @@ rendered on a preparing thread, at most a batch ahead); a finished row frees its
 request is not held behind a long one. When nothing runs, the first job waits at most ``max_wait_ms`` for
 others to share its prefill. Every row decodes its own way (greedy, or sampled with its own temperature,
 top-p and seed: the same seed gives the same text whatever shares the batch) and ends on its own: end token,
-a stop string (cut before it), ``max_tokens`` or a cancel. Only the worker thread uses the model and the
+a stop string (cut before it), ``max_new_tokens`` or a cancel. Only the worker thread uses the model and the
 tokenizer. A job whose preparation fails (an ``<image>`` count mismatch, a prompt over the model's context:
 ``UserInputError``) fails alone; a failing forward fails the rows in it, and the engine keeps serving.
 """
@@ -41,38 +41,7 @@ from vlaser.inference.prepare import prepare
 from vlaser.inference.types import Completion, GenerationParams, Prepared, Request
 from vlaser.model.chat import answer_decoder
 
-__all__ = ["Completion", "Engine", "Job", "QueueFull", "Sampling", "Stream", "answer_decoder", "settled_prefix"]
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """One request's decoding settings; ``temperature == 0`` is greedy decoding."""
-
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()  #: the answer is cut before the first of these (which is not included)
-    min_tokens: int = 0  #: the end token is held back until this many tokens are generated (vLLM's min_tokens)
-
-    def __post_init__(self):
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if (isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int)
-                or not 0 <= self.min_tokens <= self.max_tokens):
-            raise ValueError(f"min_tokens must be an integer from 0 to max_tokens ({self.max_tokens}), "
-                             f"got {self.min_tokens!r}")
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
-            raise ValueError(f"stop must be a tuple of non-empty strings, got {self.stop!r}")
-
-    def params(self) -> GenerationParams:
-        """The engine's generation parameters for these settings."""
-        return GenerationParams(max_new_tokens=self.max_tokens, min_new_tokens=self.min_tokens,
-                                temperature=self.temperature, top_p=self.top_p, stop=self.stop, seed=self.seed)
+__all__ = ["Completion", "Engine", "Job", "QueueFull", "Stream", "answer_decoder", "settled_prefix"]
 
 
 @dataclass
@@ -80,8 +49,8 @@ class Job:
     """One chat request with its decoding settings and tile budget per image."""
 
     request: Request
-    sampling: Sampling
-    max_num: int  #: tiles per picture, unless the request sets a picture's own (``Picture.max_tiles``)
+    params: GenerationParams
+    max_tiles: int  #: tiles per picture, unless the request sets a picture's own (``Picture.max_tiles``)
     keep_grounding_tokens: bool | None = None  #: keep ``<ref>``/``<box>``/``<quad>`` tags; None: the engine's choice
 
 
@@ -238,7 +207,7 @@ class Engine:
 
     def _prepare(self, job: Job) -> Prepared:
         """Tile the pictures and render the prompt through the prepare step (on the preparing thread)."""
-        return prepare(job.request, self.vlm.model, max_tiles=job.max_num)
+        return prepare(job.request, self.vlm.model, max_tiles=job.max_tiles)
 
     # ---- the worker thread -------------------------------------------------------------------------------
 
@@ -294,7 +263,7 @@ class Engine:
         """Give a prepared job to the core (on the worker thread); a failed preparation fails only the job."""
         try:
             prepared = stream._prepared.result()
-            self.core.add(prepared, stream.job.sampling.params(), stream.job.keep_grounding_tokens,
+            self.core.add(prepared, stream.job.params, stream.job.keep_grounding_tokens,
                           on_delta=stream._push, tag=stream)
         except Exception as error:  # its preparation failed (or it was cancelled meanwhile: then a no-op)
             stream._settle(error=error)
