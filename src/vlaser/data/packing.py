@@ -114,7 +114,14 @@ class PackedSFTDataset(torch.utils.data.IterableDataset):
 
 
 class PackedCollator:
-    """Stack packed rows, padding each with a block of pad tokens (own positions, no loss)."""
+    """Stack packed rows, padding each with a block of pad tokens (own positions, no loss).
+
+    The batch also holds the sample boundaries, found here once instead of from the position ids in every
+    layer: ``cu_seq_lens_q``/``cu_seq_lens_k`` (int32 cumulative lengths over the flattened ``B * T`` tokens,
+    a row's padding block counting as a sample; transformers' flash-attention names), ``max_length_q``/
+    ``max_length_k`` (the longest, an int) and ``cu_seq_lens_host`` (the boundaries as a tuple of ints, which
+    the Trainer leaves on the host, for attention that loops over samples).
+    """
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -133,4 +140,17 @@ class PackedCollator:
         batch["image_flags"] = torch.cat([r["image_flags"] for r in rows])
         batch["skipped"] = [skip for r in rows for skip in r["skipped"]]
         batch["n_tokens"] = sum(sum(r["sample_lengths"]) for r in rows)
-        return batch
+        return batch | _boundaries(rows, length)
+
+
+def _boundaries(rows: Sequence[dict], length: int) -> dict:
+    """The variable-length attention inputs of rows padded to ``length`` tokens (see ``PackedCollator``)."""
+    lengths = []
+    for r in rows:
+        pad = length - sum(r["sample_lengths"])
+        lengths += r["sample_lengths"] + ([pad] if pad else [])
+    bounds = tuple(int(n) for n in np.cumsum([0] + lengths))
+    cu_seq_lens = torch.tensor(bounds, dtype=torch.int32)
+    longest = max(lengths)
+    return {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": longest,
+            "max_length_k": longest, "cu_seq_lens_host": bounds}
