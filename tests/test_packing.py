@@ -111,15 +111,28 @@ def test_oversized_samples_are_skipped_and_named(dataset):
         list(PackedSFTDataset(dataset, max_packed_tokens=lengths[0] - 1, num_images_expected=40)._epoch(0, []))
 
 
-def test_training_with_packing(tiny_original, tmp_path):
-    from test_train import colour_data, flags, losses
+def test_training_with_packing(tiny_original, tmp_path, monkeypatch):
+    from transformers import AttentionInterface
 
+    from test_train import colour_data, flags, losses
+    from vlaser.model import packed_attention
+
+    seen = []
+    real = packed_attention.packed_sdpa
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("cu_seq_lens_host"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(packed_attention, "packed_sdpa", recording)  # what `vlaser train` registers
+    monkeypatch.setitem(AttentionInterface._global_mapping, packed_attention.NAME, real)  # restored afterwards
     meta = colour_data(tmp_path, n_text=3)
     common = ["--use_packed_ds", "True", "--max_packed_tokens", "512", "--num_images_expected", "20",
               "--per_device_train_batch_size", "1", "--max_steps", "40", "--loss_reduction", "square"]
     out = train(flags(tiny_original, meta, tmp_path / "out", *common))
     curve = losses(out)
     assert len(curve) == 40 and curve[0] / min(curve[-5:]) > 5, curve
+    assert seen and all(isinstance(bounds, tuple) and bounds[0] == 0 for bounds in seen)  # the Trainer passes them on
     with pytest.raises(ValueError, match="max_steps"):
         train(flags(tiny_original, meta, tmp_path / "o2", "--use_packed_ds", "True"))
 
