@@ -140,15 +140,16 @@ class PackedCollator:
         batch["image_flags"] = torch.cat([r["image_flags"] for r in rows])
         batch["skipped"] = [skip for r in rows for skip in r["skipped"]]
         batch["n_tokens"] = sum(sum(r["sample_lengths"]) for r in rows)
-        return batch | _boundaries(rows, length)
+        return batch | sample_boundaries([r["sample_lengths"] for r in rows], length)
 
 
-def _boundaries(rows: Sequence[dict], length: int) -> dict:
-    """The variable-length attention inputs of rows padded to ``length`` tokens (see ``PackedCollator``)."""
-    lengths = []
-    for r in rows:
-        pad = length - sum(r["sample_lengths"])
-        lengths += r["sample_lengths"] + ([pad] if pad else [])
+def sample_boundaries(rows: Sequence[Sequence[int]], length: int) -> dict:
+    """The variable-length attention inputs (see ``PackedCollator``) of rows of samples of the given lengths,
+    each row padded to ``length`` tokens."""
+    lengths: list[int] = []
+    for row in rows:
+        pad = length - sum(row)
+        lengths += list(row) + ([pad] if pad else [])
     bounds = tuple(int(n) for n in np.cumsum([0] + lengths))
     cu_seq_lens = torch.tensor(bounds, dtype=torch.int32)
     longest = max(lengths)
