@@ -4,7 +4,8 @@ Samples are drawn in a seeded shuffled order and placed first-fit into a buffer 
 by ``max_packed_tokens`` tokens and ``num_images_expected`` tiles; a pack leaves the buffer when it is
 full or when the buffer overflows (the fullest goes). Position ids restart at every sample and no
 attention mask is passed, which makes transformers build a block-diagonal causal mask (or call
-variable-length flash-attention), so a packed row computes exactly what its samples would alone.
+variable-length flash-attention), so a packed row computes exactly what its samples would alone; the
+collator also gives the sample boundaries (``cu_seq_lens_q`` ...), so attention need not find them.
 Each token carries its sample's ``len2weight``, so ``--loss_reduction`` weighs samples as InternVL does.
 """
 
