@@ -5,8 +5,10 @@ fused AdamW whose states are bf16 like the parameters (pure-bf16 training: what 
 16 GB weights + 16 GB grads + 32 GB states), packed rows of --tokens tokens with --tiles tiles each.
 Prints tokens/s, MFU against --peak-tflops, peak memory and the share of the step spent in the loss head.
 `--tiny` runs the same code path with the tiny test model on the CPU, to check the script itself.
+The rows carry their sample boundaries as `vlaser train`'s packed collator gives them (torch's variable-length
+kernel on CUDA); `--boundaries positions` leaves them out, so attention finds them from the position ids per layer.
 Usage: python bench/gpu_train_throughput.py --size 2b|8b [--loss chunked|plain] [--checkpointing 0|1|k]
-       [--compile] [--tokens 16384] [--tiles 24] [--steps 6] [--peak-tflops 989]
+       [--compile] [--tokens 16384] [--tiles 24] [--steps 6] [--peak-tflops 989] [--boundaries batch|positions]
 """
 
 import argparse
@@ -15,6 +17,7 @@ import time
 
 import torch
 
+from vlaser.data.packing import sample_boundaries
 from vlaser.model.chat import InternVLChat
 from vlaser.model.convert import original_to_hf_config
 from vlaser.model.loading import build_hf_config
@@ -121,6 +124,8 @@ def main() -> None:
     ap.add_argument("--samples-per-row", type=int, default=8)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100/H200 SXM: 989)")
+    ap.add_argument("--boundaries", choices=["batch", "positions"], default="batch",
+                    help="sample boundaries from the batch (as vlaser train) or from the position ids per layer")
     ap.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (checks the script)")
     args = ap.parse_args()
     device = "cpu" if args.tiny else "cuda"
@@ -141,6 +146,9 @@ def main() -> None:
                  loss_weight=torch.rand(1, args.tokens, device=device),
                  pixel_values=torch.randn(args.tiles, 3, size, size, device=device, dtype=dtype),
                  image_flags=torch.ones(args.tiles, dtype=torch.long, device=device))
+    if args.boundaries == "batch":
+        bounds = sample_boundaries([seq_lens], args.tokens)
+        batch |= {k: v.to(device) if torch.is_tensor(v) else v for k, v in bounds.items()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")  # states in the params' dtype
     times, losses = [], []
     for _ in range(args.steps):
@@ -158,8 +166,8 @@ def main() -> None:
     share = loss_seconds(model, batch, args.loss, device) / t
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"device={name} size={'tiny' if args.tiny else args.size} "
-          f"loss={args.loss} checkpointing={args.checkpointing} compile={args.compile} tokens/row={args.tokens} "
-          f"tiles/row={args.tiles} step={t:.3f}s")
+          f"loss={args.loss} checkpointing={args.checkpointing} compile={args.compile} boundaries={args.boundaries} "
+          f"tokens/row={args.tokens} tiles/row={args.tiles} step={t:.3f}s")
     print(f"tokens/s={args.tokens / t:,.0f}  model TFLOP/s={flops / t / 1e12:.1f}  "
           f"MFU={flops / t / (args.peak_tflops * 1e12):.1%} (peak {args.peak_tflops} TFLOP/s)  "
           f"loss head={share:.1%} of the step")

@@ -111,15 +111,28 @@ def test_oversized_samples_are_skipped_and_named(dataset):
         list(PackedSFTDataset(dataset, max_packed_tokens=lengths[0] - 1, num_images_expected=40)._epoch(0, []))
 
 
-def test_training_with_packing(tiny_original, tmp_path):
-    from test_train import colour_data, flags, losses
+def test_training_with_packing(tiny_original, tmp_path, monkeypatch):
+    from transformers import AttentionInterface
 
+    from test_train import colour_data, flags, losses
+    from vlaser.model import packed_attention
+
+    seen = []
+    real = packed_attention.packed_sdpa
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("cu_seq_lens_host"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(packed_attention, "packed_sdpa", recording)  # what `vlaser train` registers
+    monkeypatch.setitem(AttentionInterface._global_mapping, packed_attention.NAME, real)  # restored afterwards
     meta = colour_data(tmp_path, n_text=3)
     common = ["--use_packed_ds", "True", "--max_packed_tokens", "512", "--num_images_expected", "20",
               "--per_device_train_batch_size", "1", "--max_steps", "40", "--loss_reduction", "square"]
     out = train(flags(tiny_original, meta, tmp_path / "out", *common))
     curve = losses(out)
     assert len(curve) == 40 and curve[0] / min(curve[-5:]) > 5, curve
+    assert seen and all(isinstance(bounds, tuple) and bounds[0] == 0 for bounds in seen)  # the Trainer passes them on
     with pytest.raises(ValueError, match="max_steps"):
         train(flags(tiny_original, meta, tmp_path / "o2", "--use_packed_ds", "True"))
 
@@ -196,3 +209,129 @@ def test_checkpointing_every_kth_layer_keeps_the_gradients(tiny_original, datase
     model(**batch).loss.backward()
     for want, p in zip(expected, model.parameters()):
         torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-7)
+
+
+def _row(lengths: list[int]) -> dict:
+    """A packed row of text-only samples of the given lengths."""
+    return pack_samples([{"input_ids": torch.arange(n) + 10, "labels": torch.arange(n) + 10,
+                          "pixel_values": torch.zeros(0, 3, 2, 2), "image_flags": torch.zeros(0, dtype=torch.long)}
+                         for n in lengths], "token")
+
+
+def test_collator_gives_the_sample_boundaries_once():
+    from vlaser.model.packed_attention import _segments
+
+    batch = PackedCollator(0)([_row([3, 5]), _row([4])])  # rows of 8 tokens: the second gets a 4-token pad block
+    assert batch["cu_seq_lens_host"] == (0, 3, 8, 12, 16)
+    for key in ("cu_seq_lens_q", "cu_seq_lens_k"):
+        assert batch[key].dtype == torch.int32 and batch[key].tolist() == [0, 3, 8, 12, 16]
+    assert batch["max_length_q"] == batch["max_length_k"] == 5 and isinstance(batch["max_length_q"], int)
+    from_positions = [b * 8 + start for b in range(2) for start, _ in _segments(batch["position_ids"][b])] + [16]
+    assert tuple(from_positions) == batch["cu_seq_lens_host"]
+    assert PackedCollator(0)([_row([2, 6])])["cu_seq_lens_host"] == (0, 2, 8)  # no padding, no pad block
+
+
+def _without_boundaries(batch: dict) -> dict:
+    drop = ("skipped", "n_tokens", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "cu_seq_lens_host")
+    return {k: v for k, v in batch.items() if k not in drop}
+
+
+def _loss_and_grads(model, inputs: dict):
+    model.zero_grad()
+    loss = model(**inputs).loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.fixture
+def packed_batch(tiny_original, dataset):
+    """The tiny model on per-sample attention and two packed rows of different lengths (one padded)."""
+    import vlaser
+    from vlaser.model.packed_attention import use_packed_attention
+
+    model, tok = vlaser.load_model(tiny_original, dtype=torch.float32, device="cpu")
+    use_packed_attention(model)
+    model.train()
+    samples = [dataset[i] for i in range(len(dataset))]
+    batch = PackedCollator(tok.pad_token_id)([pack_samples(samples[:4], "token"), pack_samples(samples[4:], "token")])
+    assert batch["cu_seq_lens_host"][-1] == batch["input_ids"].numel() and len(batch["cu_seq_lens_host"]) == 9
+    return model, batch
+
+
+def test_boundaries_from_the_batch_give_bit_equal_loss_and_grads(packed_batch):
+    model, batch = packed_batch
+    from_positions = _loss_and_grads(model, _without_boundaries(batch))
+    from_batch = _loss_and_grads(model, {k: v for k, v in batch.items() if k not in ("skipped", "n_tokens")})
+    assert torch.equal(from_batch[0], from_positions[0])
+    assert len(from_batch[1]) == len(from_positions[1]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(from_batch[1], from_positions[1]))
+
+
+def test_boundaries_from_the_batch_read_nothing_back_per_layer(packed_batch, monkeypatch):
+    """With the batch's boundaries no layer copies device values to the host, in forward or in recompute."""
+    from transformers import AttentionInterface
+
+    from vlaser.model import packed_attention
+    from vlaser.train.trainer import checkpoint_every
+
+    model, batch = packed_batch
+    checkpoint_every(model, 1)
+    inside, reads, calls = [False], [], []
+
+    def watched(*args, **kwargs):
+        calls.append(kwargs.get("cu_seq_lens_host"))
+        inside[0] = True
+        try:
+            return packed_attention.packed_sdpa(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    def counting(name, original):
+        def wrapper(*args, **kwargs):
+            if inside[0]:
+                reads.append(name)
+            return original(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, packed_attention.NAME, watched)
+    for name in ("tolist", "item", "nonzero"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch, "nonzero", counting("torch.nonzero", torch.nonzero))
+    layers = model.config.text_config.num_hidden_layers
+
+    _loss_and_grads(model, _without_boundaries(batch))  # the check can fail: position ids are read back
+    assert len(calls) == 2 * layers and "tolist" in reads and "torch.nonzero" in reads
+    calls.clear()
+    reads.clear()
+    _loss_and_grads(model, {k: v for k, v in batch.items() if k not in ("skipped", "n_tokens")})
+    assert calls == [batch["cu_seq_lens_host"]] * (2 * layers)  # they reach every layer, forward and recompute
+    assert reads == []
+
+
+@pytest.mark.gpu
+def test_cuda_varlen_kernel_matches_per_sample_sdpa():
+    """torch's variable-length kernel (grouped KV heads, bf16) against SDPA per sample, with no host sync."""
+    from vlaser.model import packed_attention
+
+    torch.manual_seed(0)
+    lengths = [[37, 1, 90], [64, 64]]  # two rows of 128 tokens
+    bounds = tuple(int(n) for n in torch.tensor([0] + [n for row in lengths for n in row]).cumsum(0))
+    positions = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lengths]).cuda()
+    q = torch.randn(2, 8, 128, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(2, 2, 128, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    module = torch.nn.Module().eval()
+    cu = torch.tensor(bounds, dtype=torch.int32, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fast = packed_attention.packed_sdpa(module, q, k, v, None, scaling=0.125, cu_seq_lens_q=cu, max_length_q=90,
+                                            cu_seq_lens_host=bounds)[0]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert packed_attention._kernel["cuda"] is not None, "the varlen kernel did not run"
+    fast_grads = torch.autograd.grad(fast.float().square().sum(), (q, k, v))
+    slow = packed_attention.packed_sdpa(module, q, k, v, None, scaling=0.125, position_ids=positions)[0]
+    slow_grads = torch.autograd.grad(slow.float().square().sum(), (q, k, v))
+    torch.testing.assert_close(fast, slow, atol=2e-3, rtol=1.6e-2)
+    for a, b in zip(fast_grads, slow_grads):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=1.6e-2)

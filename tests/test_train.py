@@ -237,3 +237,17 @@ def test_trained_checkpoints_follow_the_umask(tiny_original, tmp_path, umask):
     got = modes(out)
     assert {"model.safetensors", "checkpoint-2/model.safetensors", "config.json"} <= set(got)
     assert got == {name: 0o755 if (out / name).is_dir() else 0o644 for name in got}
+
+
+@pytest.mark.parametrize(("optim", "device", "fused"), [
+    ("adamw_torch", "cuda", True), ("adamw_torch", "cpu", None), ("adamw_torch_fused", "cpu", True),
+    ("sgd", "cuda", None)])
+def test_adamw_is_fused_on_cuda(tmp_path, monkeypatch, optim, device, fused):
+    from transformers import TrainingArguments
+
+    from vlaser.train.trainer import SFTTrainer
+
+    monkeypatch.setattr(TrainingArguments, "device", property(lambda self: torch.device(device)))
+    args = TrainingArguments(output_dir=str(tmp_path), optim=optim, report_to=[])
+    _, kwargs = SFTTrainer.get_optimizer_cls_and_kwargs(args)
+    assert kwargs.get("fused") is fused

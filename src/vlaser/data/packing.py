@@ -4,7 +4,8 @@ Samples are drawn in a seeded shuffled order and placed first-fit into a buffer 
 by ``max_packed_tokens`` tokens and ``num_images_expected`` tiles; a pack leaves the buffer when it is
 full or when the buffer overflows (the fullest goes). Position ids restart at every sample and no
 attention mask is passed, which makes transformers build a block-diagonal causal mask (or call
-variable-length flash-attention), so a packed row computes exactly what its samples would alone.
+variable-length flash-attention), so a packed row computes exactly what its samples would alone; the
+collator also gives the sample boundaries (``cu_seq_lens_q`` ...), so attention need not find them.
 Each token carries its sample's ``len2weight``, so ``--loss_reduction`` weighs samples as InternVL does.
 """
 
@@ -114,7 +115,14 @@ class PackedSFTDataset(torch.utils.data.IterableDataset):
 
 
 class PackedCollator:
-    """Stack packed rows, padding each with a block of pad tokens (own positions, no loss)."""
+    """Stack packed rows, padding each with a block of pad tokens (own positions, no loss).
+
+    The batch also holds the sample boundaries, found here once instead of from the position ids in every
+    layer: ``cu_seq_lens_q``/``cu_seq_lens_k`` (int32 cumulative lengths over the flattened ``B * T`` tokens,
+    a row's padding block counting as a sample; transformers' flash-attention names), ``max_length_q``/
+    ``max_length_k`` (the longest, an int) and ``cu_seq_lens_host`` (the boundaries as a tuple of ints, which
+    the Trainer leaves on the host, for attention that loops over samples).
+    """
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -133,4 +141,18 @@ class PackedCollator:
         batch["image_flags"] = torch.cat([r["image_flags"] for r in rows])
         batch["skipped"] = [skip for r in rows for skip in r["skipped"]]
         batch["n_tokens"] = sum(sum(r["sample_lengths"]) for r in rows)
-        return batch
+        return batch | sample_boundaries([r["sample_lengths"] for r in rows], length)
+
+
+def sample_boundaries(rows: Sequence[Sequence[int]], length: int) -> dict:
+    """The variable-length attention inputs (see ``PackedCollator``) of rows of samples of the given lengths,
+    each row padded to ``length`` tokens."""
+    lengths: list[int] = []
+    for row in rows:
+        pad = length - sum(row)
+        lengths += list(row) + ([pad] if pad else [])
+    bounds = tuple(int(n) for n in np.cumsum([0] + lengths))
+    cu_seq_lens = torch.tensor(bounds, dtype=torch.int32)
+    longest = max(lengths)
+    return {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": longest,
+            "max_length_k": longest, "cu_seq_lens_host": bounds}

@@ -1,7 +1,8 @@
 """``SFTTrainer``: transformers' Trainer with InternVL's loss inputs, per-module learning rates, skip counts.
 
-Only public hooks are overridden (``compute_loss``, ``create_optimizer``, ``_get_train_sampler``, ``log``);
-DeepSpeed, FSDP, mixed precision, accumulation, checkpointing and resuming are the engine's.
+Only public hooks are overridden (``compute_loss``, ``create_optimizer``, ``get_optimizer_cls_and_kwargs``,
+``_get_train_sampler``, ``log``); DeepSpeed, FSDP, mixed precision, accumulation, checkpointing and resuming
+are the engine's.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.training_args import OptimizerNames
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,14 @@ class SFTTrainer(Trainer):
             [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()], **optimizer_kwargs
         )
         return self.optimizer
+
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args, model=None):
+        """The Trainer's choice, with ``adamw_torch`` fused on CUDA (one kernel per step, not one per tensor)."""
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        if args.optim == OptimizerNames.ADAMW_TORCH and args.device.type == "cuda":
+            optimizer_kwargs["fused"] = True
+        return optimizer_cls, optimizer_kwargs
 
     def _get_train_sampler(self, train_dataset=None):
         if self.sample_weights is not None:  # --use_data_resampling
