@@ -4,6 +4,8 @@ import torch
 
 import vlaser
 from media import solid_image
+from vlaser.inference import Completion, GenerationParams
+from vlaser.inference.engine import Engine
 
 VLM_SETTINGS = {"max_new_tokens": 10}  # the conftest ``vlm``'s; the tests compare against chat(max_new_tokens=10)
 
@@ -44,24 +46,24 @@ def test_session_is_multi_turn_chat(vlm):
 def test_point_parses_and_scales(vlm, monkeypatch):
     seen = {}
 
-    def fake_generate_answers(tokenizer, prompts, pixel_values, generation_config, keep_grounding_tokens=False):
-        seen.update(prompts=prompts, tiles=pixel_values.shape[0], gen=generation_config, keep=keep_grounding_tokens)
-        return ["<point>[[500, 250], [100, 900]]</point> <ref>cup</ref><box>[[0, 0, 500, 500]]</box>"], [False]
+    def fake_generate(engine, items, params):
+        seen.update(prompts=[i.prompt for i in items], tiles=items[0].pixel_values.shape[0], params=params,
+                    keep=engine.keep_grounding_tokens)
+        return [Completion("<point>[[500, 250], [100, 900]]</point> <ref>cup</ref><box>[[0, 0, 500, 500]]</box>")]
 
-    monkeypatch.setattr(vlm.model, "generate_answers", fake_generate_answers)
+    monkeypatch.setattr(Engine, "generate", fake_generate)
     answer = vlm.point(solid_image((0, 0, 0), (640, 480)), "Point to the cup.")
     assert answer.points == [(500.0, 250.0), (100.0, 900.0)]
     assert answer.pixels == [(320, 120), (64, 432)]
     assert answer.box_pixels == [(0, 0, 320, 240)]
     assert vlaser.POINT_PROMPT + " Point to the cup.<|im_end|>" in seen["prompts"][0]
-    assert seen["gen"] == {"max_new_tokens": 100, "do_sample": False} and seen["keep"]
+    assert seen["params"] == GenerationParams(max_new_tokens=100) and seen["keep"]
 
 
 def test_point_uses_at_most_six_tiles(vlm, monkeypatch):
     tiles = {}
-    monkeypatch.setattr(vlm.model, "generate_answers",
-                        lambda tok, prompts, pv, gen, keep_grounding_tokens=False: tiles.setdefault("n", pv.shape[0])
-                        and ([""], [False]))
+    monkeypatch.setattr(Engine, "generate", lambda engine, items, params: tiles.setdefault(
+        "n", items[0].pixel_values.shape[0]) and [Completion("")])
     vlm.point(solid_image((0, 0, 0), (1000, 1000)), "Point.")
     assert tiles["n"] == 5  # a 2x2 grid plus the thumbnail; with 12 tiles it would be 3x3 plus the thumbnail
 

@@ -13,6 +13,8 @@ import vlaser
 from vlaser import VLM
 from vlaser.cli import main
 from vlaser.data.config import DataConfig
+from vlaser.inference import Completion
+from vlaser.inference.engine import Engine
 from vlaser.model.checkpoint import CheckpointError
 from vlaser.model.convert import DEFAULT_CHAT_SETTINGS
 from vlaser.model.settings import ProcessorSettings
@@ -117,12 +119,10 @@ def test_explicit_max_num_overrides_the_checkpoint(four_no_thumbnail):
     assert vlm.media(image, max_num=6).num_patches == [6]  # still the checkpoint's: no thumbnail
     assert VLM(vlm.model, vlm.tokenizer, max_num=2).media(image).num_patches == [2]
     seen = {}
-    vlm.model.generate_answers = lambda tok, prompts, pv, gen, keep_grounding_tokens=False: (
-        seen.setdefault("tiles", pv.shape[0]), ([""], [False]))[1]
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Engine, "generate", lambda engine, items, params: (
+            seen.setdefault("tiles", items[0].pixel_values.shape[0]), [Completion("")])[1])
         vlm.point(image, "Point.")
-    finally:
-        del vlm.model.generate_answers
     assert seen["tiles"] == 6  # the point protocol keeps its 6 tiles
 
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
 from vlaser.errors import UserInputError
-from vlaser.inference import Completion, Picture, Prepared, Request
+from vlaser.inference import Completion, GenerationParams, Picture, Prepared, Request
+from vlaser.inference.engine import Engine
 from vlaser.inference.prepare import place_tags, prepare, tile, tile_limit
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageInput, read_video_frames, to_pil
@@ -153,14 +154,30 @@ class VLM:
         prepared = [self.prepare(m, self.request(m, q, s)) for m, q, s in zip(media, questions, systems)]
         return self.complete(prepared, generation, keep_grounding_tokens)
 
-    def complete(self, prepared: Sequence[Prepared], generation: dict,
+    def complete(self, prepared: Sequence[Prepared], generation: Mapping | GenerationParams,
                  keep_grounding_tokens: bool = False) -> list[Completion]:
-        """Completions of prepared requests, in one left-padded batch."""
-        tiles = [p.pixel_values for p in prepared if p.pixel_values is not None]
-        texts, cut = self.model.generate_answers(self.tokenizer, [p.prompt for p in prepared],
-                                                 torch.cat(tiles) if tiles else None, self._gen(generation),
-                                                 keep_grounding_tokens=keep_grounding_tokens)
-        return [Completion(text, "length" if truncated else "stop") for text, truncated in zip(texts, cut)]
+        """Completions of prepared requests through the engine (continuous batching; greedy answers equal the
+        batch-1 ``model.chat`` loop); ``generation`` is the engine's parameters or transformers' keywords."""
+        params = generation if isinstance(generation, GenerationParams) else self.generation_params(generation)
+        engine = Engine(self.model, self.tokenizer, max_batch_size=max(1, len(prepared)),
+                        keep_grounding_tokens=keep_grounding_tokens)
+        return engine.generate(prepared, params)
+
+    def generation_params(self, generation: Mapping) -> GenerationParams:
+        """transformers' ``generate`` keywords, as the seed's ``generation_config`` writes them, as the engine's
+        parameters (``max_new_tokens`` defaults to this VLM's); a keyword the engine lacks is an error."""
+        unknown = sorted(set(generation) - GENERATE_KEYWORDS)
+        if unknown:
+            raise UserInputError(f"generation settings {unknown} are not supported here (supported: "
+                                 f"{sorted(GENERATE_KEYWORDS)}); model.chat and model.batch_chat take every "
+                                 "transformers setting")
+        sample = bool(generation.get("do_sample", False))
+        return GenerationParams(
+            max_new_tokens=generation.get("max_new_tokens", self.max_new_tokens),
+            min_new_tokens=generation.get("min_new_tokens", 0),
+            temperature=float(generation.get("temperature", 1.0)) if sample else 0.0,
+            top_p=float(generation.get("top_p", 1.0)) if sample else 1.0,
+            seed=generation.get("seed"), stop=tuple(generation.get("stop", ())))
 
     def point(self, image: ImageInput, query: str, max_num: int | None = POINT_TILES, max_new_tokens: int = 100,
               prompt: bool = True, **generation) -> PointAnswer:
@@ -188,6 +205,11 @@ class VLM:
                 num_segments: int = 8) -> Session:
         """A multi-turn conversation about fixed media (the original ``chat`` with ``history``)."""
         return Session(self, self.media(images, video, max_num, num_segments))
+
+
+#: The ``generate`` keywords :meth:`VLM.generation_params` understands (top-k off, as the engine samples).
+GENERATE_KEYWORDS = frozenset({"max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_p", "seed",
+                               "stop"})
 
 
 class Session:

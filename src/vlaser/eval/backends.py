@@ -124,18 +124,8 @@ class TransformersBackend:
         return call(*args)
 
     def generate(self, prepared: Sequence[Prepared], params: GenerationParams) -> list[Completion]:
-        """Completions of prepared requests, in one batch."""
-        return self.vlm.complete(prepared, _generate_kwargs(params))
-
-
-def _generate_kwargs(params: GenerationParams) -> dict:
-    """transformers' ``generate`` arguments for ``params`` (``min_new_tokens`` only when set)."""
-    out: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": not params.greedy}
-    if not params.greedy:
-        out.update(temperature=params.temperature, top_p=params.top_p)
-    if params.min_new_tokens:
-        out["min_new_tokens"] = params.min_new_tokens
-    return out
+        """Completions of prepared requests, through the engine."""
+        return self.vlm.complete(prepared, params)
 
 
 def _data_url(picture: Path | Image.Image) -> str:
