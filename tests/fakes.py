@@ -92,7 +92,7 @@ class ScriptedBackend:
     def prepare(self, request, pending=None):
         return request
 
-    def generate(self, requests, params):
+    def generate(self, requests, params, max_batch_size=None):
         self.requests += list(requests)
         self.asked += [place_tags(request) for request in requests]
         self.generation = params

@@ -107,15 +107,15 @@ def test_frames_follow_the_benchmarks_choice(tmp_path):
 
 
 class CountingBackend(TransformersBackend):
-    """The tiny model, recording each generate call's batch size."""
+    """The tiny model, recording each generate call's items and the rows decoding together."""
 
     def __init__(self, path):
         super().__init__(str(path), dtype=torch.float32, device="cpu")
         self.batches = []
 
-    def generate(self, prepared, generation):
-        self.batches.append(len(prepared))
-        return super().generate(prepared, generation)
+    def generate(self, prepared, generation, max_batch_size=None):
+        self.batches.append((len(prepared), max_batch_size))
+        return super().generate(prepared, generation, max_batch_size)
 
 
 @pytest.mark.slow
@@ -125,7 +125,7 @@ def test_batched_mixed_media_equals_one_by_one_and_errors_are_retried(tiny_origi
     bench = ClipQA()
     one = run(bench, backend, data, tmp_path / "one", batch_size=1)
     many = run(bench, backend, data, tmp_path / "many", batch_size=6)
-    assert backend.batches == [1] * 6 + [6]
+    assert backend.batches == [(4, 1), (2, 1), (6, 6)]  # windows of 4 batches; rows decode 1 or 6 at a time
     first = json.loads((tmp_path / "one" / "predictions.jsonl").read_text().splitlines()[0])
     assert (tmp_path / "one" / "predictions.jsonl").read_text() == (tmp_path / "many" / "predictions.jsonl").read_text()
     assert first["prompt"].startswith("Frame-1: <image>\nFrame-2: <image>\nFrame-3: <image>\nFrame-4: <image>\n")
@@ -144,7 +144,7 @@ def test_batched_mixed_media_equals_one_by_one_and_errors_are_retried(tiny_origi
     write_counter_video(data / "clip4.mp4", 48)
     backend.batches.clear()
     again = run(bench, backend, data, out, batch_size=3)
-    assert backend.batches == [2] and again["n_errors"] == 0  # only the two failed items are asked again
+    assert backend.batches == [(2, 3)] and again["n_errors"] == 0  # only the two failed items are asked again
     assert read_predictions(out / "predictions.jsonl") == read_predictions(tmp_path / "many" / "predictions.jsonl")
     with pytest.raises(ValueError, match="frames"):
         run(bench, backend, data, out, frames=8)
@@ -222,7 +222,7 @@ def test_each_clip_is_decoded_once_and_answers_are_stored_in_item_order(tmp_path
         def prepare(self, request, pending=None):
             return request
 
-        def generate(self, requests, params):
+        def generate(self, requests, params, max_batch_size=None):
             return [Completion(str(frame_index(r.pictures[-1].source))) for r in requests]
 
     decoded = []

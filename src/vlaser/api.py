@@ -155,11 +155,12 @@ class VLM:
         return self.complete(prepared, generation, keep_grounding_tokens)
 
     def complete(self, prepared: Sequence[Prepared], generation: Mapping | GenerationParams,
-                 keep_grounding_tokens: bool = False) -> list[Completion]:
-        """Completions of prepared requests through the engine (continuous batching; greedy answers equal the
-        batch-1 ``model.chat`` loop); ``generation`` is the engine's parameters or transformers' keywords."""
+                 keep_grounding_tokens: bool = False, max_batch_size: int | None = None) -> list[Completion]:
+        """Completions of prepared requests through the engine (continuous batching, ``max_batch_size`` rows at
+        once, all by default; greedy answers equal the batch-1 ``model.chat`` loop); ``generation`` is the
+        engine's parameters or transformers' keywords."""
         params = generation if isinstance(generation, GenerationParams) else self.generation_params(generation)
-        engine = Engine(self.model, self.tokenizer, max_batch_size=max(1, len(prepared)),
+        engine = Engine(self.model, self.tokenizer, max_batch_size=max_batch_size or max(1, len(prepared)),
                         keep_grounding_tokens=keep_grounding_tokens)
         return engine.generate(prepared, params)
 

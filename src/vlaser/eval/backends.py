@@ -54,8 +54,10 @@ class Backend(Protocol):
     def prepare(self, request: Request, pending: Pending | None = None) -> Any:
         """One request made ready to generate (media read, and for a local model tiled)."""
 
-    def generate(self, prepared: Sequence[Any], params: GenerationParams) -> list[Completion]:
-        """Completions of prepared requests, in their order."""
+    def generate(self, prepared: Sequence[Any], params: GenerationParams, max_batch_size: int | None = None
+                 ) -> list[Completion]:
+        """Completions of prepared requests, in their order; at most ``max_batch_size`` run together (a local
+        model's batch; an API backend keeps its own concurrency)."""
 
 
 class TransformersBackend:
@@ -123,9 +125,10 @@ class TransformersBackend:
         call, args = self.tiling(picture, max_tiles)
         return call(*args)
 
-    def generate(self, prepared: Sequence[Prepared], params: GenerationParams) -> list[Completion]:
-        """Completions of prepared requests, through the engine."""
-        return self.vlm.complete(prepared, params)
+    def generate(self, prepared: Sequence[Prepared], params: GenerationParams, max_batch_size: int | None = None
+                 ) -> list[Completion]:
+        """Completions of prepared requests, through the engine (``max_batch_size`` rows decoding at once)."""
+        return self.vlm.complete(prepared, params, max_batch_size=max_batch_size)
 
 
 def _data_url(picture: Path | Image.Image) -> str:
@@ -344,7 +347,8 @@ class OpenAIBackend:
                 to_pil(picture.source)
         return request
 
-    def generate(self, prepared: Sequence[Request], params: GenerationParams) -> list[Completion]:
+    def generate(self, prepared: Sequence[Request], params: GenerationParams, max_batch_size: int | None = None
+                 ) -> list[Completion]:
         payloads = [to_payload(request, self.model, params, self.system_message, self.engine)
                     for request in prepared]
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:

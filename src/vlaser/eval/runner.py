@@ -28,6 +28,8 @@ from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageLoadError, LastClip, decode_frames
 
 log = logging.getLogger(__name__)
+#: batches handed to the backend per call (the engine's admission window)
+WINDOW_BATCHES = 4
 
 
 def read_predictions(path: Path) -> dict[str, dict]:
@@ -186,7 +188,10 @@ def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch
     todo.sort(key=lambda item: str(item.video or ""))
     if len(todo) < len(mine):
         log.info("resuming: %d of %d items already answered", len(mine) - len(todo), len(mine))
-    batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+    # the engine takes a window of several batches at once and keeps ``batch_size`` rows decoding, admitting
+    # them by tile count and prompt length; answers are written after each window
+    window = batch_size * WINDOW_BATCHES
+    batches = [todo[start:start + window] for start in range(0, len(todo), window)]
     # With the model on a GPU (or behind an API) the next batch's images are read and tiled on a worker
     # thread while this one generates; on a CPU that thread would only compete with generation.
     loader_cls = ThreadPoolExecutor if backend.overlap_io else _InlineExecutor
@@ -205,7 +210,7 @@ def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch
             prepared = upcoming.result()
             if number + 1 < len(batches):
                 upcoming = loader.submit(prepare, batches[number + 1])
-            for answer in _ask(backend, batch, prepared, params):
+            for answer in _ask(backend, batch, prepared, params, batch_size):
                 stream.write(json.dumps(answer, ensure_ascii=False) + "\n")
                 done[answer["id"]] = answer
             stream.flush()
@@ -327,11 +332,12 @@ def _prepare(benchmark: Benchmark, backend: Backend, item: Item, style: str, max
         return MediaError(f"item {item.id}: {e}")
 
 
-def _ask(backend: Backend, batch: list[Item], prepared: list, params: GenerationParams) -> list[dict]:
-    """Records for a batch; an item whose media cannot be read gets an ``error`` record (scored as a miss,
-    asked again on the next run). ``truncated``: the answer stopped at ``max_new_tokens``."""
+def _ask(backend: Backend, batch: list[Item], prepared: list, params: GenerationParams, batch_size: int
+         ) -> list[dict]:
+    """Records for a window of items; an item whose media cannot be read gets an ``error`` record (scored as a
+    miss, asked again on the next run). ``truncated``: the answer stopped at ``max_new_tokens``."""
     ok = [k for k, ready in enumerate(prepared) if not isinstance(ready, MediaError)]
-    answers: list[Completion] = backend.generate([prepared[k][1] for k in ok], params) if ok else []
+    answers: list[Completion] = backend.generate([prepared[k][1] for k in ok], params, batch_size) if ok else []
     by_index = dict(zip(ok, answers))
     records = []
     for k, item in enumerate(batch):
