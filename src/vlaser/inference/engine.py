@@ -284,17 +284,16 @@ class Engine:
     def _decode(self, rows: list[Row]) -> None:
         """One token for each of ``rows``: each writes at its own position and attends to its own slot."""
         if self.static_capacity is not None:
-            self._sample(rows, self._static_decode(rows))
-            for row in rows:
-                row.length += 1
-            return
-        device = self.model.device
-        ids = torch.tensor([[row.tokens[-1]] for row in rows], device=device)
-        lengths = torch.tensor([row.length for row in rows], device=device)
-        kv_len = int(lengths.max()) + 1
-        allowed = (torch.arange(kv_len, device=device)[None, :] <= lengths[:, None])[:, None, None, :]
-        hidden = self._forward(rows, self.model.get_input_embeddings()(ids), lengths[:, None], allowed, kv_len)
-        self._sample(rows, self.model.lm_head(hidden[:, -1]))
+            logits = self._static_decode(rows)
+        else:
+            device = self.model.device
+            ids = torch.tensor([[row.tokens[-1]] for row in rows], device=device)
+            lengths = torch.tensor([row.length for row in rows], device=device)
+            kv_len = int(lengths.max()) + 1
+            allowed = (torch.arange(kv_len, device=device)[None, :] <= lengths[:, None])[:, None, None, :]
+            hidden = self._forward(rows, self.model.get_input_embeddings()(ids), lengths[:, None], allowed, kv_len)
+            logits = self.model.lm_head(hidden[:, -1])
+        self._sample(rows, logits)
         for row in rows:
             row.length += 1
 
@@ -306,7 +305,6 @@ class Engine:
         host = torch.tensor([[row.tokens[-1] for row in rows] + [self.tokenizer.pad_token_id or 0] * pad,
                              [row.length for row in rows] + [0] * pad,
                              [row.slot for row in rows] + [self.max_batch_size] * pad])
-        self._cache_for(rows)
         if bucket not in self._inputs:
             self._inputs[bucket] = torch.zeros(host.shape, dtype=torch.long, device=self.model.device)
         inputs = self._inputs[bucket]
