@@ -87,7 +87,9 @@ def test_a_request_over_the_static_capacity_is_refused_naming_the_numbers(vlm):
     with pytest.raises(UserInputError, match=f"prompt is {prompt} tokens and max_tokens asks for 6 more, over "
                                              f"this engine's static_capacity of {prompt + 5} positions"):
         engine.add(item, GenerationParams(max_new_tokens=6))
-    assert not engine.waiting
+    with pytest.raises(UserInputError, match="static_capacity"):
+        engine.generate([item, item], [GenerationParams(max_new_tokens=5), GenerationParams(max_new_tokens=6)])
+    assert not engine.waiting  # nothing of a refused list stays queued
     assert engine.generate([item], GenerationParams(max_new_tokens=5))[0].text == _chat(vlm, media, QUESTIONS[1][1], 5)
 
 

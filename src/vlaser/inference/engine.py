@@ -158,9 +158,13 @@ class Engine:
         """One completion per item, in the items' order; ``params`` is one setting for all or one per item.
         Items are admitted sorted by tile count and prompt length, so rows that share a prefill are alike."""
         params = _per_item(items, params)
-        rows = [self.add(item, p) for item, p in zip(items, params)]
-        for row in rows:
-            self.waiting.remove(row)
+        rows: list[Row] = []
+        try:
+            for item, p in zip(items, params):
+                rows.append(self.add(item, p))
+        finally:  # an item refused by add leaves none of the list queued
+            for row in rows:
+                self.waiting.remove(row)
         self.waiting.extend(sorted(rows, key=lambda r: (sum(r.item.num_patches), len(r.item.input_ids))))
         while self.waiting or self.running:
             self.step()
