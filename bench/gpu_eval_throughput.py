@@ -8,8 +8,13 @@ only (tiles are made before timing). Prints items/s of each, the speed-up, and h
 random weights make near-ties, where a batched bf16 kernel may pick another token, so `--dtype float32` is the
 check that the two paths agree. The bench tokenizer knows fewer tokens than the real vocabulary; the others
 are suppressed, so every answer decodes to text that can be compared.
+`--engine` also runs the continuous-batching Engine (max_batch_size --batch-size) twice: as is, and with a static
+KV cache (static_capacity: the longest prompt plus --new-tokens) and, on CUDA, a CUDA graph per batch bucket;
+each prints items/s and ms per decode step (all running rows, one token each). The Engine knows no logits
+processor, so with the bench tokenizer its answers may hold ids the tokenizer skips: they are compared with each
+other, not with batch_chat.
 `--tiny` runs the same code path with the tiny test model on the CPU, to check the script itself.
-Usage: python bench/gpu_eval_throughput.py [--items 64] [--batch-size 32] [--new-tokens 32] [--max-num 6]
+Usage: python bench/gpu_eval_throughput.py [--items 64] [--batch-size 32] [--new-tokens 32] [--max-num 6] [--engine]
 """
 
 import argparse
@@ -22,9 +27,12 @@ from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from vlaser import load_image
+from vlaser.inference import GenerationParams, Prepared
+from vlaser.inference.engine import Engine
 from vlaser.model.chat import InternVLChat
 from vlaser.model.convert import original_to_hf_config
 from vlaser.model.loading import build_hf_config
+from vlaser.model.template import build_chat_prompt
 from vlaser.model.tiny import randomize_, tiny_original_config, tiny_tokenizer
 
 SIZES = [(1920, 1080), (640, 480), (1000, 1000), (800, 1200), (1280, 720), (500, 900)]
@@ -74,6 +82,30 @@ def timed(fn, device: str) -> tuple[float, list[str]]:
     return time.perf_counter() - start, answers
 
 
+def run_engine(model, tok, work, args, device: str, static: bool) -> tuple[float, float, list[str]]:
+    """Seconds, ms per decode step and answers of one Engine over ``work`` (``static``: a static cache that
+    fits the longest item, and CUDA graphs on CUDA), after a warm-up over the first items (with graphs, that
+    captures the buckets it meets; the rest are captured during the timed run)."""
+    prepared = [Prepared(build_chat_prompt(q, model.conv_template, [t.shape[0]], model.num_image_token,
+                                           system_message=model.system_message)[1], t, [t.shape[0]], [])
+                for t, q in work]
+    params = GenerationParams(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+    capacity = max(len(tok(p.prompt)["input_ids"]) for p in prepared) + args.new_tokens
+    engine = Engine(model, tok, max_batch_size=args.batch_size, static_capacity=capacity if static else None,
+                    cuda_graphs=static and device == "cuda")
+    engine.generate(prepared[:2], params)
+    steps, decode = [], engine._decode
+
+    def timed_decode(rows):  # the step already waits for the device (its tokens go to the host)
+        start = time.perf_counter()
+        decode(rows)
+        steps.append(time.perf_counter() - start)
+
+    engine._decode = timed_decode
+    seconds, done = timed(lambda: engine.generate(prepared, params), device)
+    return seconds, 1000 * sum(steps) / max(len(steps), 1), [c.text for c in done]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=64)
@@ -82,6 +114,7 @@ def main() -> None:
     ap.add_argument("--max-num", type=int, default=6)
     ap.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="default: bf16 (float32 --tiny)")
     ap.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (checks the script)")
+    ap.add_argument("--engine", action="store_true", help="also the Engine, dynamic and static (+ CUDA graphs)")
     args = ap.parse_args()
     device = "cpu" if args.tiny else "cuda"
     dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "bfloat16"))
@@ -114,6 +147,14 @@ def main() -> None:
     print(f"model.chat loop (batch 1): {args.items / t_single:8.2f} items/s  ({t_single:.1f} s)")
     print(f"batch_chat (batch {args.batch_size}):     {args.items / t_batch:8.2f} items/s  ({t_batch:.1f} s)")
     print(f"speed-up {t_single / t_batch:.2f}x (target >= 5x); identical greedy answers: {same}/{args.items}")
+    if args.engine:
+        t_dyn, ms_dyn, dyn = run_engine(model, tok, work, args, device, static=False)
+        t_st, ms_st, st = run_engine(model, tok, work, args, device, static=True)
+        graphs = " + CUDA graphs" if device == "cuda" else ""
+        print(f"Engine (batch {args.batch_size}):        {args.items / t_dyn:8.2f} items/s  ({t_dyn:.1f} s)  "
+              f"{ms_dyn:.2f} ms/decode step")
+        print(f"Engine static{graphs}: {args.items / t_st:8.2f} items/s  ({t_st:.1f} s)  {ms_st:.2f} ms/decode "
+              f"step; identical answers to the dynamic Engine: {sum(a == b for a, b in zip(dyn, st))}/{args.items}")
     if device == "cuda":
         print(f"max memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 

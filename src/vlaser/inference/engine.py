@@ -7,12 +7,16 @@ New rows are prefilled together (right-padded: causal attention never looks at t
 through the vision tower in one call; admission is bounded by ``max_batch_tokens`` (prompt plus
 ``max_new_tokens`` of every running row). Greedy answers equal the batch-1 ``model.chat`` loop.
 
+With ``static_capacity`` the decode step has fixed shapes (see :class:`Engine`), and with ``cuda_graphs`` on
+CUDA each batch-size bucket's decode forward is one captured ``torch.cuda.CUDAGraph``, replayed every step.
+
 Two ways in: :meth:`Engine.generate` (a list of items, answers in order; it admits them sorted by tile count and
 prompt length) and :meth:`Engine.add` / :meth:`Engine.step` (the server's loop, with streamed deltas).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +28,8 @@ from transformers.cache_utils import Cache
 from vlaser.errors import UserInputError
 from vlaser.inference.types import Completion, GenerationParams, Prepared
 from vlaser.model.chat import answer_decoder
+
+log = logging.getLogger(__name__)
 
 
 class SlotCache(Cache):
@@ -58,6 +64,12 @@ class SlotCache(Cache):
         attending to the first ``kv_len`` positions of its slot."""
         self._rows = torch.tensor(slots, device=self.device)
         self._contiguous = slots == list(range(len(slots)))  # then the rows read a view, no copy
+        self._positions, self._kv_len = positions, kv_len
+
+    def bind_rows(self, rows: torch.Tensor, positions: torch.Tensor, kv_len: int) -> None:
+        """As :meth:`bind`, with the slots already a tensor on the device (a graph's input buffer, so a replay
+        reads whatever slots were copied into it)."""
+        self._rows, self._contiguous = rows, False
         self._positions, self._kv_len = positions, kv_len
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
@@ -101,13 +113,29 @@ class Engine:
     """Continuous batching over a slot KV cache (see the module docstring).
 
     ``keep_grounding_tokens`` is the choice for rows that make none (off, as in ``model.chat``).
+
+    ``static_capacity`` (positions per slot) makes the decode step fixed-shape, so CUDA graphs can replay it:
+    the cache is allocated once, ``max_batch_size`` slots plus a scratch slot of that many positions (a request
+    whose prompt and ``max_new_tokens`` exceed it is refused at :meth:`add`), and each decode step runs the
+    running rows padded up to a :func:`bucket_size`, attending to all ``static_capacity`` positions (masked past
+    each row's own). Padding rows write and read position 0 of the scratch slot, so no real row sees them and no
+    softmax row is empty. Prefill stays dynamic. ``cuda_graphs`` captures one graph per bucket on its first step
+    (embedding, language model and ``lm_head``; sampling stays outside); it needs ``static_capacity`` and is
+    ignored, with one logged warning, off CUDA, so one configuration works on every machine.
     """
 
     def __init__(self, model, tokenizer, max_batch_size: int = 8, max_batch_tokens: int = 16384,
-                 keep_grounding_tokens: bool = False):
+                 keep_grounding_tokens: bool = False, static_capacity: int | None = None, cuda_graphs: bool = False):
         if max_batch_size < 1 or max_batch_tokens < 1:
             raise ValueError(f"need max_batch_size >= 1 and max_batch_tokens >= 1, got {max_batch_size} and "
                              f"{max_batch_tokens}")
+        if static_capacity is not None and static_capacity < 1:
+            raise ValueError(f"need static_capacity >= 1 (or None), got {static_capacity}")
+        if cuda_graphs and static_capacity is None:
+            raise ValueError("cuda_graphs needs static_capacity: a graph replays fixed shapes only")
+        if cuda_graphs and model.device.type != "cuda":
+            _warn_once(f"cuda_graphs ignored: the model is on {model.device.type}, CUDA graphs need CUDA")
+            cuda_graphs = False
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
         self.keep_grounding_tokens = keep_grounding_tokens
@@ -118,6 +146,10 @@ class Engine:
         self.running: list[Row] = []
         self._decoders: dict[bool, Callable[[list[int]], str]] = {}
         self._cache: SlotCache | None = None
+        self.static_capacity, self.cuda_graphs = static_capacity, cuda_graphs
+        self._inputs: dict[int, torch.Tensor] = {}  #: bucket -> (3, bucket) ids, positions, slots on the device
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  #: bucket -> graph, its logits
+        self._pool = None  #: the graphs' shared memory pool
 
     # ---- the list API ------------------------------------------------------------------------------------
 
@@ -126,9 +158,13 @@ class Engine:
         """One completion per item, in the items' order; ``params`` is one setting for all or one per item.
         Items are admitted sorted by tile count and prompt length, so rows that share a prefill are alike."""
         params = _per_item(items, params)
-        rows = [self.add(item, p) for item, p in zip(items, params)]
-        for row in rows:
-            self.waiting.remove(row)
+        rows: list[Row] = []
+        try:
+            for item, p in zip(items, params):
+                rows.append(self.add(item, p))
+        finally:  # an item refused by add leaves none of the list queued
+            for row in rows:
+                self.waiting.remove(row)
         self.waiting.extend(sorted(rows, key=lambda r: (sum(r.item.num_patches), len(r.item.input_ids))))
         while self.waiting or self.running:
             self.step()
@@ -152,6 +188,11 @@ class Engine:
                 f"each) and max_tokens asks for {params.max_new_tokens} more, over the model's context of "
                 f"{self.context} tokens; send fewer or smaller images, a lower tile count (max_num) or a lower "
                 "max_tokens")
+        if self.static_capacity is not None and prompt_tokens + params.max_new_tokens > self.static_capacity:
+            raise UserInputError(
+                f"the prompt is {prompt_tokens} tokens and max_tokens asks for {params.max_new_tokens} more, over "
+                f"this engine's static_capacity of {self.static_capacity} positions per row; send a shorter prompt "
+                "or a lower max_tokens, or start the engine with a larger static_capacity")
         keep = self.keep_grounding_tokens if keep_grounding_tokens is None else keep_grounding_tokens
         row = Row(item, params, self._decoder(keep), on_delta, tag)
         if not params.greedy:
@@ -184,7 +225,7 @@ class Engine:
                     row.error = error
         ended += [row for row in self.running if row.done]
         self.running = [row for row in self.running if not row.done]
-        if not self.running:
+        if not self.running and self.static_capacity is None:
             self._cache = None  # nothing to keep: the next batch starts with a cache of its own size
         return ended
 
@@ -213,9 +254,11 @@ class Engine:
         if self._cache is None:
             heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
             head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-            self._cache = SlotCache(text.num_hidden_layers, self.max_batch_size, heads, head_dim, self.model.dtype,
+            slots = self.max_batch_size + (self.static_capacity is not None)  # the last one is the scratch slot
+            self._cache = SlotCache(text.num_hidden_layers, slots, heads, head_dim, self.model.dtype,
                                     self.model.device)
-        self._cache.reserve(max(len(r.item.input_ids) + r.params.max_new_tokens for r in rows))
+        self._cache.reserve(self.static_capacity or max(len(r.item.input_ids) + r.params.max_new_tokens
+                                                        for r in rows))
         return self._cache
 
     def _prefill(self, rows: list[Row]) -> None:
@@ -238,37 +281,92 @@ class Engine:
         allowed = causal.expand(len(rows), 1, width, width)
         last = torch.tensor([len(r.item.input_ids) - 1 for r in rows], device=device)
         hidden = self._forward(rows, embeds, positions, allowed, width)
-        self._sample(rows, hidden[torch.arange(len(rows), device=device), last])
+        self._sample(rows, model.lm_head(hidden[torch.arange(len(rows), device=device), last]))
         for row in rows:
             row.length = len(row.item.input_ids)
 
     def _decode(self, rows: list[Row]) -> None:
         """One token for each of ``rows``: each writes at its own position and attends to its own slot."""
-        device = self.model.device
-        ids = torch.tensor([[row.tokens[-1]] for row in rows], device=device)
-        lengths = torch.tensor([row.length for row in rows], device=device)
-        kv_len = int(lengths.max()) + 1
-        allowed = (torch.arange(kv_len, device=device)[None, :] <= lengths[:, None])[:, None, None, :]
-        hidden = self._forward(rows, self.model.get_input_embeddings()(ids), lengths[:, None], allowed, kv_len)
-        self._sample(rows, hidden[:, -1])
+        if self.static_capacity is not None:
+            logits = self._static_decode(rows)
+        else:
+            device = self.model.device
+            ids = torch.tensor([[row.tokens[-1]] for row in rows], device=device)
+            lengths = torch.tensor([row.length for row in rows], device=device)
+            kv_len = int(lengths.max()) + 1
+            allowed = (torch.arange(kv_len, device=device)[None, :] <= lengths[:, None])[:, None, None, :]
+            hidden = self._forward(rows, self.model.get_input_embeddings()(ids), lengths[:, None], allowed, kv_len)
+            logits = self.model.lm_head(hidden[:, -1])
+        self._sample(rows, logits)
         for row in rows:
             row.length += 1
+
+    def _static_decode(self, rows: list[Row]) -> torch.Tensor:
+        """The logits of ``rows``' next tokens from the fixed-shape step of their bucket: its inputs copied into
+        the bucket's buffer, then its captured graph replayed (or, without graphs, the step run eagerly)."""
+        bucket = bucket_size(len(rows), self.max_batch_size)
+        pad = bucket - len(rows)
+        host = torch.tensor([[row.tokens[-1] for row in rows] + [self.tokenizer.pad_token_id or 0] * pad,
+                             [row.length for row in rows] + [0] * pad,
+                             [row.slot for row in rows] + [self.max_batch_size] * pad])
+        if bucket not in self._inputs:
+            self._inputs[bucket] = torch.zeros(host.shape, dtype=torch.long, device=self.model.device)
+        inputs = self._inputs[bucket]
+        inputs.copy_(host)
+        if not self.cuda_graphs:
+            return self._static_step(inputs)[: len(rows)]
+        if bucket not in self._graphs:
+            self._graphs[bucket] = self._capture(inputs)
+        graph, logits = self._graphs[bucket]
+        graph.replay()
+        return logits[: len(rows)]
+
+    def _static_step(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Embedding, language model and ``lm_head`` of one decode step over the rows in ``inputs`` (ids,
+        positions, slots), attending to all ``static_capacity`` positions: every shape is the bucket's."""
+        ids, positions, slots = inputs
+        self._cache.bind_rows(slots, positions[:, None], self.static_capacity)
+        kv = torch.arange(self.static_capacity, device=inputs.device)
+        allowed = (kv[None, :] <= positions[:, None])[:, None, None, :]
+        hidden = self._lm(self.model.get_input_embeddings()(ids[:, None]), positions[:, None], allowed)
+        return self.model.lm_head(hidden[:, -1])
+
+    def _capture(self, inputs: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """One bucket's step as a CUDA graph reading ``inputs``: warmed up on a side stream, then captured (into
+        the pool all buckets share). The warm-up runs the current step for real; it writes the same keys and
+        values the replay writes again, so running it twice changes nothing."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._static_step(inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = self._static_step(inputs)
+        return graph, logits
 
     def _forward(self, rows: list[Row], embeds: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor,
                  kv_len: int) -> torch.Tensor:
         """The language model over ``rows`` at ``positions``, attending where ``allowed`` (B, 1, T, kv_len)."""
         cache = self._cache_for(rows)
         cache.bind([row.slot for row in rows], positions, kv_len)
+        return self._lm(embeds, positions, allowed)
+
+    def _lm(self, embeds: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """The language model's last hidden states over the rows the cache is bound to."""
         mask = torch.zeros(allowed.shape, dtype=embeds.dtype, device=embeds.device)
         mask.masked_fill_(~allowed, torch.finfo(embeds.dtype).min)
         out = self.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                              cache=cache, use_cache=True)
+                                              cache=self._cache, use_cache=True)
         return out.last_hidden_state
 
-    def _sample(self, rows: list[Row], hidden: torch.Tensor) -> None:
-        """The next token of each row from its last hidden state: its end token held back until its
-        ``min_new_tokens``, then greedy or sampled with its own generator (temperature, then top-p)."""
-        logits = self.model.lm_head(hidden).float()
+    def _sample(self, rows: list[Row], logits: torch.Tensor) -> None:
+        """The next token of each row from its logits: its end token held back until its ``min_new_tokens``,
+        then greedy or sampled with its own generator (temperature, then top-p)."""
+        logits = logits.float()
         for b, row in enumerate(rows):
             if len(row.tokens) < row.params.min_new_tokens:
                 logits[b, self.end_id] = -float("inf")
@@ -313,6 +411,21 @@ class Engine:
         if keep not in self._decoders:
             self._decoders[keep] = answer_decoder(self.tokenizer, self.end_token, keep)
         return self._decoders[keep]
+
+
+def bucket_size(rows: int, max_batch_size: int) -> int:
+    """The padded batch of a static decode step: the smallest power of two holding ``rows``, capped at
+    ``max_batch_size`` (buckets 1, 2, 4, ..., max_batch_size), so few shapes (and graphs) ever exist."""
+    return min(1 << (rows - 1).bit_length(), max_batch_size)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 def _sample_one(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator | None) -> int:
