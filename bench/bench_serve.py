@@ -8,6 +8,7 @@ Prints requests/s and completion tokens/s of both, their ratio (target >= 3x), p
 concurrent answers equal the sequential ones. Bounded: every request has a timeout, and at `--max-seconds` the
 server is stopped and the run ends.
 Usage: python bench/bench_serve.py [--requests 64] [--clients 16] [--max-tokens 32] [--max-batch-size 16]
+       [--threads 1]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import base64
 import io
 import json
+import os
 import signal
 import socket
 import statistics
@@ -40,12 +42,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, max_batch_size: int, max_wait_ms: int, log: Path) -> subprocess.Popen:
-    """``vlaser serve`` on loopback; its output goes to ``log`` (shown if it fails to start)."""
+def start_server(model: str, port: int, max_batch_size: int, max_wait_ms: int, threads: int, log: Path
+                 ) -> subprocess.Popen:
+    """``vlaser serve`` on loopback with ``threads`` intra-op threads (0: torch's default); its output goes to
+    ``log`` (shown if it fails to start)."""
     cmd = [sys.executable, "-m", "vlaser", "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port),
            "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms), "--dtype", "float32",
            "--device", "cpu", "--served-model-name", MODEL_NAME]
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else None
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
 def wait_healthy(base: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
@@ -157,6 +162,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="the server's intra-op threads (0: torch's default, one per core). A tiny model gains nothing "
+                         "from more, and on a machine whose cores are busy (the clients, other jobs) their waits for "
+                         "each other swamp what the bench measures: 10x slower steps, ratios from 3x to 17x")
     ap.add_argument("--timeout", type=float, default=120, help="seconds per request")
     ap.add_argument("--ttft-samples", type=int, default=8)
     ap.add_argument("--max-seconds", type=int, default=900, help="the whole run's deadline")
@@ -169,7 +178,7 @@ def main() -> None:
             model = str(build_tiny_checkpoint(Path(tmp) / "tiny"))
         port, log = free_port(), Path(tmp) / "server.log"
         base = f"http://127.0.0.1:{port}"
-        proc = start_server(model, port, args.max_batch_size, args.max_wait_ms, log)
+        proc = start_server(model, port, args.max_batch_size, args.max_wait_ms, args.threads, log)
 
         def out_of_time(signum, frame) -> None:
             proc.kill()  # requests in flight fail at once
@@ -182,7 +191,7 @@ def main() -> None:
             work = bodies(args.requests, args.max_tokens)
             post(base, work[0], args.timeout)  # warm-up
             print(f"requests={args.requests} clients={args.clients} max_tokens={args.max_tokens} "
-                  f"max_batch_size={args.max_batch_size} max_wait_ms={args.max_wait_ms}")
+                  f"max_batch_size={args.max_batch_size} max_wait_ms={args.max_wait_ms} threads={args.threads}")
             wall_1, one = run_clients(base, work, 1, args.timeout)
             wall_n, many = run_clients(base, work, args.clients, args.timeout)
             rate_1 = report("1 client, in sequence", wall_1, one)

@@ -2,6 +2,10 @@
 
 import asyncio
 import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -209,6 +213,38 @@ def test_batches_hold_at_most_max_batch_size(vlm, batch_sizes, monkeypatch):
 
     _serve(vlm, body, max_batch_size=3)  # how the jobs split into prefills depends on the machine's load
     assert sum(batch_sizes) == len(REQUESTS) and max(batch_sizes) <= 3 and max(running) <= 3
+
+
+def _prepared_job(age: float, error: Exception | None = None) -> SimpleNamespace:
+    """A stand-in for a prepared stream submitted ``age`` seconds ago (its preparation failed with ``error``)."""
+    future = Future()
+    future.set_result(None) if error is None else future.set_exception(error)
+    return SimpleNamespace(submitted=time.monotonic() - age, _prepared=future)
+
+
+@pytest.mark.parametrize(("running", "ages", "stopping", "joining"), [
+    (1, [0, 0], False, []),  # two of three free slots claimed, just now: wait for company
+    (1, [0, 0, 0], False, [0, 1, 2]),  # they fill the free slots
+    (1, [0, 0, 0, 0, 0], False, [0, 1, 2]),  # only as many as there are free slots
+    (1, [11, 0], False, [0, 1]),  # the first has waited longer than a prefilling step takes
+    (1, [0, 0], True, [0, 1]),  # stopping: no one is left to wait for
+    (4, [11, 11], False, []),  # no free slot
+])
+def test_prepared_jobs_join_together_once_they_fill_the_free_slots_or_waited_a_prefill(running, ages, stopping,
+                                                                                       joining):
+    engine = Engine(vlm=None, max_batch_size=4)
+    engine.core = SimpleNamespace(running=[object()] * running, waiting=deque())
+    engine._prefill_step, engine._stopping = 10.0, stopping
+    ready = [_prepared_job(age) for age in ages]
+    assert engine._to_join(ready) == [ready[i] for i in joining]
+
+
+def test_a_job_whose_preparation_failed_is_handed_over_at_once():
+    engine = Engine(vlm=None, max_batch_size=4)
+    engine.core = SimpleNamespace(running=[object()] * 4, waiting=deque())
+    engine._prefill_step = 10.0
+    waiting, failed = _prepared_job(0), _prepared_job(0, UserInputError("two <image> tags, one image"))
+    assert engine._to_join([waiting, failed]) == [failed]
 
 
 def test_a_batch_waits_for_jobs_submitted_within_max_wait(vlm, batch_sizes):

@@ -13,9 +13,11 @@ The interface the server is written against (kept backward compatible)::
     stream.cancel()                            # the client went away
     await engine.stop()                        # finishes every job submitted so far, then returns
 
-A job joins the running rows at the next decode step once it is prepared (its images tiled and its prompt
-rendered on a preparing thread, at most a batch ahead); a finished row frees its slot at once, so a short
-request is not held behind a long one. When nothing runs, the first job waits at most ``max_wait_ms`` for
+A job joins the running rows once it is prepared (its images tiled and its prompt rendered on a preparing
+thread, at most a batch ahead) and either the prepared jobs fill the free slots or it has waited as long as the
+last prefilling step took: each join is a prefill forward the running rows wait for, so jobs arriving one by
+one share it (see ``Engine._to_join``). A finished row frees its slot at once, so a short request is not held
+behind a long one. When nothing runs, the first job waits at most ``max_wait_ms`` for
 others to share its prefill. Every row decodes its own way (greedy, or sampled with its own temperature,
 top-p and seed: the same seed gives the same text whatever shares the batch) and ends on its own: end token,
 a stop string (cut before it), ``max_new_tokens`` or a cancel. Only the worker thread uses the model and the
@@ -155,6 +157,7 @@ class Engine:
         self._lock = threading.Condition()
         self._task: asyncio.Future | None = None
         self._stopping = False
+        self._prefill_step = 0.0  # seconds the last step that prefilled took (worker thread only)
 
     async def start(self) -> None:
         if self._task is not None:
@@ -227,8 +230,11 @@ class Engine:
                 if row.tag.cancelled:
                     self.core.cancel(row)
             if self.core.running or self.core.waiting:
+                prefills, start = bool(self.core.waiting), time.monotonic()
                 for row in self.core.step():
                     self._settle(row)
+                if prefills:
+                    self._prefill_step = time.monotonic() - start
 
     def _busy(self) -> bool:
         return bool(self.core.running or self.core.waiting)
@@ -248,16 +254,35 @@ class Engine:
                     break
                 self._lock.wait(delay)
             batch = list(itertools.islice(self._waiting, self.max_batch_size))
-        if not self._busy():  # nothing to hold up: wait for the batch's preparation
+        busy = self._busy()
+        if not busy:  # nothing to hold up: wait for the batch's preparation
             for stream in batch:
                 with contextlib.suppress(Exception):  # its error is raised again when it is added
                     stream._prepared.result()
         with self._lock:
             ready = [s for s in batch if s in self._waiting and s._prepared is not None and s._prepared.done()]
+            if busy:
+                ready = self._to_join(ready)
             for stream in ready:
                 self._waiting.remove(stream)
             self._prepare_ahead()
         return ready
+
+    def _to_join(self, ready: list[Stream]) -> list[Stream]:
+        """Of the prepared jobs, those to join the running rows now. Each join is a prefill forward of its own,
+        which the running rows wait for, so prepared jobs are gathered to share one: they join once they fill
+        the free slots, or once the first of them has waited as long as the last prefilling step took (so no
+        job waits longer for company than its prefill alone would cost), or when the engine stops. A job whose
+        preparation failed is handed over at once (it fails there and takes no slot)."""
+        failed = [s for s in ready if s._prepared.cancelled() or s._prepared.exception() is not None]
+        ready = [s for s in ready if s not in failed]
+        free = self.max_batch_size - len(self.core.running) - len(self.core.waiting)
+        if not ready or free <= 0:
+            return failed
+        waited = time.monotonic() - ready[0].submitted
+        if len(ready) >= free or waited >= self._prefill_step or self._stopping:
+            return failed + ready[:free]
+        return failed
 
     def _add(self, stream: Stream) -> None:
         """Give a prepared job to the core (on the worker thread); a failed preparation fails only the job."""
