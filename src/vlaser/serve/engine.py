@@ -1,28 +1,7 @@
 """The serving engine behind ``vlaser serve``: concurrent chat requests on the inference core's continuous
 batching (:class:`vlaser.inference.engine.Engine`), with per-request streaming, stop strings, usage counts and
-cancellation.
-
-The interface the server is written against (kept backward compatible)::
-
-    engine = Engine(vlm, max_batch_size=8, max_wait_ms=10, max_queue=64, keep_grounding_tokens=True)
-    await engine.start()                       # the worker thread and its loop
-    stream = engine.submit(Job(request, GenerationParams(max_new_tokens=256), max_tiles=12))   # QueueFull -> 429
-    await stream.prepared()                    # optional: raises a preparation error (e.g. UserInputError) first
-    async for delta in stream: ...             # text deltas; their concatenation is the final text
-    completion = await stream.result()         # Completion(text, finish_reason, prompt_tokens, completion_tokens)
-    stream.cancel()                            # the client went away
-    await engine.stop()                        # finishes every job submitted so far, then returns
-
-A job joins the running rows once it is prepared (its images tiled and its prompt rendered on a preparing
-thread, at most a batch ahead) and either the prepared jobs fill the free slots or it has waited as long as the
-last prefilling step took: each join is a prefill forward the running rows wait for, so jobs arriving one by
-one share it (see ``Engine._to_join``). A finished row frees its slot at once, so a short request is not held
-behind a long one. When nothing runs, the first job waits at most ``max_wait_ms`` for
-others to share its prefill. Every row decodes its own way (greedy, or sampled with its own temperature,
-top-p and seed: the same seed gives the same text whatever shares the batch) and ends on its own: end token,
-a stop string (cut before it), ``max_new_tokens`` or a cancel. Only the worker thread uses the model and the
-tokenizer. A job whose preparation fails (an ``<image>`` count mismatch, a prompt over the model's context:
-``UserInputError``) fails alone; a failing forward fails the rows in it, and the engine keeps serving.
+cancellation. Only its worker thread uses the model and the tokenizer; arrivals share one prefill while rows
+run (``Engine._to_join``). Its interface and behaviour: ``docs/engine.md``.
 """
 
 from __future__ import annotations
