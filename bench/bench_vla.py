@@ -18,7 +18,7 @@ from gpu_train_throughput import build
 from vlaser.vla.config import preset
 from vlaser.vla.model import VLAModel
 
-PRESETS = {"tiny": ("tiny", {}), "2b": ("vlaser_2b_bridge", {})}
+PRESETS = {"tiny": "tiny", "2b": "vlaser_2b_bridge"}  #: --size -> the VLA preset
 
 
 def inputs(model: VLAModel, batch: int, device: str, seed: int = 0) -> dict:
@@ -61,9 +61,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
-    name, overrides = PRESETS[args.size]
     vlm = build(args.size, args.device, dtype).eval()
-    config = preset(name, **overrides)
+    config = preset(PRESETS[args.size])
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

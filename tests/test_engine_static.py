@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from test_inference_engine import QUESTIONS, _chat, _prepared
+from test_inference_engine import QUESTIONS, _chat, _prepared, check_join_mid_batch
 from vlaser.errors import UserInputError
 from vlaser.inference import GenerationParams
 from vlaser.inference.engine import Engine, bucket_size
@@ -60,24 +60,12 @@ def test_static_greedy_rows_equal_the_dynamic_engine_and_the_chat_loop(vlm, monk
 
 
 def test_a_static_row_joining_mid_batch_equals_its_lone_answer_and_finishes_first(vlm, monkeypatch):
-    (long_item, long_media), (short_item, short_media) = (_prepared(vlm, s, q) for s, q in QUESTIONS[:2])
+    long_item, _ = _prepared(vlm, *QUESTIONS[0])
     capacity = len(vlm.tokenizer(long_item.prompt)["input_ids"]) + 40
     engine = Engine(vlm.model, vlm.tokenizer, max_batch_size=4, static_capacity=capacity)
     seen = _spy_steps(engine, monkeypatch)
-    long_row = engine.add(long_item, GenerationParams(max_new_tokens=40, min_new_tokens=40))
-    ended = []
-    for _ in range(5):
-        ended += engine.step()
-    short_row = engine.add(short_item, GenerationParams(max_new_tokens=4))
-    while engine.running or engine.waiting:
-        ended += engine.step()
-    assert ended == [short_row, long_row] and len(long_row.tokens) == 40
+    check_join_mid_batch(vlm, engine)
     assert (1, 0) in seen and (2, 0) in seen  # alone, then beside the short row, then alone again
-    assert short_row.completion.text == _chat(vlm, short_media, QUESTIONS[1][1], 4)
-    reference = vlm.model.chat(vlm.tokenizer, long_media.pixel_values, QUESTIONS[0][1],
-                               {"max_new_tokens": 40, "min_new_tokens": 40, "do_sample": False},
-                               num_patches_list=long_media.num_patches)
-    assert long_row.completion.text == reference
 
 
 def test_a_request_over_the_static_capacity_is_refused_naming_the_numbers(vlm):

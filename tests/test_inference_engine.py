@@ -63,9 +63,9 @@ def test_params_must_match_the_items():
         Engine.generate(object.__new__(Engine), [Prepared("a", None, [], [])] * 2, [GenerationParams()] * 3)
 
 
-def test_a_row_joining_mid_batch_equals_its_lone_answer_and_finishes_first(vlm):
-    """A short request added while a long one decodes joins at the next step and ends before it."""
-    engine = Engine(vlm.model, vlm.tokenizer, max_batch_size=4)
+def check_join_mid_batch(vlm, engine: Engine) -> None:
+    """A short request added while a long one decodes joins at the next step, ends before it, and both answers
+    equal the ``model.chat`` loop's."""
     (long_item, long_media), (short_item, short_media) = (_prepared(vlm, s, q) for s, q in QUESTIONS[:2])
     long_row = engine.add(long_item, GenerationParams(max_new_tokens=40, min_new_tokens=40))
     ended = []
@@ -81,6 +81,10 @@ def test_a_row_joining_mid_batch_equals_its_lone_answer_and_finishes_first(vlm):
                                {"max_new_tokens": 40, "min_new_tokens": 40, "do_sample": False},
                                num_patches_list=long_media.num_patches)
     assert long_row.completion.text == reference
+
+
+def test_a_row_joining_mid_batch_equals_its_lone_answer_and_finishes_first(vlm):
+    check_join_mid_batch(vlm, Engine(vlm.model, vlm.tokenizer, max_batch_size=4))
 
 
 def test_a_freed_slot_is_reused_and_the_token_budget_holds_rows_back(vlm):

@@ -60,11 +60,11 @@ def test_train_reads_the_config_and_flags_override_it(tiny_original, demos, tmp_
 
 def test_train_errors_are_one_line(tmp_path, capsys):
     assert main(["vla", "train"]) == 2
-    assert "vla train needs vlm, output_dir" in capsys.readouterr().err
+    assert "the vla train flags: missing vlm, output_dir" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"vlm": "x", "output_dir": "y", "learning_rat": 1}))
     assert main(["vla", "train", str(bad)]) == 2
-    assert f"{bad}: unknown keys ['learning_rat']" in capsys.readouterr().err
+    assert f"{bad} and the flags: unknown keys ['learning_rat']" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["vla", "train", "--bf16", "maybe"])
     assert exit_info.value.code == 2 and "expected true or false" in capsys.readouterr().err

@@ -123,6 +123,8 @@ def test_frozen_backbone_keeps_its_weights(tiny_original, demos, tmp_path):
 def test_bad_configs_are_named(tiny_original, demos, tmp_path):
     with pytest.raises(UserInputError, match="unknown keys"):
         VLATrainArguments.from_dict({"vlm": "x", "output_dir": "y", "learnin_rate": 1.0})
+    with pytest.raises(UserInputError, match="vla.yaml: missing output_dir"):
+        VLATrainArguments.from_dict({"vlm": "x"}, where="vla.yaml")
     with pytest.raises(UserInputError, match="no training data"):
         train_vla({**_args(tiny_original, demos, tmp_path / "out"), "dataset": None})
     with pytest.raises(UserInputError, match="normalisation mode"):

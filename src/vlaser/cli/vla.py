@@ -65,28 +65,20 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     for f, hint in _train_fields():
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        convert, metavar = _kind(hint)
         parser.add_argument(f"--{f.name}", *([f"--{f.name.replace('_', '-')}"] if "_" in f.name else []),
-                            dest=f"flag_{f.name}", type=_converter(hint), default=argparse.SUPPRESS,
-                            metavar=_metavar(hint), help=f"default: {default}")
+                            dest=f"flag_{f.name}", type=convert, default=argparse.SUPPRESS, metavar=metavar,
+                            help=f"default: {default}")
 
 
-def _metavar(hint: str) -> str:
-    for name, meta in (("dict", "JSON"), ("bool", "BOOL"), ("int", "N"), ("float", "X")):
+def _kind(hint: str):
+    """``(converter, metavar)`` of a field's type hint; a dict takes JSON (checked before ``int``, which
+    ``dict[str, list[int]]`` also names)."""
+    for name, convert, metavar in (("dict", _json_object, "JSON"), ("bool", _boolean, "BOOL"), ("int", int, "N"),
+                                   ("float", float, "X")):
         if name in hint:
-            return meta
-    return "TEXT"
-
-
-def _converter(hint: str):
-    if "bool" in hint:
-        return _boolean
-    if "dict" in hint:
-        return _json_object
-    if "int" in hint:
-        return int
-    if "float" in hint:
-        return float
-    return str
+            return convert, metavar
+    return str, "TEXT"
 
 
 def _boolean(text: str) -> bool:
@@ -117,10 +109,6 @@ def train_values(args: argparse.Namespace) -> dict:
         if not isinstance(values, dict):
             raise UserInputError(f"{args.config_file}: a VLA training config is a mapping of field names to values")
     values.update({k[len("flag_"):]: v for k, v in vars(args).items() if k.startswith("flag_")})
-    missing = [f.name for f, _ in _train_fields() if f.name not in values
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise UserInputError(f"vla train needs {', '.join(missing)} (in CONFIG or as --{' --'.join(missing)})")
     return values
 
 
@@ -133,7 +121,7 @@ def run(args) -> int:
     elif args.vla_verb == "train":
         from vlaser.vla.train import VLATrainArguments, train_vla
 
-        where = str(args.config_file) if args.config_file else "vla train flags"
+        where = f"{args.config_file} and the flags" if args.config_file else "the vla train flags"
         out = train_vla(VLATrainArguments.from_dict(train_values(args), where=where))
         print(f"saved the VLA policy to {out}")
     elif args.vla_verb == "serve":

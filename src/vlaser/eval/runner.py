@@ -191,8 +191,8 @@ def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch
     # the engine takes a window of several batches at once and keeps ``batch_size`` rows decoding, admitting
     # them by tile count and prompt length; answers are written after each window
     window = batch_size * WINDOW_BATCHES
-    batches = [todo[start:start + window] for start in range(0, len(todo), window)]
-    # With the model on a GPU (or behind an API) the next batch's images are read and tiled on a worker
+    windows = [todo[start:start + window] for start in range(0, len(todo), window)]
+    # With the model on a GPU (or behind an API) the next window's images are read and tiled on a worker
     # thread while this one generates; on a CPU that thread would only compete with generation.
     loader_cls = ThreadPoolExecutor if backend.overlap_io else _InlineExecutor
     with open(my_path, "a") as stream, loader_cls(max_workers=1) as loader, ImageWorkers(workers, backend) as tiler, \
@@ -200,21 +200,21 @@ def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch
                  disable=rank != 0) as bar:
         clip = LastClip()
 
-        def prepare(batch: list[Item]) -> list:
-            pending = tiler.start([(image, settings["max_num"]) for item in batch for image in item.images])
+        def prepare(group: list[Item]) -> list:
+            pending = tiler.start([(image, settings["max_num"]) for item in group for image in item.images])
             return [_prepare(benchmark, backend, item, settings["prompt"], settings["max_num"], settings["frames"],
-                             clip, pending) for item in batch]
+                             clip, pending) for item in group]
 
-        upcoming = loader.submit(prepare, batches[0]) if batches else None
-        for number, batch in enumerate(batches):
+        upcoming = loader.submit(prepare, windows[0]) if windows else None
+        for number, chunk in enumerate(windows):
             prepared = upcoming.result()
-            if number + 1 < len(batches):
-                upcoming = loader.submit(prepare, batches[number + 1])
-            for answer in _ask(backend, batch, prepared, params, batch_size):
+            if number + 1 < len(windows):
+                upcoming = loader.submit(prepare, windows[number + 1])
+            for answer in _ask(backend, chunk, prepared, params, batch_size):
                 stream.write(json.dumps(answer, ensure_ascii=False) + "\n")
                 done[answer["id"]] = answer
             stream.flush()
-            bar.update(len(batch))
+            bar.update(len(chunk))
     if world == 1:
         return score(benchmark, items, _merge(items, out, pred_path) if todo else done, out, pictures, record)
     _barrier()
@@ -332,7 +332,7 @@ def _prepare(benchmark: Benchmark, backend: Backend, item: Item, style: str, max
         return MediaError(f"item {item.id}: {e}")
 
 
-def _ask(backend: Backend, batch: list[Item], prepared: list, params: GenerationParams, batch_size: int
+def _ask(backend: Backend, window: list[Item], prepared: list, params: GenerationParams, batch_size: int
          ) -> list[dict]:
     """Records for a window of items; an item whose media cannot be read gets an ``error`` record (scored as a
     miss, asked again on the next run). ``truncated``: the answer stopped at ``max_new_tokens``."""
@@ -340,7 +340,7 @@ def _ask(backend: Backend, batch: list[Item], prepared: list, params: Generation
     answers: list[Completion] = backend.generate([prepared[k][1] for k in ok], params, batch_size) if ok else []
     by_index = dict(zip(ok, answers))
     records = []
-    for k, item in enumerate(batch):
+    for k, item in enumerate(window):
         if k in by_index:
             answer = by_index[k]
             records.append({"id": item.id, "prompt": prepared[k][0], "response": answer.text,

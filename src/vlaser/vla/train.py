@@ -63,10 +63,15 @@ class VLATrainArguments:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], where: str = "VLA training config") -> VLATrainArguments:
-        known = {f.name for f in dataclasses.fields(cls)}
+        fields = dataclasses.fields(cls)
+        known = {f.name for f in fields}
         unknown = sorted(set(obj) - known)
         if unknown:
             raise UserInputError(f"{where}: unknown keys {unknown} (known: {sorted(known)})")
+        missing = [f.name for f in fields if f.name not in obj
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise UserInputError(f"{where}: missing {', '.join(missing)}")
         return cls(**obj)
 
     def vla_config(self) -> VLAConfig:
