@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlaser.eval.backends import TransformersBackend
 from vlaser.eval.runner import ImageWorkers
-from vlaser.inference.prepare import tile
+from vlaser.inference.prepare import Preparer, tile
 from vlaser.model.settings import ProcessorSettings
 
 SETTINGS = ProcessorSettings()  #: InternVL3's released tiling (448 px tiles, thumbnail)
@@ -52,7 +51,8 @@ def main() -> None:
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--max-num", type=int, default=12)
     args = ap.parse_args()
-    backend = TransformersBackend("bench", vlm=SimpleNamespace(settings=SETTINGS))  # only its tiling call is used
+    # the local backend's tiling call (the prepare step's), with InternVL3's settings and no model
+    backend = SimpleNamespace(tiles_locally=True, tiling=Preparer(SimpleNamespace(processor_settings=SETTINGS)).tiling)
     with tempfile.TemporaryDirectory() as tmp:
         paths = photos(Path(tmp), args.images, np.random.default_rng(0))
         reference = one_round(ImageWorkers(0, backend), paths, args.max_num)

@@ -274,7 +274,7 @@ def test_openai_backend_against_a_local_server(tmp_path):
     assert seen[0]["max_tokens"] == 1024  # Where2Place's default protocol: eval_example.py's settings
     assert content[1]["text"].startswith("You are InternVL.")
     assert json.loads((out / "metrics.json").read_text())["score"] == pytest.approx(1.0, abs=0.02)
-    assert json.loads((out / "run.json").read_text())["settings"]["max_num"] == 12
+    assert json.loads((out / "run.json").read_text())["settings"]["max_tiles"] == 12
 
 
 def _image_struct(image):

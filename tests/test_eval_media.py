@@ -22,7 +22,7 @@ class ClipQA(Benchmark):
 
     name = "clip_qa"
     pointing = False
-    protocols = (EvalProtocol("official", max_num=2, max_new_tokens=6, frames=4),)
+    protocols = (EvalProtocol("official", max_tiles=2, max_new_tokens=6, frames=4),)
 
     def load(self, data_dir: Path) -> list[Item]:
         rows = json.loads((data_dir / "items.json").read_text())
@@ -244,7 +244,7 @@ def test_reused_frames_and_tiles_give_the_answers_fresh_ones_give(tiny_original,
         """Tiles every picture anew, and gets frames decoded anew (no clip is kept between items)."""
 
         def prepare(self, request, pending=None):
-            self._last_tiles = {}
+            self._last = {}
             return super().prepare(request, pending)
 
     data = vsi_many(tmp_path / "vsi", 6)

@@ -26,11 +26,11 @@ def test_every_benchmark_declares_cited_versioned_protocols():
     # the settings Vlaser's numbers came from (eval_example.py; Vlaser's own evaluators for Pixmo and PACO)
     for name in ("where2place", "point_bench", "refspatial"):
         s = get_benchmark(name).settings
-        assert (s.prompt, s.max_num, s.max_new_tokens, s.min_new_tokens) == ("vlaser", 12, 1024, 0)
+        assert (s.prompt, s.max_tiles, s.max_new_tokens, s.min_new_tokens) == ("vlaser", 12, 1024, 0)
         assert get_benchmark(name, protocol="official").settings.prompt == "official"
     for name in ("pixmo_points", "paco_lvis"):
         s = get_benchmark(name).settings
-        assert (s.prompt, s.max_num, s.max_new_tokens, s.min_new_tokens) == ("vlaser", 6, 100, 1)
+        assert (s.prompt, s.max_tiles, s.max_new_tokens, s.min_new_tokens) == ("vlaser", 6, 100, 1)
     with pytest.raises(ValueError, match=r"unknown protocol 'x'; choose from \['vlaser', 'official'\]"):
         get_benchmark("where2place", protocol="x")
 
@@ -42,7 +42,7 @@ def test_default_run_uses_the_protocol_and_records_how_it_was_made(tmp_path):
     assert backend.generation == GenerationParams(max_new_tokens=1024, min_new_tokens=0)
     assert backend.asked[0].startswith("<image>\nYou are InternVL.")  # the vlaser prompt builder
     record = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert record["settings"] == {"prompt": "vlaser", "max_num": 12, "max_new_tokens": 1024, "min_new_tokens": 0,
+    assert record["settings"] == {"prompt": "vlaser", "max_tiles": 12, "max_new_tokens": 1024, "min_new_tokens": 0,
                                   "frames": None, "do_sample": False}
     assert (record["protocol"], record["protocol_version"]) == ("vlaser", 1)
     assert "eval_example.py" in record["protocol_source"] and record["vlaser_version"] == "0.1.0"
@@ -138,7 +138,7 @@ def test_python_api_numbers_are_checked(tmp_path):
     data = where2place(tmp_path / "w", n=1)
     bench = get_benchmark("where2place")
     for kwargs, message in (({"limit": -1}, "--limit must be at least 1"), ({"batch_size": 0}, "--batch-size"),
-                            ({"max_num": 0}, "--max-num must be an integer of at least 1"),
+                            ({"max_tiles": 0}, "--max-num must be an integer of at least 1"),
                             ({"frames": 0}, "--frames must be an integer of at least 1")):
         with pytest.raises(ValueError, match=message):
             run(bench, ScriptedBackend(), data, tmp_path / "o", **kwargs)
@@ -165,7 +165,7 @@ def test_resuming_with_another_engine_payload_is_refused(tmp_path):
     """The engine decides where the images go in the request, so answers made with another one are not mixed."""
     from vlaser.eval.provenance import check_and_write, differences
 
-    record = {"benchmark": "mmsi_bench", "settings": {"max_num": 6}, "started_at": "t0",
+    record = {"benchmark": "mmsi_bench", "settings": {"max_tiles": 6}, "started_at": "t0",
               "backend": {"backend": "openai", "model": "m", "engine": "vllm", "system_message": "s"}}
     check_and_write(tmp_path, record)
     check_and_write(tmp_path, {**record, "started_at": "t1"})  # the same run goes on
@@ -173,3 +173,28 @@ def test_resuming_with_another_engine_payload_is_refused(tmp_path):
     assert differences(record, other) == ['backend.engine: "vllm" -> "openai"']
     with pytest.raises(UserInputError, match="other settings .*backend.engine"):
         check_and_write(tmp_path, other)
+
+
+def test_a_run_recorded_with_the_old_tile_name_resumes_and_a_changed_limit_is_named(tmp_path):
+    """``run.json`` files written before the tile limit was named ``max_tiles`` still resume."""
+    from vlaser.eval.provenance import check_and_write
+
+    old = {"benchmark": "mmsi_bench", "settings": {"max_num": 6, "max_new_tokens": 1024}, "started_at": "t0"}
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    now = {"benchmark": "mmsi_bench", "settings": {"max_tiles": 6, "max_new_tokens": 1024}, "started_at": "t1"}
+    check_and_write(tmp_path, now)
+    written = json.loads((tmp_path / "run.json").read_text())
+    assert written["settings"] == now["settings"] and written["started_at"] == "t0"
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    with pytest.raises(UserInputError, match=r"settings.max_tiles: 6 -> 12"):
+        check_and_write(tmp_path, {**now, "settings": {**now["settings"], "max_tiles": 12}})
+
+
+def test_the_local_backend_is_the_core_so_settings_go_straight_to_it():
+    """The runner's tile limits reach the prepare step and its generation settings reach the engine with no
+    layer of the backend's own in between (the walk in docs/engine.md)."""
+    from vlaser.inference.engine import Engine
+    from vlaser.inference.prepare import Preparer
+
+    assert TransformersBackend.prepare is Preparer.prepare and TransformersBackend.tiling is Preparer.tiling
+    assert TransformersBackend.generate is Engine.generate

@@ -97,7 +97,7 @@ def test_prompt_is_get_ti_list_joined_as_the_internvl_wrapper(tmp_path):
                 "Language instruction:\nPut the apple on the plate.\n"
                 "Please give the output skill sequence\n")
     assert bench.prompt(item, "vlaser") == bench.prompt(item, "official") == expected
-    request = build_request(bench, item, "vlaser", bench.settings.max_num)
+    request = build_request(bench, item, "vlaser", bench.settings.max_tiles)
     assert place_tags(request) == expected  # the labelled picture second
     assert [(p.source, p.max_tiles) for p in request.pictures] == [(image, 6) for image in item.images]
     cot = get_benchmark("vlabench", prompt_file=str(pre), cot=True).load(data)[1]
@@ -107,7 +107,7 @@ def test_prompt_is_get_ti_list_joined_as_the_internvl_wrapper(tmp_path):
     text = default.prompt(default.load(data)[1], "vlaser")
     assert text.startswith("(A paraphrase by vlaser of the VLABench skill-library prompt; not the official wording.)")
     assert text.count("<image>") == 2 and default.prompt_source.startswith("paraphrase")
-    assert (default.settings.max_new_tokens, default.settings.max_num) == (512, 6)
+    assert (default.settings.max_new_tokens, default.settings.max_tiles) == (512, 6)
 
 
 def test_exact_answer_and_total_weighting(items):

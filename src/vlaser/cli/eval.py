@@ -93,7 +93,8 @@ def _model_and_settings(p) -> None:
                    help="items generated together (default 8); answers do not depend on it")
     p.add_argument("--limit", type=at_least(1), default=None,
                    help="only the first K items (of each benchmark); the scores are marked partial")
-    p.add_argument("--max-num", type=at_least(1), default=None, help="tiles per image (default: the protocol's)")
+    p.add_argument("--max-num", dest="max_tiles", type=at_least(1), default=None,
+                   help="tiles per image (default: the protocol's)")
     p.add_argument("--max-new-tokens", type=at_least(1), default=None, help="default: the protocol's")
     p.add_argument("--min-new-tokens", type=at_least(0), default=None, help="default: the protocol's")
     p.add_argument("--frames", type=at_least(1), default=None,
@@ -154,7 +155,7 @@ def run(args) -> int:
 
         backend = _backend(args)
         metrics = run_eval(benchmark, backend, args.data, args.out, batch_size=args.batch_size, limit=args.limit,
-                           prompt=args.prompt, max_num=args.max_num, max_new_tokens=args.max_new_tokens,
+                           prompt=args.prompt, max_tiles=args.max_tiles, max_new_tokens=args.max_new_tokens,
                            pictures=args.pictures, frames=args.frames, min_new_tokens=args.min_new_tokens,
                            workers=args.workers)
     else:

@@ -20,21 +20,19 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 from PIL import Image
 
 from vlaser.errors import ExternalServiceError
-from vlaser.inference import Completion, GenerationParams, Picture, Prepared, Request
-from vlaser.inference.prepare import place_tags, prepare, tile
+from vlaser.inference import Completion, GenerationParams, Picture, Request
+from vlaser.inference.engine import Engine
+from vlaser.inference.prepare import Pending, Preparer, place_tags
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
-
-#: ``(image file, max tiles) -> future`` of the tiles worker processes are making for a batch
-Pending = dict[tuple[Path, int], Future]
 
 
 class Backend(Protocol):
@@ -60,8 +58,10 @@ class Backend(Protocol):
         model's batch; an API backend keeps its own concurrency)."""
 
 
-class TransformersBackend:
-    """Batched generation with a local checkpoint, through the inference core (the checkpoint's tiling)."""
+class TransformersBackend(Preparer, Engine):
+    """A local checkpoint as a :class:`Backend`: the inference core's prepare step (the checkpoint's tiling,
+    tiles reused and made ahead) and its engine themselves, so the runner's tile limits and generation settings
+    reach the tiler and ``generate`` directly. This class only loads the model and says what answers."""
 
     tiles_locally = True
 
@@ -76,59 +76,23 @@ class TransformersBackend:
             device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun process
         self.model_path = model_path
         self.vlm = vlm if vlm is not None else VLM.from_pretrained(model_path, dtype=dtype, device=device)
-        self._last_tiles: dict[tuple[int, int], tuple[Image.Image, tuple[int, int], Any]] = {}
+        Preparer.__init__(self, self.vlm.model)
+        Engine.__init__(self, self.vlm.model, self.vlm.tokenizer)
 
     @property
     def overlap_io(self) -> bool:
         """Prepare the next batch on a thread only when generation does not need this CPU."""
-        return self.vlm.model.device.type != "cpu"
+        return self.model.device.type != "cpu"
 
     def info(self) -> dict:
-        return {"backend": "transformers", "model": self.model_path, "dtype": str(self.vlm.model.dtype),
-                "device": str(self.vlm.model.device), "config_sha256": self._config_hash()}
+        return {"backend": "transformers", "model": self.model_path, "dtype": str(self.model.dtype),
+                "device": str(self.model.device), "config_sha256": self._config_hash()}
 
     def _config_hash(self) -> str:
         """sha256 of the checkpoint's ``config.json`` (of the in-memory config for a model being trained)."""
         config = Path(self.model_path) / "config.json"
-        data = config.read_bytes() if config.is_file() else self.vlm.model.config.to_json_string().encode()
+        data = config.read_bytes() if config.is_file() else self.model.config.to_json_string().encode()
         return hashlib.sha256(data).hexdigest()
-
-    def prepare(self, request: Request, pending: Pending | None = None) -> Prepared:
-        """The request's prompt and tiles (the runner does this for the next batch during generation).
-
-        Decoded frames shared with the previous request (the runner hands the same frame objects to questions
-        about one clip) reuse their tiles; ``pending`` holds tiles worker processes are making.
-        """
-        reused: dict[tuple[int, int], tuple[Image.Image, tuple[int, int], Any]] = {}
-
-        def tiler(picture: Picture, max_tiles: int):
-            source = picture.source
-            if isinstance(source, Image.Image):
-                hit = self._last_tiles.get((id(source), max_tiles))
-                made = hit[1:] if hit is not None and hit[0] is source else self._tile(source, max_tiles)
-                reused[id(source), max_tiles] = (source, *made)
-                return made
-            if pending is not None and (source, max_tiles) in pending:
-                return pending[source, max_tiles].result()
-            return self._tile(source, max_tiles)
-
-        prepared = prepare(request, self.vlm.model, tiler=tiler)
-        self._last_tiles = reused
-        return prepared
-
-    def tiling(self, picture: Path | Image.Image, max_tiles: int) -> tuple[Callable, tuple]:
-        """The call that tiles one picture with the checkpoint's settings, as a module-level function and its
-        arguments, so a worker process can run the very same call."""
-        return tile, (picture, max_tiles, self.vlm.settings)
-
-    def _tile(self, picture: Path | Image.Image, max_tiles: int):
-        call, args = self.tiling(picture, max_tiles)
-        return call(*args)
-
-    def generate(self, prepared: Sequence[Prepared], params: GenerationParams, max_batch_size: int | None = None
-                 ) -> list[Completion]:
-        """Completions of prepared requests, through the engine (``max_batch_size`` rows decoding at once)."""
-        return self.vlm.complete(prepared, params, max_batch_size=max_batch_size)
 
 
 def _data_url(picture: Path | Image.Image) -> str:
@@ -170,7 +134,7 @@ def to_payload(request: Request, model: str, params: GenerationParams, system_me
       InternVL's default one, a known cause of large score drops. An empty one means none: sent empty to
       ``vlaser`` (which reads a missing one as the model's own), left out for the others.
     - Tiles: LMDeploy (and ``vlaser serve``) read ``max_dynamic_patch`` inside each ``image_url`` part (so frames
-      get 1 and still images ``max_num``); vLLM reads ``mm_processor_kwargs.max_dynamic_patch`` for the whole
+      get 1 and still images their ``max_tiles``); vLLM reads ``mm_processor_kwargs.max_dynamic_patch`` for the whole
       request (the still images' limit, or 1 when there are only frames), not sent to ``vlaser``, where it would
       override the server's setting for pictures without their own. A picture without a limit of its own sends
       none (the server's setting applies).

@@ -78,7 +78,7 @@ class EvalProtocol:
     name: str
     version: int = 1
     prompt: str = "official"  #: "vlaser": the seed's point prefix + the question; "official": the benchmark's own
-    max_num: int = 6  #: tiles per still image
+    max_tiles: int = 6  #: tiles per still image (InternVL's and the CLI's max_num)
     max_new_tokens: int = 1024
     min_new_tokens: int = 0
     frames: int = 8  #: frames per video item

@@ -96,12 +96,24 @@ def differences(recorded: dict, now: dict) -> list[str]:
     return out
 
 
+#: setting names ``run.json`` once recorded, and their names now
+RENAMED_SETTINGS = {"max_num": "max_tiles"}
+
+
+def upgraded(record: dict) -> dict:
+    """A ``run.json`` written by an earlier vlaser with today's setting names, so a run it recorded resumes."""
+    settings = record.get("settings")
+    if isinstance(settings, dict):
+        record["settings"] = {RENAMED_SETTINGS.get(k, k): v for k, v in settings.items()}
+    return record
+
+
 def check_and_write(out: Path, record: dict) -> None:
     """Refuse to resume ``out`` when its recorded run was made differently (naming how); then record this run,
     keeping the first start time."""
     path = out / "run.json"
     if path.is_file():
-        recorded = json.loads(path.read_text())
+        recorded = upgraded(json.loads(path.read_text()))
         changed = differences(recorded, record)
         if changed:
             raise UserInputError(f"{out} holds a run made with other settings ({'; '.join(changed)}); use a new --out, "

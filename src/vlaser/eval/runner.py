@@ -18,11 +18,11 @@ from typing import Any
 from tqdm import tqdm
 
 from vlaser.errors import UserInputError, VlaserError
-from vlaser.eval.backends import Backend, Pending
+from vlaser.eval.backends import Backend
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score, check_prompt_style
 from vlaser.eval.provenance import check_and_write, coverage, git_commit, run_record, vlaser_version
 from vlaser.inference import Completion, GenerationParams, Picture, Request
-from vlaser.inference.prepare import place_tags
+from vlaser.inference.prepare import Pending, place_tags
 from vlaser.jsonl import JSONLError, read_jsonl
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageLoadError, LastClip, decode_frames
@@ -127,10 +127,10 @@ def effective_settings(benchmark: Benchmark, has_video: bool, **overrides) -> di
     benchmark without video."""
     settings = {**benchmark.settings.settings(), **{k: v for k, v in overrides.items() if v is not None}}
     check_prompt_style(settings["prompt"])
-    for key, least in (("max_num", 1), ("max_new_tokens", 1), ("min_new_tokens", 0), ("frames", 1)):
+    for key, least in (("max_tiles", 1), ("max_new_tokens", 1), ("min_new_tokens", 0), ("frames", 1)):
         value = settings[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            flag = "--" + key.replace("_", "-")
+            flag = "--max-num" if key == "max_tiles" else "--" + key.replace("_", "-")
             raise UserInputError(f"{flag} must be an integer of at least {least}, got {value!r}")
     if settings["min_new_tokens"] > settings["max_new_tokens"]:
         raise UserInputError(f"min_new_tokens {settings['min_new_tokens']} exceeds max_new_tokens "
@@ -142,7 +142,7 @@ def effective_settings(benchmark: Benchmark, has_video: bool, **overrides) -> di
 
 
 def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch_size: int = 8,
-        limit: int | None = None, prompt: str | None = None, max_num: int | None = None,
+        limit: int | None = None, prompt: str | None = None, max_tiles: int | None = None,
         max_new_tokens: int | None = None, pictures: int = 50, frames: int | None = None,
         min_new_tokens: int | None = None, workers: int = 0) -> dict[str, Any]:
     """Ask every item not yet answered in ``OUT`` (items that failed on unreadable media are asked again),
@@ -161,7 +161,7 @@ def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch
         raise UserInputError(f"--limit must be at least 1 (all items: leave it out), got {limit}")
     available = benchmark.load(Path(data_dir))
     items = available[:limit]
-    settings = effective_settings(benchmark, any(item.video for item in items), prompt=prompt, max_num=max_num,
+    settings = effective_settings(benchmark, any(item.video for item in items), prompt=prompt, max_tiles=max_tiles,
                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, frames=frames)
     params = GenerationParams(settings["max_new_tokens"], settings["min_new_tokens"])
     out = Path(out)
@@ -201,8 +201,8 @@ def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch
         clip = LastClip()
 
         def prepare(group: list[Item]) -> list:
-            pending = tiler.start([(image, settings["max_num"]) for item in group for image in item.images])
-            return [_prepare(benchmark, backend, item, settings["prompt"], settings["max_num"], settings["frames"],
+            pending = tiler.start([(image, settings["max_tiles"]) for item in group for image in item.images])
+            return [_prepare(benchmark, backend, item, settings["prompt"], settings["max_tiles"], settings["frames"],
                              clip, pending) for item in group]
 
         upcoming = loader.submit(prepare, windows[0]) if windows else None
@@ -295,16 +295,16 @@ class _InlineExecutor:
         return future
 
 
-def build_request(benchmark: Benchmark, item: Item, style: str, max_num: int,
+def build_request(benchmark: Benchmark, item: Item, style: str, max_tiles: int,
                   frames: list | None = None) -> Request:
-    """An item's request: the benchmark's prompt and the item's pictures, each still image with ``max_num``
+    """An item's request: the benchmark's prompt and the item's pictures, each still image with ``max_tiles``
     tiles at most, each video frame (first, one ``frame_line`` each) with one.
 
     A prompt with ``<image>`` tags places the pictures itself; otherwise the prepare step lays them out.
     """
     text = benchmark.prompt(item, style)
     pictures = [*(Picture(frame, 1, frame=True) for frame in frames or []),
-                *(Picture(image, max_num) for image in item.images)]
+                *(Picture(image, max_tiles) for image in item.images)]
     request = Request(text, pictures, tagged=IMAGE_PLACEHOLDER in text, frame_line=benchmark.frame_line)
     try:
         place_tags(request)
@@ -317,7 +317,7 @@ class MediaError(VlaserError):
     """An item whose media could not be read; the message names the item and the file."""
 
 
-def _prepare(benchmark: Benchmark, backend: Backend, item: Item, style: str, max_num: int, n_frames: int | None,
+def _prepare(benchmark: Benchmark, backend: Backend, item: Item, style: str, max_tiles: int, n_frames: int | None,
              clip: LastClip | None = None, pending: Pending | None = None):
     """``(prompt text, request readied by the backend)`` for an item (video frames are decoded here, ahead of
     generation), or the ``MediaError`` that names the unreadable file. ``pending``: tiles being made by
@@ -326,7 +326,7 @@ def _prepare(benchmark: Benchmark, backend: Backend, item: Item, style: str, max
         frames = None
         if item.video is not None:
             frames = decode_frames(item.video, lambda total: benchmark.frame_indices(item, total, n_frames), clip)
-        request = build_request(benchmark, item, style, max_num, frames)
+        request = build_request(benchmark, item, style, max_tiles, frames)
         return place_tags(request), backend.prepare(request, pending)
     except ImageLoadError as e:
         return MediaError(f"item {item.id}: {e}")

@@ -40,7 +40,7 @@ LAYOUTS: dict[str, str] = {
 #: benchmarks whose results come from their own harness, imported into OUT beforehand
 IMPORTED: dict[str, str] = {"eb_alfred": "EB-ALFRED", "eb_habitat": "EB-Habitat"}
 #: settings a suite may override for every benchmark it runs (the runner's keyword arguments)
-OVERRIDES = ("prompt", "max_num", "max_new_tokens", "min_new_tokens", "frames")
+OVERRIDES = ("prompt", "max_tiles", "max_new_tokens", "min_new_tokens", "frames")
 PAPER = "Vlaser (arXiv 2510.11027v2) Table 1"
 
 

@@ -153,15 +153,18 @@ class Engine:
 
     # ---- the list API ------------------------------------------------------------------------------------
 
-    def generate(self, items: Sequence[Prepared], params: GenerationParams | Sequence[GenerationParams]
-                 ) -> list[Completion]:
+    def generate(self, items: Sequence[Prepared], params: GenerationParams | Sequence[GenerationParams],
+                 max_batch_size: int | None = None, keep_grounding_tokens: bool | None = None) -> list[Completion]:
         """One completion per item, in the items' order; ``params`` is one setting for all or one per item.
-        Items are admitted sorted by tile count and prompt length, so rows that share a prefill are alike."""
+        Items are admitted sorted by tile count and prompt length, so rows that share a prefill are alike.
+        ``max_batch_size`` (rows decoding at once) resizes an idle engine's slots; None keeps them."""
         params = _per_item(items, params)
+        if max_batch_size is not None:
+            self.resize(max_batch_size)
         rows: list[Row] = []
         try:
             for item, p in zip(items, params):
-                rows.append(self.add(item, p))
+                rows.append(self.add(item, p, keep_grounding_tokens))
         finally:  # an item refused by add leaves none of the list queued
             for row in rows:
                 self.waiting.remove(row)
@@ -172,6 +175,18 @@ class Engine:
             if row.error is not None:
                 raise row.error
         return [row.completion for row in rows]
+
+    def resize(self, max_batch_size: int) -> None:
+        """``max_batch_size`` slots from the next step on; the cache and graphs of the old size are dropped."""
+        if max_batch_size < 1:
+            raise ValueError(f"need max_batch_size >= 1, got {max_batch_size}")
+        if max_batch_size == self.max_batch_size:
+            return
+        if self.waiting or self.running:
+            raise RuntimeError("an engine with queued or running rows cannot be resized")
+        self.max_batch_size, self._cache = max_batch_size, None
+        self._inputs.clear()
+        self._graphs.clear()
 
     # ---- the step API (the server's loop) ----------------------------------------------------------------
 

@@ -6,11 +6,14 @@ request gives one prompt and one set of tiles whichever path it takes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from PIL import Image
 
 from vlaser.inference.types import Picture, PictureSource, Prepared, Request
 from vlaser.model.constants import IMAGE_PLACEHOLDER
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
 
 #: ``(picture, its tile limit) -> ((width, height), tiles)``: how a caller may supply tiles made elsewhere
 Tiler = Callable[[Picture, int], tuple[tuple[int, int], torch.Tensor]]
+#: ``(image file, tile limit) -> future`` of the tiles worker processes are making
+Pending = Mapping[tuple[Path, int], Future]
 
 
 def images_first(text: str, n_images: int) -> str:
@@ -107,6 +112,40 @@ def prepare(request: Request, model, max_tiles: int | None = None, tiler: Tiler 
     prompt = render(request, question, model.conv_template, num_patches, model.num_image_token, system)
     pixel_values = torch.cat([tiles for _, tiles in made]) if made else None
     return Prepared(prompt, pixel_values, num_patches, [size for size, _ in made])
+
+
+class Preparer:
+    """The prepare step for one model, reusing tiles already made: a decoded frame shared with the previous
+    request (the eval runner hands the same frame objects to every question about one clip), and tiles worker
+    processes are making (``pending``, by image file and tile limit)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.settings = model, model.processor_settings
+        self._last: dict[tuple[int, int], tuple[Image.Image, tuple[int, int], torch.Tensor]] = {}
+
+    def tiling(self, picture: PictureSource, max_tiles: int) -> tuple[Callable, tuple]:
+        """The call that tiles one picture for this model, as a module-level function and its arguments, so a
+        worker process runs the very same call."""
+        return tile, (picture, max_tiles, self.settings)
+
+    def prepare(self, request: Request, pending: Pending | None = None) -> Prepared:
+        """:func:`prepare` for this model, taking the tiles it already has or that are being made."""
+        reused: dict[tuple[int, int], tuple[Image.Image, tuple[int, int], torch.Tensor]] = {}
+
+        def tiler(picture: Picture, max_tiles: int) -> tuple[tuple[int, int], torch.Tensor]:
+            source = picture.source
+            if isinstance(source, Image.Image):
+                hit = self._last.get((id(source), max_tiles))
+                made = hit[1:] if hit is not None and hit[0] is source else tile(source, max_tiles, self.settings)
+                reused[id(source), max_tiles] = (source, *made)
+                return made
+            if pending is not None and (source, max_tiles) in pending:
+                return pending[source, max_tiles].result()
+            return tile(source, max_tiles, self.settings)
+
+        prepared = prepare(request, self.model, tiler=tiler)
+        self._last = reused
+        return prepared
 
 
 def render(request: Request, question: str, template: ChatTemplate, num_patches: Sequence[int], num_image_token: int,

@@ -172,7 +172,7 @@ def evaluate(backend, data: dict[str, Path], out: Path, pictures: int = 0) -> di
 
     scores = {}
     for name in ("where2place", "mmsi_bench"):
-        metrics = run(get_benchmark(name), backend, data[name], out / name, batch_size=BATCH_SIZE, max_num=1,
+        metrics = run(get_benchmark(name), backend, data[name], out / name, batch_size=BATCH_SIZE, max_tiles=1,
                       max_new_tokens=MAX_NEW_TOKENS, pictures=pictures)
         scores[name] = metrics["score"]
     return scores

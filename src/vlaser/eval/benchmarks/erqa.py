@@ -142,8 +142,8 @@ def _indices(value: Any, where: str) -> list[int]:
 
 class ERQA(Benchmark):
     name = "erqa"
-    protocols = (EvalProtocol("vlaser", max_num=6, max_new_tokens=1024, source="docs/benchmarks/erqa.md"),
-                 EvalProtocol("lmms_eval", max_num=6, max_new_tokens=1024,
+    protocols = (EvalProtocol("vlaser", max_tiles=6, max_new_tokens=1024, source="docs/benchmarks/erqa.md"),
+                 EvalProtocol("lmms_eval", max_tiles=6, max_new_tokens=1024,
                           source="lmms-eval's erqa task: images first, its priority letter extractor"))
     pointing = False
 

@@ -32,7 +32,7 @@ def extract_choice(text: str) -> str | None:
 class MMSIBench(Benchmark):
     name = "mmsi_bench"
     pointing = False
-    protocols = (EvalProtocol("official", max_num=6, max_new_tokens=1024,
+    protocols = (EvalProtocol("official", max_tiles=6, max_new_tokens=1024,
                           source="InternRobotics/MMSI-Bench's VLMEvalKit fork; generation as eval_example.py"),)
 
     def load(self, data_dir: Path) -> list[Item]:

@@ -85,7 +85,7 @@ class PacoLvis(VlaserPointJSONL):
     name = "paco_lvis"
     known_options = ("annotation", "max_queries", "seed")
     protocols = (
-        EvalProtocol("vlaser", version=2, prompt="vlaser", max_num=6, max_new_tokens=100, min_new_tokens=1,
+        EvalProtocol("vlaser", version=2, prompt="vlaser", max_tiles=6, max_new_tokens=100, min_new_tokens=1,
                  source=VLASER_EVALUATOR),
     )
     annotation_names = (r"paco",)

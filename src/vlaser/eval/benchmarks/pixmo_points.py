@@ -77,9 +77,9 @@ class PixmoPoints(VlaserPointJSONL):
     name = "pixmo_points"
     known_options = ("annotation", "match_by_line", "radius", "fix_gt_scale")
     protocols = (
-        EvalProtocol("vlaser", version=2, prompt="vlaser", max_num=6, max_new_tokens=100, min_new_tokens=1,
+        EvalProtocol("vlaser", version=2, prompt="vlaser", max_tiles=6, max_new_tokens=100, min_new_tokens=1,
                  source=VLASER_EVALUATOR),
-        EvalProtocol("molmo", prompt="official", max_num=6, max_new_tokens=100, min_new_tokens=1,
+        EvalProtocol("molmo", prompt="official", max_tiles=6, max_new_tokens=100, min_new_tokens=1,
                  source="Molmo's PointingEval data and scorer, asked with Vlaser's evaluator settings"),
     )
 

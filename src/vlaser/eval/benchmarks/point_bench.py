@@ -86,8 +86,8 @@ def official_text(item: Item, width: int, height: int) -> str:
 class PointBench(Benchmark):
     name = "point_bench"
     protocols = (
-        EvalProtocol("vlaser", prompt="vlaser", max_num=12, max_new_tokens=1024, source=VLASER_EXAMPLE),
-        EvalProtocol("official", version=2, prompt="official", max_num=12, max_new_tokens=1024,
+        EvalProtocol("vlaser", prompt="vlaser", max_tiles=12, max_new_tokens=1024, source=VLASER_EXAMPLE),
+        EvalProtocol("official", version=2, prompt="official", max_tiles=12, max_new_tokens=1024,
                  source="pointarena/pointarena model_evaluator.py call_claude/call_grok prompt (steerable reference "
                         "points from pixmo_metadata.csv), with eval_example.py's generation settings"),
     )

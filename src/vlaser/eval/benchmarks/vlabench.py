@@ -246,7 +246,7 @@ def _mean(values: list[float]) -> float:
 class VLABench(Benchmark):
     name = "vlabench"
     pointing = False
-    protocols = (EvalProtocol("official", max_num=6, max_new_tokens=512,
+    protocols = (EvalProtocol("official", max_tiles=6, max_new_tokens=512,
                           source="VLABench's InternVL wrapper (LMDeploy defaults); 6 tiles for two pictures"),)
 
     known_options = tuple(OPTIONS)

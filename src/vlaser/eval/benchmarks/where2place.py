@@ -27,8 +27,8 @@ class Where2Place(Benchmark):
     name = "where2place"
     known_options = ("binarize", "real_size", "unparsed_as_zero")
     protocols = (
-        EvalProtocol("vlaser", prompt="vlaser", max_num=12, max_new_tokens=1024, source=VLASER_EXAMPLE),
-        EvalProtocol("official", prompt="official", max_num=12, max_new_tokens=1024,
+        EvalProtocol("vlaser", prompt="vlaser", max_tiles=12, max_new_tokens=1024, source=VLASER_EXAMPLE),
+        EvalProtocol("official", prompt="official", max_tiles=12, max_new_tokens=1024,
                  source="the benchmark's own prompt, with eval_example.py's generation settings"),
     )
 
