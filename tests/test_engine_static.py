@@ -114,3 +114,51 @@ def test_cuda_graph_answers_equal_the_eager_static_path(tiny_original):
     assert graphed.generate(items, params) == eager.generate(items, params)
     assert len(graphed._graphs) > 1  # several buckets captured, each replayed
     assert graphed.generate(items[::-1], params[::-1]) == eager.generate(items[::-1], params[::-1])
+
+
+def test_eval_and_serve_take_the_static_decode_from_their_flags(tiny_original, tmp_path, capsys):
+    """``--static-capacity`` reaches the engine of ``eval run`` (same predictions as the growing cache) and of
+    ``vlaser serve``; ``--cuda-graphs`` alone is refused by name."""
+    import asyncio
+    import json
+
+    from test_eval import where2place
+    from vlaser.api import VLM
+    from vlaser.cli import main
+    from vlaser.cli.serve import add_parser
+    from vlaser.serve.engine import Engine as ServeEngine
+    from vlaser.serve.engine import Job
+
+    data = where2place(tmp_path / "w", n=3)
+    common = ["eval", "run", "--model", str(tiny_original), "--dtype", "float32", "--device", "cpu", "--benchmark",
+              "where2place", "--data", str(data), "--max-new-tokens", "6", "--pictures", "0"]
+    assert main([*common, "--out", str(tmp_path / "dynamic")]) == 0
+    assert main([*common, "--out", str(tmp_path / "static"), "--static-capacity", "4096"]) == 0
+    answers = [(tmp_path / d / "predictions.jsonl").read_text() for d in ("dynamic", "static")]
+    assert answers[0] == answers[1] and len(answers[0].splitlines()) == 3
+    assert main([*common, "--out", str(tmp_path / "graphs"), "--cuda-graphs"]) == 2
+    assert "--cuda-graphs needs --static-capacity" in capsys.readouterr().err
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model", "m", "--static-capacity", "512"])
+    assert (args.static_capacity, args.cuda_graphs) == (512, False)
+    vlm = VLM.from_pretrained(tiny_original, dtype=torch.float32, device="cpu")
+
+    async def main_loop():
+        engine = ServeEngine(vlm, max_wait_ms=0, static_capacity=512)
+        await engine.start()
+        try:
+            from vlaser.inference import Request
+
+            stream = engine.submit(Job(Request("Hi"), GenerationParams(max_new_tokens=4), max_tiles=1))
+            await stream.result()
+            return engine.core._cache.capacity  # the static cache, allocated at its full size
+        finally:
+            await engine.stop()
+
+    assert asyncio.run(main_loop()) == 512
+    assert json.loads((tmp_path / "static" / "run.json").read_text())["backend"]["decode"] == {
+        "static_capacity": 4096, "cuda_graphs": False}

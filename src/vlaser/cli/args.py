@@ -19,3 +19,22 @@ def at_least(least: int):
 
     parse.__name__ = f"integer >= {least}"
     return parse
+
+
+def add_decode_options(p) -> None:
+    """The engine's fixed-shape decode (``vlaser serve``, ``eval run``, ``eval suite``); off by default until it
+    is measured faster on a GPU."""
+    p.add_argument("--static-capacity", type=at_least(1), default=None, metavar="POSITIONS",
+                   help="a static KV cache of POSITIONS per row (prompt plus new tokens), allocated once, and "
+                        "fixed-shape decode steps; a longer request is refused (default: a cache that grows)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each decode step as a captured CUDA graph (needs --static-capacity; CUDA only)")
+
+
+def decode_options(args) -> dict:
+    """The engine's keywords from :func:`add_decode_options`' flags."""
+    from vlaser.errors import UserInputError
+
+    if args.cuda_graphs and args.static_capacity is None:
+        raise UserInputError("--cuda-graphs needs --static-capacity: a graph replays fixed shapes only")
+    return {"static_capacity": args.static_capacity, "cuda_graphs": args.cuda_graphs}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlaser.cli.args import at_least
+from vlaser.cli.args import add_decode_options, at_least, decode_options
 from vlaser.errors import UserInputError
 from vlaser.eval.backends import ENGINES
 from vlaser.eval.benchmark import PROMPT_STYLES, REGISTRY
@@ -105,6 +105,7 @@ def _model_and_settings(p) -> None:
                    help="with --model: auto (the checkpoint's dtype), bfloat16, float16 or float32")
     p.add_argument("--device", default=None,
                    help="with --model: cpu, cuda, cuda:N or auto (default: cuda when available)")
+    add_decode_options(p)
 
 
 def _backend(args):
@@ -116,7 +117,7 @@ def _backend(args):
             raise UserInputError("--api-base needs --api-model (the model name the server knows)")
         return OpenAIBackend(args.api_base, args.api_model, concurrency=args.concurrency,
                              system_message=args.system_message, engine=args.api_engine)
-    return TransformersBackend(args.model, dtype=args.dtype, device=args.device)
+    return TransformersBackend(args.model, dtype=args.dtype, device=args.device, **decode_options(args))
 
 
 def _suite(args) -> int:

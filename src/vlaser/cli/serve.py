@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 
-from vlaser.cli.args import at_least
+from vlaser.cli.args import add_decode_options, at_least, decode_options
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def add_parser(sub) -> None:
                         "model.chat, vlaser eval, vLLM and LMDeploy decode them")
     p.add_argument("--dtype", default="auto", help="auto (checkpoint dtype), bfloat16, float16 or float32")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+    add_decode_options(p)
 
 
 def run(args) -> int:
@@ -64,6 +65,7 @@ def run(args) -> int:
         raise UserInputError(f"--allow-local-media {args.allow_local_media}: not a folder")
     if args.max_tokens > args.max_tokens_cap:
         raise UserInputError(f"--max-tokens {args.max_tokens} is over --max-tokens-cap {args.max_tokens_cap}")
+    decode = decode_options(args)
     listener = bind(args.host, args.port)  # a port in use is said now, not after minutes of loading the model
     from vlaser.api import VLM
     from vlaser.serve.app import create_app
@@ -75,7 +77,7 @@ def run(args) -> int:
         listener.close()
         raise
     engine = Engine(vlm, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                    keep_grounding_tokens=args.keep_grounding_tokens)
+                    keep_grounding_tokens=args.keep_grounding_tokens, **decode)
     app = create_app(engine, args.served_model_name or args.model, api_key=args.api_key or None,
                      default_max_tokens=args.max_tokens, max_tokens_cap=args.max_tokens_cap,
                      max_images=args.max_images, max_pixels=args.max_pixels, max_body_bytes=args.max_body_mb * 2**20,

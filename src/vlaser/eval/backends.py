@@ -65,9 +65,11 @@ class TransformersBackend(Preparer, Engine):
 
     tiles_locally = True
 
-    def __init__(self, model_path: str, dtype="auto", device=None, vlm=None):
+    def __init__(self, model_path: str, dtype="auto", device=None, vlm=None, static_capacity: int | None = None,
+                 cuda_graphs: bool = False):
         """Loads ``model_path``; or, given ``vlm`` (a model already in memory, e.g. one being trained), uses it
-        and ``model_path`` only names it in ``run.json``."""
+        and ``model_path`` only names it in ``run.json``. ``static_capacity`` and ``cuda_graphs``: the engine's
+        fixed-shape decode."""
         import torch
 
         from vlaser.api import VLM
@@ -77,7 +79,8 @@ class TransformersBackend(Preparer, Engine):
         self.model_path = model_path
         self.vlm = vlm if vlm is not None else VLM.from_pretrained(model_path, dtype=dtype, device=device)
         Preparer.__init__(self, self.vlm.model)
-        Engine.__init__(self, self.vlm.model, self.vlm.tokenizer)
+        Engine.__init__(self, self.vlm.model, self.vlm.tokenizer, static_capacity=static_capacity,
+                        cuda_graphs=cuda_graphs)
 
     @property
     def overlap_io(self) -> bool:
@@ -86,7 +89,8 @@ class TransformersBackend(Preparer, Engine):
 
     def info(self) -> dict:
         return {"backend": "transformers", "model": self.model_path, "dtype": str(self.model.dtype),
-                "device": str(self.model.device), "config_sha256": self._config_hash()}
+                "device": str(self.model.device), "config_sha256": self._config_hash(),
+                "decode": {"static_capacity": self.static_capacity, "cuda_graphs": self.cuda_graphs}}
 
     def _config_hash(self) -> str:
         """sha256 of the checkpoint's ``config.json`` (of the in-memory config for a model being trained)."""

@@ -123,13 +123,15 @@ class Engine:
     """
 
     def __init__(self, vlm, max_batch_size: int = 8, max_wait_ms: float = 10, max_queue: int = 64,
-                 keep_grounding_tokens: bool = False, max_batch_tokens: int = 65536):
+                 keep_grounding_tokens: bool = False, max_batch_tokens: int = 65536, static_capacity: int | None = None,
+                 cuda_graphs: bool = False):
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(f"need max_batch_size >= 1, max_queue >= 1 and max_wait_ms >= 0, got {max_batch_size}, "
                              f"{max_queue} and {max_wait_ms}")
         self.vlm, self.keep_grounding_tokens = vlm, keep_grounding_tokens
         self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.max_batch_tokens = max_batch_tokens
+        self.decode = {"static_capacity": static_capacity, "cuda_graphs": cuda_graphs}  #: the core's decode options
         self.core: core.Engine | None = None  # made on the worker thread, the only one that uses the tokenizer
         self._waiting: deque[Stream] = deque()  # submitted, not yet handed to the core (guarded by _lock)
         self._pending: set[Stream] = set()  # waiting or running (event loop thread only)
@@ -198,7 +200,7 @@ class Engine:
         if self.core is None:
             self.core = core.Engine(self.vlm.model, self.vlm.tokenizer, max_batch_size=self.max_batch_size,
                                     max_batch_tokens=self.max_batch_tokens,
-                                    keep_grounding_tokens=self.keep_grounding_tokens)
+                                    keep_grounding_tokens=self.keep_grounding_tokens, **self.decode)
         while True:
             arrivals = self._arrivals()
             if arrivals is None:
