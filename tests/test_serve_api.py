@@ -229,7 +229,7 @@ def model_app(vlm):
     """The app on the tiny model. Grounding tags are dropped as ``model.chat`` drops them, so answers compare
     exactly whatever the random model emits."""
     engine = Engine(vlm, max_batch_size=8, max_wait_ms=20, keep_grounding_tokens=False)
-    return create_app(engine, "tiny", default_max_num=MAX_NUM, max_tokens_cap=64)
+    return create_app(engine, "tiny", default_max_tiles=MAX_NUM, max_tokens_cap=64)
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +253,7 @@ def echo(media_dir):
     """A model-free app with small limits, for the request rules (answers are JSON summaries of the job)."""
     engine = EchoEngine()
     app = create_app(engine, "echo", max_tokens_cap=64, max_images=3, max_pixels=20_000, max_body_bytes=200_000,
-                     default_max_num=5, max_num_cap=6, allow_local_media=media_dir)
+                     default_max_tiles=5, max_tiles_cap=6, allow_local_media=media_dir)
     with TestClient(app) as client:
         client.engine = engine
         yield client
@@ -409,7 +409,7 @@ def test_eight_concurrent_requests_equal_eight_sequential(vlm):
                [{"role": "user", "content": f"Tell me {k} things."}], "max_tokens": 6 + k} for k, image in
               enumerate([RED, BLUE] * 4)]
     app = create_app(Engine(vlm, max_batch_size=8, max_wait_ms=200, keep_grounding_tokens=False), "tiny",
-                     default_max_num=MAX_NUM)
+                     default_max_tiles=MAX_NUM)
     with served(app) as port:
         sequential = [post(port, body) for body in bodies]
         with ThreadPoolExecutor(8) as pool:

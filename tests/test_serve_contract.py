@@ -46,7 +46,7 @@ def build_app(checkpoint, name: str, **options):
 
     vlm = VLM.from_pretrained(checkpoint, dtype=torch.float32, device="cpu")
     engine = Engine(vlm, max_batch_size=8, max_wait_ms=5, keep_grounding_tokens=False)
-    return create_app(engine, name, default_max_num=vlm.max_num, **options)
+    return create_app(engine, name, default_max_tiles=vlm.max_num, **options)
 
 
 @pytest.fixture(scope="module")

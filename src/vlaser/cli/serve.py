@@ -83,7 +83,7 @@ def run(args) -> int:
                      max_images=args.max_images, max_pixels=args.max_pixels, max_body_bytes=args.max_body_mb * 2**20,
                      allow_remote_media=args.allow_remote_media,
                      allow_private_media_hosts=args.allow_private_media_hosts, allow_local_media=args.allow_local_media,
-                     default_max_num=args.max_num or vlm.max_num, max_num_cap=args.max_num_cap)
+                     default_max_tiles=args.max_num or vlm.max_num, max_tiles_cap=args.max_num_cap)
     _log_settings(args, vlm)
     if not args.api_key and not _is_loopback(args.host):
         log.warning("serving on %s without an API key: anyone who can reach it can use the model", args.host)

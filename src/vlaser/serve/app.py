@@ -68,7 +68,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
                max_tokens_cap: int = 4096, max_images: int = 16, max_pixels: int = 40_000_000,
                max_body_bytes: int = 64 * 2**20, allow_remote_media: bool = False,
                allow_private_media_hosts: bool = False, allow_local_media: str | Path | None = None,
-               default_max_num: int = 12, max_num_cap: int = 40) -> FastAPI:
+               default_max_tiles: int = 12, max_tiles_cap: int = 40) -> FastAPI:
     """The API around a started-on-startup ``engine`` (``Engine`` or anything with its interface).
 
     Args:
@@ -81,10 +81,10 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
         allow_remote_media: fetch ``http(s)`` image URLs (10 s, 32 MiB each), from public addresses only...
         allow_private_media_hosts: ...unless this allows private, loopback and link-local ones too.
         allow_local_media: read image paths and ``file://`` URLs inside this folder.
-        default_max_num: tiles per image when a request does not say (the checkpoint's setting).
-        max_num_cap: the most tiles per image a request may ask for (each costs ``num_image_token`` tokens).
+        default_max_tiles: tiles per image when a request does not say (the checkpoint's setting).
+        max_tiles_cap: the most tiles per image a request may ask for (each costs ``num_image_token`` tokens).
     """
-    limits = MediaLimits(max_images=max_images, max_tiles=max(max_num_cap, default_max_num), max_pixels=max_pixels,
+    limits = MediaLimits(max_images=max_images, max_tiles=max(max_tiles_cap, default_max_tiles), max_pixels=max_pixels,
                          allow_remote=allow_remote_media, allow_private_hosts=allow_private_media_hosts,
                          local_root=Path(allow_local_media) if allow_local_media else None)
     created = int(time.time())
@@ -123,7 +123,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
         **_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "the answer, or with stream: true "
                                                                                "chat.completion.chunk events"}})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        job = await _job(await request.json(), body, limits, default_max_tokens, max_tokens_cap, default_max_num)
+        job = await _job(await request.json(), body, limits, default_max_tokens, max_tokens_cap, default_max_tiles)
         try:
             stream = engine.submit(job)
         except QueueFull as e:
@@ -150,7 +150,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
 
 
 async def _job(raw: dict, body: ChatCompletionRequest, limits: MediaLimits, default_max_tokens: int,
-               max_tokens_cap: int, default_max_num: int) -> Job:
+               max_tokens_cap: int, default_max_tiles: int) -> Job:
     """The engine's job for a validated body; images are decoded on a worker thread, off the event loop."""
     if body.n not in (None, 1):
         raise APIError(400, f"n must be 1 (this server generates one choice per request), got {body.n}", param="n")
@@ -166,7 +166,7 @@ async def _job(raw: dict, body: ChatCompletionRequest, limits: MediaLimits, defa
     defaults = GenerationParams(max_new_tokens=min(default_max_tokens, max_tokens_cap))
     request, params = await anyio.to_thread.run_sync(parse_chat_request, raw, limits, defaults)
     keep = None if body.skip_special_tokens is None else not body.skip_special_tokens
-    return Job(request=request, params=params, max_tiles=default_max_num, keep_grounding_tokens=keep)
+    return Job(request=request, params=params, max_tiles=default_max_tiles, keep_grounding_tokens=keep)
 
 
 async def _until_disconnect(request: Request) -> None:

@@ -368,7 +368,7 @@ def _number(body: dict, key: str, integer: bool, minimum: float) -> Any:
     return value
 
 
-def _max_num(body: dict, cap: int | None) -> int | None:
+def _request_tiles(body: dict, cap: int | None) -> int | None:
     """The request's tile limit: ``max_num``, else vLLM's ``mm_processor_kwargs.max_dynamic_patch``."""
     value = _capped(_number(body, "max_num", True, 1), "max_num", cap)
     kwargs = body.get("mm_processor_kwargs")
@@ -433,6 +433,6 @@ def parse_chat_request(body: dict, limits: MediaLimits | None = None,
     system, turns = _turns(messages, images, limits)
     history = [Turn(turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2)]
     params = _generation(body, defaults or GenerationParams())
-    request_tiles = _max_num(body, limits.max_tiles)
+    request_tiles = _request_tiles(body, limits.max_tiles)
     pictures = [Picture(image, request_tiles if own is None else own) for image, own in images]
     return Request(turns[-1][1], pictures, history, system, tagged=bool(pictures)), params
