@@ -139,7 +139,9 @@ def test_concurrent_jobs_batch_and_equal_lone_answers(vlm, batch_sizes, monkeypa
                    for r, n in zip(REQUESTS, max_tokens)]
         return await asyncio.gather(*[_collect(s) for s in streams])
 
-    results = _serve(vlm, body, max_batch_size=8)
+    # the first job waits (up to 60 s, far more than a busy machine needs) until all 8 are prepared: they fill
+    # the free slots and join at once, so the one prefill does not depend on how fast preparing runs
+    results = _serve(vlm, body, max_batch_size=8, max_wait_ms=60_000)
     assert batch_sizes == [8]
     assert tiling_threads == {"vlaser-engine-prepare_0"} and tokenizer_threads == {"vlaser-engine_0"}
     monkeypatch.setattr(vlm, "tokenizer", real_tokenizer)
