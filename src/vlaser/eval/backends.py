@@ -77,10 +77,9 @@ class TransformersBackend(Preparer, Engine):
         if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
             device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun process
         self.model_path = model_path
-        self.vlm = vlm if vlm is not None else VLM.from_pretrained(model_path, dtype=dtype, device=device)
-        Preparer.__init__(self, self.vlm.model)
-        Engine.__init__(self, self.vlm.model, self.vlm.tokenizer, static_capacity=static_capacity,
-                        cuda_graphs=cuda_graphs)
+        vlm = vlm if vlm is not None else VLM.from_pretrained(model_path, dtype=dtype, device=device)
+        Preparer.__init__(self, vlm.model)
+        Engine.__init__(self, vlm.model, vlm.tokenizer, static_capacity=static_capacity, cuda_graphs=cuda_graphs)
 
     @property
     def overlap_io(self) -> bool:
