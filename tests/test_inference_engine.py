@@ -5,7 +5,8 @@ from PIL import Image
 
 from vlaser import VLM
 from vlaser.inference import GenerationParams, Prepared
-from vlaser.inference.engine import Engine
+from vlaser.inference.engine import Engine, next_text, settled_prefix
+from vlaser.model.chat import answer_decoder
 from vlaser.model.template import build_chat_prompt
 
 
@@ -113,6 +114,104 @@ def test_stop_strings_min_tokens_and_streamed_deltas(vlm):
         engine.step()
     assert row.completion.text == full.text[: full.text.find(stop)].strip() == "".join(deltas)
     assert row.completion.finish_reason == "stop" and row.completion.completion_tokens < full.completion_tokens
+
+
+def _streamed(engine, item, params):
+    deltas = []
+    row = engine.add(item, params, on_delta=deltas.append)
+    while engine.running or engine.waiting:
+        engine.step()
+    return row, deltas
+
+
+def _old_deltas(engine, row):
+    """What streaming gave before it was incremental: the settled prefix of the whole answer, decoded anew after
+    every token (the final step emits the stripped answer)."""
+    emitted, deltas = "", []
+    for k in range(1, len(row.tokens)):
+        text = settled_prefix(row.decode(row.tokens[:k]).lstrip(), (*row.params.stop, engine.end_token))
+        if len(text) > len(emitted) and text.startswith(emitted):
+            deltas.append(text[len(emitted):])
+            emitted = text
+    if row.completion.text.startswith(emitted) and len(row.completion.text) > len(emitted):
+        deltas.append(row.completion.text[len(emitted):])
+    return deltas
+
+
+def _running_totals(deltas):
+    return ["".join(deltas[:k]) for k in range(1, len(deltas) + 1)]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_incremental_text_over_characters_split_across_byte_tokens(vlm, keep):
+    tokenizer = vlm.tokenizer
+    decode = answer_decoder(tokenizer, vlm.model.conv_template.stop_token, keep)
+    text = "Le café 咖啡 est chaud 🙂🚀! <ref>猫</ref><box>[[1, 2, 3, 4]]</box> Ça va? 日本語テキスト 👩‍💻 fin"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert any("\ufffd" in decode([i]) for i in ids)  # some characters' bytes are split over tokens
+    prefix_offset = read_offset = 0
+    pieces = []
+    for k in range(1, len(ids) + 1):
+        piece, prefix_offset, read_offset = next_text(decode, ids[:k], prefix_offset, read_offset)
+        pieces.append(piece)
+        assert "\ufffd" not in piece
+    assert "".join(pieces) == decode(ids) == (text if keep else text.replace("<ref>", "").replace("</ref>", "")
+                                              .replace("<box>", "").replace("</box>", ""))
+    assert "" in pieces  # it waited for a character's last byte
+
+
+def test_a_long_streamed_answer_adds_up_and_streams_as_before(vlm):
+    item, media = _prepared(vlm, *QUESTIONS[1])
+    engine = Engine(vlm.model, vlm.tokenizer)
+    params = GenerationParams(max_new_tokens=240, min_new_tokens=240)
+    row, deltas = _streamed(engine, item, params)
+    assert len(row.tokens) == 240 and len(row.completion.text) > 200
+    assert "".join(deltas) == row.completion.text == engine.generate([item], params)[0].text
+    old = _old_deltas(engine, row)
+    assert "".join(old) == row.completion.text
+    # the same texts streamed, only some later (a window waits while it ends in part of a character)
+    assert set(_running_totals(deltas)) <= set(_running_totals(old))
+    reference = vlm.model.chat(vlm.tokenizer, media.pixel_values, QUESTIONS[1][1],
+                               {"max_new_tokens": 240, "min_new_tokens": 240, "do_sample": False})
+    assert row.completion.text == reference
+
+
+def test_streaming_decodes_o_n_tokens(vlm, monkeypatch):
+    """Each step decodes a short window, not the whole answer so far (which made streaming O(n^2))."""
+    tokenizer, decoded = vlm.tokenizer, []
+    decode = tokenizer.decode
+    monkeypatch.setattr(tokenizer, "decode", lambda ids, **kw: decoded.append(len(ids)) or decode(ids, **kw))
+    item = _prepared(vlm, *QUESTIONS[1])[0]
+    n = 256
+    row, deltas = _streamed(Engine(vlm.model, tokenizer), item,
+                            GenerationParams(max_new_tokens=n, min_new_tokens=n, stop=("NEVER",)))
+    assert len(row.tokens) == n and "".join(deltas) == row.completion.text
+    assert sum(decoded) <= 8 * n, (sum(decoded), len(decoded))
+
+
+def test_a_stop_string_spanning_two_tokens_is_cut(vlm):
+    item, _ = _prepared(vlm, *QUESTIONS[1])
+    engine = Engine(vlm.model, vlm.tokenizer)
+    row, _ = _streamed(engine, item, GenerationParams(max_new_tokens=40))
+    text = row.completion.text
+    ends = [len(row.decode(row.tokens[:k]).lstrip()) for k in range(1, len(row.tokens))]
+    # a stop of the last character of one token and the first two of the next, first found there
+    b = next(b for b in ends if 3 < b < len(text) - 2 and text.find(text[b - 1:b + 2]) == b - 1
+             and not text[b - 1:b + 2].isspace())
+    stop = text[b - 1:b + 2]
+    for on_delta in (False, True):
+        params = GenerationParams(max_new_tokens=40, stop=(stop,))
+        if on_delta:
+            cut, deltas = _streamed(engine, item, params)
+            assert "".join(deltas) == cut.completion.text
+        else:
+            cut = engine.add(item, params)
+            while engine.running or engine.waiting:
+                engine.step()
+        assert cut.completion.text == text[:b - 1].strip() and cut.completion.finish_reason == "stop"
+        # it ended at the token that completed the stop, which spans more than one token
+        done = next(k for k in range(1, len(row.tokens)) if stop in row.decode(row.tokens[:k]))
+        assert len(cut.tokens) == done and stop not in row.decode(row.tokens[ends.index(b) + 1:done])
 
 
 def test_seeded_sampling_repeats_whatever_shares_the_batch(vlm):

@@ -99,6 +99,9 @@ class Row:
     length: int = 0  #: positions written in its slot
     tokens: list[int] = field(default_factory=list)
     emitted: str = ""
+    text: str = ""  #: the answer so far (left-stripped), decoded incrementally while it streams or has stops
+    prefix_offset: int = 0  #: ``tokens[prefix_offset:read_offset]``: the context the next window is decoded with
+    read_offset: int = 0
     cancelled: bool = False
     completion: Completion | None = None
     error: BaseException | None = None
@@ -393,23 +396,43 @@ class Engine:
 
     def _advance(self, row: Row, token: int) -> None:
         """Add a token to a row: it ends at its end token, its first stop string or its ``max_new_tokens``;
-        otherwise the part of its answer no later token can change is streamed."""
+        otherwise the part of its answer no later token can change is streamed. Streaming decodes each token
+        in a short window (:func:`next_text`) and looks for stops only in the new text, so a row costs O(n)."""
         if row.done:
             return
         row.tokens.append(token)
         stops = row.params.stop
-        if row.on_delta is None and not stops and token != self.end_id and len(row.tokens) < row.params.max_new_tokens:
+        if token == self.end_id or len(row.tokens) >= row.params.max_new_tokens:
+            self._conclude(row, "stop" if token == self.end_id else "length")
+            return
+        if row.on_delta is None and not stops:
             return  # nothing to stream or cut: the text is decoded once, at the end
+        delta, row.prefix_offset, row.read_offset = next_text(row.decode, row.tokens, row.prefix_offset,
+                                                              row.read_offset)
+        if not delta:  # waiting on a split character; a stop holding U+FFFD may match it now, as before
+            if any("\ufffd" in s for s in stops):
+                self._conclude(row, "stop", cut_only=True)
+            return
+        start = len(row.text)
+        row.text = row.text + delta if row.text else delta.lstrip()
+        if stops:
+            start = max(0, start - max(map(len, stops)) + 1)
+            if any(row.text.find(s, start) >= 0 for s in stops) and self._conclude(row, "stop", cut_only=True):
+                return
+        end = settled_end(row.text, (*stops, self.end_token))
+        if end > len(row.emitted):
+            self._emit(row, row.text[:end])
+
+    def _conclude(self, row: Row, reason: str, cut_only: bool = False) -> bool:
+        """Finish a row from one decode of its whole answer (so its text is that of ``model.chat``), cut at
+        its first stop string; with ``cut_only`` only if there is one. Whether it finished."""
         text = row.decode(row.tokens).lstrip()
-        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=None)
+        cut = min((i for i in (text.find(s) for s in row.params.stop) if i >= 0), default=None)
         if cut is not None:
             self._finish(row, text[:cut], "stop")
-        elif token == self.end_id:
-            self._finish(row, text, "stop")
-        elif len(row.tokens) >= row.params.max_new_tokens:
-            self._finish(row, text, "length")
-        else:
-            self._emit(row, settled_prefix(text, (*stops, self.end_token)))
+        elif not cut_only:
+            self._finish(row, text, reason)
+        return row.completion is not None
 
     def _emit(self, row: Row, text: str) -> None:
         if len(text) > len(row.emitted) and text.startswith(row.emitted):
@@ -460,14 +483,36 @@ def settled_prefix(text: str, stops: Sequence[str]) -> str:
     Held back: trailing U+FFFD (the bytes of an incomplete character), a tail that could begin a stop string
     (the answer may be cut there), and trailing whitespace (the final answer is stripped).
     """
-    text = text.rstrip("\ufffd")
+    return text[:settled_end(text, stops)]
+
+
+def settled_end(text: str, stops: Sequence[str]) -> int:
+    """Where :func:`settled_prefix` ends, found from the tail alone (no copy of ``text``)."""
     end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    cut = end
     for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:k]):
-                end = min(end, len(text) - k)
+        for k in range(min(len(stop) - 1, end), 0, -1):
+            if text.startswith(stop[:k], end - k):
+                cut = min(cut, end - k)
                 break
-    return text[:end].rstrip()
+    while cut and text[cut - 1].isspace():
+        cut -= 1
+    return cut
+
+
+def next_text(decode: Callable[[list[int]], str], tokens: list[int], prefix_offset: int, read_offset: int
+              ) -> tuple[str, int, int]:
+    """Incremental detokenisation (the offsets scheme of vLLM and TGI): the text the last tokens add, decoded
+    from the window ``tokens[prefix_offset:]`` against its context ``tokens[prefix_offset:read_offset]``, so
+    each step costs a few tokens. The new text waits while it ends in U+FFFD (a character's bytes are split
+    over tokens). Returns ``(new text, prefix_offset, read_offset)``."""
+    prefix = decode(tokens[prefix_offset:read_offset])
+    window = decode(tokens[prefix_offset:])
+    if len(window) > len(prefix) and not window.endswith("\ufffd"):
+        return window[len(prefix):], read_offset, len(tokens)
+    return "", prefix_offset, read_offset
 
 
 def _per_item(items: Sequence[Prepared], params: GenerationParams | Sequence[GenerationParams]
