@@ -152,7 +152,7 @@ def test_incremental_text_over_characters_split_across_byte_tokens(vlm, keep):
     prefix_offset = read_offset = 0
     pieces = []
     for k in range(1, len(ids) + 1):
-        piece, prefix_offset, read_offset = next_text(decode, ids[:k], prefix_offset, read_offset)
+        piece, _, prefix_offset, read_offset = next_text(decode, ids[:k], prefix_offset, read_offset)
         pieces.append(piece)
         assert "\ufffd" not in piece
     assert "".join(pieces) == decode(ids) == (text if keep else text.replace("<ref>", "").replace("</ref>", "")

@@ -407,18 +407,16 @@ class Engine:
             return
         if row.on_delta is None and not stops:
             return  # nothing to stream or cut: the text is decoded once, at the end
-        delta, row.prefix_offset, row.read_offset = next_text(row.decode, row.tokens, row.prefix_offset,
-                                                              row.read_offset)
-        if not delta:  # waiting on a split character; a stop holding U+FFFD may match it now, as before
-            if any("\ufffd" in s for s in stops):
-                self._conclude(row, "stop", cut_only=True)
-            return
+        delta, pending, row.prefix_offset, row.read_offset = next_text(row.decode, row.tokens, row.prefix_offset,
+                                                                       row.read_offset)
         start = len(row.text)
         row.text = row.text + delta if row.text else delta.lstrip()
-        if stops:
-            start = max(0, start - max(map(len, stops)) + 1)
-            if any(row.text.find(s, start) >= 0 for s in stops) and self._conclude(row, "stop", cut_only=True):
+        if stops:  # the text waiting on a split character counts too: a stop is cut at the step it completes
+            tail = row.text[max(0, start - max(map(len, stops)) + 1):] + (pending if row.text else pending.lstrip())
+            if any(s in tail for s in stops) and self._conclude(row, "stop", cut_only=True):
                 return
+        if not delta:
+            return
         end = settled_end(row.text, (*stops, self.end_token))
         if end > len(row.emitted):
             self._emit(row, row.text[:end])
@@ -507,12 +505,12 @@ def next_text(decode: Callable[[list[int]], str], tokens: list[int], prefix_offs
     """Incremental detokenisation (the offsets scheme of vLLM and TGI): the text the last tokens add, decoded
     from the window ``tokens[prefix_offset:]`` against its context ``tokens[prefix_offset:read_offset]``, so
     each step costs a few tokens. The new text waits while it ends in U+FFFD (a character's bytes are split
-    over tokens). Returns ``(new text, prefix_offset, read_offset)``."""
+    over tokens). Returns ``(new text, waiting text, prefix_offset, read_offset)``."""
     prefix = decode(tokens[prefix_offset:read_offset])
     window = decode(tokens[prefix_offset:])
     if len(window) > len(prefix) and not window.endswith("\ufffd"):
-        return window[len(prefix):], read_offset, len(tokens)
-    return "", prefix_offset, read_offset
+        return window[len(prefix):], "", read_offset, len(tokens)
+    return "", window[len(prefix):], prefix_offset, read_offset
 
 
 def _per_item(items: Sequence[Prepared], params: GenerationParams | Sequence[GenerationParams]
