@@ -98,6 +98,7 @@ def train_flags(model_dir: Path, meta: Path, out: Path, preset: Preset, max_step
         "max_steps": max_steps, "lr_scheduler_type": "cosine", "warmup_steps": min(50, max_steps // 10),
         "logging_steps": 20, "save_strategy": "no", "report_to": "none", "seed": seed, "data_seed": seed,
         "dataloader_num_workers": 1, "use_cpu": True, "max_seq_length": 512, "disable_tqdm": False,
+        "grad_checkpoint": False,  # InternVL's default recomputes layers to save memory a tiny model never needs
     }
     return [part for key, value in flags.items() for part in (f"--{key}", str(value))]
 
