@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 import vlaser
 from vlaser.cli import main
@@ -59,6 +60,29 @@ def test_tiny_model_overfits_and_repeats_answers(tiny_original, tmp_path):
         pv = vlaser.load_image(Image.new("RGB", (80, 56), rgb), input_size=56, max_num=4)
         answer = model.chat(tok, pv, "What colour is the image?", dict(max_new_tokens=20, do_sample=False))
         assert answer == f"It is {name}.", (name, answer)
+
+
+class LayerCalls(TrainerCallback):
+    """Counts how often each language-model decoder layer runs in training (twice when recomputed). The hook
+    sits on the layer's first norm: transformers checkpoints ``forward``, so the layer's own hooks run once."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from vlaser.train.trainer import decoder_layers
+        self.calls = [0] * len(decoder_layers(model))
+        for i, layer in enumerate(decoder_layers(model)):
+            layer.input_layernorm.register_forward_pre_hook(lambda *_, i=i: self.calls.__setitem__(i,
+                                                                                                  self.calls[i] + 1))
+
+
+@pytest.mark.parametrize("extra, calls", [((), [2, 2]), (("--grad_checkpoint", "False"), [1, 1]),
+                                          (("--grad_checkpoint_every", "2"), [2, 1])])
+def test_grad_checkpoint_recomputes_the_language_model_layers(tiny_original, tmp_path, extra, calls):
+    """InternVL's ``--grad_checkpoint`` (on by default) really recomputes in backward: transformers 5 ignores
+    ``gradient_checkpointing`` set on TrainingArguments after they are built, which once left it off."""
+    counter = LayerCalls()
+    train(flags(tiny_original, colour_data(tmp_path), tmp_path / "out", "--max_steps", "1", *extra),
+          callbacks=[counter])
+    assert counter.calls == calls
 
 
 def test_freezing_and_per_module_rates(tiny_original, tmp_path, monkeypatch):
