@@ -16,7 +16,9 @@ EXAMPLES = """examples:
   vlaser vla train vla.yaml --max_steps 1000
   vlaser vla train --vlm OpenGVLab/Vlaser-2B --dataset ./bridge_lerobot --output_dir runs/vla --preset vlaser_2b_bridge
   vlaser vla serve runs/vla --port 8100
-  vlaser vla quickstart --out vla-quickstart"""
+  vlaser vla quickstart --out vla-quickstart
+  vlaser vla collect metaworld --tasks mt10 --episodes 50 --out mt10_demos --workers 8
+  vlaser vla eval metaworld --policy runs/vla --tasks mt10 --episodes 10 --out mt10_eval"""
 
 
 def add_parser(sub) -> None:
@@ -52,6 +54,49 @@ def add_parser(sub) -> None:
     q.add_argument("--steps", type=at_least(1), default=None, help="training steps (default: the tested budget)")
     q.add_argument("--episodes", type=at_least(1), default=100, help="held-out episodes per policy")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--env", choices=("reach2d", "metaworld"), default="reach2d",
+                   help="reach2d: the numpy reach task (minutes); metaworld: 5 Meta-World tasks (about an hour)")
+    _add_sim_parsers(verbs)
+
+
+def _add_sim_parsers(verbs) -> None:
+    """``collect metaworld`` and ``eval metaworld``: the simulator half (the ``sim`` extra)."""
+    c = verbs.add_parser("collect", help="scripted demonstrations in a simulator, written as a LeRobot v3.0 dataset")
+    c.add_argument("sim", choices=("metaworld",))
+    c.add_argument("--tasks", required=True, help="task and group names, comma-separated (reach,push or easy,mt10)")
+    c.add_argument("--episodes", type=at_least(1), required=True, help="episodes per task (failed ones dropped)")
+    c.add_argument("--out", type=Path, required=True, help="the dataset folder (new or empty)")
+    _add_render_flags(c, defaults=True)
+    c.add_argument("--workers", type=at_least(1), default=1, help="rendering processes")
+    c.add_argument("--seed", type=int, default=0, help="episode seeds are SEED*100000 + 0..episodes-1")
+    c.add_argument("--video", action="store_true", help="store the camera as video (default: PNG frames, lossless)")
+
+    e = verbs.add_parser("eval", help="closed-loop evaluation in a simulator (results.json, report.md, index.html)")
+    e.add_argument("sim", choices=("metaworld",))
+    e.add_argument("--policy", help="a policy folder written by 'vlaser vla train'")
+    e.add_argument("--server", help="or the URL of 'vlaser vla serve' (asked through PolicyClient)")
+    e.add_argument("--tasks", required=True, help="task and group names, comma-separated")
+    e.add_argument("--episodes", type=at_least(1), required=True, help="episodes per task")
+    e.add_argument("--out", type=Path, required=True, help="output folder (a killed run resumes from it)")
+    e.add_argument("--dataset", help="the training demonstrations (their render settings are reused)")
+    _add_render_flags(e, defaults=False)
+    e.add_argument("--workers", type=at_least(1), default=1, help="simulator processes")
+    e.add_argument("--envs-per-worker", type=at_least(1), default=4, help="episodes each worker runs at once")
+    e.add_argument("--seed", type=int, default=1, help="held-out seeds SEED*100000 + 0..episodes-1 (collect: 0)")
+    e.add_argument("--max-steps", type=at_least(1), default=None, help="step limit (default: the env's, 500)")
+    e.add_argument("--instruction", default=None, help="give every episode this instruction (a blind check)")
+    e.add_argument("--record", type=at_least(0), default=2, help="frame strips of the first N episodes per task")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    e.add_argument("--no-expert", action="store_true", help="skip the scripted expert on the same seeds")
+
+
+def _add_render_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    parser.add_argument("--image-size", type=at_least(8), default=224 if defaults else None,
+                        help="square camera images (default: 224" + ("" if defaults else ", or the dataset's") + ")")
+    parser.add_argument("--render", choices=("scene", "cheap"), default="scene" if defaults else None,
+                        help="scene: the scene's shadows and multisampling (GPU); cheap: neither, ~10x faster on "
+                             "a CPU (OSMesa)" + ("" if defaults else "; default: as the policy's dataset"))
 
 
 def _train_fields() -> list[tuple[dataclasses.Field, str]]:
@@ -128,8 +173,37 @@ def run(args) -> int:
         from vlaser.vla.serve import serve
 
         serve(str(args.policy), host=args.host, port=args.port, device=args.device, dtype=args.dtype)
+    elif args.vla_verb in ("collect", "eval"):
+        _run_sim(args)
+    elif args.env == "metaworld":
+        from vlaser.vla.sim.quickstart import run_metaworld_quickstart
+
+        run_metaworld_quickstart(args.out, seed=args.seed, train_steps=args.steps, episodes=args.episodes)
     else:
         from vlaser.vla.quickstart import run_quickstart
 
         run_quickstart(args.out, seed=args.seed, train_steps=args.steps, episodes=args.episodes)
     return 0
+
+
+def _run_sim(args) -> None:
+    cheap = None if args.render is None else args.render == "cheap"
+    if args.vla_verb == "collect":
+        from vlaser.vla.sim.collect import collect_metaworld
+        from vlaser.vla.sim.metaworld import RenderSettings
+
+        record = collect_metaworld(args.out, args.tasks, args.episodes, RenderSettings(args.image_size, cheap=cheap),
+                                   workers=args.workers, seed=args.seed, video=args.video)
+        print(f"wrote {record['episodes']} episodes ({record['dropped_episodes']} failed and dropped) to {args.out}; "
+              f"{record['frames_rendered']} frames in {record['seconds']:.0f} s = "
+              f"{record['frames_per_second']:.1f} frames/s")
+        return
+    from vlaser.vla.sim.evaluate import evaluate_metaworld
+
+    results = evaluate_metaworld(
+        args.out, args.tasks, args.episodes, policy=args.policy, server=args.server, dataset=args.dataset,
+        image_size=args.image_size, cheap=cheap, workers=args.workers, slots=args.envs_per_worker, seed=args.seed,
+        max_steps=args.max_steps, instruction=args.instruction, record=args.record, device=args.device,
+        dtype=args.dtype, expert=not args.no_expert)
+    print((args.out / "report.md").read_text())
+    print(f"overall success {results['scores']['overall']['success_rate']:.3f}; wrote {args.out / 'index.html'}")

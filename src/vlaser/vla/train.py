@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,14 @@ def _freeze(policy: VLAPolicy, args: VLATrainArguments) -> None:
                 p.requires_grad = False
 
 
+def _keep_sim_record(args: VLATrainArguments, out: Path) -> None:
+    """A simulator dataset's record (``meta/sim.json``: how its images were rendered) goes with the policy, so
+    closed-loop evaluation renders the same way."""
+    record = Path(args.dataset) / "meta" / "sim.json" if args.dataset else None
+    if record is not None and record.is_file():
+        shutil.copyfile(record, out / "sim.json")
+
+
 def train_vla(args: VLATrainArguments | dict[str, Any], dataset=None, norm_stats: dict | None = None,
               callbacks: list | None = None) -> Path:
     """Train a VLA and save it to ``args.output_dir`` (see :class:`VLAPolicy` for the layout); returns the folder.
@@ -172,6 +181,7 @@ def train_vla(args: VLATrainArguments | dict[str, Any], dataset=None, norm_stats
     if trainer.is_world_process_zero():
         policy.save_pretrained(out, norm_stats=norm_stats if norm_stats is not None else policy.norm_stats,
                                state_dict=state)
+        _keep_sim_record(args, out)
     trainer.accelerator.wait_for_everyone()
     log.info("saved the VLA policy to %s", out)
     return out
