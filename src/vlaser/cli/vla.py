@@ -52,7 +52,8 @@ def add_parser(sub) -> None:
                                      "scripted policies, and writes report.json, report.md and pictures.")
     q.add_argument("--out", type=Path, default=Path("vla-quickstart"), help="output folder (new or empty)")
     q.add_argument("--steps", type=at_least(1), default=None, help="training steps (default: the tested budget)")
-    q.add_argument("--episodes", type=at_least(1), default=100, help="held-out episodes per policy")
+    q.add_argument("--episodes", type=at_least(1), default=None,
+                   help="held-out episodes per policy (reach2d: 100) or per task and policy (metaworld: 20)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--env", choices=("reach2d", "metaworld"), default="reach2d",
                    help="reach2d: the numpy reach task (minutes); metaworld: 5 Meta-World tasks (about an hour)")
@@ -182,7 +183,7 @@ def run(args) -> int:
     else:
         from vlaser.vla.quickstart import run_quickstart
 
-        run_quickstart(args.out, seed=args.seed, train_steps=args.steps, episodes=args.episodes)
+        run_quickstart(args.out, seed=args.seed, train_steps=args.steps, episodes=args.episodes or 100)
     return 0
 
 

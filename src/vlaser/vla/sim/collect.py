@@ -26,8 +26,9 @@ from vlaser.vla.sim import metaworld as mw
 SEED_BLOCK = 100_000
 SIM_FILE = "meta/sim.json"
 
-_ENVS: dict[str, mw.MetaWorldEnv] = {}  # a worker's envs, one per task, built on first use
+_ENVS: dict[tuple, mw.MetaWorldEnv] = {}  # a process's envs, one per task and settings, built on first use
 _RENDER: mw.RenderSettings | None = None
+_MAX_STEPS: int | None = None
 
 
 def episode_seeds(seed: int, episodes: int) -> list[int]:
@@ -36,17 +37,18 @@ def episode_seeds(seed: int, episodes: int) -> list[int]:
     return [seed * SEED_BLOCK + i for i in range(episodes)]
 
 
-def _init_worker(render: mw.RenderSettings | None) -> None:
-    global _RENDER
-    _RENDER = render
+def _init_worker(render: mw.RenderSettings | None, max_steps: int | None = None) -> None:
+    global _RENDER, _MAX_STEPS
+    _RENDER, _MAX_STEPS = render, max_steps
     mw.setup_gl()
 
 
 def worker_env(task: str) -> mw.MetaWorldEnv:
     """This process's env for ``task`` (rendering with the settings the worker was started with)."""
-    if task not in _ENVS:
-        _ENVS[task] = mw.MetaWorldEnv(task, _RENDER)
-    return _ENVS[task]
+    key = (task, _RENDER, _MAX_STEPS)
+    if key not in _ENVS:
+        _ENVS[key] = mw.MetaWorldEnv(task, _RENDER, _MAX_STEPS)
+    return _ENVS[key]
 
 
 def demonstration(job: tuple[str, int]) -> tuple[str, int, dict[str, np.ndarray] | None, int]:
@@ -66,18 +68,19 @@ def demonstration(job: tuple[str, int]) -> tuple[str, int, dict[str, np.ndarray]
                         mw.SUCCESS: np.asarray(success, dtype=bool)}, len(images)
 
 
-def run_jobs(function, jobs: list, workers: int, render: mw.RenderSettings | None) -> Iterator:
+def run_jobs(function, jobs: list, workers: int, render: mw.RenderSettings | None,
+             max_steps: int | None = None) -> Iterator:
     """``function(job)`` for every job, in job order, in ``workers`` processes (forked: the parent has no GL
     context, and a fork does not re-import torch)."""
     if workers < 1:
         raise UserInputError(f"workers must be at least 1, got {workers}")
     mw.setup_gl()
     if workers == 1:
-        _init_worker(render)
+        _init_worker(render, max_steps)
         yield from map(function, jobs)
         return
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(render,)) as pool:
+    with context.Pool(workers, initializer=_init_worker, initargs=(render, max_steps)) as pool:
         yield from pool.imap(function, jobs, chunksize=1)
 
 
@@ -108,9 +111,11 @@ class Progress:
 
 
 def collect_metaworld(out: str | Path, tasks: str | list[str], episodes: int, render: mw.RenderSettings,
-                      workers: int = 1, seed: int = 0, video: bool = False, progress: bool = True) -> dict:
+                      workers: int = 1, seed: int = 0, video: bool = False, max_steps: int | None = None,
+                      progress: bool = True) -> dict:
     """Write ``episodes`` expert episodes per task to ``out`` (a new folder); returns what ``meta/sim.json``
-    records plus the collection's speed."""
+    records plus the collection's speed. An episode the expert has not finished in ``max_steps`` (default: the
+    env's 500) is dropped."""
     from vlaser.vla.data import Episode, write_dataset
 
     out, tasks = Path(out), mw.resolve_tasks(tasks)
@@ -123,7 +128,7 @@ def collect_metaworld(out: str | Path, tasks: str | list[str], episodes: int, re
     bar = Progress(len(jobs), "collect", progress)
 
     def successful() -> Iterator[Episode]:
-        for task, s, arrays, frames in run_jobs(demonstration, jobs, workers, render):
+        for task, s, arrays, frames in run_jobs(demonstration, jobs, workers, render, max_steps):
             (kept if arrays is not None else dropped)[task].append(s)
             bar.update(frames, dropped=sum(map(len, dropped.values())))
             if arrays is not None:
@@ -135,7 +140,7 @@ def collect_metaworld(out: str | Path, tasks: str | list[str], episodes: int, re
     finally:
         bar.close()
     record = {"simulator": "metaworld", **mw.versions(), "render": render.to_json(), "tasks": tasks,
-              "episodes_per_task": episodes, "seed": seed, "seeds": kept, "dropped": dropped,
+              "episodes_per_task": episodes, "seed": seed, "max_steps": max_steps, "seeds": kept, "dropped": dropped,
               "episodes": sum(map(len, kept.values())), "dropped_episodes": sum(map(len, dropped.values()))}
     (out / SIM_FILE).write_text(json.dumps(record, indent=2) + "\n")  # no timings: the same command, the same bytes
     return {**record, "frames_rendered": bar.frames, "seconds": round(bar.seconds, 1),

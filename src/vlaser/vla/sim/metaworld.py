@@ -178,8 +178,10 @@ def setup_gl() -> None:
         os.environ.setdefault("PYOPENGL_PLATFORM", backend)
 
 
+setup_gl()  # before anything imports mujoco, which picks its GL backend once, at import
+
+
 def _metaworld():
-    setup_gl()
     return require("metaworld", "sim", "Meta-World")
 
 
@@ -209,16 +211,17 @@ def _version(package: str) -> str:
 
 class MetaWorldEnv:
     """One Meta-World task: ``reset(seed)``, ``observation()``, ``step(action)``, ``expert_action()``; renders only
-    when ``render`` settings are given (the expert needs none)."""
+    when ``render`` settings are given (the expert needs none). ``max_steps`` lowers the env's step limit."""
 
-    def __init__(self, task: str, render: RenderSettings | None = None) -> None:
+    def __init__(self, task: str, render: RenderSettings | None = None, max_steps: int | None = None) -> None:
         metaworld = _metaworld()
         self.task, self.instruction, self.settings = task, INSTRUCTIONS[task], render
         benchmark = metaworld.MT1(task, seed=MT1_SEED)
         self.env = benchmark.train_classes[task]()
         self.env.set_task(benchmark.train_tasks[0])
         self.env._freeze_rand_vec = False  # as LeRobot: every reset draws new positions from the seed
-        self.max_steps = int(self.env.max_path_length)
+        self.max_steps = int(self.env.max_path_length) if max_steps is None else min(max_steps,
+                                                                                     int(self.env.max_path_length))
         self.expert = expert_class(task)()
         self.renderer = None if render is None else self._renderer(render)
         self.steps, self.success, self._obs = 0, False, None

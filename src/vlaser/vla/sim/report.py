@@ -26,7 +26,7 @@ def wilson(successes: int, n: int) -> list[float]:
     p = successes / n
     centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    return [0.0 if successes == 0 else centre - half, 1.0 if successes == n else centre + half]
 
 
 def score(outcomes: Sequence[bool]) -> dict:

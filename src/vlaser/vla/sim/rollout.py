@@ -40,10 +40,10 @@ class Live:
 # ------------------------------------------------------------------------------------------------ worker side
 
 
-def _worker(conn, render: mw.RenderSettings) -> None:
+def _worker(conn, render: mw.RenderSettings, max_steps: int | None) -> None:
     """A worker's loop: ``("start", slot, task, seed)`` -> observation; ``("act", [(slot, actions), ...])`` ->
     ``[(slot, observation or None, success, steps), ...]``; ``None`` stops it."""
-    _init_worker(render)
+    _init_worker(render, max_steps)
     envs: dict[int, mw.MetaWorldEnv] = {}
     spare: dict[str, list[mw.MetaWorldEnv]] = {}
     while (message := conn.recv()) is not None:
@@ -51,7 +51,7 @@ def _worker(conn, render: mw.RenderSettings) -> None:
             _, slot, task, seed = message
             if slot in envs:
                 spare.setdefault(envs[slot].task, []).append(envs.pop(slot))
-            envs[slot] = spare.get(task, []).pop() if spare.get(task) else mw.MetaWorldEnv(task, render)
+            envs[slot] = spare.get(task, []).pop() if spare.get(task) else mw.MetaWorldEnv(task, render, max_steps)
             envs[slot].reset(seed)
             conn.send(_observe(envs[slot]))
         else:
@@ -73,13 +73,13 @@ def _act(slot: int, env: mw.MetaWorldEnv, actions: np.ndarray) -> tuple:
 class Workers:
     """``workers`` processes of ``slots`` episodes each, stepped in lockstep by the caller."""
 
-    def __init__(self, workers: int, slots: int, render: mw.RenderSettings) -> None:
+    def __init__(self, workers: int, slots: int, render: mw.RenderSettings, max_steps: int | None) -> None:
         mw.setup_gl()
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self.conns, self.procs = [], []
         for _ in range(workers):
             parent, child = context.Pipe()
-            proc = context.Process(target=_worker, args=(child, render), daemon=True)
+            proc = context.Process(target=_worker, args=(child, render, max_steps), daemon=True)
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
@@ -180,7 +180,7 @@ def rollouts(policy, jobs: list[tuple[str, int]], render: mw.RenderSettings, wor
     """Run ``policy`` on every ``(task, seed)`` job; ``on_done(episode, success, steps)`` as each one ends."""
     if not jobs:
         return
-    pool = Workers(workers, slots, render)
+    pool = Workers(workers, slots, render, max_steps)
     queue, live = list(reversed(jobs)), {}
     try:
         def start(where):
@@ -202,14 +202,10 @@ def rollouts(policy, jobs: list[tuple[str, int]], render: mw.RenderSettings, wor
                                   (policy.chunk_size, policy.action_dim))
                 observations.append({**ep.observation, "noise": noise})
             chunks = policy.act(observations)
-            actions = {}
-            for where, chunk in zip(order, chunks):
-                steps = live[where].observation["steps"]
-                budget = policy.act_steps if max_steps is None else min(policy.act_steps, max_steps - steps)
-                actions[where] = chunk[:budget]
+            actions = {where: chunk[:policy.act_steps] for where, chunk in zip(order, chunks)}
             for where, (obs, success, steps) in pool.act(actions).items():
                 ep = live[where]
-                if obs is None or (max_steps is not None and steps >= max_steps):
+                if obs is None:
                     on_done(live.pop(where), success, steps)
                     if queue:
                         start(where)
@@ -234,8 +230,8 @@ def expert_episode(job: tuple[str, int]) -> tuple[str, int, bool, int]:
 def expert_results(jobs: list[tuple[str, int]], workers: int, max_steps: int | None = None) -> dict[str, list[bool]]:
     """Per task, the expert's success on each job's seed (within ``max_steps`` when given)."""
     out: dict[str, list[bool]] = {}
-    for task, _, success, steps in run_jobs(expert_episode, jobs, workers, None):
-        out.setdefault(task, []).append(bool(success and (max_steps is None or steps <= max_steps)))
+    for task, _, success, _ in run_jobs(expert_episode, jobs, workers, None, max_steps):
+        out.setdefault(task, []).append(bool(success))
     return out
 
 
