@@ -72,8 +72,13 @@ def _raw_env(task: str):
     benchmark = metaworld.MT1(task, seed=42)
     env = benchmark.train_classes[task]()
     env.set_task(benchmark.train_tasks[0])
-    env._freeze_rand_vec = False
+    env._freeze_rand_vec, env.seeded_rand_vec = False, True
     return env
+
+
+def _raw_reset(env, seed: int):
+    env.seed(seed)
+    return env.reset()[0]
 
 
 def test_env_follows_lerobots_conventions():
@@ -83,7 +88,7 @@ def test_env_follows_lerobots_conventions():
     env = mw.MetaWorldEnv("reach-v3", mw.RenderSettings(32, cheap=True))
     raw = _raw_env("reach-v3")
     env.reset(7)
-    obs, _ = raw.reset(seed=7)
+    obs = _raw_reset(raw, 7)
     assert np.array_equal(env.state, obs[:4].astype(np.float32)) and env.max_steps == 500
     assert env.instruction == "Reach a goal position"
     camera = mujoco.mj_name2id(env.env.model, mujoco.mjtObj.mjOBJ_CAMERA, "corner2")
@@ -109,7 +114,7 @@ def demos(tmp_path_factory):
 
 def _expert_steps(task: str, seed: int, limit: int) -> tuple[bool, int]:
     env, policy = _raw_env(task), mw.expert_class(task)()
-    obs, _ = env.reset(seed=seed)
+    obs = _raw_reset(env, seed)
     for step in range(1, limit + 1):
         obs, _, _, _, info = env.step(np.clip(policy.get_action(obs), -1, 1).astype(np.float32))
         if info["success"]:
@@ -135,7 +140,7 @@ def test_collect_writes_a_dataset_that_replays_in_the_simulator(demos):
     for e, seed in enumerate(record["seeds"]["reach-v3"]):
         episode = data.episode(e)
         assert len(episode[mw.ACTION]) == outcome[seed][1]
-        obs, _ = env.reset(seed=seed)
+        obs = _raw_reset(env, seed)
         for t, action in enumerate(episode[mw.ACTION]):  # the stored actions retrace the episode
             assert np.array_equal(episode[mw.STATE][t], obs[:4].astype(np.float32))
             obs, _, _, _, info = env.step(action)

@@ -3,7 +3,8 @@
 What LeRobot's env does (``lerobot/envs/metaworld.py``), and so what this module does:
 
 - a task is built from ``MT1(task, seed=42)``'s first training task with ``_freeze_rand_vec`` off, so every
-  ``reset(seed=...)`` draws the object and goal positions from the seed;
+  reset draws new object and goal positions (LeRobot passes a seed that Meta-World 3.1.1 ignores; here the env
+  is seeded, so a seed fixes an episode wherever it runs);
 - the camera is ``corner2`` moved to ``(0.75, 0.075, 0.7)``, and its image is turned 180 degrees (the corner
   cameras render upside down);
 - the state ``agent_pos`` is the first 4 values of the observation: end-effector xyz and the gripper's opening;
@@ -219,7 +220,8 @@ class MetaWorldEnv:
         benchmark = metaworld.MT1(task, seed=MT1_SEED)
         self.env = benchmark.train_classes[task]()
         self.env.set_task(benchmark.train_tasks[0])
-        self.env._freeze_rand_vec = False  # as LeRobot: every reset draws new positions from the seed
+        self.env._freeze_rand_vec = False  # as LeRobot: every reset draws new positions
+        self.env.seeded_rand_vec = True  # ... from the env's seeded generator, not numpy's global one
         self.max_steps = int(self.env.max_path_length) if max_steps is None else min(max_steps,
                                                                                      int(self.env.max_path_length))
         self.expert = expert_class(task)()
@@ -241,7 +243,10 @@ class MetaWorldEnv:
         return mujoco.Renderer(model, render.image_size, render.image_size)
 
     def reset(self, seed: int) -> None:
-        self._obs, _ = self.env.reset(seed=int(seed))
+        """A new episode whose positions ``seed`` fixes. (Meta-World 3.1.1's ``reset`` ignores its ``seed``
+        argument, which is all LeRobot's env passes, and draws from numpy's global generator.)"""
+        self.env.seed(int(seed))
+        self._obs, _ = self.env.reset()
         self.steps, self.success = 0, False
 
     @property
