@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
-# The README's install: what a fresh machine needs for the project and its tests. Debian's chromium first (the
-# web page's browser tests drive it through Playwright, which downloads no browser; pip cannot install it),
-# then the pinned CPU torch, then the project with its dev extras. Run it inside the environment to install into.
+# The README's install: what a fresh machine needs for the project and its tests. Debian's chromium and OSMesa first
+# (the web page's browser tests drive chromium through Playwright, which downloads no browser; Meta-World renders
+# headless through OSMesa; pip cannot install either), then the pinned CPU torch, then the project with its dev
+# extras. Run it inside the environment to install into.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-install_chromium() {
-    if command -v chromium >/dev/null 2>&1; then
+# install_debian PACKAGE PRESENT-CHECK WHY: apt-get install PACKAGE unless the check finds it
+install_debian() {
+    if eval "$2" >/dev/null 2>&1; then
         return
     fi
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "install.sh: chromium is missing and there is no apt-get; install chromium with your system's" \
-             "package manager (the browser tests need it), then run install.sh again" >&2
+        echo "install.sh: $1 is missing and there is no apt-get; install $1 with your system's" \
+             "package manager ($3), then run install.sh again" >&2
         exit 1
     fi
     local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
         sudo=(sudo)
     fi
-    "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    if [ -z "${APT_UPDATED:-}" ]; then
+        "${sudo[@]}" apt-get update -qq
+        APT_UPDATED=1
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
 }
 
-install_chromium
+install_debian chromium "command -v chromium" "the browser tests need it"
+install_debian libosmesa6 "ldconfig -p | grep -q libOSMesa" "Meta-World renders headless through OSMesa"
 python -m pip install torch==2.13.0  # the CPU build CI uses; on a GPU machine install your torch, then the next line
 python -m pip install -e ".[dev]"

@@ -81,23 +81,33 @@ def _raw_reset(env, seed: int):
     return env.reset()[0]
 
 
-def test_env_follows_lerobots_conventions():
+def _conventions(seed: int) -> dict:
+    """Run in a forked child: this process never renders (a GL context does not survive a fork)."""
     import mujoco
 
-    pytest.importorskip("metaworld")
     env = mw.MetaWorldEnv("reach-v3", mw.RenderSettings(32, cheap=True))
-    raw = _raw_env("reach-v3")
-    env.reset(7)
-    obs = _raw_reset(raw, 7)
-    assert np.array_equal(env.state, obs[:4].astype(np.float32)) and env.max_steps == 500
-    assert env.instruction == "Reach a goal position"
-    camera = mujoco.mj_name2id(env.env.model, mujoco.mjtObj.mjOBJ_CAMERA, "corner2")
-    assert np.allclose(env.env.model.cam_pos[camera], mw.CORNER2_POSITION)
-    assert env.env.model.vis.quality.shadowsize == 0 and env.env.model.vis.quality.offsamples == 0
+    env.reset(seed)
+    model = env.env.model
+    camera = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "corner2")
     env.renderer.update_scene(env.env.data, camera="corner2")
-    upright = env.image()
-    assert np.array_equal(upright, env.renderer.render()[::-1, ::-1])  # turned 180 degrees, as LeRobot does
-    assert upright.shape == (32, 32, 3) and upright.std() > 5  # a picture, not a blank
+    return {"image": env.image(), "raw": env.renderer.render(), "state": env.state, "max_steps": env.max_steps,
+            "instruction": env.instruction, "cam_pos": model.cam_pos[camera].copy(),
+            "quality": (model.vis.quality.shadowsize, model.vis.quality.offsamples)}
+
+
+@pytest.mark.slow
+def test_env_follows_lerobots_conventions():
+    import multiprocessing
+
+    pytest.importorskip("metaworld")
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply(_conventions, (7,))
+    obs = _raw_reset(_raw_env("reach-v3"), 7)
+    assert np.array_equal(got["state"], obs[:4].astype(np.float32)) and got["max_steps"] == 500
+    assert got["instruction"] == "Reach a goal position"
+    assert np.allclose(got["cam_pos"], mw.CORNER2_POSITION) and got["quality"] == (0, 0)
+    assert np.array_equal(got["image"], got["raw"][::-1, ::-1])  # turned 180 degrees, as LeRobot does
+    assert got["image"].shape == (32, 32, 3) and got["image"].std() > 5  # a picture, not a blank
     for task in mw.INSTRUCTIONS:  # every task has a scripted expert
         assert mw.expert_class(task).__name__.endswith("V3Policy")
 
@@ -186,7 +196,8 @@ def test_eval_scores_resumes_and_serves(tiny_policy, tmp_path):
     assert task["episodes"] == 3 and task["successes"] == sum(r["success"] for r in rows)
     assert first["scores"]["groups"]["easy"]["episodes"] == 3 and "expert" in task
     assert first["render"] == {"image_size": 32, "camera": "corner2", "cheap": True}
-    assert (tmp_path / "a" / rows[0]["strip"]).is_file() and rows[0]["strip"] in (tmp_path / "a" / "index.html").read_text()
+    assert (tmp_path / "a" / rows[0]["strip"]).is_file()
+    assert rows[0]["strip"] in (tmp_path / "a" / "index.html").read_text()
     # a run killed after one episode, mid-line, resumes to the same outcomes
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "settings.json").write_text((tmp_path / "a" / "settings.json").read_text())
@@ -196,7 +207,7 @@ def test_eval_scores_resumes_and_serves(tiny_policy, tmp_path):
     with pytest.raises(UserInputError, match="other settings"):
         evaluate_metaworld(tmp_path / "b", "reach", 3, policy=str(tiny_policy), max_steps=13, progress=False)
     # the same policy served: the same episodes, through PolicyClient
-    with _served(tiny_policy) as url:
+    with _Served(tiny_policy) as url:
         served = evaluate_metaworld(tmp_path / "c", "reach", 3, server=url, dataset=None, image_size=32, cheap=True,
                                     workers=1, expert=False, **kwargs)
     local = evaluate_metaworld(tmp_path / "d", "reach", 3, policy=str(tiny_policy), workers=1, expert=False, **kwargs)
@@ -209,7 +220,7 @@ def test_eval_scores_resumes_and_serves(tiny_policy, tmp_path):
     assert outcomes("c") == outcomes("d")
 
 
-class _served:
+class _Served:
     """``vlaser vla serve``'s app on a loopback port, in a thread."""
 
     def __init__(self, path) -> None:
@@ -235,3 +246,20 @@ class _served:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def test_metaworld_recipe_is_the_release_expert_on_metaworld_shapes(tmp_path):
+    from pathlib import Path
+
+    from vlaser.cli import build_parser
+    from vlaser.cli.vla import train_values
+    from vlaser.vla.config import preset
+    from vlaser.vla.train import VLATrainArguments
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "vla" / "vlaser_2b_metaworld.yaml"
+    args = build_parser().parse_args(["vla", "train", str(recipe), "--output_dir", str(tmp_path)])
+    train = VLATrainArguments.from_dict(train_values(args), where=str(recipe))
+    assert train.vla_config() == preset("vlaser_2b_bridge", proprio_dim=4, action_dim=4)
+    assert (train.learning_rate, train.expert_learning_rate, train.normalization) == (5e-5, 5e-5, "quantile")
+    header = recipe.read_text()
+    assert "vla collect metaworld --tasks mt50 --episodes 50" in header and "vla eval metaworld" in header

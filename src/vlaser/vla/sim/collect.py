@@ -70,12 +70,13 @@ def demonstration(job: tuple[str, int]) -> tuple[str, int, dict[str, np.ndarray]
 
 def run_jobs(function, jobs: list, workers: int, render: mw.RenderSettings | None,
              max_steps: int | None = None) -> Iterator:
-    """``function(job)`` for every job, in job order, in ``workers`` processes (forked: the parent has no GL
-    context, and a fork does not re-import torch)."""
+    """``function(job)`` for every job, in job order, in ``workers`` processes. They are forked (no re-import of
+    torch), so the parent never renders: a GL context (llvmpipe's threads and locks) does not survive a fork, and
+    a child forked after the parent rendered can hang. Jobs without rendering may run in this process."""
     if workers < 1:
         raise UserInputError(f"workers must be at least 1, got {workers}")
     mw.setup_gl()
-    if workers == 1:
+    if workers == 1 and render is None:
         _init_worker(render, max_steps)
         yield from map(function, jobs)
         return

@@ -9,6 +9,7 @@ stopped. The scripted expert runs on the same seeds without rendering (its actio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import sys
@@ -101,10 +102,8 @@ class Workers:
 
     def close(self) -> None:
         for conn, proc in zip(self.conns, self.procs):
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):
                 conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.terminate()
