@@ -25,15 +25,17 @@ READS = {aten._local_scalar_dense, aten.is_nonzero, aten.item, aten.equal, aten.
 INTERNVL3_ROPE = {"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}  # InternVL3-2B's llm_config
 
 
-def _read(func, args) -> bool:
+def _read(func, args, kwargs) -> bool:
     """Whether one aten call reads device values on the host (or would, on a GPU)."""
     if func._overloadpacket in READS or func is aten.repeat_interleave.Tensor:
         return True
     if func in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default):  # a boolean mask: nonzero
         return any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in args[1])
-    if func in (aten._to_copy.default, aten.copy_.default):  # a device-to-host copy
-        return any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args) and (
-            args[0].device.type == "cpu" if func is aten.copy_.default else False)
+    if func is aten.copy_.default:  # a device-to-host copy
+        return args[0].device.type == "cpu" and args[1].device.type != "cpu"
+    if func is aten._to_copy.default:
+        to = kwargs.get("device")
+        return args[0].device.type != "cpu" and to is not None and torch.device(to).type == "cpu"
     return False
 
 
@@ -50,7 +52,7 @@ class HostReads(TorchDispatchMode):
         self.reads.append((name, f"{frames[-1].filename.rsplit('/', 2)[-1]}:{frames[-1].lineno}"))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if _read(func, args):
+        if _read(func, args, kwargs or {}):
             self._record(str(func))
         return func(*args, **(kwargs or {}))
 
@@ -189,7 +191,7 @@ def test_static_inputs_go_up_from_pinned_memory_without_blocking(tiny_original, 
     vlm = VLM(model, tokenizer)
     inputs, staged = static_buffers((3, 4), model.device)
     assert inputs.is_cuda and staged.device.type == "cpu" and staged.is_pinned()
-    engine = Engine(model, tokenizer, max_batch_size=4, static_capacity=1024)
+    engine = Engine(model, tokenizer, max_batch_size=4, static_capacity=4096)
     uploads, reads, decode = [], [], engine._static_decode
 
     class Uploads(TorchDispatchMode):
