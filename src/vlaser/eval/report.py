@@ -114,8 +114,9 @@ def write_pictures(benchmark, items, scores, predictions, out: Path) -> list[dic
         try:
             picture = _picture(item.images[0], benchmark.gt_mask(item), score.points, benchmark.gt_points(item))
         except (OSError, BenchmarkDataError, Image.DecompressionBombError) as e:
-            log.warning("item %s: no picture, cannot read %s: %s", item.id, item.images[0], e)
-            cards.append({**card, "error": f"cannot read {item.images[0]}: {e}"})
+            reason = str(e) if isinstance(e, BenchmarkDataError) else f"cannot read {item.images[0]}: {e}"
+            log.warning("item %s: no picture, %s", item.id, reason)
+            cards.append({**card, "error": reason})
             continue
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", item.id) + ".png"
         picture.save(folder / name)

@@ -410,7 +410,7 @@ def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict],
         log.warning("%d item(s) left out of the score: their ground truth cannot be read, e.g. %s", len(gt_errors),
                     gt_errors[0])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    shown = [(item, s) for item, s in zip(answered, scores) if item.id in predictions][:pictures]
+    shown = [(item, s) for item, s in zip(answered, scores) if item.id in predictions and not item.gt_error][:pictures]
     cards = write_pictures(benchmark, [i for i, _ in shown], [s for _, s in shown], predictions, out) \
         if benchmark.pointing and pictures else []
     write_report(metrics, out, cards)
