@@ -363,7 +363,7 @@ def score_item(benchmark: Benchmark, item: Item, prediction: dict) -> Score:
         return Score(0.0, parsed=False, extra={"error": prediction["error"]})
     try:
         return benchmark.score(item, str(prediction.get("response", "")))
-    except BenchmarkDataError as e:
+    except (BenchmarkDataError, OSError) as e:  # OSError: a file read to score (an image's size) is unreadable
         log.warning("item %s left out of the score: %s", item.id, e)
         return Score(None, parsed=False, extra={"gt_error": f"item {item.id}: {e}"})
 
