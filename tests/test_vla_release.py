@@ -162,3 +162,14 @@ def test_release_statistics_become_the_normaliser(tmp_path):
     path.write_text(json.dumps({"action": stats["action"]}))
     with pytest.raises(UserInputError, match="bridge_statistics.json: not the release's dataset statistics"):
         release_norm_stats(path)
+
+
+def test_bfloat16_checkpoints_load_exactly(release, fresh):
+    """The release trains and saves in bfloat16; a float32 policy holds those values exactly."""
+    state = {k: v.bfloat16() for k, v in release[2].items()}
+    load_release_state(fresh, state)
+    expert, vlm = fresh.model.expert.state_dict(), fresh.model.vlm.state_dict()
+    assert torch.equal(expert["layers.1.self_attn.k_proj.bias"],
+                       state["joint_model.mixtures.action.layers.1.self_attn.k_proj.bias"].float())
+    assert torch.equal(vlm["model.language_model.embed_tokens.weight"], state["embed_tokens.weight"].float())
+    assert expert["action_decoder.weight"].dtype == torch.float32
