@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
+
+from vlaser.cli.args import json_object
 
 
 def add_parser(verbs) -> None:
@@ -17,23 +17,13 @@ def add_parser(verbs) -> None:
     c.add_argument("--vlm", required=True, type=Path,
                    help="the InternVL3/Vlaser checkpoint the release trained from (config and tokenizer)")
     c.add_argument("--preset", required=True, help="vlaser_2b_bridge, vlaser_2b_fractal, vlaser_8b_bridge, ...")
-    c.add_argument("--config", type=_json_object, default={}, metavar="JSON",
+    c.add_argument("--config", type=json_object, default={}, metavar="JSON",
                    help='VLAConfig fields overriding the preset, e.g. \'{"time_max_period": 10000}\'')
     c.add_argument("--stats", type=Path, help="the release's dataset statistics (config/bridge_statistics.json), "
                                               "written as norm_stats.json")
     c.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="dtype of the written policy (the release evaluates in float32)")
     c.add_argument("--out", required=True, type=Path, help="the policy folder to write")
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
 
 
 def run(args) -> int:
