@@ -173,3 +173,15 @@ def test_bfloat16_checkpoints_load_exactly(release, fresh):
                        state["joint_model.mixtures.action.layers.1.self_attn.k_proj.bias"].float())
     assert torch.equal(vlm["model.language_model.embed_tokens.weight"], state["embed_tokens.weight"].float())
     assert expert["action_decoder.weight"].dtype == torch.float32
+
+
+def test_a_file_that_is_not_a_release_checkpoint_is_named(tiny_original, tmp_path, capsys):
+    path = tmp_path / "step1.pt"
+    torch.save({"state_dict": {}}, path)
+    assert main(["vla", "convert", str(path), "--vlm", str(tiny_original), "--preset", "tiny",
+                 "--out", str(tmp_path / "p")]) == 2
+    assert f"{path}: not a release checkpoint" in capsys.readouterr().err
+    path.write_bytes(b"not a pickle")
+    assert main(["vla", "convert", str(path), "--vlm", str(tiny_original), "--preset", "tiny",
+                 "--out", str(tmp_path / "p")]) == 2
+    assert f"{path}: cannot read a release checkpoint" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def read_release_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise UserInputError(f"{path}: cannot read a release checkpoint ({e})") from e
     state = data.get("model") if isinstance(data, Mapping) else None
     if not isinstance(state, Mapping):
