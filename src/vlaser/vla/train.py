@@ -64,10 +64,15 @@ def _dataset(args: VLATrainArguments, config: VLAConfig):
     if args.dataset is None:
         raise UserInputError("no training data: set dataset (a LeRobot v3.0 directory) or pass dataset=")
     from vlaser.vla.data import ActionChunkDataset, LeRobotDataset, Normalizer
+    from vlaser.vla.data.augment import ImageAugmentation
 
     data = LeRobotDataset(args.dataset)
     normalizer = Normalizer(data.stats, mode=args.normalization, gripper_dims=args.gripper_dims)
-    return ActionChunkDataset(data, config.chunk_size, normalizer), normalizer.to_json()
+    cameras = args.cameras.split(",") if isinstance(args.cameras, str) else args.cameras  # a CLI flag: a,b
+    chunks = ActionChunkDataset(data, config.chunk_size, normalizer, cameras=cameras,
+                                padded_actions=args.padded_actions,
+                                augment=ImageAugmentation() if args.augment_images else None)
+    return chunks, normalizer.to_json()
 
 
 def _freeze(policy: VLAPolicy, args: VLATrainArguments) -> None:
@@ -76,6 +81,8 @@ def _freeze(policy: VLAPolicy, args: VLATrainArguments) -> None:
         if frozen:
             for p in module.parameters():
                 p.requires_grad = False
+    if args.freeze_text_embeddings:
+        vlm.get_input_embeddings().weight.requires_grad = False
 
 
 def train_vla(args: VLATrainArguments | dict[str, Any], dataset=None, norm_stats: dict | None = None,

@@ -42,6 +42,11 @@ class VLATrainArguments:
     fsdp_config: str | None = None
     freeze_vlm: bool = False
     freeze_vision: bool = False
+    # the release's choices, off by default (the recipes select them; docs/vla.md, "Release fidelity")
+    freeze_text_embeddings: bool = False  # the release trains with the VLM's token embeddings frozen
+    cameras: list[str] | None = None  # camera keys to train on (None: every camera; the release: the primary only)
+    augment_images: bool = False  # Octo's random resized crop and colour jitter on training frames (the release's)
+    padded_actions: str = "mask"  # chunk steps past an episode's end: "mask" (no loss) or "repeat" (the release's)
     logging_steps: int = 10
     save_strategy: str = "steps"  # "no": only the final policy is written
     save_steps: int = 500
