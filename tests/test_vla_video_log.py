@@ -34,8 +34,16 @@ def _write(path, **env) -> subprocess.CompletedProcess:
     return done
 
 
-def test_av1_writing_prints_no_encoder_banner(tmp_path):
+@pytest.fixture
+def av1():
     if default_codec() != "av1":
         pytest.skip("this PyAV has no AV1 encoder")
+
+
+def test_av1_writing_prints_no_encoder_banner(tmp_path, av1):
     assert _write(tmp_path / "quiet.mp4").stderr == ""
-    assert "Svt[info]" in _write(tmp_path / "asked.mp4", SVT_LOG="3").stderr  # the user's own level is kept
+
+
+@pytest.mark.slow  # a second fresh process that imports torch (through vlaser.vla.data): ~6 s here
+def test_the_users_own_svt_log_level_is_kept(tmp_path, av1):
+    assert "Svt[info]" in _write(tmp_path / "asked.mp4", SVT_LOG="3").stderr
