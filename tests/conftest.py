@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+
 try:
     from hypothesis import settings
 except ImportError:  # a bare Python (a GPU machine's): the property-test modules skip themselves, saying why
