@@ -254,12 +254,13 @@ def test_metaworld_recipe_is_the_release_expert_on_metaworld_shapes(tmp_path):
     from vlaser.cli import build_parser
     from vlaser.cli.vla import train_values
     from vlaser.vla.config import preset
-    from vlaser.vla.train import VLATrainArguments
+    from vlaser.vla.train_args import VLATrainArguments
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "vla" / "vlaser_2b_metaworld.yaml"
     args = build_parser().parse_args(["vla", "train", str(recipe), "--output_dir", str(tmp_path)])
     train = VLATrainArguments.from_dict(train_values(args), where=str(recipe))
-    assert train.vla_config() == preset("vlaser_2b_bridge", proprio_dim=4, action_dim=4)
+    assert train.vla_config() == preset("vlaser_2b_bridge", proprio_dim=4, action_dim=4, time_max_period=100.0)
+    assert train.augment_images and train.padded_actions == "repeat" and train.freeze_text_embeddings
     assert (train.learning_rate, train.expert_learning_rate, train.normalization) == (5e-5, 5e-5, "quantile")
     header = recipe.read_text()
     assert "vla collect metaworld --tasks mt50 --episodes 50" in header and "vla eval metaworld" in header

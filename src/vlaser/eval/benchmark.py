@@ -16,10 +16,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vlaser.errors import UserInputError
+from vlaser.eval.registry import PROMPT_STYLES, REGISTRY
 from vlaser.model.template import FRAME_LINE
-
-#: ``--prompt``: vlaser's prompt (the seed's point prefix for pointing) or the benchmark's official one.
-PROMPT_STYLES = ("vlaser", "official")
 
 
 def check_prompt_style(style: str) -> str:
@@ -46,6 +44,21 @@ class Item:
     #: a clip whose sampled frames follow ``images``; frames are chosen by ``Benchmark.frame_indices``, decoded
     #: only when the item is asked (``eval score`` never needs the file)
     video: Path | None = None
+    #: why the item's annotation (its row or ground-truth file) could not be read at load; such an item is never
+    #: asked and is left out of the score, named and counted (docs/eval_suite.md, "Damaged benchmark files")
+    gt_error: str | None = None
+
+
+def unreadable_item(where: str, reason: str) -> Item:
+    """A stand-in for an annotation row that cannot be read (its id is ``where``, e.g. ``file.jsonl:7``): it keeps
+    the damage named and counted in the outputs instead of aborting the run or vanishing."""
+    return Item(id=where, question="", official_prompt="", images=[], gt_error=f"{where}: {reason}")
+
+
+def keep_damaged_lines(items: list[Item], path: Path):
+    """``read_jsonl``'s ``on_error`` for an annotation file: each line that is not JSON joins ``items`` as an
+    :func:`unreadable_item` named ``FILE:LINE``, in file order."""
+    return lambda error: items.append(unreadable_item(f"{path.name}:{error.line}", f"invalid JSON: {error.reason}"))
 
 
 @dataclass
@@ -169,19 +182,6 @@ def mean_by(keys: list[str], scores: list[Score]) -> dict[str, dict[str, float]]
     return {key: {"score": sum(v) / len(v), "n": len(v)} for key, v in sorted(groups.items())}
 
 
-#: name -> "module:Class", imported on first use
-REGISTRY: dict[str, str] = {
-    "where2place": "vlaser.eval.benchmarks.where2place:Where2Place",
-    "point_bench": "vlaser.eval.benchmarks.point_bench:PointBench",
-    "refspatial": "vlaser.eval.benchmarks.refspatial:RefSpatial",
-    "pixmo_points": "vlaser.eval.benchmarks.pixmo_points:PixmoPoints",
-    "paco_lvis": "vlaser.eval.benchmarks.paco_lvis:PacoLvis",
-    "mmsi_bench": "vlaser.eval.benchmarks.mmsi_bench:MMSIBench",
-    "erqa": "vlaser.eval.benchmarks.erqa:ERQA",
-    "egoplan_bench2": "vlaser.eval.benchmarks.egoplan_bench2:EgoPlanBench2",
-    "vsi_bench": "vlaser.eval.benchmarks.vsi_bench:VSIBench",
-    "vlabench": "vlaser.eval.benchmarks.vlabench:VLABench",
-}
 
 
 def get_benchmark(name: str, protocol: str | None = None, **options) -> Benchmark:

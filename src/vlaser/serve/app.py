@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from vlaser.errors import UserInputError
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OPEN_PATHS = ("/health", "/", "/ui/config", "/static/")  #: served without the key (see the module docstring)
+DOCS_ASSETS = "/docs-assets"  #: where /docs and /redoc load Swagger UI's and ReDoc's files from
 _ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in [
     (400, "the request is malformed or over a limit"), (401, "a missing or wrong API key"),
     (413, "the body is over the size limit"), (429, "the queue is full; retry later")]}
@@ -97,8 +99,9 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
         finally:
             await engine.stop()  # drains the jobs in flight (uvicorn has waited for their connections)
 
-    app = FastAPI(title="vlaser serve", version="1", lifespan=lifespan,
-                  description="An OpenAI-compatible chat-completions API for InternVL3/Vlaser models.")
+    # /docs (Swagger UI) and /redoc from assets shipped in fastapi-offline, not a CDN: they work offline
+    app = FastAPIOffline(title="vlaser serve", version="1", lifespan=lifespan, static_url=DOCS_ASSETS,
+                         description="An OpenAI-compatible chat-completions API for InternVL3/Vlaser models.")
     _add_error_handlers(app)
 
     @app.get("/health", summary="liveness: 200 while the server runs (no key needed)")
