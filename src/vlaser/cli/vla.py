@@ -57,10 +57,10 @@ def add_parser(sub) -> None:
     q.add_argument("--out", type=Path, default=Path("vla-quickstart"), help="output folder (new or empty)")
     q.add_argument("--steps", type=at_least(1), default=None, help="training steps (default: the tested budget)")
     q.add_argument("--episodes", type=at_least(1), default=None,
-                   help="held-out episodes per policy (reach2d: 100) or per task and policy (metaworld: 20)")
+                   help="held-out episodes per policy (reach2d: 100) or per task and policy (metaworld: 10)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--env", choices=("reach2d", "metaworld"), default="reach2d",
-                   help="reach2d: the numpy reach task (minutes); metaworld: 5 Meta-World tasks (about an hour)")
+                   help="reach2d: the numpy reach task (minutes); metaworld: 5 Meta-World tasks (~40 min)")
     _add_sim_parsers(verbs)
 
 

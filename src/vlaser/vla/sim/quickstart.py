@@ -26,11 +26,12 @@ from vlaser.vla.sim import metaworld as mw
 
 TASKS = ["reach-v3", "push-v3", "faucet-open-v3", "faucet-close-v3", "button-press-topdown-v3"]
 DEMOS_PER_TASK = 20
-EVAL_EPISODES = 20  #: held-out episodes per task and policy
+EVAL_EPISODES = 10  #: held-out episodes per task and policy
 IMAGE_SIZE = 112  #: 16 image tokens on the tiny backbone
 MAX_STEPS = 200  #: the experts finish these tasks in under 100 steps; LeRobot's limit (500) costs more renders
 WORKERS = 2
-DEFAULT_STEPS = 3000
+#: 1,500 steps took 11-14 min per policy on the shared 2-core machine (load average 5-9); the whole run 39 min
+DEFAULT_STEPS = 1500
 BATCH_SIZE = 32
 LEARNING_RATE = 1e-3
 BLIND_INSTRUCTION = "Do the task"  #: the blind twin's only instruction, in training and evaluation
