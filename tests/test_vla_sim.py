@@ -264,3 +264,17 @@ def test_metaworld_recipe_is_the_release_expert_on_metaworld_shapes(tmp_path):
     assert (train.learning_rate, train.expert_learning_rate, train.normalization) == (5e-5, 5e-5, "quantile")
     header = recipe.read_text()
     assert "vla collect metaworld --tasks mt50 --episodes 50" in header and "vla eval metaworld" in header
+
+
+def test_a_running_episode_keeps_a_bounded_evenly_spaced_film():
+    from vlaser.vla.sim.rollout import FILM_FRAMES, Live
+
+    episode = Live("reach-v3", 0, {})
+    for i in range(500):  # a failed episode at LeRobot's limit, one observation per step
+        episode.add(np.full((2, 2, 3), i % 256, np.uint8))
+    kept = [int(f[0, 0, 0]) for f in episode.film]
+    assert episode.seen == 500 and len(episode.frames) < FILM_FRAMES
+    assert kept[-1] == 499 % 256 and np.all(np.diff(kept[:-2]) % 256 == episode.stride % 256)
+    blind = Live("reach-v3", 0, {}, keep=False)
+    blind.add(np.zeros((2, 2, 3), np.uint8))
+    assert blind.film == [] and blind.seen == 1

@@ -81,15 +81,19 @@ class _Recorder:
         drawn = [r for r in mine if r.get("strip")]
         return len(mine) < self.record or not any(r["success"] == success for r in drawn)
 
+    def needs_frames(self, task: str) -> bool:
+        """Whether an episode of ``task`` starting now may be drawn (frames are kept only then)."""
+        return self.wanted(task, True) or self.wanted(task, False)
+
     def __call__(self, episode, success: bool, steps: int) -> None:
         row = {"task": episode.task, "seed": episode.seed, "success": bool(success), "steps": int(steps)}
-        if episode.frames and self.wanted(episode.task, success):
+        if episode.film and self.wanted(episode.task, success):
             row["strip"] = f"rollouts/{mw.task_slug(episode.task)}_{episode.seed}.png"
-            report.frame_strip(episode.frames, success, self.out / row["strip"], STRIP_FRAMES)
+            report.frame_strip(episode.film, success, self.out / row["strip"], STRIP_FRAMES)
         self.rows.append(row)
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
-        self.bar.update(len(episode.frames), success=f"{sum(r['success'] for r in self.rows)}/{len(self.rows)}")
+        self.bar.update(episode.seen, success=f"{sum(r['success'] for r in self.rows)}/{len(self.rows)}")
 
 
 def evaluate_metaworld(out: str | Path, tasks: str | list[str], episodes: int, *, policy: str | None = None,
@@ -113,7 +117,8 @@ def evaluate_metaworld(out: str | Path, tasks: str | list[str], episodes: int, *
     recorder = _Recorder(out, rows, record, bar)
     start = time.perf_counter()
     try:
-        rollouts(runner, jobs, render, workers, slots, recorder, max_steps, instruction, noise_seed)
+        rollouts(runner, jobs, render, workers, slots, recorder, max_steps, instruction, noise_seed,
+                 recorder.needs_frames)
     finally:
         recorder.file.close()
         bar.close()

@@ -26,16 +26,39 @@ from vlaser.vla.sim.collect import _init_worker, run_jobs, worker_env
 
 EPISODES_FILE = "episodes.jsonl"
 STRIP_FRAMES = 10  #: frames drawn per recorded episode
+FILM_FRAMES = 4 * STRIP_FRAMES  #: at most this many frames held per running episode
 
 
 @dataclass
 class Live:
-    """One running episode: where it runs and what it has seen."""
+    """One running episode: its latest observation, how many it has rendered, and a thinned film of them (every
+    ``stride``-th, the stride doubling whenever ``FILM_FRAMES`` are held: bounded memory, evenly spaced)."""
 
     task: str
     seed: int
     observation: dict
+    keep: bool = True
+    seen: int = 0
+    stride: int = 1
     frames: list[np.ndarray] = field(default_factory=list)
+    last: np.ndarray | None = None
+
+    def add(self, image: np.ndarray) -> None:
+        self.seen += 1
+        if not self.keep:
+            return
+        self.last = image
+        if (self.seen - 1) % self.stride == 0:
+            self.frames.append(image)
+            if len(self.frames) >= FILM_FRAMES:
+                self.frames, self.stride = self.frames[::2], self.stride * 2
+
+    @property
+    def film(self) -> list[np.ndarray]:
+        """The kept frames, ending with the latest observation."""
+        if self.last is None:
+            return []
+        return self.frames if self.frames[-1] is self.last else [*self.frames, self.last]
 
 
 # ------------------------------------------------------------------------------------------------ worker side
@@ -175,8 +198,10 @@ class ServerPolicy:
 
 def rollouts(policy, jobs: list[tuple[str, int]], render: mw.RenderSettings, workers: int, slots: int,
              on_done: Callable[[Live, bool, int], None], max_steps: int | None = None,
-             instruction: str | None = None, noise_seed: int = 0, keep_frames: bool = True) -> None:
-    """Run ``policy`` on every ``(task, seed)`` job; ``on_done(episode, success, steps)`` as each one ends."""
+             instruction: str | None = None, noise_seed: int = 0,
+             keep_frames: Callable[[str], bool] = lambda task: True) -> None:
+    """Run ``policy`` on every ``(task, seed)`` job; ``on_done(episode, success, steps)`` as each one ends;
+    frames are kept for the episodes whose task ``keep_frames(task)`` says (when they start)."""
     if not jobs:
         return
     pool = Workers(workers, slots, render, max_steps)
@@ -186,9 +211,8 @@ def rollouts(policy, jobs: list[tuple[str, int]], render: mw.RenderSettings, wor
             task, seed = queue.pop()
             text = mw.INSTRUCTIONS[task] if instruction is None else instruction
             obs = pool.start(where, task, seed)
-            live[where] = Live(task, seed, {**obs, "instruction": text, "steps": 0})
-            if keep_frames:
-                live[where].frames.append(obs["image"])
+            live[where] = Live(task, seed, {**obs, "instruction": text, "steps": 0}, keep=keep_frames(task))
+            live[where].add(obs["image"])
 
         for where in pool.slots[:len(queue)]:
             start(where)
@@ -210,8 +234,7 @@ def rollouts(policy, jobs: list[tuple[str, int]], render: mw.RenderSettings, wor
                         start(where)
                     continue
                 ep.observation.update(obs, steps=steps)
-                if keep_frames:
-                    ep.frames.append(obs["image"])
+                ep.add(obs["image"])
     finally:
         pool.close()
 
