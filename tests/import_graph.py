@@ -19,7 +19,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: The layers, lowest first (see docs/architecture.md); a module may import its own layer and the ones below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("vlaser.errors", "vlaser.jsonl", "vlaser.points")),
-    ("vocabulary", ("vlaser.inference.types",)),
     ("model", ("vlaser.model",)),
     ("data", ("vlaser.data",)),
     ("inference", ("vlaser.inference",)),
@@ -164,9 +163,7 @@ def _words(tree: ast.AST) -> Iterable[str]:
             yield node.id
         elif isinstance(node, ast.Attribute):
             yield node.attr
-        elif isinstance(node, ast.keyword) and node.arg:
-            yield node.arg
-        elif isinstance(node, ast.arg):
+        elif isinstance(node, (ast.keyword, ast.arg)) and node.arg:
             yield node.arg
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             yield node.value.lstrip("-").replace("-", "_")

@@ -18,7 +18,14 @@ from PIL import Image
 from vlaser.inference.types import Picture, PictureSource, Prepared, Request
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import image_to_tiles, to_pil
-from vlaser.model.template import IMAGE_LINE, ChatTemplate, build_chat_prompt, get_template, multi_image_prefix
+from vlaser.model.template import (
+    FRAME_LINE,
+    ChatTemplate,
+    build_chat_prompt,
+    frame_lines,
+    get_template,
+    images_first,
+)
 
 if TYPE_CHECKING:
     from vlaser.model.settings import ProcessorSettings
@@ -27,19 +34,6 @@ if TYPE_CHECKING:
 Tiler = Callable[[Picture, int], tuple[tuple[int, int], torch.Tensor]]
 #: ``(image file, tile limit) -> future`` of the tiles worker processes are making
 Pending = Mapping[tuple[Path, int], Future]
-
-
-def images_first(text: str, n_images: int) -> str:
-    """InternVL's layout of still images before a text: ``<image>\\n`` for one, ``Image-i: <image>\\n`` lines
-    for several (``model.chat``'s single- and multi-image prompts)."""
-    if n_images == 0:
-        return text
-    return (IMAGE_LINE if n_images == 1 else multi_image_prefix(n_images)) + text
-
-
-def frame_lines(n_frames: int, line: str) -> str:
-    """One ``line`` (``"Frame-{i}: <image>\\n"`` or a benchmark's own) per video frame, numbered from 1."""
-    return "".join(line.format(i=i + 1) for i in range(n_frames))
 
 
 def between(pieces: Sequence[str | None], picture: str = IMAGE_PLACEHOLDER) -> str:
@@ -60,7 +54,8 @@ def place_tags(request: Request) -> str:
 
     Video frames come first, each on its ``frame_line``, unless a ``tagged`` request's turns already hold a tag
     for every picture; a ``tagged`` request's tags for its still images are checked and kept, and untagged
-    still images go first as :func:`images_first` lays them out.
+    still images go first as :func:`~vlaser.model.template.images_first` lays them out (the template holds the
+    tag strings and their layouts; this step alone decides where a request's tags go).
     """
     tags, pictures = tag_count(request), request.pictures
     frames = sum(p.frame for p in pictures)
@@ -72,11 +67,12 @@ def place_tags(request: Request) -> str:
         if tags != len(pictures) - frames:
             raise ValueError(f"the request holds {tags} {IMAGE_PLACEHOLDER} tag(s) for {len(pictures)} picture(s); "
                              f"write one {IMAGE_PLACEHOLDER} per picture")
-        return frame_lines(frames, request.frame_line) + request.question
+        return frame_lines(frames, request.frame_line or FRAME_LINE) + request.question
     if tags:
         raise ValueError(f"the question holds {tags} {IMAGE_PLACEHOLDER} tag(s) but the request is not tagged; mark "
                          "it tagged (the tags place the pictures) or leave the tags out")
-    return frame_lines(frames, request.frame_line) + images_first(request.question, len(pictures) - frames)
+    still = len(pictures) - frames
+    return frame_lines(frames, request.frame_line or FRAME_LINE) + images_first(request.question, still)
 
 
 def tile_limit(picture: Picture, settings: ProcessorSettings, max_tiles: int | None = None) -> int:

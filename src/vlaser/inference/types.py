@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from vlaser.model.template import FRAME_LINE
-
 PictureSource = str | os.PathLike | Image.Image
 
 
@@ -40,7 +38,8 @@ class Request:
 
     ``tagged`` says the turns already hold one ``<image>`` tag per picture, placed by the caller (a
     benchmark's own layout, a client's message); otherwise the prepare step places them as InternVL does,
-    video frames with one ``frame_line`` each. ``system`` None means the model's own system message.
+    video frames with one ``frame_line`` each (None: InternVL's ``Frame-{i}: <image>``). ``system`` None means
+    the model's own system message. This module imports nothing from vlaser: every layer may speak it.
     """
 
     question: str
@@ -48,7 +47,7 @@ class Request:
     history: list[Turn] = field(default_factory=list)
     system: str | None = None
     tagged: bool = False
-    frame_line: str = FRAME_LINE
+    frame_line: str | None = None
 
 
 @dataclass(frozen=True)
