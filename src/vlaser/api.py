@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from vlaser.errors import UserInputError
-from vlaser.inference import Completion, GenerationParams, Picture, Prepared, Request
+from vlaser.inference import Completion, GenerationParams, Picture, Prepared, Request, Turn
 from vlaser.inference.engine import Engine
 from vlaser.inference.prepare import place_tags, prepare, tile, tile_limit
 from vlaser.model.constants import IMAGE_PLACEHOLDER
@@ -125,9 +125,6 @@ class VLM:
         tiles = iter(zip(media.sizes, media.pixel_values.split(media.num_patches) if media.num_patches else ()))
         return prepare(request, self.model, self.max_tiles, tiler=lambda picture, limit: next(tiles))
 
-    def _gen(self, kwargs: dict) -> dict:
-        return {"max_new_tokens": self.max_new_tokens, "do_sample": False, **kwargs}
-
     def ask(self, images: Images, question: str, video: str | os.PathLike | None = None, max_num: int | None = None,
             num_segments: int = 8, **generation) -> str:
         """Answer a question about zero, one or several images (``Image-i:`` prompts) or a video (``Frame-i:``)."""
@@ -214,17 +211,23 @@ GENERATE_KEYWORDS = frozenset({"max_new_tokens", "min_new_tokens", "do_sample", 
 
 
 class Session:
-    """Multi-turn chat: each :meth:`ask` sees the earlier turns, exactly like ``model.chat(history=...)``."""
+    """Multi-turn chat through the engine: each :meth:`ask` sees the earlier turns, exactly as
+    ``model.chat(history=...)`` builds them (the first question's tags placed, the later ones as asked)."""
 
     def __init__(self, vlm: VLM, media: Media):
         self.vlm, self.media = vlm, media
-        self.history: list[tuple[str, str]] | None = None
+        self.history: list[tuple[str, str]] | None = None  #: ``(question as sent, answer)``, as ``model.chat``'s
 
     def ask(self, question: str, **generation) -> str:
-        if self.history is None:
-            question = place_tags(self.vlm.request(self.media, question))
-        response, self.history = self.vlm.model.chat(
-            self.vlm.tokenizer, self.media.pixel_values, question, self.vlm._gen(generation), history=self.history,
-            return_history=True, num_patches_list=self.media.num_patches,
-        )
-        return response
+        """The answer to ``question`` after the earlier turns; ``generation`` as :meth:`VLM.ask` takes it (an
+        unknown keyword is an error)."""
+        params = self.vlm.generation_params(generation)
+        turns = [Turn(q, a) for q, a in self.history or []]
+        if turns:  # the first question's tags place the pictures
+            request = Request(question, self.media.pictures, turns, tagged=True)
+        else:
+            request = self.vlm.request(self.media, question)
+            question = place_tags(request)
+        answer = self.vlm.complete([self.vlm.prepare(self.media, request)], params)[0].text
+        self.history = [*(self.history or []), (question, answer)]
+        return answer
