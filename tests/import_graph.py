@@ -176,7 +176,7 @@ SETTINGS = [
                                    "vlaser.inference.types", "vlaser.eval.backends", "vlaser.inference.engine"],
      r"max_new_tokens|max_tokens"),
     ("serve max_tokens", ["vlaser.cli.serve", "vlaser.serve.app", "vlaser.serve.schema", "vlaser.serve.messages",
-                          "vlaser.serve.engine", "vlaser.inference.types", "vlaser.inference.engine"],
+                          "vlaser.serve.scheduler", "vlaser.inference.types", "vlaser.inference.engine"],
      r"max_tokens|max_new_tokens|max_completion_tokens|default_max_tokens|max_tokens_cap"),
     ("chat --max-num", ["vlaser.cli.chat", "vlaser.api", "vlaser.inference.types", "vlaser.inference.prepare",
                         "vlaser.model.settings"],
@@ -186,7 +186,7 @@ SETTINGS = [
                             "vlaser.model.settings"],
      r"max_num|max_tiles|max_dynamic_patch|POINT_TILES|default_max_tiles|max_tiles_cap|max_num_cap"),
     ("serve --max-num", ["vlaser.cli.serve", "vlaser.api", "vlaser.serve.app", "vlaser.serve.schema",
-                         "vlaser.serve.messages", "vlaser.serve.engine", "vlaser.inference.types",
+                         "vlaser.serve.messages", "vlaser.serve.scheduler", "vlaser.inference.types",
                          "vlaser.inference.prepare", "vlaser.model.settings"],
      r"max_num|max_tiles|max_dynamic_patch|POINT_TILES|default_max_tiles|max_tiles_cap|max_num_cap"),
 ]

@@ -34,8 +34,8 @@ from media import data_url
 from vlaser.errors import UserInputError
 from vlaser.inference import engine as core
 from vlaser.serve.app import create_app
-from vlaser.serve.engine import Completion, Engine, QueueFull
 from vlaser.serve.messages import MediaLimits, is_public, parse_chat_request
+from vlaser.serve.scheduler import Completion, QueueFull, Scheduler
 
 GREEDY = {"max_new_tokens": 12, "do_sample": False}
 MAX_NUM = 2  # tiles per image: enough to tile, few enough to stay fast
@@ -228,7 +228,7 @@ VLM_SETTINGS = {"max_num": MAX_NUM}  # the conftest ``vlm``'s
 def model_app(vlm):
     """The app on the tiny model. Grounding tags are dropped as ``model.chat`` drops them, so answers compare
     exactly whatever the random model emits."""
-    engine = Engine(vlm, max_batch_size=8, max_wait_ms=20, keep_grounding_tokens=False)
+    engine = Scheduler(vlm, max_batch_size=8, max_wait_ms=20, keep_grounding_tokens=False)
     return create_app(engine, "tiny", default_max_tiles=MAX_NUM, max_tokens_cap=64)
 
 
@@ -408,7 +408,7 @@ def test_eight_concurrent_requests_equal_eight_sequential(vlm):
     bodies = [{"messages": [user(image_part(data_url(image)), text_part(f"Question {k}: where?"))] if k % 2 else
                [{"role": "user", "content": f"Tell me {k} things."}], "max_tokens": 6 + k} for k, image in
               enumerate([RED, BLUE] * 4)]
-    app = create_app(Engine(vlm, max_batch_size=8, max_wait_ms=200, keep_grounding_tokens=False), "tiny",
+    app = create_app(Scheduler(vlm, max_batch_size=8, max_wait_ms=200, keep_grounding_tokens=False), "tiny",
                      default_max_tiles=MAX_NUM)
     with served(app) as port:
         sequential = [post(port, body) for body in bodies]

@@ -1,8 +1,8 @@
 """The HTTP API of ``vlaser serve``: OpenAI's chat completions (plain and streamed), the model list, a health
-check and the web page, in front of the batching :class:`~vlaser.serve.engine.Engine`.
+check and the web page, in front of the batching :class:`~vlaser.serve.scheduler.Scheduler`.
 
 What lives here: routes, the API key, the body-size gate, OpenAI-style errors and server-sent events. What a
-request means is read by :mod:`vlaser.serve.messages`, batching and generation live in the engine, the page
+request means is read by :mod:`vlaser.serve.messages`, batching and generation in the scheduler, the page
 in :mod:`vlaser.serve.page`.
 
 Every problem a client can cause is a 4xx with OpenAI's body ``{"error": {"message", "type", "param",
@@ -35,8 +35,8 @@ from starlette.exceptions import HTTPException
 
 from vlaser.errors import UserInputError
 from vlaser.inference.types import GenerationParams
-from vlaser.serve.engine import Completion, Job, QueueFull, Stream
 from vlaser.serve.messages import MediaLimits, parse_chat_request
+from vlaser.serve.scheduler import Completion, Job, QueueFull, Stream
 from vlaser.serve.schema import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelCard, ModelList
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,12 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def create_app(engine, model_name: str, *, api_key: str | None = None, default_max_tokens: int = 1024,
+def create_app(scheduler, model_name: str, *, api_key: str | None = None, default_max_tokens: int = 1024,
                max_tokens_cap: int = 4096, max_images: int = 16, max_pixels: int = 40_000_000,
                max_body_bytes: int = 64 * 2**20, allow_remote_media: bool = False,
                allow_private_media_hosts: bool = False, allow_local_media: str | Path | None = None,
                default_max_tiles: int = 12, max_tiles_cap: int = 40) -> FastAPI:
-    """The API around a started-on-startup ``engine`` (``Engine`` or anything with its interface).
+    """The API around a started-on-startup ``scheduler`` (a ``Scheduler`` or anything with its interface).
 
     Args:
         model_name: the id ``/v1/models`` lists and answers carry.
@@ -91,11 +91,11 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        await engine.start()
+        await scheduler.start()
         try:
             yield
         finally:
-            await engine.stop()  # drains the jobs in flight (uvicorn has waited for their connections)
+            await scheduler.stop()  # drains the jobs in flight (uvicorn has waited for their connections)
 
     app = FastAPI(title="vlaser serve", version="1", lifespan=lifespan,
                   description="An OpenAI-compatible chat-completions API for InternVL3/Vlaser models.")
@@ -125,7 +125,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         job = await _job(await request.json(), body, limits, default_max_tokens, max_tokens_cap, default_max_tiles)
         try:
-            stream = engine.submit(job)
+            stream = scheduler.submit(job)
         except QueueFull as e:
             raise APIError(429, f"the server's queue is full: {e}", "rate_limit_error",
                            code="queue_full") from e
@@ -151,7 +151,7 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
 
 async def _job(raw: dict, body: ChatCompletionRequest, limits: MediaLimits, default_max_tokens: int,
                max_tokens_cap: int, default_max_tiles: int) -> Job:
-    """The engine's job for a validated body; images are decoded on a worker thread, off the event loop."""
+    """The scheduler's job for a validated body; images are decoded on a worker thread, off the event loop."""
     if body.n not in (None, 1):
         raise APIError(400, f"n must be 1 (this server generates one choice per request), got {body.n}", param="n")
     if body.logprobs:

@@ -1,7 +1,7 @@
-"""The serving engine behind ``vlaser serve``: concurrent chat requests on the inference core's continuous
-batching (:class:`vlaser.inference.engine.Engine`), with per-request streaming, stop strings, usage counts and
-cancellation. Only its worker thread uses the model and the tokenizer; arrivals share one prefill while rows
-run (``Engine._to_join``). Its interface and behaviour: ``docs/engine.md``.
+"""The scheduler behind ``vlaser serve``: concurrent chat requests on the inference core's continuous batching
+(it holds a :class:`vlaser.inference.engine.Engine`, ``core``), with per-request streaming, stop strings, usage
+counts and cancellation. Only its worker thread uses the model and the tokenizer; arrivals share one prefill while
+rows run (``Scheduler._to_join``). Its interface and behaviour: ``docs/engine.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from vlaser.inference.prepare import prepare
 from vlaser.inference.types import Completion, GenerationParams, Prepared, Request
 from vlaser.model.chat import answer_decoder
 
-__all__ = ["Completion", "Engine", "Job", "QueueFull", "Stream", "answer_decoder", "settled_prefix"]
+__all__ = ["Completion", "Job", "QueueFull", "Scheduler", "Stream", "answer_decoder", "settled_prefix"]
 
 
 @dataclass
@@ -115,7 +115,7 @@ class Stream:
         self._end()
 
 
-class Engine:
+class Scheduler:
     """Serves submitted jobs on one worker thread running the inference core (see the module docstring).
 
     ``keep_grounding_tokens`` is the choice for jobs that make none: off, as in ``model.chat`` and ``vlaser serve``;
@@ -142,7 +142,7 @@ class Engine:
 
     async def start(self) -> None:
         if self._task is not None:
-            raise RuntimeError("the engine is already started")
+            raise RuntimeError("the scheduler is already started")
         self._loop = asyncio.get_running_loop()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="vlaser-engine")
         self._preparer = ThreadPoolExecutor(1, thread_name_prefix="vlaser-engine-prepare")
@@ -162,7 +162,7 @@ class Engine:
     def submit(self, job: Job) -> Stream:
         """Queue a job (on the event loop's thread); :class:`QueueFull` when ``max_queue`` jobs are pending."""
         if self._task is None or self._stopping:
-            raise RuntimeError("the engine is not running (start() it; after stop() it takes no new jobs)")
+            raise RuntimeError("the scheduler is not running (start() it; after stop() it takes no new jobs)")
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"{len(self._pending)} requests are waiting or running (max_queue={self.max_queue}); "
                             "retry later")
