@@ -48,7 +48,7 @@ def test_point_parses_and_scales(vlm, monkeypatch):
 
     def fake_generate(engine, items, params):
         seen.update(prompts=[i.prompt for i in items], tiles=items[0].pixel_values.shape[0], params=params,
-                    keep=engine.keep_grounding_tokens)
+                    keep=params.keep_grounding_tokens)
         return [Completion("<point>[[500, 250], [100, 900]]</point> <ref>cup</ref><box>[[0, 0, 500, 500]]</box>")]
 
     monkeypatch.setattr(Engine, "generate", fake_generate)
@@ -57,7 +57,7 @@ def test_point_parses_and_scales(vlm, monkeypatch):
     assert answer.pixels == [(320, 120), (64, 432)]
     assert answer.box_pixels == [(0, 0, 320, 240)]
     assert vlaser.POINT_PROMPT + " Point to the cup.<|im_end|>" in seen["prompts"][0]
-    assert seen["params"] == GenerationParams(max_new_tokens=100) and seen["keep"]
+    assert seen["params"] == GenerationParams(max_new_tokens=100, keep_grounding_tokens=True) and seen["keep"]
 
 
 def test_point_uses_at_most_six_tiles(vlm, monkeypatch):

@@ -45,7 +45,7 @@ def build_app(checkpoint, name: str, **options):
     from vlaser.serve.scheduler import Scheduler
 
     vlm = VLM.from_pretrained(checkpoint, dtype=torch.float32, device="cpu")
-    engine = Scheduler(vlm, max_batch_size=8, max_wait_ms=5, keep_grounding_tokens=False)
+    engine = Scheduler(vlm, max_batch_size=8, max_wait_ms=5)
     return create_app(engine, name, default_max_tiles=vlm.max_num, **options)
 
 

@@ -584,11 +584,11 @@ def test_each_job_decodes_the_grounding_tags_its_own_way(vlm, monkeypatch, batch
     monkeypatch.setattr(core.Engine, "_sample", fixed)
 
     async def body(engine):
-        streams = [engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=30), 6, keep_grounding_tokens=keep))
-                   for keep in (True, False, None)]
+        streams = [engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=30, **keep), 6))
+                   for keep in ({"keep_grounding_tokens": True}, {"keep_grounding_tokens": False}, {})]
         return await asyncio.gather(*[_collect(s) for s in streams])
 
-    kept, dropped, default = _serve(vlm, body, keep_grounding_tokens=False)
+    kept, dropped, default = _serve(vlm, body)
     assert batch_sizes == [3]
     assert kept[0] == kept[1].text == "<ref>cup</ref><box>[[1, 2, 3, 4]]</box>"
     assert dropped[0] == dropped[1].text == default[0] == default[1].text == "cup[[1, 2, 3, 4]]"

@@ -170,7 +170,7 @@ def real_server(loaded):
     fixed = FixedAnswers(tokenizer)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(core.Engine, "_sample", fixed.sample)
-        for url in serve(create_app(Scheduler(vlm, max_wait_ms=0, keep_grounding_tokens=False), "tiny-vlaser")):
+        for url in serve(create_app(Scheduler(vlm, max_wait_ms=0), "tiny-vlaser")):
             yield url, fixed, vlm
 
 

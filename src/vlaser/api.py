@@ -137,28 +137,25 @@ class VLM:
         media = [self.media(images, None, max_num, 0) for images, _ in requests]
         return self.generate(media, [q for _, q in requests], generation)
 
-    def generate(self, media: Sequence[Media], questions: Sequence[str], generation: dict,
-                 keep_grounding_tokens: bool = False) -> list[str]:
+    def generate(self, media: Sequence[Media], questions: Sequence[str], generation: dict) -> list[str]:
         """Answer prepared media with questions, in one batch."""
-        return [c.text for c in self.generate_answers(media, questions, generation, keep_grounding_tokens)]
+        return [c.text for c in self.generate_answers(media, questions, generation)]
 
     def generate_answers(self, media: Sequence[Media], questions: Sequence[str], generation: dict,
-                         keep_grounding_tokens: bool = False, system_messages: Sequence[str | None] | None = None
-                         ) -> list[Completion]:
+                         system_messages: Sequence[str | None] | None = None) -> list[Completion]:
         """:meth:`generate`'s completions (text, and whether each was cut off at ``max_new_tokens``); a
         question's system message may replace the model's (None keeps it)."""
         systems = system_messages or [None] * len(questions)
         prepared = [self.prepare(m, self.request(m, q, s)) for m, q, s in zip(media, questions, systems)]
-        return self.complete(prepared, generation, keep_grounding_tokens)
+        return self.complete(prepared, generation)
 
     def complete(self, prepared: Sequence[Prepared], generation: Mapping | GenerationParams,
-                 keep_grounding_tokens: bool = False, max_batch_size: int | None = None) -> list[Completion]:
+                 max_batch_size: int | None = None) -> list[Completion]:
         """Completions of prepared requests through the engine (continuous batching, ``max_batch_size`` rows at
         once, all by default; greedy answers equal the batch-1 ``model.chat`` loop); ``generation`` is the
         engine's parameters or transformers' keywords."""
         params = generation if isinstance(generation, GenerationParams) else self.generation_params(generation)
-        engine = Engine(self.model, self.tokenizer, max_batch_size=max_batch_size or max(1, len(prepared)),
-                        keep_grounding_tokens=keep_grounding_tokens)
+        engine = Engine(self.model, self.tokenizer, max_batch_size=max_batch_size or max(1, len(prepared)))
         return engine.generate(prepared, params)
 
     def generation_params(self, generation: Mapping) -> GenerationParams:
@@ -175,7 +172,8 @@ class VLM:
             min_new_tokens=generation.get("min_new_tokens", 0),
             temperature=float(generation.get("temperature", 1.0)) if sample else 0.0,
             top_p=float(generation.get("top_p", 1.0)) if sample else 1.0,
-            seed=generation.get("seed"), stop=tuple(generation.get("stop", ())))
+            seed=generation.get("seed"), stop=tuple(generation.get("stop", ())),
+            keep_grounding_tokens=generation.get("keep_grounding_tokens", False))
 
     def point(self, image: ImageInput, query: str, max_num: int | None = POINT_TILES, max_new_tokens: int = 100,
               prompt: bool = True, **generation) -> PointAnswer:
@@ -189,8 +187,8 @@ class VLM:
         """:meth:`point` for several ``(image, query)`` pairs in one batch."""
         media = [self.media(image, None, max_num, 0) for image, _ in requests]
         questions = [point_question(q) if prompt else q for _, q in requests]
-        texts = self.generate(media, questions, {"max_new_tokens": max_new_tokens, **generation},
-                              keep_grounding_tokens=True)
+        texts = self.generate(media, questions, {"max_new_tokens": max_new_tokens, "keep_grounding_tokens": True,
+                                                 **generation})
         answers = []
         for text, m in zip(texts, media):
             points, boxes = parse_points(text), parse_boxes(text)
@@ -205,9 +203,10 @@ class VLM:
         return Session(self, self.media(images, video, max_num, num_segments))
 
 
-#: The ``generate`` keywords :meth:`VLM.generation_params` understands (top-k off, as the engine samples).
+#: The ``generate`` keywords :meth:`VLM.generation_params` understands (top-k off, as the engine samples), and
+#: vlaser's ``keep_grounding_tokens`` (keep ``<ref>``/``<box>`` tags in answers, as :meth:`VLM.point` does).
 GENERATE_KEYWORDS = frozenset({"max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_p", "seed",
-                               "stop"})
+                               "stop", "keep_grounding_tokens"})
 
 
 class Session:

@@ -76,14 +76,15 @@ def run(args) -> int:
     except BaseException:
         listener.close()
         raise
-    scheduler = Scheduler(vlm, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                    keep_grounding_tokens=args.keep_grounding_tokens, **decode)
+    scheduler = Scheduler(vlm, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                          max_queue=args.max_queue, **decode)
     app = create_app(scheduler, args.served_model_name or args.model, api_key=args.api_key or None,
                      default_max_tokens=args.max_tokens, max_tokens_cap=args.max_tokens_cap,
                      max_images=args.max_images, max_pixels=args.max_pixels, max_body_bytes=args.max_body_mb * 2**20,
                      allow_remote_media=args.allow_remote_media,
                      allow_private_media_hosts=args.allow_private_media_hosts, allow_local_media=args.allow_local_media,
-                     default_max_tiles=args.max_num or vlm.max_num, max_tiles_cap=args.max_num_cap)
+                     default_max_tiles=args.max_num, max_tiles_cap=args.max_num_cap,
+                     keep_grounding_tokens=args.keep_grounding_tokens)
     _log_settings(args, vlm)
     if not args.api_key and not _is_loopback(args.host):
         log.warning("serving on %s without an API key: anyone who can reach it can use the model", args.host)

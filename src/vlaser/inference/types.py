@@ -60,6 +60,8 @@ class GenerationParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()  #: the answer is cut before the first of these
     seed: int | None = None
+    #: keep the ``<ref>``/``<box>``/``<quad>`` tags in the answer (for drawing boxes); off: decoded as ``model.chat``
+    keep_grounding_tokens: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "min_new_tokens"):
@@ -77,6 +79,8 @@ class GenerationParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop must be a tuple of non-empty strings, got {self.stop!r}")
+        if not isinstance(self.keep_grounding_tokens, bool):
+            raise ValueError(f"keep_grounding_tokens must be true or false, got {self.keep_grounding_tokens!r}")
 
     @property
     def greedy(self) -> bool:

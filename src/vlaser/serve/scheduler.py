@@ -31,8 +31,7 @@ class Job:
 
     request: Request
     params: GenerationParams
-    max_tiles: int  #: tiles per picture, unless the request sets a picture's own (``Picture.max_tiles``)
-    keep_grounding_tokens: bool | None = None  #: keep ``<ref>``/``<box>``/``<quad>`` tags; None: the engine's choice
+    max_tiles: int | None = None  #: tiles per picture without its own (``Picture.max_tiles``); None: the checkpoint's
 
 
 class QueueFull(Exception):  # noqa: N818 (the server's name for HTTP 429, fixed by the interface)
@@ -118,17 +117,16 @@ class Stream:
 class Scheduler:
     """Serves submitted jobs on one worker thread running the inference core (see the module docstring).
 
-    ``keep_grounding_tokens`` is the choice for jobs that make none: off, as in ``model.chat`` and ``vlaser serve``;
     ``max_batch_tokens`` bounds the prompt and answer tokens of the rows running together.
     """
 
     def __init__(self, vlm, max_batch_size: int = 8, max_wait_ms: float = 10, max_queue: int = 64,
-                 keep_grounding_tokens: bool = False, max_batch_tokens: int = 65536, static_capacity: int | None = None,
+                 max_batch_tokens: int = 65536, static_capacity: int | None = None,
                  cuda_graphs: bool = False):
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(f"need max_batch_size >= 1, max_queue >= 1 and max_wait_ms >= 0, got {max_batch_size}, "
                              f"{max_queue} and {max_wait_ms}")
-        self.vlm, self.keep_grounding_tokens = vlm, keep_grounding_tokens
+        self.vlm = vlm
         self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.max_batch_tokens = max_batch_tokens
         self.decode = {"static_capacity": static_capacity, "cuda_graphs": cuda_graphs}  #: the core's decode options
@@ -200,7 +198,7 @@ class Scheduler:
         if self.core is None:
             self.core = core.Engine(self.vlm.model, self.vlm.tokenizer, max_batch_size=self.max_batch_size,
                                     max_batch_tokens=self.max_batch_tokens,
-                                    keep_grounding_tokens=self.keep_grounding_tokens, **self.decode)
+                                    **self.decode)
         while True:
             arrivals = self._arrivals()
             if arrivals is None:
@@ -269,8 +267,7 @@ class Scheduler:
         """Give a prepared job to the core (on the worker thread); a failed preparation fails only the job."""
         try:
             prepared = stream._prepared.result()
-            self.core.add(prepared, stream.job.params, stream.job.keep_grounding_tokens,
-                          on_delta=stream._push, tag=stream)
+            self.core.add(prepared, stream.job.params, on_delta=stream._push, tag=stream)
         except Exception as error:  # its preparation failed (or it was cancelled meanwhile: then a no-op)
             stream._settle(error=error)
             return
