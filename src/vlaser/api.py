@@ -18,7 +18,7 @@ from PIL import Image
 from vlaser.errors import UserInputError
 from vlaser.inference import Completion, GenerationParams, Picture, Prepared, Request, Turn
 from vlaser.inference.engine import Engine
-from vlaser.inference.prepare import place_tags, prepare, tile, tile_limit
+from vlaser.inference.prepare import place_tags, prepare, resolve_max_tiles, tile, tile_limit
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageInput, read_video_frames, to_pil
 from vlaser.points import parse_boxes, parse_points, point_question, to_pixels
@@ -64,14 +64,14 @@ class VLM:
         ``max_dynamic_patch`` (1 when it turned ``dynamic_image_size`` off)."""
         self.model, self.tokenizer = model, tokenizer
         self.settings = model.processor_settings
-        self.max_tiles = max_num
+        self._max_num = max_num  #: the explicit limit, or None (see :attr:`max_num`)
         self.max_new_tokens = max_new_tokens
         self.image_size = self.settings.image_size
 
     @property
     def max_num(self) -> int:
-        """The tile limit a still image gets when a call sets none."""
-        return tile_limit(Picture(""), self.settings, self.max_tiles)
+        """The tile limit a still image gets when a call sets none (:func:`resolve_max_tiles`)."""
+        return resolve_max_tiles(self._max_num, None, self.settings)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype="auto", device=None, **kwargs) -> VLM:
@@ -101,7 +101,7 @@ class VLM:
         pictures = self.pictures(images, video, max_num, num_segments)
         made = []
         for i, picture in enumerate(pictures):
-            limit = tile_limit(picture, self.settings, self.max_tiles)
+            limit = tile_limit(picture, self.settings, self._max_num)
             size, tiles = tile(picture.source, limit, self.settings)
             made.append((size, tiles))
             if not picture.frame:
@@ -123,7 +123,7 @@ class VLM:
     def prepare(self, media: Media, request: Request) -> Prepared:
         """``request`` made ready with the tiles ``media`` already holds (made by :meth:`media` for it)."""
         tiles = iter(zip(media.sizes, media.pixel_values.split(media.num_patches) if media.num_patches else ()))
-        return prepare(request, self.model, self.max_tiles, tiler=lambda picture, limit: next(tiles))
+        return prepare(request, self.model, self._max_num, tiler=lambda picture, limit: next(tiles))
 
     def ask(self, images: Images, question: str, video: str | os.PathLike | None = None, max_num: int | None = None,
             num_segments: int = 8, **generation) -> str:

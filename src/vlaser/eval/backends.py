@@ -30,8 +30,9 @@ from PIL import Image
 from vlaser.errors import ExternalServiceError
 from vlaser.inference import Completion, GenerationParams, Picture, Prepared, Request
 from vlaser.inference.engine import Engine
-from vlaser.inference.prepare import Pending, Preparer, place_tags
+from vlaser.inference.prepare import Pending, Preparer, own_tile_limit, place_tags
 from vlaser.model.constants import IMAGE_PLACEHOLDER
+from vlaser.model.settings import ProcessorSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class Backend(Protocol):
     overlap_io: bool
     #: pictures are tiled in this process, so ``--workers`` processes can tile them ahead (``tiling``)
     tiles_locally: bool
+    #: the checkpoint's tiling, which decides a protocol's tile limit with it (``resolve_max_tiles``); None for a
+    #: server, which tiles with its own (a backend without the attribute counts as None)
+    processor_settings: ProcessorSettings | None
 
     def info(self) -> dict:
         """What answers: recorded in ``run.json`` and compared on resume."""
@@ -79,7 +83,7 @@ class TransformersBackend:
             device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun process
         self.model_path = model_path
         vlm = vlm if vlm is not None else VLM.from_pretrained(model_path, dtype=dtype, device=device)
-        self.model = vlm.model
+        self.model, self.processor_settings = vlm.model, vlm.model.processor_settings
         self.preparer = Preparer(vlm.model)
         self.engine = Engine(vlm.model, vlm.tokenizer, static_capacity=static_capacity, cuda_graphs=cuda_graphs)
 
@@ -164,7 +168,7 @@ def to_payload(request: Request, model: str, params: GenerationParams, system_me
         messages.insert(0, {"role": "system", "content": system})
     payload = {"model": model, "messages": messages, "max_tokens": params.max_new_tokens,
                "temperature": params.temperature}
-    limits = [p.max_tiles for p in request.pictures if p.max_tiles is not None]
+    limits = [own_tile_limit(p) for p in request.pictures if own_tile_limit(p) is not None]
     if limits and server != "vlaser":  # vlaser serve reads each picture's own, and none as its own setting
         still = [p.max_tiles for p in request.pictures if not p.frame and p.max_tiles is not None]
         payload["mm_processor_kwargs"] = {"max_dynamic_patch": max(still) if still else 1}
@@ -205,8 +209,8 @@ def _content(text: str, images: list[dict], server: str) -> str | list[dict]:
 def _image_part(picture: Picture) -> dict:
     """One picture as an ``image_url`` part, with its own tile limit when it has one (LMDeploy's field)."""
     image_url: dict[str, Any] = {"url": _data_url(picture.source)}
-    if picture.max_tiles is not None:
-        image_url["max_dynamic_patch"] = picture.max_tiles
+    if own_tile_limit(picture) is not None:
+        image_url["max_dynamic_patch"] = own_tile_limit(picture)
     return {"type": "image_url", "image_url": image_url}
 
 
@@ -268,6 +272,7 @@ class OpenAIBackend:
 
     overlap_io = True  # the server does the work; read the next batch's images meanwhile
     tiles_locally = False  # the server tiles
+    processor_settings = None  # with its checkpoint's settings
 
     def __init__(self, api_base: str, model: str, concurrency: int = 8, timeout: float = 300, retries: int = 3,
                  system_message: str | None = None, server: str = "auto"):

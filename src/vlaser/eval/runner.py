@@ -22,7 +22,7 @@ from vlaser.eval.backends import Backend
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score, check_prompt_style
 from vlaser.eval.provenance import check_and_write, coverage, git_commit, run_record, vlaser_version
 from vlaser.inference import Completion, GenerationParams, Picture, Request
-from vlaser.inference.prepare import Pending, place_tags
+from vlaser.inference.prepare import Pending, place_tags, resolve_max_tiles
 from vlaser.jsonl import JSONLError, read_jsonl
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageLoadError, LastClip, decode_frames
@@ -163,6 +163,8 @@ def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch
     items = available[:limit]
     settings = effective_settings(benchmark, any(item.video for item in items), prompt=prompt, max_tiles=max_tiles,
                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, frames=frames)
+    settings["max_tiles"] = resolve_max_tiles(max_tiles, benchmark.settings.max_tiles,
+                                              getattr(backend, "processor_settings", None))
     params = GenerationParams(settings["max_new_tokens"], settings["min_new_tokens"])
     out = Path(out)
     rank, world = _world()
@@ -303,7 +305,7 @@ def build_request(benchmark: Benchmark, item: Item, style: str, max_tiles: int,
     A prompt with ``<image>`` tags places the pictures itself; otherwise the prepare step lays them out.
     """
     text = benchmark.prompt(item, style)
-    pictures = [*(Picture(frame, 1, frame=True) for frame in frames or []),
+    pictures = [*(Picture(frame, frame=True) for frame in frames or []),
                 *(Picture(image, max_tiles) for image in item.images)]
     request = Request(text, pictures, tagged=IMAGE_PLACEHOLDER in text, frame_line=benchmark.frame_line)
     try:
