@@ -8,6 +8,7 @@ import json
 import typing
 from pathlib import Path
 
+from vlaser.cli import vla_convert
 from vlaser.cli.args import at_least
 from vlaser.errors import UserInputError
 
@@ -15,6 +16,7 @@ EXAMPLES = """examples:
   vlaser vla data ./bridge_lerobot --json
   vlaser vla train vla.yaml --max_steps 1000
   vlaser vla train --vlm OpenGVLab/Vlaser-2B --dataset ./bridge_lerobot --output_dir runs/vla --preset vlaser_2b_bridge
+  vlaser vla convert step45390.pt --vlm OpenGVLab/InternVL3-2B --preset vlaser_2b_bridge --out runs/released
   vlaser vla serve runs/vla --port 8100
   vlaser vla quickstart --out vla-quickstart"""
 
@@ -35,6 +37,8 @@ def add_parser(sub) -> None:
                                      "by flags; dict fields (config, gripper_dims) take JSON.")
     t.add_argument("config_file", nargs="?", type=Path, metavar="CONFIG", help="a YAML/JSON training config")
     _add_train_flags(t)
+
+    vla_convert.add_parser(verbs)
 
     s = verbs.add_parser("serve", help="serve a trained policy over HTTP (POST /act, GET /health)")
     s.add_argument("policy", type=Path, help="a folder written by 'vlaser vla train'")
@@ -124,6 +128,8 @@ def run(args) -> int:
         where = f"{args.config_file} and the flags" if args.config_file else "the vla train flags"
         out = train_vla(VLATrainArguments.from_dict(train_values(args), where=where))
         print(f"saved the VLA policy to {out}")
+    elif args.vla_verb == "convert":
+        return vla_convert.run(args)
     elif args.vla_verb == "serve":
         from vlaser.vla.serve import serve
 

@@ -51,6 +51,11 @@ class VLATrainArguments:
     fsdp_config: str | None = None
     freeze_vlm: bool = False
     freeze_vision: bool = False
+    # the release's choices, off by default (the recipes select them; docs/vla.md, "Release fidelity")
+    freeze_text_embeddings: bool = False  # the release trains with the VLM's token embeddings frozen
+    cameras: list[str] | None = None  # camera keys to train on (None: every camera; the release: the primary only)
+    augment_images: bool = False  # Octo's random resized crop and colour jitter on training frames (the release's)
+    padded_actions: str = "mask"  # chunk steps past an episode's end: "mask" (no loss) or "repeat" (the release's)
     logging_steps: int = 10
     save_strategy: str = "steps"  # "no": only the final policy is written
     save_steps: int = 500
@@ -134,10 +139,15 @@ def _dataset(args: VLATrainArguments, config: VLAConfig):
     if args.dataset is None:
         raise UserInputError("no training data: set dataset (a LeRobot v3.0 directory) or pass dataset=")
     from vlaser.vla.data import ActionChunkDataset, LeRobotDataset, Normalizer
+    from vlaser.vla.data.augment import ImageAugmentation
 
     data = LeRobotDataset(args.dataset)
     normalizer = Normalizer(data.stats, mode=args.normalization, gripper_dims=args.gripper_dims)
-    return ActionChunkDataset(data, config.chunk_size, normalizer), normalizer.to_json()
+    cameras = args.cameras.split(",") if isinstance(args.cameras, str) else args.cameras  # a CLI flag: a,b
+    chunks = ActionChunkDataset(data, config.chunk_size, normalizer, cameras=cameras,
+                                padded_actions=args.padded_actions,
+                                augment=ImageAugmentation() if args.augment_images else None)
+    return chunks, normalizer.to_json()
 
 
 def _freeze(policy: VLAPolicy, args: VLATrainArguments) -> None:
@@ -146,6 +156,8 @@ def _freeze(policy: VLAPolicy, args: VLATrainArguments) -> None:
         if frozen:
             for p in module.parameters():
                 p.requires_grad = False
+    if args.freeze_text_embeddings:
+        vlm.get_input_embeddings().weight.requires_grad = False
 
 
 def train_vla(args: VLATrainArguments | dict[str, Any], dataset=None, norm_stats: dict | None = None,
