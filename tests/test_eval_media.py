@@ -313,7 +313,7 @@ def test_auto_engine_follows_the_servers_models_list(owner, engine, caplog):
         with caplog.at_level(logging.WARNING, logger="vlaser.eval.backends"):
             answers = backend.generate([tagged("Image-1: <image>\nWhy?", [Image.new("RGB", (4, 4))], [1])],
                                        GenerationParams(8))
-        assert answers[0].text == "ok" and backend.info()["engine"] == engine and server.gets == ["/v1/models"]
+        assert answers[0].text == "ok" and backend.info()["server"] == engine and server.gets == ["/v1/models"]
         tag = "<IMAGE_TOKEN>" if engine == "lmdeploy" else "<image>"
         first = server.seen[0]["messages"][-1]["content"][0]
         assert first["text"] == ("Image-1: " if engine == "openai" else f"Image-1: {tag}\nWhy?")

@@ -324,7 +324,7 @@ def build_request(benchmark: Benchmark, item: Item, style: str, max_tiles: int,
     A prompt with ``<image>`` tags places the pictures itself; otherwise the prepare step lays them out.
     """
     text = benchmark.prompt(item, style)
-    pictures = [*(Picture(frame, frame=True) for frame in frames or []),
+    pictures = [*(Picture(frame, 1, frame=True) for frame in frames or []),
                 *(Picture(image, max_tiles) for image in item.images)]
     request = Request(text, pictures, tagged=IMAGE_PLACEHOLDER in text, frame_line=benchmark.frame_line)
     try:
