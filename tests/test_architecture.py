@@ -52,3 +52,18 @@ def test_the_function_check_counts_every_line(tmp_path):
     (tmp_path / "vlaser" / "m.py").write_text(f"def ok():\n{body}\n\ndef long():\n{body}    x = 1\n")
     ast.parse((tmp_path / "vlaser" / "m.py").read_text())
     assert g.long_functions(60, tmp_path) == [("vlaser.m", "long", 61)]
+
+
+def test_only_the_seed_api_generates_with_transformers():
+    """One generation path: model.chat / batch_chat (transformers' generate, kept for code written against the
+    seed) are called by nothing in vlaser; every path goes through inference.Engine."""
+    callers = []
+    for module, path in g.modules().items():
+        if module == "vlaser.model.chat":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                    "chat", "batch_chat", "generate_answers", "generate_text") and not (
+                    isinstance(node.func.value, ast.Name) and node.func.value.id == "self"):
+                callers.append(f"{module}:{node.lineno} .{node.func.attr}(")
+    assert callers == []
