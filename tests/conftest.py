@@ -2,11 +2,15 @@ import os
 
 import pytest
 import torch
-from hypothesis import settings
 
-# Property tests check values, not speed: a busy 2-core machine must not fail them on hypothesis' deadline.
-settings.register_profile("vlaser", deadline=None)
-settings.load_profile("vlaser")
+try:
+    from hypothesis import settings
+except ImportError:  # a bare Python (a GPU machine's): the property-test modules skip themselves, saying why
+    settings = None
+if settings is not None:
+    # Property tests check values, not speed: a busy 2-core machine must not fail them on hypothesis' deadline.
+    settings.register_profile("vlaser", deadline=None)
+    settings.load_profile("vlaser")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 

@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
 
 
 def _train_fields() -> list[tuple[dataclasses.Field, str]]:
-    from vlaser.vla.train import VLATrainArguments
+    from vlaser.vla.train_args import VLATrainArguments
 
     hints = typing.get_type_hints(VLATrainArguments)
     return [(f, str(hints[f.name])) for f in dataclasses.fields(VLATrainArguments)]
@@ -123,10 +123,13 @@ def run(args) -> int:
         summary = inspect_dataset(args.path)
         print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.render())
     elif args.vla_verb == "train":
-        from vlaser.vla.train import VLATrainArguments, train_vla
+        from vlaser.vla.train_args import VLATrainArguments
 
         where = f"{args.config_file} and the flags" if args.config_file else "the vla train flags"
-        out = train_vla(VLATrainArguments.from_dict(train_values(args), where=where))
+        train_args = VLATrainArguments.from_dict(train_values(args), where=where)  # checked before torch loads
+        from vlaser.vla.train import train_vla
+
+        out = train_vla(train_args)
         print(f"saved the VLA policy to {out}")
     elif args.vla_verb == "convert":
         return vla_convert.run(args)

@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from vlaser.errors import UserInputError
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OPEN_PATHS = ("/health", "/", "/ui/config", "/static/")  #: served without the key (see the module docstring)
+DOCS_ASSETS = "/docs-assets"  #: where /docs and /redoc load Swagger UI's and ReDoc's files from
 _ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in [
     (400, "the request is malformed or over a limit"), (401, "a missing or wrong API key"),
     (413, "the body is over the size limit"), (429, "the queue is full; retry later")]}
@@ -92,8 +94,9 @@ def create_app(scheduler, model_name: str, *, api_key: str | None = None, defaul
                          local_root=Path(allow_local_media) if allow_local_media else None)
     defaults = GenerationParams(max_new_tokens=min(default_max_tokens, max_tokens_cap),
                                 keep_grounding_tokens=keep_grounding_tokens)
-    app = FastAPI(title="vlaser serve", version="1", lifespan=_lifespan(scheduler),
-                  description="An OpenAI-compatible chat-completions API for InternVL3/Vlaser models.")
+    # /docs (Swagger UI) and /redoc from assets shipped in fastapi-offline, not a CDN: they work offline
+    app = FastAPIOffline(title="vlaser serve", version="1", lifespan=_lifespan(scheduler), static_url=DOCS_ASSETS,
+                         description="An OpenAI-compatible chat-completions API for InternVL3/Vlaser models.")
     _add_error_handlers(app)
     _add_model_routes(app, model_name)
     _add_chat_route(app, scheduler, model_name, limits, defaults, default_max_tiles)
