@@ -35,7 +35,11 @@ def add_action_tokens(vlm, tokenizer, n: int) -> None:
 
 
 class VLAPolicy:
-    """A ``VLAModel`` with its tokenizer, input pipeline and normaliser: observations in, actions out."""
+    """A ``VLAModel`` with its tokenizer, input pipeline and normaliser: observations in, actions out.
+
+    The backbone loads with SDPA whatever kernels are installed (``load_model`` would pick flash-attention 2
+    where ``flash_attn`` is, and that ignores the joint attention's 4-D block mask).
+    """
 
     def __init__(self, model: VLAModel, tokenizer, normalizer=None, norm_stats: Mapping | None = None) -> None:
         self.model, self.tokenizer, self.normalizer, self.norm_stats = model, tokenizer, normalizer, norm_stats
@@ -49,7 +53,7 @@ class VLAPolicy:
     def from_vlm(cls, path: str | os.PathLike, config: VLAConfig, dtype="float32", device="cpu",
                  seed: int = 0) -> VLAPolicy:
         """A fresh (untrained) expert on a Vlaser/InternVL3 checkpoint; the release's action tokens added."""
-        vlm, tokenizer = load_model(path, dtype=dtype, device=device)
+        vlm, tokenizer = load_model(path, dtype=dtype, device=device, attn_implementation="sdpa")  # see VLAModel
         add_action_tokens(vlm, tokenizer, config.num_action_tokens_added)
         torch.manual_seed(seed)
         model = VLAModel(vlm, config)
@@ -91,7 +95,7 @@ class VLAPolicy:
             if not (path / name).is_file():
                 raise UserInputError(f"{path} is not a VLA policy: {name} is missing")
         config = VLAConfig.load(path / CONFIG_FILE)
-        vlm, tokenizer = load_model(path, dtype=dtype, device=device)
+        vlm, tokenizer = load_model(path, dtype=dtype, device=device, attn_implementation="sdpa")  # see VLAModel
         model = VLAModel(vlm, config)
         state = load_file(str(path / EXPERT_FILE))
         missing, unexpected = model.expert.load_state_dict(state, strict=False)
