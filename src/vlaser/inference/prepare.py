@@ -41,6 +41,46 @@ def between(pieces: Sequence[str | None], picture: str = IMAGE_PLACEHOLDER) -> s
     return "".join(picture if piece is None else piece for piece in pieces)
 
 
+def tag_parts(pieces: Sequence[str | None]) -> str:
+    """One message's parts in their order (text, or ``None`` for an image) as text with one ``<image>`` tag per
+    image, the images keeping their order: the tags the text already holds (one per image), else
+    :func:`~vlaser.model.template.images_first`'s layout when several images come before all the text (InternVL's
+    multi-image prompt), else each image on its own line where its part stands (rules in ``docs/serve.md``)."""
+    texts = [piece for piece in pieces if piece]
+    images = sum(piece is None for piece in pieces)
+    tags = sum(text.count(IMAGE_PLACEHOLDER) for text in texts)
+    if tags:
+        if tags != images:
+            raise ValueError(f"the text contains a literal {IMAGE_PLACEHOLDER!r} {tags} time(s) but the message has "
+                             f"{images} image part(s); write one {IMAGE_PLACEHOLDER!r} per image (the images fill "
+                             "them in order), or none and let the parts' order place them")
+        return _in_order(texts)
+    first_text = next((k for k, piece in enumerate(pieces) if piece), len(pieces))
+    if images > 1 and all(piece is not None for piece in pieces[first_text:]):
+        return images_first(_in_order(texts), images)
+    return _in_order(pieces)
+
+
+def _in_order(pieces: Sequence[str | None]) -> str:
+    """Text and ``<image>`` tags (for ``None``) in part order: text after text on a new line, a tag on its own
+    line unless whitespace precedes it."""
+    out, previous = "", None
+    for piece in pieces:
+        if piece is not None:
+            if not piece:
+                continue
+            if previous is not None:  # after text: a separator; after an image: the tag's newline
+                out += "\n"
+            out += piece
+            previous = "text"
+        else:
+            if previous == "image" or (previous == "text" and not out[-1].isspace()):
+                out += "\n"
+            out += IMAGE_PLACEHOLDER
+            previous = "image"
+    return out
+
+
 def tag_count(request: Request) -> int:
     """``<image>`` tags in the request's user turns (earlier ones and the question)."""
     return sum(text.count(IMAGE_PLACEHOLDER) for text in [*(t.user for t in request.history), request.question])

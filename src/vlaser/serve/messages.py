@@ -26,10 +26,10 @@ from urllib.parse import unquote, urlparse
 from PIL import Image, UnidentifiedImageError
 
 from vlaser.errors import UserInputError
+from vlaser.inference.prepare import tag_parts
 from vlaser.inference.types import GenerationParams, Picture, Request, Turn
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import to_pil
-from vlaser.model.template import images_first
 
 SYSTEM_ROLES = ("system", "developer")  #: ``developer`` is OpenAI's newer name for the system role
 LMDEPLOY_IMAGE_TOKEN = "<IMAGE_TOKEN>"  #: LMDeploy's image placeholder (``lmdeploy.vl.constants``), read as ``<image>``
@@ -260,44 +260,16 @@ def _part(part: Any, where: str, images_allowed: bool, limits: MediaLimits) -> t
     raise UserInputError(f"{where}: unsupported content part type {kind!r} (supported: 'text', 'image_url')")
 
 
-def _join(pieces: list[tuple[str, Any]], images: list) -> str:
-    """Text and ``<image>`` tags in part order (rules in docs/serve.md); images go to ``images``."""
-    out, previous = "", None
-    for kind, value in pieces:
-        if kind == "text":
-            if not value:
-                continue
-            if previous is not None:  # after text: a separator; after an image: the tag's newline
-                out += "\n"
-            out += value
-        else:
-            if previous == "image" or (previous == "text" and not out[-1].isspace()):
-                out += "\n"
-            out += IMAGE_PLACEHOLDER
-            images.append(value)
-        previous = kind
-    return out
-
-
 def _arrange(pieces: list[tuple[str, Any]], where: str, images: list) -> str:
-    """A message's parts as one text: tags written by the client, the multi-image prefix, or part order."""
-    pieces = [(kind, value.replace(LMDEPLOY_IMAGE_TOKEN, IMAGE_PLACEHOLDER) if kind == "text" else value)
-              for kind, value in pieces]
-    texts = [(kind, value) for kind, value in pieces if kind == "text" and value]
-    own = [value for kind, value in pieces if kind == "image"]
-    tags = sum(text.count(IMAGE_PLACEHOLDER) for _, text in texts)
-    if tags:
-        if tags != len(own):
-            raise UserInputError(f"{where}: the text contains a literal {IMAGE_PLACEHOLDER!r} {tags} time(s) but the "
-                                 f"message has {len(own)} image part(s); write one {IMAGE_PLACEHOLDER!r} per image "
-                                 "(the images fill them in order), or none and let the parts' order place them")
-        images.extend(own)
-        return _join(texts, [])
-    first_text = next((k for k, (kind, value) in enumerate(pieces) if kind == "text" and value), len(pieces))
-    if len(own) > 1 and all(kind == "text" for kind, _ in pieces[first_text:]):
-        images.extend(own)
-        return images_first(_join(texts, []), len(own))
-    return _join(pieces, images)
+    """A message's parts as one text; the prepare step places the tags (:func:`~vlaser.inference.prepare.tag_parts`),
+    the images keep their part order."""
+    try:
+        text = tag_parts([value.replace(LMDEPLOY_IMAGE_TOKEN, IMAGE_PLACEHOLDER) if kind == "text" else None
+                          for kind, value in pieces])
+    except ValueError as e:
+        raise UserInputError(f"{where}: {e}") from e
+    images.extend(value for kind, value in pieces if kind == "image")
+    return text
 
 
 def _content(message: dict, where: str, images: list, images_allowed: bool, limits: MediaLimits) -> str:
