@@ -67,3 +67,15 @@ def test_only_the_seed_api_generates_with_transformers():
                     isinstance(node.func.value, ast.Name) and node.func.value.id == "self"):
                 callers.append(f"{module}:{node.lineno} .{node.func.attr}(")
     assert callers == []
+
+
+def test_serve_leaves_image_tags_to_the_prepare_step():
+    """Serve hands each message's parts to the prepare step (``tag_parts``) and lays out no images itself with
+    the template's layouts."""
+    users = []
+    for module, path in g.modules().items():
+        if module.startswith("vlaser.serve."):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module == "vlaser.model.template":
+                    users += [f"{module}:{node.lineno} {a.name}" for a in node.names]
+    assert users == []

@@ -530,6 +530,25 @@ def test_bad_input_is_a_400_naming_the_problem(echo, body, message):
     assert set(error) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize("body", [
+    {"messages": []},
+    {"messages": [{"role": "tool", "content": "x"}]},
+    {"messages": [{"role": "user", "content": None}]},
+    {"messages": [user({"type": "input_audio", "input_audio": {}})]},
+    {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+    {"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "s"}]},
+    {"messages": [{"role": "user", "content": "x"}], "min_tokens": 1, "min_new_tokens": 2},
+    {"messages": [user(image_part("data:image/png,abc"))]},
+])
+def test_a_request_is_parsed_once_with_one_wording(echo, body):
+    """The server and a direct call read a body through the one schema, so a problem is worded the same."""
+    response = echo.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    with pytest.raises(ValueError) as direct:
+        parse_chat_request(body)
+    assert response.json()["error"]["message"] == str(direct.value)
+
+
 def test_body_over_the_limit_is_a_413(echo):
     big = {"messages": [{"role": "user", "content": "x" * 300_000}]}
     response = echo.post("/v1/chat/completions", json=big)

@@ -38,7 +38,14 @@ from vlaser.errors import UserInputError
 from vlaser.inference.types import GenerationParams
 from vlaser.serve.messages import MediaLimits, parse_chat_request
 from vlaser.serve.scheduler import Completion, Job, QueueFull, Stream
-from vlaser.serve.schema import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelCard, ModelList
+from vlaser.serve.schema import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ErrorBody,
+    ModelCard,
+    ModelList,
+    describe_errors,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -154,7 +161,7 @@ def _add_chat_route(app: FastAPI, scheduler, model_name: str, limits: MediaLimit
         **_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "the answer, or with stream: true "
                                                                                "chat.completion.chunk events"}})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        job = await _job(await request.json(), body, limits, defaults, default_max_tiles)
+        job = await _job(body, limits, defaults, default_max_tiles)
         try:
             stream = scheduler.submit(job)
         except QueueFull as e:
@@ -172,7 +179,7 @@ def _add_chat_route(app: FastAPI, scheduler, model_name: str, limits: MediaLimit
         return answer.body(completion)
 
 
-async def _job(raw: dict, body: ChatCompletionRequest, limits: MediaLimits, defaults: GenerationParams,
+async def _job(body: ChatCompletionRequest, limits: MediaLimits, defaults: GenerationParams,
                default_max_tiles: int | None) -> Job:
     """The scheduler's job for a validated body; images are decoded on a worker thread, off the event loop."""
     if body.n not in (None, 1):
@@ -182,7 +189,7 @@ async def _job(raw: dict, body: ChatCompletionRequest, limits: MediaLimits, defa
     if body.response_format and body.response_format.get("type") != "text":
         raise APIError(400, f"response_format {body.response_format.get('type')!r} is not supported: this server "
                             "does not constrain decoding (only {'type': 'text'})", param="response_format")
-    request, params = await anyio.to_thread.run_sync(parse_chat_request, raw, limits, defaults)
+    request, params = await anyio.to_thread.run_sync(parse_chat_request, body, limits, defaults)
     return Job(request=request, params=params, max_tiles=default_max_tiles)
 
 
@@ -267,30 +274,10 @@ def _event(data: dict) -> str:
 # ---- errors ------------------------------------------------------------------------------------------------------
 
 
-def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
-    """One readable line for pydantic's errors: the most specific one, with its field path (type names that
-    pydantic puts in union paths left out)."""
-    error = max(errors, key=lambda e: len(e.get("loc", ())))
-    loc = tuple(error.get("loc", ()))
-    path: list[str] = []
-    for part in loc[1:] if loc[:1] == ("body",) else loc:
-        text = str(part)
-        if "[" in text or text[:1].isupper() or text in ("str", "int", "float", "bool") or (path and path[-1] == text):
-            continue
-        path.append(text)
-    if error.get("type") == "json_invalid":
-        return f"malformed JSON: {error.get('ctx', {}).get('error', error['msg'])}", None
-    if error.get("type") == "missing" and not path:
-        return "the request needs a JSON body (a chat-completions object with 'messages')", None
-    where = ".".join(path) or "the body"
-    got = f" (got {json.dumps(error['input'], default=str)[:80]})" if "input" in error and path else ""
-    return f"{where}: {error['msg']}{got}", path[0] if path else None
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(list(exc.errors()))
+        message, param = describe_errors(list(exc.errors()))
         return error_response(400, message, param=param)
 
     @app.exception_handler(UserInputError)
