@@ -2,7 +2,8 @@
 
 A body becomes a :class:`~vlaser.inference.Request` (system message, earlier turns, the question, every image as a
 :class:`~vlaser.inference.Picture` with its own tile limit, in tag order) and its
-:class:`~vlaser.inference.GenerationParams`. How content parts become text with ``<image>`` tags, where images may
+:class:`~vlaser.inference.GenerationParams`, from the request the schema (:mod:`vlaser.serve.schema`) validated;
+here only the server's limits are checked. How content parts become text with ``<image>`` tags, where images may
 come from and what is refused: ``docs/serve.md``.
 """
 
