@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
-import typing
 from pathlib import Path
 
 from vlaser.cli.args import at_least
-from vlaser.errors import UserInputError
 
 EXAMPLES = """examples:
   vlaser vla data ./bridge_lerobot --json
@@ -31,10 +30,9 @@ def add_parser(sub) -> None:
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     t = verbs.add_parser("train", help="train a VLA policy (transformers' Trainer; DeepSpeed/FSDP as for SFT)",
-                         description="Values come from CONFIG (YAML or JSON, the fields below) and are overridden "
-                                     "by flags; dict fields (config, gripper_dims) take JSON.")
-    t.add_argument("config_file", nargs="?", type=Path, metavar="CONFIG", help="a YAML/JSON training config")
-    _add_train_flags(t)
+                         add_help=False)
+    t.add_argument("-h", "--help", action=_FullHelp, help="list every flag with its help")
+    t.set_defaults(passthrough=[])
 
     s = verbs.add_parser("serve", help="serve a trained policy over HTTP (POST /act, GET /health)")
     s.add_argument("policy", type=Path, help="a folder written by 'vlaser vla train'")
@@ -54,62 +52,46 @@ def add_parser(sub) -> None:
     q.add_argument("--seed", type=int, default=0)
 
 
-def _train_fields() -> list[tuple[dataclasses.Field, str]]:
-    from vlaser.vla.train import VLATrainArguments
-
-    hints = typing.get_type_hints(VLATrainArguments)
-    return [(f, str(hints[f.name])) for f in dataclasses.fields(VLATrainArguments)]
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, each flag's default after its help."""
 
 
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    for f, hint in _train_fields():
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        convert, metavar = _kind(hint)
-        parser.add_argument(f"--{f.name}", *([f"--{f.name.replace('_', '-')}"] if "_" in f.name else []),
-                            dest=f"flag_{f.name}", type=convert, default=argparse.SUPPRESS, metavar=metavar,
-                            help=f"default: {default}")
+class _FullHelp(argparse.Action):
+    """``-h/--help``: every flag of the training parser with its help (the flags pass through argparse here
+    unparsed, as for ``vlaser train``)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        help_parser(parser.prog).print_help()
+        parser.exit()
 
 
-def _kind(hint: str):
-    """``(converter, metavar)`` of a field's type hint; a dict takes JSON (checked before ``int``, which
-    ``dict[str, list[int]]`` also names)."""
-    for name, convert, metavar in (("dict", _json_object, "JSON"), ("bool", _boolean, "BOOL"), ("int", int, "N"),
-                                   ("float", float, "X")):
-        if name in hint:
-            return convert, metavar
-    return str, "TEXT"
+def help_parser(prog: str) -> argparse.ArgumentParser:
+    """The training parser's flags arranged for reading: the VLA's own first (required ones marked), then
+    transformers' ``TrainingArguments`` (those whose default the VLA changes marked)."""
+    from transformers import TrainingArguments
 
+    from vlaser.vla.train import VLATrainArguments, build_parser
 
-def _boolean(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
-def train_values(args: argparse.Namespace) -> dict:
-    """The training fields: CONFIG's values overridden by the flags given."""
-    from vlaser.train.args import read_config
-
-    values = {}
-    if args.config_file is not None:
-        values = read_config(args.config_file)
-        if not isinstance(values, dict):
-            raise UserInputError(f"{args.config_file}: a VLA training config is a mapping of field names to values")
-    values.update({k[len("flag_"):]: v for k, v in vars(args).items() if k.startswith("flag_")})
-    return values
+    full = build_parser(prog)
+    base = {f.name: f for f in dataclasses.fields(TrainingArguments)}
+    changed = {f.name for f in dataclasses.fields(VLATrainArguments)
+               if f.name in base and f.default != base[f.name].default}
+    shown = argparse.ArgumentParser(prog=prog, usage=full.usage, description=f"{full.description}\n\n{EXAMPLES}",
+                                    formatter_class=_Formatter, add_help=False)
+    own = shown.add_argument_group("VLA")
+    training = shown.add_argument_group("training (transformers' TrainingArguments; * the VLA's default)")
+    for action in full._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if action.required or action.dest in changed:
+            action = copy.copy(action)
+            action.help = f"{'(required) ' if action.required else '* '}{action.help or ''}"
+            action.default = argparse.SUPPRESS if action.required else action.default
+        (training if action.dest in base and action.dest != "output_dir" else own)._add_action(action)
+    return shown
 
 
 def run(args) -> int:
@@ -119,10 +101,9 @@ def run(args) -> int:
         summary = inspect_dataset(args.path)
         print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.render())
     elif args.vla_verb == "train":
-        from vlaser.vla.train import VLATrainArguments, train_vla
+        from vlaser.vla.train import parse_args, train_vla
 
-        where = f"{args.config_file} and the flags" if args.config_file else "the vla train flags"
-        out = train_vla(VLATrainArguments.from_dict(train_values(args), where=where))
+        out = train_vla(parse_args(args.passthrough))
         print(f"saved the VLA policy to {out}")
     elif args.vla_verb == "serve":
         from vlaser.vla.serve import serve

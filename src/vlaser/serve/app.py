@@ -97,9 +97,8 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
         finally:
             await engine.stop()  # drains the jobs in flight (uvicorn has waited for their connections)
 
-    app = FastAPI(title="vlaser serve", version="1", lifespan=lifespan,
-                  description="An OpenAI-compatible chat-completions API for InternVL3/Vlaser models.")
-    _add_error_handlers(app)
+    app = api_app("vlaser serve", "An OpenAI-compatible chat-completions API for InternVL3/Vlaser models.",
+                  api_key=api_key, max_body_bytes=max_body_bytes, lifespan=lifespan)
 
     @app.get("/health", summary="liveness: 200 while the server runs (no key needed)")
     async def health() -> dict[str, str]:
@@ -144,6 +143,15 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
     from vlaser.serve.page import mount_page
 
     mount_page(app, model_name, POINT_PROMPT)
+    return app
+
+
+def api_app(title: str, description: str, *, api_key: str | None, max_body_bytes: int, lifespan=None) -> FastAPI:
+    """An app on the server's stack, without routes: the gate (API key, body size), every error as OpenAI's body
+    and the OpenAPI schema of what is sent (400, not FastAPI's 422). ``vlaser serve`` and ``vlaser vla serve``
+    both stand on it."""
+    app = FastAPI(title=title, version="1", lifespan=lifespan, description=description)
+    _add_error_handlers(app)
     app.openapi = lambda: _openapi(app)
     app.add_middleware(_Gate, api_key=api_key, max_body_bytes=max_body_bytes)
     return app

@@ -8,144 +8,186 @@ for both, clip 1.0; its warm-up is unknown (open-pi-zero's default 200 steps, co
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
+from transformers.trainer_utils import SchedulerType
 
 from vlaser.errors import UserInputError
-from vlaser.vla.config import VLAConfig, preset
-from vlaser.vla.policy import VLAPolicy
+from vlaser.train.trainer import PartsTrainer
+from vlaser.vla.config import PRESETS, VLAConfig, preset
+from vlaser.vla.policy import CONFIG_FILE, EXPERT_FILE, VLAPolicy
 
 log = logging.getLogger(__name__)
 EXPERT_PREFIX = "expert."
 
 
-@dataclass
-class VLATrainArguments:
-    """What ``train_vla`` needs; every field can come from a dict, a YAML/JSON config or CLI flags."""
+def _help(name: str, value, text: str | None = None):
+    """A ``TrainingArguments`` field with the VLA's default (the release's) and the Trainer's help."""
+    base = TrainingArguments.__dataclass_fields__[name].metadata
+    return field(default=value, metadata={**base, **({"help": text} if text else {})})
 
-    vlm: str  # a Vlaser/InternVL3 checkpoint directory (or a VLA policy directory to continue from)
-    output_dir: str
-    dataset: str | None = None  # a LeRobot v3.0 dataset directory (or pass dataset= to train_vla)
-    preset: str = "vlaser_2b_bridge"
-    config: dict[str, Any] = field(default_factory=dict)  # VLAConfig fields overriding the preset
-    normalization: str = "quantile"  # quantile (the release's), mean_std or min_max
-    # per key, the dimensions left unnormalised (None: the action's gripper, as released; {}: none)
-    gripper_dims: dict[str, list[int]] | None = None
-    learning_rate: float = 5e-5  # the backbone's
-    expert_learning_rate: float = 5e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    lr_scheduler_type: str = "constant_with_warmup"
-    max_grad_norm: float = 1.0
-    max_steps: int = -1
-    num_train_epochs: float = 1.0
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    bf16: bool = False
-    deepspeed: str | None = None
-    fsdp: str = ""
-    fsdp_config: str | None = None
-    freeze_vlm: bool = False
-    freeze_vision: bool = False
-    logging_steps: int = 10
-    save_strategy: str = "steps"  # "no": only the final policy is written
-    save_steps: int = 500
-    save_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
-    dataloader_num_workers: int = 0
-    seed: int = 0
-    report_to: str = "none"
-    disable_tqdm: bool = False
+
+@dataclass(kw_only=True)
+class VLATrainArguments(TrainingArguments):
+    """transformers' ``TrainingArguments`` (every flag: schedules, DeepSpeed/FSDP, resuming) plus the VLA's own,
+    read by ``HfArgumentParser`` as ``vlaser train`` reads SFT's; the defaults the release changes are set here."""
+
+    _argument_group_name = "VLA"  # the section of `vlaser vla train --help`
+    vlm: str = field(metadata={"help": "a Vlaser/InternVL3 checkpoint directory, or a VLA policy folder to continue "
+                                       "from"})
+    output_dir: str = field(metadata={"help": "where the policy (and the checkpoints) are written"})
+    dataset: str | None = field(default=None, metadata={"help": "a LeRobot v3.0 dataset directory"})
+    preset: str = field(default="vlaser_2b_bridge", metadata={"help": "the VLA's shapes and conventions",
+                                                              "choices": tuple(PRESETS)})
+    config: dict | str | None = field(default_factory=dict, metadata={
+        "help": "VLAConfig fields overriding the preset, as a JSON object (e.g. '{\"chunk_size\": 8}')"})
+    normalization: str = field(default="quantile", metadata={
+        "help": "state and action normalisation: quantile (the release's p01/p99), mean_std or min_max",
+        "choices": ("quantile", "mean_std", "min_max")})
+    gripper_dims: dict | str | None = field(default=None, metadata={
+        "help": "per key, the dimensions left unnormalised, as a JSON object; None: the action's gripper, as "
+                "released; {}: none"})
+    expert_learning_rate: float = field(default=5e-5, metadata={"help": "the action expert's learning rate"})
+    freeze_vlm: bool = field(default=False, metadata={"help": "freeze the whole backbone (train the expert only)"})
+    freeze_vision: bool = field(default=False, metadata={"help": "freeze the backbone's vision tower"})
+    learning_rate: float = _help("learning_rate", 5e-5, "the backbone's learning rate")
+    warmup_steps: float = _help("warmup_steps", 200)
+    lr_scheduler_type: SchedulerType | str = _help("lr_scheduler_type", "constant_with_warmup")
+    num_train_epochs: float = _help("num_train_epochs", 1.0)
+    logging_steps: float = _help("logging_steps", 10)
+    seed: int = _help("seed", 0)
+    disable_tqdm: bool | None = _help("disable_tqdm", False)
+    remove_unused_columns: bool = _help("remove_unused_columns", False, "keep False: the collator reads every column")
+
+    def __post_init__(self) -> None:
+        self.config = _json_object(self.config, "config") or {}
+        self.gripper_dims = _json_object(self.gripper_dims, "gripper_dims")
+        self.vla_config()  # an unknown preset or a bad field fails here
+        super().__post_init__()
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], where: str = "VLA training config") -> VLATrainArguments:
-        fields = dataclasses.fields(cls)
+        """The arguments from a mapping (a YAML/JSON file's, or a script's); unknown and missing keys are named."""
+        fields = [f for f in dataclasses.fields(cls) if f.init]
         known = {f.name for f in fields}
         unknown = sorted(set(obj) - known)
         if unknown:
-            raise UserInputError(f"{where}: unknown keys {unknown} (known: {sorted(known)})")
+            hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            guess = "; ".join(f"{k}: did you mean {h[0]}?" for k, h in hints.items() if h)
+            raise UserInputError(f"{where}: unknown keys {unknown}" + (f" ({guess})" if guess else ""))
         missing = [f.name for f in fields if f.name not in obj
                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         if missing:
             raise UserInputError(f"{where}: missing {', '.join(missing)}")
-        return cls(**obj)
+        try:
+            return cls(**obj)
+        except ValueError as e:  # TrainingArguments refusing a combination
+            raise UserInputError(f"{where}: {e}") from e
 
     def vla_config(self) -> VLAConfig:
         return preset(self.preset, **self.config)
 
     def training_arguments(self) -> TrainingArguments:
-        return TrainingArguments(
-            output_dir=self.output_dir, learning_rate=self.learning_rate, weight_decay=self.weight_decay,
-            warmup_steps=self.warmup_steps, lr_scheduler_type=self.lr_scheduler_type, max_grad_norm=self.max_grad_norm,
-            max_steps=self.max_steps, num_train_epochs=self.num_train_epochs,
-            per_device_train_batch_size=self.per_device_train_batch_size,
-            gradient_accumulation_steps=self.gradient_accumulation_steps, bf16=self.bf16,
-            deepspeed=self.deepspeed, fsdp=self.fsdp, fsdp_config=self.fsdp_config, logging_steps=self.logging_steps,
-            save_strategy=self.save_strategy, save_steps=self.save_steps, save_total_limit=self.save_total_limit,
-            seed=self.seed,
-            dataloader_num_workers=self.dataloader_num_workers, remove_unused_columns=False, report_to=self.report_to,
-            disable_tqdm=self.disable_tqdm,
-        )
+        """The Trainer's arguments: these (they are ``TrainingArguments``)."""
+        return self
 
 
-class VLATrainer(Trainer):
-    """The Trainer with the flow-matching loss and two AdamW learning rates (backbone, expert)."""
+def _json_object(value, name: str) -> dict | None:
+    """A dict field given as JSON text (a flag) or as a mapping (a config file, a script)."""
+    if isinstance(value, str):
+        try:
+            value = None if value in ("None", "null") else json.loads(value)
+        except ValueError as e:
+            raise UserInputError(f"{name}: expected a JSON object, got {value!r} ({e})") from None
+    if value is not None and not isinstance(value, dict):
+        raise UserInputError(f"{name}: expected a JSON object, got {value!r}")
+    return value
+
+
+def build_parser(prog: str = "vlaser vla train"):
+    """The parser of every ``vlaser vla train`` flag, with its help: the VLA's own, then ``TrainingArguments``'."""
+    from vlaser.train.args import arguments_parser
+
+    return arguments_parser(
+        (VLATrainArguments,), prog=prog, usage=f"{prog} [CONFIG.yaml|CONFIG.json] [--FLAG VALUE ...]",
+        description="Train a VLA policy with transformers' Trainer. A YAML/JSON file given first supplies the "
+                    "values (the fields below); flags after it override them; config and gripper_dims take JSON. "
+                    "Run under torchrun for several processes (DeepSpeed/FSDP as for 'vlaser train').",
+        allow_abbrev=False)  # a misspelt key in a config file is an error, not another field
+
+
+def parse_args(argv: list[str], prog: str = "vlaser vla train") -> VLATrainArguments:
+    """The arguments from flags, or from a YAML/JSON file given first, whose values the flags after it
+    override."""
+    from vlaser.train.args import with_config_file
+
+    try:
+        (args,) = build_parser(prog).parse_args_into_dataclasses(args=with_config_file(argv))
+    except ValueError as e:  # TrainingArguments refusing a combination of flags
+        raise UserInputError(str(e)) from e
+    return args
+
+
+class VLATrainer(PartsTrainer):
+    """The Trainer with the flow-matching loss; AdamW groups by part (backbone, expert), as SFT's."""
 
     def __init__(self, *args, expert_learning_rate: float | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.expert_learning_rate = expert_learning_rate
+        super().__init__(*args, part_lrs={EXPERT_PREFIX: expert_learning_rate}, **kwargs)
         self.model_accepts_loss_kwargs = False  # the loss is a per-batch mean
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
-    def create_optimizer(self, model=None):
-        if self.optimizer is not None:
-            return self.optimizer
-        opt_model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(opt_model))
-        expert_lr = self.args.learning_rate if self.expert_learning_rate is None else self.expert_learning_rate
-        groups: dict[tuple[float, float], list] = {}
-        for name, param in opt_model.named_parameters():
-            if param.requires_grad:
-                lr = expert_lr if name.startswith(EXPERT_PREFIX) else self.args.learning_rate
-                groups.setdefault((lr, self.args.weight_decay if name in decay else 0.0), []).append(param)
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        optimizer_kwargs.pop("lr", None)
-        self.optimizer = optimizer_cls([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
-                                       **optimizer_kwargs)
-        return self.optimizer
 
+def _checked_config(args: VLATrainArguments, data) -> VLAConfig:
+    """The VLA config (the preset's, or the policy's to continue) fitted to the backbone and the dataset, and the
+    prompts checked against ``prefix_len``: all before any weights load (see ``vla.checks``)."""
+    from vlaser.model.tokenizer import load_tokenizer
+    from vlaser.vla.checks import check_prefix, fit_backbone, fit_dataset, read_backbone
+    from vlaser.vla.collate import VLACollator
 
-def _policy(args: VLATrainArguments) -> VLAPolicy:
     source = Path(args.vlm)
-    if (source / "action_expert.safetensors").is_file():
-        return VLAPolicy.from_pretrained(source)
-    return VLAPolicy.from_vlm(source, args.vla_config(), seed=args.seed)
+    continued = (source / EXPERT_FILE).is_file()
+    config = VLAConfig.load(source / CONFIG_FILE) if continued else args.vla_config()
+    backbone = read_backbone(source)
+    config = fit_backbone(config, backbone)
+    if data is not None:
+        config = fit_dataset(config, data)
+        collator = VLACollator(load_tokenizer(backbone.path), config, backbone.image_tokens)
+        check_prefix(config, collator, list(data.tasks), len(config.cameras))
+    return config
 
 
-def _dataset(args: VLATrainArguments, config: VLAConfig):
-    """The LeRobot v3.0 dataset of ``args.dataset`` as action chunks, and its normaliser."""
-    if args.dataset is None:
-        raise UserInputError("no training data: set dataset (a LeRobot v3.0 directory) or pass dataset=")
-    from vlaser.vla.data import ActionChunkDataset, LeRobotDataset, Normalizer
+def _policy(args: VLATrainArguments, config: VLAConfig) -> VLAPolicy:
+    source = Path(args.vlm)
+    if (source / EXPERT_FILE).is_file():
+        return VLAPolicy.from_pretrained(source, config=config)
+    return VLAPolicy.from_vlm(source, config, seed=args.seed)
 
-    data = LeRobotDataset(args.dataset)
+
+def _dataset(args: VLATrainArguments, data, config: VLAConfig):
+    """The LeRobot v3.0 dataset as action chunks, and its normaliser's statistics."""
+    from vlaser.vla.data import ActionChunkDataset, Normalizer
+
     normalizer = Normalizer(data.stats, mode=args.normalization, gripper_dims=args.gripper_dims)
     return ActionChunkDataset(data, config.chunk_size, normalizer), normalizer.to_json()
 
 
 def _freeze(policy: VLAPolicy, args: VLATrainArguments) -> None:
-    vlm = policy.model.vlm
-    for module, frozen in ((vlm, args.freeze_vlm), (vlm.model.vision_tower, args.freeze_vision)):
-        if frozen:
-            for p in module.parameters():
-                p.requires_grad = False
+    """``freeze_vlm`` / ``freeze_vision`` as SFT's freezing flags (one implementation: ``train.freezing``)."""
+    from vlaser.train.args import ModelArguments
+    from vlaser.train.freezing import apply_freezing
+
+    whole = args.freeze_vlm
+    apply_freezing(policy.model.vlm, ModelArguments(model_name_or_path=args.vlm, freeze_llm=whole, freeze_mlp=whole,
+                                                    freeze_backbone=whole or args.freeze_vision))
 
 
 def train_vla(args: VLATrainArguments | dict[str, Any], dataset=None, norm_stats: dict | None = None,
@@ -157,13 +199,19 @@ def train_vla(args: VLATrainArguments | dict[str, Any], dataset=None, norm_stats
     """
     if isinstance(args, dict):
         args = VLATrainArguments.from_dict(args)
-    policy = _policy(args)
+    data = None
     if dataset is None:
-        dataset, norm_stats = _dataset(args, policy.config)
+        if args.dataset is None:
+            raise UserInputError("no training data: set dataset (a LeRobot v3.0 directory) or pass dataset=")
+        from vlaser.vla.data import LeRobotDataset
+
+        data = LeRobotDataset(args.dataset)
+    policy = _policy(args, _checked_config(args, data))
+    if data is not None:
+        dataset, norm_stats = _dataset(args, data, policy.config)
     _freeze(policy, args)
-    trainer = VLATrainer(model=policy.model, args=args.training_arguments(), train_dataset=dataset,
-                         data_collator=policy.collator, callbacks=callbacks,
-                         expert_learning_rate=args.expert_learning_rate)
+    trainer = VLATrainer(model=policy.model, args=args, train_dataset=dataset, data_collator=policy.collator,
+                         callbacks=callbacks, expert_learning_rate=args.expert_learning_rate)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     from vlaser.train.saving import gathered_state_dict
 
