@@ -6,9 +6,11 @@ import argparse
 import copy
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 from vlaser.cli.args import at_least
+from vlaser.cli.serve import API_KEY_ENV
 
 EXAMPLES = """examples:
   vlaser vla data ./bridge_lerobot --json
@@ -34,12 +36,18 @@ def add_parser(sub) -> None:
     t.add_argument("-h", "--help", action=_FullHelp, help="list every flag with its help")
     t.set_defaults(passthrough=[])
 
-    s = verbs.add_parser("serve", help="serve a trained policy over HTTP (POST /act, GET /health)")
+    s = verbs.add_parser("serve", help="serve a trained policy over HTTP (POST /act, GET /info, GET /health)",
+                         description="The policy on 'vlaser serve''s stack: the same API key, body-size limit and "
+                                     "error body.")
     s.add_argument("policy", type=Path, help="a folder written by 'vlaser vla train'")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8100)
-    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8100, help="port (default 8100)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="the policy's dtype (default float32, as the release evaluates)")
+    s.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                   help=f"require 'Authorization: Bearer KEY' on /act and /info (default: ${API_KEY_ENV})")
+    s.add_argument("--max-body-mb", type=at_least(1), default=64, help="request body size at most (default 64 MiB)")
 
     q = verbs.add_parser("quickstart", help="the whole VLA loop offline on a CPU: demos, training, closed-loop eval",
                          description="Writes scripted demonstrations of a numpy reach task as a LeRobot v3.0 "
@@ -108,7 +116,8 @@ def run(args) -> int:
     elif args.vla_verb == "serve":
         from vlaser.vla.serve import serve
 
-        serve(str(args.policy), host=args.host, port=args.port, device=args.device, dtype=args.dtype)
+        serve(str(args.policy), host=args.host, port=args.port, device=args.device, dtype=args.dtype,
+              api_key=args.api_key or None, max_body_bytes=args.max_body_mb * 2**20)
     else:
         from vlaser.vla.quickstart import run_quickstart
 
