@@ -109,11 +109,22 @@ def test_serve_loads_the_policy_and_hands_the_app_to_uvicorn(tiny_original, demo
     assert main(["vla", "serve", str(tmp_path)]) == 2  # not a policy folder
 
 
-def test_quickstart_flags_parse():
-    args = build_parser().parse_args(["vla", "quickstart", "--out", "q", "--steps", "50", "--episodes", "10"])
-    assert (args.steps, args.episodes, args.seed) == (50, 10, 0)
+def test_quickstart_flags_parse(capsys):
+    from vlaser.vla.quickstart import DEFAULT_STEPS, DEMOS
+
+    args = build_parser().parse_args(["vla", "quickstart", "--out", "q", "--max-steps", "50", "--episodes", "10",
+                                      "--eval-episodes", "5", "--minutes", "2", "--overwrite"])
+    assert (args.max_steps, args.episodes, args.eval_episodes, args.minutes, args.overwrite) == (50, 10, 5, 2.0, True)
+    defaults = build_parser().parse_args(["vla", "quickstart"])
+    assert (defaults.max_steps, defaults.episodes, defaults.eval_episodes, defaults.overwrite) == (None, DEMOS, 100,
+                                                                                                  False)
+    for bad in (["--max-steps", "0"], ["--steps", "50"]):  # --steps is vlaser quickstart's --max-steps now
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["vla", "quickstart", *bad])
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["vla", "quickstart", "--steps", "0"])
+        main(["vla", "quickstart", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default: {DEFAULT_STEPS:,}, the tested budget" in text and f"default: {DEMOS:,}, the tested" in text
 
 
 @pytest.mark.parametrize("robot", ["bridge", "fractal"])

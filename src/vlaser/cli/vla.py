@@ -54,10 +54,18 @@ def add_parser(sub) -> None:
                                      "dataset, trains a tiny VLA on a tiny InternVL3 backbone for a step budget, "
                                      "evaluates it closed-loop on held-out episodes beside untrained, blind and "
                                      "scripted policies, and writes report.json, report.md and pictures.")
-    q.add_argument("--out", type=Path, default=Path("vla-quickstart"), help="output folder (new or empty)")
-    q.add_argument("--steps", type=at_least(1), default=None, help="training steps (default: the tested budget)")
-    q.add_argument("--episodes", type=at_least(1), default=100, help="held-out episodes per policy")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", type=Path, default=Path("vla-quickstart"),
+                   help="output folder, new or empty (default: vla-quickstart)")
+    q.add_argument("--max-steps", type=at_least(1), default=None,
+                   help="training steps (default: 2,500, the tested budget; fewer gives a warning in the report)")
+    q.add_argument("--minutes", type=float, default=None,
+                   help="also stop training once this many minutes of it are spent (default: no time limit)")
+    q.add_argument("--episodes", type=at_least(1), default=4000,
+                   help="scripted demonstrations to train on (default: 4,000, the tested number)")
+    q.add_argument("--eval-episodes", type=at_least(1), default=100,
+                   help="held-out episodes each policy is evaluated on (default: 100)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the data, the model and the evaluation (default: 0)")
+    q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -121,5 +129,6 @@ def run(args) -> int:
     else:
         from vlaser.vla.quickstart import run_quickstart
 
-        run_quickstart(args.out, seed=args.seed, train_steps=args.steps, episodes=args.episodes)
+        run_quickstart(args.out, seed=args.seed, train_steps=args.max_steps, episodes=args.eval_episodes,
+                       demos=args.episodes, minutes=args.minutes, overwrite=args.overwrite)
     return 0
