@@ -92,7 +92,7 @@ PRESETS = {
     # openpi's flow convention, time embedding and contiguous positions, on the release's shapes
     "openpi": lambda: _preset(flow="openpi", positions="contiguous", time_max_period=4.0, flow_sig_min=0.0,
                               num_action_tokens_added=0),
-    # for the tiny backbone of vlaser.model.tiny (16 image tokens a 56 px tile); for tests and the quickstart
+    # for the tiny backbone of vlaser.model.tiny; for tests and the quickstart
     "tiny": lambda: _preset(proprio_dim=4, action_dim=2, chunk_size=4, act_steps=4, prefix_len=64,
                             expert_hidden_size=32, expert_intermediate_size=64, num_action_tokens_added=0),
 }
