@@ -37,6 +37,7 @@ def test_chat_point_draws(tiny_original, tmp_path, capsys):
     assert "points (pixels):" in printed and Image.open(out).size == (90, 60)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and loading the model: 26 s on a busy 2-core machine
 def test_interactive_chat_reads_turns_from_stdin(tiny_original, tmp_path):
     image = tmp_path / "a.png"
     Image.new("RGB", (90, 60), (0, 255, 0)).save(image)

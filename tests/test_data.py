@@ -1,6 +1,7 @@
 """The SFT data pipeline against hand-built expectations from InternVL's rules."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,3 +225,24 @@ def test_collator_pads_with_pad_id_and_real_mask(tmp_path, tok):
     assert batch["attention_mask"][0].tolist() == [1] * n0 + [0] * (n1 - n0)
     assert (batch["input_ids"][0, n0:] == tok.pad_token_id).all() and (batch["labels"][0, n0:] == IGNORE_INDEX).all()
     assert batch["pixel_values"].shape[0] == 2 and batch["image_flags"].tolist() == [0, 0]
+
+
+def test_meta_paths_beside_the_meta_file_or_from_the_working_directory(tmp_path, monkeypatch):
+    """vlaser writes paths relative to the meta file; InternVL's metas hold paths relative to where it runs."""
+    (tmp_path / "metas").mkdir()
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "a.jsonl").write_text("")
+    internvl = tmp_path / "metas" / "internvl.json"
+    internvl.write_text(json.dumps({"d": {"root": "data/images", "annotation": "data/a.jsonl"}}))
+    monkeypatch.chdir(tmp_path)
+    spec, = load_meta(internvl)
+    assert (spec.root, spec.annotation) == ("data/images", Path("data/a.jsonl"))  # from the working directory
+    beside = tmp_path / "data" / "beside.json"
+    beside.write_text(json.dumps({"d": {"root": "images", "annotation": "a.jsonl"}}))
+    monkeypatch.chdir(tmp_path / "metas")
+    spec, = load_meta(beside)
+    assert (spec.root, spec.annotation) == (str(tmp_path / "data" / "images"), tmp_path / "data" / "a.jsonl")
+    (tmp_path / "metas" / "a.jsonl").write_text("")  # the same name in the working directory: which one?
+    with pytest.raises(MetaError, match=r"annotation 'a.jsonl' is both .*data/a.jsonl \(beside the meta file\) and "
+                                        r".*metas/a.jsonl \(from the working directory\)"):
+        load_meta(beside)

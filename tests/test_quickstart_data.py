@@ -1,6 +1,7 @@
 """The quickstart's synthetic scenes: deterministic, and readable by the SFT pipeline and the harness."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -45,3 +46,15 @@ def test_held_out_sets_score_their_own_answers_perfectly(tmp_path):
         items = mcq.load(write_mmsi(tmp_path / preset, n=10, seed=6, preset=preset))
         assert len(items) == 10 and all(mcq.score(i, f"`{i.meta['answer']}`").value == 1.0 for i in items)
     assert {i.group for i in items} <= {"relation", "colour"} and "relation" in {i.group for i in items}
+
+
+def test_the_quickstart_meta_works_from_any_folder(tmp_path, monkeypatch):
+    from vlaser.data.meta import check_datasets, media_path, read_annotations
+
+    monkeypatch.chdir(tmp_path)
+    meta = write_training_set(Path("qs") / "data", n=3)  # a relative --out, as typed
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    spec, = check_datasets(tmp_path / meta)  # `vlaser train` checks this before loading any weights
+    record = read_annotations(spec).records[0]
+    assert media_path(record, record.data["image"]).is_file()

@@ -48,6 +48,7 @@ def losses(out):
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
+@pytest.mark.slow  # 120 training steps: the longest test of the fast tier (31 s of 480 on a busy 2-core machine)
 def test_tiny_model_overfits_and_repeats_answers(tiny_original, tmp_path):
     meta = colour_data(tmp_path)
     out = train(flags(tiny_original, meta, tmp_path / "out", "--max_steps", "120", "--warmup_steps", "0.05",
@@ -135,10 +136,9 @@ def test_lora_trains_adapters_and_saves_merged(tiny_original, tmp_path):
 def test_resume_continues_the_same_curve(tiny_original, tmp_path):
     meta = colour_data(tmp_path)
     common = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--lr_scheduler_type", "linear"]
-    full = train(flags(tiny_original, meta, tmp_path / "full", *common))
-    first = train(flags(tiny_original, meta, tmp_path / "part", *common))  # same run; its checkpoint-4 is the "kill"
+    full = train(flags(tiny_original, meta, tmp_path / "full", *common))  # its checkpoint-4 is the "kill"
     resumed = train(flags(tiny_original, meta, tmp_path / "resumed", *common, "--resume_from_checkpoint",
-                          str(first / "checkpoint-4")))
+                          str(full / "checkpoint-4")))
     assert losses(full)[4:] == pytest.approx(losses(resumed)[-4:], abs=1e-6)
 
 

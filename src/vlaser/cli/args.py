@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def at_least(least: int):
@@ -38,3 +39,14 @@ def decode_options(args) -> dict:
     if args.cuda_graphs and args.static_capacity is None:
         raise UserInputError("--cuda-graphs needs --static-capacity: a graph replays fixed shapes only")
     return {"static_capacity": args.static_capacity, "cuda_graphs": args.cuda_graphs}
+
+
+def json_object(text: str) -> dict:
+    """An argparse ``type`` for a flag that takes a JSON object (``--config '{"proprio_dim": 8}'``)."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value

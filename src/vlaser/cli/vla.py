@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+from vlaser.cli import vla_convert
 from vlaser.cli.args import at_least
 from vlaser.cli.serve import API_KEY_ENV
 
@@ -16,6 +17,7 @@ EXAMPLES = """examples:
   vlaser vla data ./bridge_lerobot --json
   vlaser vla train vla.yaml --max_steps 1000
   vlaser vla train --vlm OpenGVLab/Vlaser-2B --dataset ./bridge_lerobot --output_dir runs/vla --preset vlaser_2b_bridge
+  vlaser vla convert step45390.pt --vlm OpenGVLab/InternVL3-2B --preset vlaser_2b_bridge --out runs/released
   vlaser vla serve runs/vla --port 8100
   vlaser vla quickstart --out vla-quickstart"""
 
@@ -35,6 +37,8 @@ def add_parser(sub) -> None:
                          add_help=False)
     t.add_argument("-h", "--help", action=_FullHelp, help="list every flag with its help")
     t.set_defaults(passthrough=[])
+
+    vla_convert.add_parser(verbs)
 
     s = verbs.add_parser("serve", help="serve a trained policy over HTTP (POST /act, GET /info, GET /health)",
                          description="The policy on 'vlaser serve''s stack: the same API key, body-size limit and "
@@ -121,6 +125,8 @@ def run(args) -> int:
 
         out = train_vla(parse_args(args.passthrough))
         print(f"saved the VLA policy to {out}")
+    elif args.vla_verb == "convert":
+        return vla_convert.run(args)
     elif args.vla_verb == "serve":
         from vlaser.vla.serve import serve
 

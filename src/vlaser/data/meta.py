@@ -57,8 +57,25 @@ class MetaError(UserInputError):
     """The meta JSON itself is unusable; the message names the file and the entry."""
 
 
+def resolve_entry_path(meta: Path, value: str, dataset: str, key: str) -> str:
+    """A relative ``root`` or ``annotation`` of a meta file: beside the meta file when it exists there (how vlaser
+    writes them), else as given, from the working directory (how InternVL reads them); a path that exists both
+    ways as two different things is refused rather than guessed (README, "Fine-tuning", Data)."""
+    given = Path(value)
+    if not value or "://" in value or given.is_absolute():
+        return value
+    beside = meta.parent / given
+    if not beside.exists():
+        return value
+    if given.exists() and given.resolve() != beside.resolve():
+        raise MetaError(f"{meta}: dataset {dataset!r}: {key} {value!r} is both {beside} (beside the meta file) and "
+                        f"{given.resolve()} (from the working directory); write the one meant as an absolute path")
+    return str(beside)
+
+
 def load_meta(path: str | os.PathLike) -> list[DatasetSpec]:
-    """Parse a meta JSON. Relative ``annotation`` paths resolve against the meta file's folder, then the CWD."""
+    """Parse a meta JSON. Relative ``annotation`` and ``root`` paths resolve against the meta file's folder, then
+    the CWD (:func:`resolve_entry_path`)."""
     path = Path(path)
     try:
         meta = read_json(path)
@@ -70,9 +87,7 @@ def load_meta(path: str | os.PathLike) -> list[DatasetSpec]:
     for name, entry in meta.items():
         if not isinstance(entry, dict) or "annotation" not in entry:
             raise MetaError(f"{path}: dataset {name!r} needs an 'annotation' (.jsonl) entry")
-        annotation = Path(entry["annotation"])
-        if not annotation.is_absolute() and not annotation.exists() and (path.parent / annotation).exists():
-            annotation = path.parent / annotation
+        annotation = Path(resolve_entry_path(path, str(entry["annotation"]), name, "annotation"))
         if annotation.suffix != ".jsonl":
             raise MetaError(f"{path}: dataset {name!r}: annotation must be a .jsonl file, got {annotation}")
         repeat = entry.get("repeat_time", 1)
@@ -81,7 +96,7 @@ def load_meta(path: str | os.PathLike) -> list[DatasetSpec]:
                 f"{path}: dataset {name!r}: repeat_time must be a fraction <= 1 or an integer, got {repeat}"
             )
         specs.append(DatasetSpec(
-            name=name, root=str(entry.get("root", "")), annotation=annotation,
+            name=name, root=resolve_entry_path(path, str(entry.get("root", "")), name, "root"), annotation=annotation,
             data_augment=bool(entry.get("data_augment", False)), repeat_time=repeat,
             max_dynamic_patch=entry.get("max_dynamic_patch"), length=entry.get("length"),
         ))

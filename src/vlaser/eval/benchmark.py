@@ -46,6 +46,21 @@ class Item:
     #: a clip whose sampled frames follow ``images``; frames are chosen by ``Benchmark.frame_indices``, decoded
     #: only when the item is asked (``eval score`` never needs the file)
     video: Path | None = None
+    #: why the item's annotation (its row or ground-truth file) could not be read at load; such an item is never
+    #: asked and is left out of the score, named and counted (docs/eval_suite.md, "Damaged benchmark files")
+    gt_error: str | None = None
+
+
+def unreadable_item(where: str, reason: str) -> Item:
+    """A stand-in for an annotation row that cannot be read (its id is ``where``, e.g. ``file.jsonl:7``): it keeps
+    the damage named and counted in the outputs instead of aborting the run or vanishing."""
+    return Item(id=where, question="", official_prompt="", images=[], gt_error=f"{where}: {reason}")
+
+
+def keep_damaged_lines(items: list[Item], path: Path):
+    """``read_jsonl``'s ``on_error`` for an annotation file: each line that is not JSON joins ``items`` as an
+    :func:`unreadable_item` named ``FILE:LINE``, in file order."""
+    return lambda error: items.append(unreadable_item(f"{path.name}:{error.line}", f"invalid JSON: {error.reason}"))
 
 
 @dataclass

@@ -23,7 +23,7 @@ def load_mask(path: Path, mode: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
             array = np.asarray(img)
-    except OSError as e:
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... for a damaged file
         raise BenchmarkDataError(f"cannot read mask {path}: {e}") from e
     if mode == "gt127":
         return (array > 127).any(axis=-1) if array.ndim == 3 else array > 127

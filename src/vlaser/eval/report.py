@@ -114,8 +114,9 @@ def write_pictures(benchmark, items, scores, predictions, out: Path) -> list[dic
         try:
             picture = _picture(item.images[0], benchmark.gt_mask(item), score.points, benchmark.gt_points(item))
         except (OSError, BenchmarkDataError, Image.DecompressionBombError) as e:
-            log.warning("item %s: no picture, cannot read %s: %s", item.id, item.images[0], e)
-            cards.append({**card, "error": f"cannot read {item.images[0]}: {e}"})
+            reason = str(e) if isinstance(e, BenchmarkDataError) else f"cannot read {item.images[0]}: {e}"
+            log.warning("item %s: no picture, %s", item.id, reason)
+            cards.append({**card, "error": reason})
             continue
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", item.id) + ".png"
         picture.save(folder / name)
@@ -153,10 +154,16 @@ def _coverage_lines(metrics: dict) -> list[str]:
 
 
 def write_report(metrics: dict, out: Path, pictures: list[dict]) -> None:
+    left_out = f", {metrics['n_gt_errors']} left out: ground truth unreadable" if metrics.get("n_gt_errors") else ""
     lines = [f"# {metrics['benchmark']} ({metrics['protocol']})", "",
              f"**score {metrics['score']:.4f}** over {metrics['n_scored']} scored of {metrics['n_items']} items "
-             f"({metrics['n_unparsed']} answers not parsed, {metrics['n_missing_predictions']} unanswered)", ""]
+             f"({metrics['n_unparsed']} answers not parsed, {metrics['n_missing_predictions']} unanswered{left_out})",
+             ""]
     lines += _coverage_lines(metrics)
+    if metrics.get("n_gt_errors"):
+        lines += [f"**{metrics['n_gt_errors']} item(s) left out of the score: their ground truth (mask, annotation "
+                  "row or file) cannot be read** -- damaged benchmark files, not the model's answers; the score is "
+                  "over the other items:", ""] + [f"- {e}" for e in metrics["gt_errors"]] + [""]
     if metrics.get("n_truncated"):
         budget = metrics.get("run", {}).get("settings", {}).get("max_new_tokens", "the token budget")
         lines += [f"**Warning: {metrics['n_truncated']} answer(s) were cut off at max_new_tokens ({budget})** without "
@@ -181,17 +188,24 @@ def write_report(metrics: dict, out: Path, pictures: list[dict]) -> None:
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
+def run_label(out: Path) -> str:
+    """A run's row name: ``MODEL (OUT)``, the model as ``run.json`` records it (an imported run) or its backend;
+    ``OUT`` alone when it records none (a run scored from a predictions file)."""
+    record = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+    backend = record.get("backend") if isinstance(record.get("backend"), dict) else {}
+    model = record.get("model") or backend.get("model")
+    return f"{model} ({out})" if model and str(model) != str(out) else str(out)
+
+
 def cross_run_table(outs: list[Path]) -> str:
     """One markdown table (percent) over run directories, one row per run, beside the paper's Table 1 rows; a
     partial run's cell says how many items it covers, e.g. ``84.9 (20 of 100 items)``."""
     runs = {}
     for out in outs:
         metrics = json.loads((Path(out) / "metrics.json").read_text())
-        model = json.loads((Path(out) / "run.json").read_text()).get("model", str(out)) \
-            if (Path(out) / "run.json").is_file() else str(out)
         note = partial_note(metrics)
         cell = f"{100 * metrics['score']:.1f}" + (f" {note}" if note else "")
-        runs.setdefault(f"{model} ({out})", {})[metrics["benchmark"]] = cell
+        runs.setdefault(run_label(Path(out)), {})[metrics["benchmark"]] = cell
     present = {b for scores in runs.values() for b in scores}
     benchmarks = [b for b in PAPER_COLUMNS if b in present] + sorted(present - set(PAPER_COLUMNS))
     rows = ["| model | " + " | ".join(benchmarks) + " |", "|---" * (len(benchmarks) + 1) + "|"]

@@ -183,11 +183,12 @@ def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch
     for part in out.glob("predictions.rank*.jsonl"):
         done.update(read_predictions(part))
     mine = items[rank::world]
-    todo = [item for item in mine if item.id not in done or done[item.id].get("error")]
+    askable = [item for item in mine if not item.gt_error]  # an unreadable annotation: nothing to score against
+    todo = [item for item in askable if item.id not in done or done[item.id].get("error")]
     # questions about the same clip are asked one after another, so its frames are decoded once
     todo.sort(key=lambda item: str(item.video or ""))
-    if len(todo) < len(mine):
-        log.info("resuming: %d of %d items already answered", len(mine) - len(todo), len(mine))
+    if len(todo) < len(askable):
+        log.info("resuming: %d of %d items already answered", len(askable) - len(todo), len(askable))
     # the engine takes a window of several batches at once and keeps ``batch_size`` rows decoding, admitting
     # them by tile count and prompt length; answers are written after each window
     window = batch_size * WINDOW_BATCHES
@@ -352,33 +353,49 @@ def _ask(backend: Backend, window: list[Item], prepared: list, params: Generatio
 
 
 
+def score_item(benchmark: Benchmark, item: Item, prediction: dict) -> Score:
+    """One item's score. An item lost to unreadable media scores a miss; an item whose ground truth cannot be read
+    (at load, or now: a damaged mask, cell or annotation) is left out, with ``extra["gt_error"]`` naming the file
+    (the benchmark's fault, not the model's; docs/eval_suite.md)."""
+    if item.gt_error:
+        return Score(None, parsed=False, extra={"gt_error": item.gt_error})
+    if prediction.get("error"):
+        return Score(0.0, parsed=False, extra={"error": prediction["error"]})
+    try:
+        return benchmark.score(item, str(prediction.get("response", "")))
+    except (BenchmarkDataError, OSError) as e:  # OSError: a file read to score (an image's size) is unreadable
+        log.warning("item %s left out of the score: %s", item.id, e)
+        return Score(None, parsed=False, extra={"gt_error": f"item {item.id}: {e}"})
+
+
 def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict], out: Path, pictures: int = 50,
           record: dict | None = None, duplicate_ids: Sequence[str] = ()) -> dict[str, Any]:
     """Score predictions (from any source); write ``metrics.json``, ``scores.jsonl``, ``report.md`` and, for
     pointing benchmarks, pictures of the first ``pictures`` items with ``index.html``. ``duplicate_ids``: ids
-    given more than once (with the same answer) in a predictions file, listed in the outputs."""
+    given more than once (with the same answer) in a predictions file, listed in the outputs. Items whose ground
+    truth cannot be read are left out of the aggregate and listed under ``gt_errors``."""
     from vlaser.eval.report import write_pictures, write_report
 
     out.mkdir(parents=True, exist_ok=True)
     known = {item.id for item in items}
     unknown = sorted(set(predictions) - known)
-    missing = [item.id for item in items if item.id not in predictions]
-    answered = [item for item in items if item.id in predictions]
-    scores: list[Score] = []
+    missing = [item.id for item in items if item.id not in predictions and not item.gt_error]
+    answered = [item for item in items if item.id in predictions or item.gt_error]
+    scores = [score_item(benchmark, item, predictions.get(item.id, {})) for item in answered]
     with open(out / "scores.jsonl", "w") as stream:
-        for item in answered:
-            prediction = predictions[item.id]
-            s = Score(0.0, parsed=False, extra={"error": prediction["error"]}) if prediction.get("error") else \
-                benchmark.score(item, str(prediction.get("response", "")))
-            scores.append(s)
+        for item, s in zip(answered, scores):
             stream.write(json.dumps({"id": item.id, "score": s.value, "parsed": s.parsed, "points": s.points,
                                      "group": item.group, **s.extra}) + "\n")
-    metrics = benchmark.aggregate(answered, scores)
+    kept = [k for k, s in enumerate(scores) if "gt_error" not in s.extra]
+    media = [predictions[answered[k].id]["error"] for k in kept if predictions[answered[k].id].get("error")]
+    gt_errors = [s.extra["gt_error"] for s in scores if "gt_error" in s.extra]
+    metrics = benchmark.aggregate([answered[k] for k in kept], [scores[k] for k in kept])
     metrics.update(benchmark=benchmark.name, protocol=benchmark.protocol, n_items=len(items),
+                   # an answer not parsed is one the model gave: an item lost to unreadable media has none
+                   n_unparsed=sum(not scores[k].parsed and not predictions[answered[k].id].get("error") for k in kept),
                    n_missing_predictions=len(missing), unknown_ids=unknown[:20], n_unknown_ids=len(unknown),
-                   errors=[predictions[i.id]["error"] for i in answered if predictions[i.id].get("error")],
-                   n_errors=sum(bool(predictions[i.id].get("error")) for i in answered),
-                   n_truncated=sum(bool(predictions[i.id].get("truncated")) for i in answered),
+                   errors=media, n_errors=len(media), gt_errors=gt_errors[:20], n_gt_errors=len(gt_errors),
+                   n_truncated=sum(bool(predictions.get(i.id, {}).get("truncated")) for i in answered),
                    duplicate_ids=sorted(duplicate_ids)[:20], n_duplicate_ids=len(duplicate_ids),
                    **coverage(record, len(items)),
                    protocol_version=benchmark.settings.version,
@@ -389,8 +406,12 @@ def score(benchmark: Benchmark, items: list[Item], predictions: dict[str, dict],
         log.warning("%d prediction id(s) are not in %s, e.g. %s", len(unknown), benchmark.name, unknown[:3])
     if missing:
         log.warning("%d item(s) have no prediction and are not scored", len(missing))
+    if gt_errors:
+        log.warning("%d item(s) left out of the score: their ground truth cannot be read, e.g. %s", len(gt_errors),
+                    gt_errors[0])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    cards = write_pictures(benchmark, answered[:pictures], scores, predictions, out) \
+    shown = [(item, s) for item, s in zip(answered, scores) if item.id in predictions and not item.gt_error][:pictures]
+    cards = write_pictures(benchmark, [i for i, _ in shown], [s for _, s in shown], predictions, out) \
         if benchmark.pointing and pictures else []
     write_report(metrics, out, cards)
     return metrics

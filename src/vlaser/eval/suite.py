@@ -197,6 +197,7 @@ def _column(name: str, metrics: dict, out: Path, departures: dict, limit: int | 
             "protocol_version": version, "label": label, "departures": departures, "limit": limit,
             "n_items": metrics.get("n_items", metrics.get("n")), "n_scored": metrics.get("n_scored"),
             "n_unparsed": metrics.get("n_unparsed", 0), "n_errors": metrics.get("n_errors", 0),
+            "n_gt_errors": metrics.get("n_gt_errors", 0),
             "n_missing_predictions": metrics.get("n_missing_predictions", 0),
             "partial": bool(metrics.get("partial")), "n_available": metrics.get("n_available"),
             "metrics": f"{name}/metrics.json", **links, **{k: v for k, v in extra.items() if v is not None}}
@@ -252,6 +253,7 @@ def _md(text: str) -> str:
 def _count_line(column: dict) -> str:
     """``2 of 3 items scored (...)`` for the notes under the table."""
     extra = [f"{column[k]} {what}" for k, what in (("n_unparsed", "not parsed"), ("n_errors", "media errors"),
+                                                    ("n_gt_errors", "left out: ground truth unreadable"),
                                                     ("n_missing_predictions", "unanswered")) if column.get(k)]
     line = f"{column['n_scored']} of {column['n_items']} items scored" + (f" ({', '.join(extra)})" if extra else "")
     if column.get("partial"):

@@ -199,8 +199,9 @@ def write_training_set(out: Path, n: int, seed: int = 0, size: int = 112, preset
                                   f"<point>[[{gx}, {gy}]]</point>")
         lines.append({"id": i, "image": name, "width": size, "height": size, "conversations": turns})
     (out / "train.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    meta = {"quickstart": {"root": str(out / "images"), "annotation": str(out / "train.jsonl"), "data_augment": False,
-                           "repeat_time": 1, "length": n}}
+    # paths relative to the meta file, so `vlaser train --meta_path` works on it from any folder
+    meta = {"quickstart": {"root": "images", "annotation": "train.jsonl", "data_augment": False, "repeat_time": 1,
+                           "length": n}}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return out / "meta.json"
 

@@ -54,9 +54,9 @@ def _dim(data, key: str) -> int:
     return int(shape[0]) if len(shape) == 1 else -1
 
 
-def fit_dataset(config: VLAConfig, data) -> VLAConfig:
-    """``config`` with the dataset's cameras recorded; state or action sizes that differ, or other cameras than
-    a trained policy's, are an error naming the setting."""
+def fit_dataset(config: VLAConfig, data, cameras: list[str] | None = None) -> VLAConfig:
+    """``config`` with the cameras trained on recorded (``cameras`` of the dataset's, default all); state or action
+    sizes that differ, or other cameras than a trained policy's, are an error naming the setting."""
     for key, name in ((STATE_KEY, "proprio_dim"), (ACTION_KEY, "action_dim")):
         if key not in data.features:
             raise UserInputError(f"{data.root}: no feature {key!r} (features: {', '.join(data.features)})")
@@ -66,7 +66,11 @@ def fit_dataset(config: VLAConfig, data) -> VLAConfig:
                                  f"says {name}={want}: set config: {{{name}: {size}}}")
     if not data.cameras:
         raise UserInputError(f"{data.root}: no camera feature; the VLA needs at least one image per frame")
-    cameras = {key: [int(n) for n in data.features[key]["shape"][:2]] for key in data.cameras}
+    unknown = [key for key in cameras or [] if key not in data.cameras]
+    if unknown:
+        raise UserInputError(f"{data.root}: no camera {unknown[0]!r} (cameras: {', '.join(data.cameras)}): set "
+                             "cameras to some of those")
+    cameras = {key: [int(n) for n in data.features[key]["shape"][:2]] for key in cameras or data.cameras}
     if config.cameras is not None and list(config.cameras) != list(cameras):
         raise UserInputError(f"{data.root}: cameras {list(cameras)}, but the policy was trained on "
                              f"{list(config.cameras)}: train it on a dataset with those cameras")

@@ -56,6 +56,17 @@ class VLATrainArguments(TrainingArguments):
     expert_learning_rate: float = field(default=5e-5, metadata={"help": "the action expert's learning rate"})
     freeze_vlm: bool = field(default=False, metadata={"help": "freeze the whole backbone (train the expert only)"})
     freeze_vision: bool = field(default=False, metadata={"help": "freeze the backbone's vision tower"})
+    # the release's choices, off by default (the recipes select them; docs/vla.md, "Release fidelity")
+    freeze_text_embeddings: bool = field(default=False, metadata={
+        "help": "freeze the VLM's token embeddings (the release trains so)"})
+    cameras: list[str] | str | None = field(default=None, metadata={
+        "help": "camera keys to train on, comma-separated or a JSON list (default: every camera; the release: "
+                "the primary only)"})
+    augment_images: bool = field(default=False, metadata={
+        "help": "Octo's random resized crop and colour jitter on training frames (the release's)"})
+    padded_actions: str = field(default="mask", metadata={
+        "help": "chunk steps past an episode's end: mask (no loss) or repeat (the release's)",
+        "choices": ("mask", "repeat")})
     learning_rate: float = _help("learning_rate", 5e-5, "the backbone's learning rate")
     warmup_steps: float = _help("warmup_steps", 200)
     lr_scheduler_type: SchedulerType | str = _help("lr_scheduler_type", "constant_with_warmup")
@@ -68,6 +79,7 @@ class VLATrainArguments(TrainingArguments):
     def __post_init__(self) -> None:
         self.config = _json_object(self.config, "config") or {}
         self.gripper_dims = _json_object(self.gripper_dims, "gripper_dims")
+        self.cameras = _names(self.cameras)
         self.vla_config()  # an unknown preset or a bad field fails here
         super().__post_init__()
 
@@ -134,6 +146,13 @@ def parse_args(argv: list[str], prog: str = "vlaser vla train") -> VLATrainArgum
     return args
 
 
+def _names(value) -> list[str] | None:
+    """Camera keys given as a list, as JSON text (a config file's list, passed as a flag) or as ``a,b``."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
+    return None if value is None else [str(v) for v in value]
+
+
 class VLATrainer(PartsTrainer):
     """The Trainer with the flow-matching loss; AdamW groups by part (backbone, expert), as SFT's."""
 
@@ -159,7 +178,7 @@ def _checked_config(args: VLATrainArguments, data) -> VLAConfig:
     backbone = read_backbone(source)
     config = fit_backbone(config, backbone)
     if data is not None:
-        config = fit_dataset(config, data)
+        config = fit_dataset(config, data, args.cameras)
         collator = VLACollator(load_tokenizer(backbone.path), config, backbone.image_tokens)
         check_prefix(config, collator, list(data.tasks), len(config.cameras))
     return config
@@ -175,9 +194,13 @@ def _policy(args: VLATrainArguments, config: VLAConfig) -> VLAPolicy:
 def _dataset(args: VLATrainArguments, data, config: VLAConfig):
     """The LeRobot v3.0 dataset as action chunks, and its normaliser's statistics."""
     from vlaser.vla.data import ActionChunkDataset, Normalizer
+    from vlaser.vla.data.augment import ImageAugmentation
 
     normalizer = Normalizer(data.stats, mode=args.normalization, gripper_dims=args.gripper_dims)
-    return ActionChunkDataset(data, config.chunk_size, normalizer), normalizer.to_json()
+    chunks = ActionChunkDataset(data, config.chunk_size, normalizer, cameras=args.cameras,
+                                padded_actions=args.padded_actions,
+                                augment=ImageAugmentation() if args.augment_images else None)
+    return chunks, normalizer.to_json()
 
 
 def _freeze(policy: VLAPolicy, args: VLATrainArguments) -> None:
@@ -188,6 +211,8 @@ def _freeze(policy: VLAPolicy, args: VLATrainArguments) -> None:
     whole = args.freeze_vlm
     apply_freezing(policy.model.vlm, ModelArguments(model_name_or_path=args.vlm, freeze_llm=whole, freeze_mlp=whole,
                                                     freeze_backbone=whole or args.freeze_vision))
+    if args.freeze_text_embeddings:
+        policy.model.vlm.get_input_embeddings().weight.requires_grad = False
 
 
 def train_vla(args: VLATrainArguments | dict[str, Any], dataset=None, norm_stats: dict | None = None,

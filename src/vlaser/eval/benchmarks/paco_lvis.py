@@ -140,15 +140,19 @@ class PacoLvis(VlaserPointJSONL):
                 image = path.parent / info["file_name"]
             items.append(Item(id=f"{image_id}:{obj_id}:{cat_id}", question=expression, images=[image],
                               official_prompt=referring_point_question(expression),
-                              meta={"coco": groups[(image_id, obj_id, cat_id)], "size": (info["width"],
-                                                                                         info["height"])}))
+                              meta={"coco": groups[(image_id, obj_id, cat_id)], "file": str(path),
+                                    "size": (info["width"], info["height"])}))
         return items
 
     def gt_mask(self, item: Item) -> np.ndarray:
         """The union mask of the query: decoded RLE/polygons (COCO) or filled polygons (Vlaser JSONL)."""
         if "coco" in item.meta:
             width, height = item.meta["size"]
-            return rle_mask(item.meta["coco"], width, height)
+            try:
+                return rle_mask(item.meta["coco"], width, height)
+            except Exception as e:  # pycocotools raises TypeError, ValueError, Exception... for a damaged one
+                raise BenchmarkDataError(f"{item.meta['file']}: query {item.id}: cannot decode its segmentation "
+                                         f"({type(e).__name__}: {e})") from e
         if item.meta.get("hw"):
             height, width = item.meta["hw"]
         elif item.images[0].is_file():

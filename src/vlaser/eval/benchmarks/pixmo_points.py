@@ -121,14 +121,15 @@ class PixmoPoints(VlaserPointJSONL):
             raise BenchmarkDataError(f"{data_dir}: the vlaser protocol reads Vlaser's JSONL; for the HF parquet "
                                      "use --protocol molmo")
         path = self.annotation(data_dir)
-        rows = self.read_lines(path)
+        damaged: list[Item] = []
+        rows = self.read_lines(path, damaged)
         table = official_ground_truth(rows)
         items = self.items_from(data_dir, path, rows)
         for item in items:
             row, expression = item.meta["row"], item.meta["expression"]
             points, line = table.get((os.path.basename(row["image"]), expression), (None, None))
             item.meta.update(gt=points, gt_line=line, own_gt=line_ground_truth(row, expression))
-        return items
+        return items + damaged
 
     def prompt(self, item: Item, style: str) -> str:
         """Vlaser's referring question; with the molmo protocol, ``--prompt official`` asks Molmo's way."""
@@ -163,11 +164,27 @@ class PixmoPoints(VlaserPointJSONL):
         width, height = image_size(item.images[0])
         return [(x / 1000 * width, y / 1000 * height) for x, y in grid_points]
 
+    def masks(self, item: Item) -> list[np.ndarray]:
+        """The molmo item's ground-truth masks (its parquet ``masks`` cell), each ``(H, W)`` bool, one per point; a
+        damaged cell is a ``BenchmarkDataError`` naming the file and row (the item is then left out of the score)."""
+        where = f"{item.meta['parquet']} row {item.meta['row_in_file']}"
+        try:
+            masks = [np.asarray(m, dtype=bool) for m in
+                     row_column(Path(item.meta["parquet"]), item.meta["row_in_file"], "masks") or []]
+        except Exception as e:  # pyarrow and numpy raise several types for a damaged or ragged cell
+            raise BenchmarkDataError(f"{where}: cannot read its 'masks' cell: {e}") from e
+        shapes = [m.shape for m in masks]
+        if any(m.ndim != 2 or m.shape != shapes[0] for m in masks):
+            raise BenchmarkDataError(f"{where}: 'masks' must be 2-D masks of one size, got shapes {shapes}")
+        if item.meta["points"] and len(masks) != len(item.meta["points"]):
+            raise BenchmarkDataError(f"{where}: {len(item.meta['points'])} point(s) but {len(masks)} mask(s); "
+                                     "Molmo's scorer needs one mask per point")
+        return masks
+
     def gt_mask(self, item: Item):
         if self.protocol == "vlaser":
             return None
-        cells = row_column(Path(item.meta["parquet"]), item.meta["row_in_file"], "masks") or []
-        masks = [np.asarray(m, dtype=bool) for m in cells]
+        masks = self.masks(item)
         return np.logical_or.reduce(masks).astype(np.float64) if masks else None
 
     def gt_points(self, item: Item) -> list[tuple[float, float]]:
@@ -176,8 +193,7 @@ class PixmoPoints(VlaserPointJSONL):
         return self._to_pixels(item, self.ground_truth(item)[0] or [])
 
     def _score_molmo(self, item: Item, response: str) -> Score:
-        cells = row_column(Path(item.meta["parquet"]), item.meta["row_in_file"], "masks") or []
-        masks = [np.asarray(m, dtype=bool) for m in cells]
+        masks = self.masks(item)
         if masks:
             height, width = masks[0].shape
         else:

@@ -317,14 +317,16 @@ class VLABench(Benchmark):
         gt_path = folder / "output" / "operation_sequence.json"
         try:
             instruction = instruction_path.read_text(encoding="utf-8")
-            gt = json.loads(gt_path.read_text(encoding="utf-8"))
+            raw = gt_path.read_bytes()
         except OSError as e:
             raise BenchmarkDataError(f"{folder}: {e}") from e
+        try:  # a damaged (cut, not UTF-8) file leaves this one item out, named; a wrong shape stops the load
+            gt, damage = json.loads(raw.decode("utf-8")), None
         except ValueError as e:
-            raise BenchmarkDataError(f"{gt_path}: not JSON ({e})") from e
+            gt, damage = None, f"{gt_path}: not JSON ({e})"
         sequence = gt.get("skill_sequence") if isinstance(gt, dict) else None
         error = "no 'skill_sequence' list" if not isinstance(sequence, list) else shape_error(sequence)
-        if error:
+        if error and not damage:
             raise BenchmarkDataError(f"{gt_path}: {error}")
         if IMAGE_PLACEHOLDER in instruction:
             raise BenchmarkDataError(f"{instruction_path}: holds {IMAGE_PLACEHOLDER}, which places pictures")
@@ -332,7 +334,8 @@ class VLABench(Benchmark):
                     official_prompt=render_prompt(self.pre_prompt, instruction, self.cot),
                     images=[folder / "input" / "input.png", folder / "input" / "input_mask.png"], group=dimension,
                     meta={"task": task, "skill_sequence": sequence,
-                          "dependency": SEQ_INDEPENDENT if task in SEQ_INDEPENDENT_TASKS else SEQUENTIAL})
+                          "dependency": SEQ_INDEPENDENT if task in SEQ_INDEPENDENT_TASKS else SEQUENTIAL},
+                    gt_error=damage)
 
     def score(self, item: Item, response: str) -> Score:
         zeros = dict.fromkeys(METRICS, 0)

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score, check_prompt_style
+from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score, check_prompt_style, keep_damaged_lines
 from vlaser.jsonl import read_jsonl
 from vlaser.points import referring_point_question
 
@@ -81,10 +81,11 @@ class VlaserPointJSONL(Benchmark):
     def annotation(self, data_dir: Path) -> Path:
         return find_annotation(data_dir, self.annotation_names, self.options.get("annotation"))
 
-    def read_lines(self, path: Path) -> list[tuple[int, dict]]:
-        """``(1-based line number, record)`` for every non-blank line; a bad line raises naming it."""
+    def read_lines(self, path: Path, damaged: list[Item]) -> list[tuple[int, dict]]:
+        """``(1-based line number, record)`` for every non-blank line; a line that is not JSON joins ``damaged``
+        (named and counted, never asked), a JSON line of the wrong shape raises naming it."""
         rows = []
-        for number, row in read_jsonl(path):
+        for number, row in read_jsonl(path, on_error=keep_damaged_lines(damaged, path)):
             try:
                 if not isinstance(row, dict) or not isinstance(row["image"], str):
                     raise TypeError("a line must be an object with an 'image' string")
@@ -97,7 +98,8 @@ class VlaserPointJSONL(Benchmark):
 
     def load(self, data_dir: Path) -> list[Item]:
         path = self.annotation(data_dir)
-        return self.items_from(data_dir, path, self.read_lines(path))
+        damaged: list[Item] = []
+        return self.items_from(data_dir, path, self.read_lines(path, damaged)) + damaged
 
     def items_from(self, data_dir: Path, path: Path, rows: list[tuple[int, dict]]) -> list[Item]:
         """One item per human turn with a ``<ref>``, in file order (the evaluators' dataset order)."""

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlaser.eval.benchmark import VLASER_EXAMPLE, Benchmark, BenchmarkDataError, EvalProtocol, Item, Score
+from vlaser.eval.benchmark import (
+    VLASER_EXAMPLE,
+    Benchmark,
+    BenchmarkDataError,
+    EvalProtocol,
+    Item,
+    Score,
+    keep_damaged_lines,
+)
 from vlaser.eval.masks import image_size, robopoint_mean_score
 from vlaser.eval.parquet import find_parquet, image_file, iter_rows
 from vlaser.jsonl import read_jsonl
@@ -40,7 +48,8 @@ class Where2Place(Benchmark):
             raise BenchmarkDataError(f"{questions} not found (expected RoboPoint's where2place layout or "
                                      "FlagEval's parquet)")
         items = []
-        for number, row in read_jsonl(questions):
+        # a damaged line stays an unreadable item (named, counted, left out); the masks still go by position
+        for number, row in read_jsonl(questions, on_error=keep_damaged_lines(items, questions)):
             index = number - 1  # masks/NN.jpg goes by the line's position in the file
             try:
                 text, image = row["text"], data_dir / "images" / row["image"]

@@ -1,15 +1,17 @@
 """Training samples for a chunked action policy: at every frame, the camera images, the normalised proprio, and
 the next ``chunk_size`` normalised actions.
 
-A chunk that runs past its episode's end repeats the last action and marks those steps False in
-``action_mask``, so the loss can skip them. Truncated episodes (see ``LeRobotDataset.truncated``) are left
+A chunk that runs past its episode's end repeats the last action; ``padded_actions="mask"`` marks those steps
+False in ``action_mask``, so the loss skips them, and ``"repeat"`` (the release, Octo's ``chunk_act_obs``) keeps
+them True, so the loss trains on the repeated action. ``augment`` (e.g. ``ImageAugmentation``) changes every
+served frame (training only). Truncated episodes (see ``LeRobotDataset.truncated``) are left
 out, and counted in ``skipped`` and in a logged warning.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ from vlaser.vla.data.lerobot import LeRobotDataset
 from vlaser.vla.data.normalize import Normalizer
 
 log = logging.getLogger(__name__)
+PADDED_ACTIONS = ("mask", "repeat")
 
 
 def chunk_indices(t: int, length: int, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,9 +39,13 @@ class ActionChunkDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset: LeRobotDataset, chunk_size: int, normalizer: Normalizer,
                  cameras: Sequence[str] | None = None, state_key: str = "observation.state",
-                 action_key: str = "action") -> None:
+                 action_key: str = "action", padded_actions: str = "mask",
+                 augment: Callable[[Image.Image], Image.Image] | None = None) -> None:
         if chunk_size < 1:
             raise UserInputError(f"chunk_size must be at least 1, got {chunk_size}")
+        if padded_actions not in PADDED_ACTIONS:
+            raise UserInputError(f"padded_actions must be one of {PADDED_ACTIONS}, got {padded_actions!r}")
+        self.padded_actions, self.augment = padded_actions, augment
         for key in (state_key, action_key):
             if key not in dataset.features:
                 raise UserInputError(f"{dataset.root}: no feature {key!r} (features: {', '.join(dataset.features)})")
@@ -74,6 +81,10 @@ class ActionChunkDataset(torch.utils.data.Dataset):
         actions = episode[self.action_key]
         steps, mask = chunk_indices(t, len(actions), self.chunk_size)
         images = [Image.fromarray(self.dataset.camera_frame(episode_index, t, key)) for key in self.cameras]
+        if self.augment is not None:
+            images = [self.augment(image) for image in images]
+        if self.padded_actions == "repeat":
+            mask = np.ones_like(mask)
         return {"images": images,
                 "state": torch.as_tensor(np.asarray(episode[self.state_key][t], dtype=np.float32)),
                 "actions": torch.as_tensor(np.asarray(actions[steps], dtype=np.float32)),

@@ -2,17 +2,22 @@
 
 Every metadata and data file is read, every video's frame times are read (no decoding) and each episode's
 first image of every image feature is decoded, so a missing or malformed file fails here with its name, and
-truncated episodes are counted.
+truncated episodes are counted. A dataset whose robot type names Bridge or Fractal is checked against the Octo
+conventions the release trained on (``conventions.py``); what is off is a warning in the summary and the log.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlaser.vla.data.conventions import ConventionCheck, check_conventions
 from vlaser.vla.data.lerobot import LeRobotDataset
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,6 +35,8 @@ class DatasetSummary:
     cameras: dict[str, dict[str, Any]]
     tasks: list[str]
     truncated: list[dict[str, Any]]
+    #: ``{"robot": "bridge" | "fractal" | None, "problems": [...]}``: the Octo conventions check
+    conventions: dict[str, Any] = field(default_factory=lambda: {"robot": None, "problems": []})
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``--json``)."""
@@ -52,6 +59,7 @@ class DatasetSummary:
         lines.append(f"  truncated episodes: {len(self.truncated)}")
         lines += [f"    episode {t['episode']}: {t['file']} has {t['found']} of its {t['expected']} frames"
                   for t in self.truncated]
+        lines += ConventionCheck(**self.conventions).render(self.robot_type)
         return "\n".join(lines)
 
 
@@ -64,6 +72,9 @@ def inspect_dataset(root: str | Path) -> DatasetSummary:
         if episode.index not in truncated_episodes and episode.length:
             for key in image_keys:
                 dataset.camera_frame(episode.index, 0, key)
+    check = check_conventions(dataset)
+    for problem in check.problems:
+        log.warning("%s (%s): %s", dataset.root, check.robot, problem)
     cameras = {k: {"dtype": dataset.features[k]["dtype"], "shape": dataset.features[k]["shape"],
                    "codec": dataset.features[k].get("info", {}).get("video.codec")} for k in dataset.cameras}
     return DatasetSummary(
@@ -73,4 +84,5 @@ def inspect_dataset(root: str | Path) -> DatasetSummary:
         features={k: {"dtype": f["dtype"], "shape": f["shape"]} for k, f in dataset.features.items()},
         cameras=cameras, tasks=list(dataset.tasks),
         truncated=[{"episode": t.episode, "file": str(t.path), "expected": t.expected, "found": t.found}
-                   for t in dataset.truncated])
+                   for t in dataset.truncated],
+        conventions=dataclasses.asdict(check))
