@@ -191,10 +191,13 @@ def _policy(args: VLATrainArguments, config: VLAConfig) -> VLAPolicy:
     return VLAPolicy.from_vlm(source, config, seed=args.seed)
 
 
-def _dataset(args: VLATrainArguments, data, config: VLAConfig):
-    """The LeRobot v3.0 dataset as action chunks, and its normaliser's statistics."""
-    from vlaser.vla.data import ActionChunkDataset, Normalizer
+def _dataset(args: VLATrainArguments, config: VLAConfig, data=None):
+    """The LeRobot v3.0 dataset (``data``, or the one at ``args.dataset``) as action chunks, and its normaliser's
+    statistics."""
+    from vlaser.vla.data import ActionChunkDataset, LeRobotDataset, Normalizer
     from vlaser.vla.data.augment import ImageAugmentation
+
+    data = LeRobotDataset(args.dataset) if data is None else data
 
     normalizer = Normalizer(data.stats, mode=args.normalization, gripper_dims=args.gripper_dims)
     chunks = ActionChunkDataset(data, config.chunk_size, normalizer, cameras=args.cameras,
@@ -233,7 +236,7 @@ def train_vla(args: VLATrainArguments | dict[str, Any], dataset=None, norm_stats
         data = LeRobotDataset(args.dataset)
     policy = _policy(args, _checked_config(args, data))
     if data is not None:
-        dataset, norm_stats = _dataset(args, data, policy.config)
+        dataset, norm_stats = _dataset(args, policy.config, data)
     _freeze(policy, args)
     trainer = VLATrainer(model=policy.model, args=args, train_dataset=dataset, data_collator=policy.collator,
                          callbacks=callbacks, expert_learning_rate=args.expert_learning_rate)
