@@ -53,7 +53,7 @@ def test_optimizer_groups_backbone_and_expert_rates(tiny_original, demos, tmp_pa
     policy = VLAPolicy.from_vlm(tiny_original, args.vla_config())
     for p in policy.model.vlm.model.vision_tower.parameters():
         p.requires_grad = False
-    trainer = VLATrainer(model=policy.model, args=args.training_arguments(), expert_learning_rate=3e-3)
+    trainer = VLATrainer(model=policy.model, args=args, expert_learning_rate=3e-3)  # TrainingArguments
     optimizer = trainer.create_optimizer()
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     named = dict(policy.model.named_parameters())

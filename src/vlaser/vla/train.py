@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 EXPERT_PREFIX = "expert."
 
 
-def _help(name: str, value, text: str | None = None):
+def _release_default(name: str, value, text: str | None = None):
     """A ``TrainingArguments`` field with the VLA's default (the release's) and the Trainer's help."""
     base = TrainingArguments.__dataclass_fields__[name].metadata
     return field(default=value, metadata={**base, **({"help": text} if text else {})})
@@ -67,14 +67,15 @@ class VLATrainArguments(TrainingArguments):
     padded_actions: str = field(default="mask", metadata={
         "help": "chunk steps past an episode's end: mask (no loss) or repeat (the release's)",
         "choices": ("mask", "repeat")})
-    learning_rate: float = _help("learning_rate", 5e-5, "the backbone's learning rate")
-    warmup_steps: float = _help("warmup_steps", 200)
-    lr_scheduler_type: SchedulerType | str = _help("lr_scheduler_type", "constant_with_warmup")
-    num_train_epochs: float = _help("num_train_epochs", 1.0)
-    logging_steps: float = _help("logging_steps", 10)
-    seed: int = _help("seed", 0)
-    disable_tqdm: bool | None = _help("disable_tqdm", False)
-    remove_unused_columns: bool = _help("remove_unused_columns", False, "keep False: the collator reads every column")
+    learning_rate: float = _release_default("learning_rate", 5e-5, "the backbone's learning rate")
+    warmup_steps: float = _release_default("warmup_steps", 200)
+    lr_scheduler_type: SchedulerType | str = _release_default("lr_scheduler_type", "constant_with_warmup")
+    num_train_epochs: float = _release_default("num_train_epochs", 1.0)
+    logging_steps: float = _release_default("logging_steps", 10)
+    seed: int = _release_default("seed", 0)
+    disable_tqdm: bool | None = _release_default("disable_tqdm", False)
+    remove_unused_columns: bool = _release_default("remove_unused_columns", False,
+                                                   "keep False: the collator reads every column")
 
     def __post_init__(self) -> None:
         self.config = _json_object(self.config, "config") or {}
@@ -104,10 +105,6 @@ class VLATrainArguments(TrainingArguments):
 
     def vla_config(self) -> VLAConfig:
         return preset(self.preset, **self.config)
-
-    def training_arguments(self) -> TrainingArguments:
-        """The Trainer's arguments: these (they are ``TrainingArguments``)."""
-        return self
 
 
 def _json_object(value, name: str) -> dict | None:
