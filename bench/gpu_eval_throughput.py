@@ -1,28 +1,26 @@
 """Evaluation throughput of the real InternVL3-2B architecture (random weights): `batch_chat` at batch 32 against
 a loop of batch-1 `model.chat` calls, the way a benchmark is asked.
 
-For a lent GPU (the device tool): bf16; --items questions, each about one image tiled by `load_image` (--max-num;
-the images' sizes vary, so items have different tile counts and prompt lengths, as in a benchmark). Both paths
-generate exactly --new-tokens tokens (min_new_tokens = max_new_tokens), greedily, and are timed on the model
-only (tiles are made before timing). Prints items/s of each, the speed-up, and how many answers are identical:
-random weights make near-ties, where a batched bf16 kernel may pick another token, so `--dtype float32` is the
-check that the two paths agree. The bench tokenizer knows fewer tokens than the real vocabulary; the others
-are suppressed, so every answer decodes to text that can be compared.
-`--engine` also runs the continuous-batching Engine (max_batch_size --batch-size) twice: as is, and with a static
-KV cache (static_capacity: the longest prompt plus --new-tokens) and, on CUDA, a CUDA graph per batch bucket;
-each prints items/s and ms per decode step (all running rows, one token each). The Engine knows no logits
-processor, so with the bench tokenizer its answers may hold ids the tokenizer skips: they are compared with each
-other, not with batch_chat.
-`--tiny` runs the same code path with the tiny test model on the CPU, to check the script itself.
-Usage: python bench/gpu_eval_throughput.py [--items 64] [--batch-size 32] [--new-tokens 32] [--max-num 6] [--engine]
-"""
+For a lent GPU (the device tool): bf16, the model made on the device (no CPU init); --items questions, each about
+one image tiled by `load_image` (--max-num; the images' sizes vary, so items have different tile counts and prompt
+lengths, as in a benchmark). Both paths generate exactly --new-tokens tokens (min_new_tokens = max_new_tokens),
+greedily, and are timed on the model only (tiles are made before timing). Prints items/s of each, the speed-up, and
+how many answers are identical: random weights make near-ties, where a batched bf16 kernel may pick another token,
+so `--dtype float32` is the check that the two paths agree. The bench tokenizer knows fewer tokens than the real
+vocabulary; the others are suppressed, so every answer decodes to text that can be compared. `--engine` also runs
+the continuous-batching Engine (max_batch_size --batch-size) twice: as is, and with a static KV cache
+(static_capacity: the longest prompt plus --new-tokens) and, on CUDA, a CUDA graph per batch bucket; each prints
+items/s and ms per decode step (all running rows, one token each). The Engine knows no logits processor, so with the
+bench tokenizer its answers may hold ids the tokenizer skips: they are compared with each other, not with
+batch_chat. `--tiny` runs the same code path with the tiny test model on the CPU, to check the script itself. Usage:
+python bench/gpu_eval_throughput.py [--items 64] [--batch-size 32] [--new-tokens 32] [--max-num 6] [--engine] """
 
 import argparse
 import time
 
 import numpy as np
 import torch
-from gpu_train_throughput import internvl3_2b_config
+from gpu_train_throughput import build as build_on_device
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -39,11 +37,14 @@ SIZES = [(1920, 1080), (640, 480), (1000, 1000), (800, 1200), (1280, 720), (500,
 
 
 def build(tiny: bool, device: str, dtype: torch.dtype):
-    """The model (tiny, or InternVL3-2B's shapes) with random weights, and the bench tokenizer (the tiny model's
-    vocabulary is made larger than it too, so the suppression is checked as well)."""
+    """The model (tiny, or InternVL3-2B's shapes made on the device) with random weights, and the bench tokenizer
+    (the tiny model's vocabulary is made larger than it too, so the suppression is checked as well)."""
     tok = tiny_tokenizer()
-    config = tiny_original_config(len(tok) + 64) if tiny else internvl3_2b_config()
-    model = InternVLChat(build_hf_config(original_to_hf_config(config, tok.convert_tokens_to_ids("<IMG_CONTEXT>"))))
+    image_token_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+    if not tiny:
+        return build_on_device("2b", device, dtype, image_token_id).eval(), tok
+    config = tiny_original_config(len(tok) + 64)
+    model = InternVLChat(build_hf_config(original_to_hf_config(config, image_token_id)))
     randomize_(model, 0)
     return model.to(device=device, dtype=dtype).eval(), tok
 
@@ -91,8 +92,8 @@ def run_engine(model, tok, work, args, device: str, static: bool) -> tuple[float
                 for t, q in work]
     params = GenerationParams(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
     capacity = max(len(tok(p.prompt)["input_ids"]) for p in prepared) + args.new_tokens
-    engine = Engine(model, tok, max_batch_size=args.batch_size, static_capacity=capacity if static else None,
-                    cuda_graphs=static and device == "cuda")
+    engine = Engine(model, tok, max_batch_size=args.batch_size, max_batch_tokens=args.batch_size * capacity,
+                    static_capacity=capacity if static else None, cuda_graphs=static and device == "cuda")
     engine.generate(prepared[:2], params)
     steps, decode = [], engine._decode
 

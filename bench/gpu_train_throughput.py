@@ -58,11 +58,11 @@ def init_on_device_(model: torch.nn.Module, seed: int = 0) -> None:
             p.normal_(0.0, 0.02)
 
 
-def build(size: str, device: str, dtype: torch.dtype) -> InternVLChat:
+def build(size: str, device: str, dtype: torch.dtype, image_token_id: int = 3) -> InternVLChat:
     """The model of ``size`` (tiny, 2b, 8b) created directly on ``device`` in ``dtype``."""
     config = {"tiny": lambda: tiny_original_config(vocab_size=610), "2b": internvl3_2b_config,
               "8b": internvl3_8b_config}[size]()
-    hf_config = build_hf_config(original_to_hf_config(config, image_token_id=3))
+    hf_config = build_hf_config(original_to_hf_config(config, image_token_id=image_token_id))
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -113,6 +113,43 @@ def flops_per_step(model, tokens: int, tiles: int, seq_lens: list[int]) -> float
     return 6 * n_llm * tokens + 6 * n_vit * patches * tiles + attn_llm + attn_vit
 
 
+def packed_batch(model, tokens: int, tiles: int, samples_per_row: int, device: str, dtype: torch.dtype,
+                 boundaries: str = "batch") -> tuple[dict, list[int]]:
+    """One packed row of ``tokens`` tokens (``tiles`` tiles of image tokens first), ``samples_per_row`` samples,
+    the same for every call (seeded), and the samples' lengths."""
+    size = model.config.vision_config.image_size[0]
+    seq_lens = [tokens // samples_per_row] * samples_per_row
+    torch.manual_seed(0)  # the same batch for every --loss, so the printed losses compare
+    ids = torch.randint(10, model.config.text_config.vocab_size, (1, tokens), device=device)
+    ids[0, : tiles * model.config.image_seq_length] = model.config.image_token_id  # the rows' image tokens
+    positions = torch.cat([torch.arange(n) for n in seq_lens]).to(device)[None]
+    batch = dict(input_ids=ids, labels=ids.clone(), position_ids=positions,
+                 loss_weight=torch.rand(1, tokens, device=device),
+                 pixel_values=torch.randn(tiles, 3, size, size, device=device, dtype=dtype),
+                 image_flags=torch.ones(tiles, dtype=torch.long, device=device))
+    if boundaries == "batch":
+        bounds = sample_boundaries([seq_lens], tokens)
+        batch |= {k: v.to(device) if torch.is_tensor(v) else v for k, v in bounds.items()}
+    return batch, seq_lens
+
+
+def train_steps(model, batch: dict, loss_impl: str, steps: int, device: str) -> tuple[list[float], list[float]]:
+    """Seconds and loss of each of ``steps`` optimizer steps (fused AdamW on CUDA, states in the params' dtype)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
+    times, losses = [], []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        loss = model(**batch, loss_impl=loss_impl).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    return times, losses
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", choices=["2b", "8b"], default="2b")
@@ -135,32 +172,9 @@ def main() -> None:
     if args.compile:
         compile_decoder_layers(model)
     print("language-model attention:", use_packed_attention(model))
-    size = model.config.vision_config.image_size[0]
-    per_tile = model.config.image_seq_length
-    seq_lens = [args.tokens // args.samples_per_row] * args.samples_per_row
-    torch.manual_seed(0)  # the same batch for every --loss, so the printed losses compare
-    ids = torch.randint(10, model.config.text_config.vocab_size, (1, args.tokens), device=device)
-    ids[0, : args.tiles * per_tile] = model.config.image_token_id  # the rows' image tokens
-    positions = torch.cat([torch.arange(n) for n in seq_lens]).to(device)[None]
-    batch = dict(input_ids=ids, labels=ids.clone(), position_ids=positions,
-                 loss_weight=torch.rand(1, args.tokens, device=device),
-                 pixel_values=torch.randn(args.tiles, 3, size, size, device=device, dtype=dtype),
-                 image_flags=torch.ones(args.tiles, dtype=torch.long, device=device))
-    if args.boundaries == "batch":
-        bounds = sample_boundaries([seq_lens], args.tokens)
-        batch |= {k: v.to(device) if torch.is_tensor(v) else v for k, v in bounds.items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")  # states in the params' dtype
-    times, losses = [], []
-    for _ in range(args.steps):
-        _sync(device)
-        start = time.perf_counter()
-        loss = model(**batch, loss_impl=args.loss).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-        losses.append(loss.item())
+    batch, seq_lens = packed_batch(model, args.tokens, args.tiles, args.samples_per_row, device, dtype,
+                                   args.boundaries)
+    times, losses = train_steps(model, batch, args.loss, args.steps, device)
     t = sorted(times[1:])[len(times[1:]) // 2]  # median after warm-up
     flops = flops_per_step(model, args.tokens, args.tiles, seq_lens)
     share = loss_seconds(model, batch, args.loss, device) / t

@@ -172,7 +172,7 @@ def test_chunked_loss_trains_like_the_plain_one(tiny_original, dataset, monkeypa
     else:
         batches = [SFTCollator(pad)(samples[i:i + 2]) for i in range(0, len(samples), 2)]
     plain = _twenty_steps(tiny_original, batches, reduction, "plain")
-    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 7 * 1000)  # a few tokens per chunk: many chunks per row
+    monkeypatch.setattr(loss_module, "CHUNK_TOKENS", 11)  # a few tokens per chunk: many chunks per row
     chunked = _twenty_steps(tiny_original, batches, reduction, "chunked")
     assert plain[-1, 0] < plain[0, 0]  # it trains
     torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=0)
@@ -335,3 +335,43 @@ def test_cuda_varlen_kernel_matches_per_sample_sdpa():
     torch.testing.assert_close(fast, slow, atol=2e-3, rtol=1.6e-2)
     for a, b in zip(fast_grads, slow_grads):
         torch.testing.assert_close(a, b, atol=2e-2, rtol=1.6e-2)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 3, 7, 13, 43, 44, 1000, None])
+def test_the_chunked_loss_cuts_chunks_of_the_tokens_asked_and_equals_the_plain_one(monkeypatch, chunk_tokens):
+    """43 supervised tokens (of 2 rows x 25, some ignored) in chunks of the size asked (the last one shorter), or
+    of ``CHUNK_TOKENS`` by default; loss and both gradients equal the plain loss's within 1e-5."""
+    import torch.utils.checkpoint
+
+    from vlaser.model import loss as loss_module
+    from vlaser.model.loss import chunked_lm_loss, weighted_lm_loss
+
+    gen = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(50, 16, generator=gen))
+    hidden = torch.randn(2, 25, 16, generator=gen, dtype=torch.float32).requires_grad_()
+    labels = torch.randint(0, 50, (2, 25), generator=gen)
+    labels[0, :3] = labels[1, 10:13] = IGNORE_INDEX  # 48 predicted positions (labels 1..24), 5 ignored
+    weights = torch.rand(2, 25, generator=gen)
+    chunks, real = [], torch.utils.checkpoint.checkpoint
+
+    def counting(fn, head, hidden, *args, **kwargs):
+        chunks.append(hidden.shape[0])
+        return real(fn, head, hidden, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+    monkeypatch.setattr(loss_module, "CHUNK_TOKENS", 5)
+    chunked = chunked_lm_loss(head, hidden, labels, "sample", weights, chunk_tokens=chunk_tokens)
+    size = chunk_tokens or 5
+    assert chunks == [size] * (43 // size) + ([43 % size] if 43 % size else [])
+    chunked.backward()
+    grads = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad = head.weight.grad = None
+    plain = weighted_lm_loss(head(hidden), labels, "sample", weights)
+    plain.backward()
+    torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=0)
+    for got, want in zip(grads, (hidden.grad, head.weight.grad)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="need chunk_tokens >= 1, got 0"):
+        chunked_lm_loss(head, hidden, labels, chunk_tokens=0)

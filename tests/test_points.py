@@ -4,6 +4,9 @@ import re
 
 import numpy as np
 import pytest
+
+pytest.importorskip("hypothesis", reason="property tests need hypothesis (pip install 'vlaser[dev]')")
+
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("hypothesis", reason="property tests need hypothesis (pip install 'vlaser[dev]')")
+
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -25,6 +25,10 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+pytest.importorskip("fastapi", reason="the server's tests need fastapi (pip install 'vlaser[serve]')")
+pytest.importorskip("uvicorn", reason="the server's tests need uvicorn (pip install 'vlaser[serve]')")
+
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image

@@ -8,6 +8,9 @@ from concurrent.futures import Future
 from types import SimpleNamespace
 
 import pytest
+
+pytest.importorskip("hypothesis", reason="property tests need hypothesis (pip install 'vlaser[dev]')")
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.generation.streamers import BaseStreamer

@@ -8,6 +8,9 @@ import json
 from dataclasses import replace
 
 import pytest
+
+pytest.importorskip("hypothesis", reason="property tests need hypothesis (pip install 'vlaser[dev]')")
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image

@@ -13,6 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("fastapi", reason="the server's tests need fastapi (pip install 'vlaser[serve]')")
+pytest.importorskip("uvicorn", reason="the server's tests need uvicorn (pip install 'vlaser[serve]')")
+
 import torch
 import uvicorn
 from fastapi import FastAPI, Request

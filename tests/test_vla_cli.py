@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
+pytest.importorskip("fastapi", reason="the server's tests need fastapi (pip install 'vlaser[serve]')")
+
 from fastapi.testclient import TestClient
 
 from vlaser.cli import build_parser, main

@@ -377,3 +377,35 @@ def test_overfits_eight_chunks(tiny_original, capsys):
     with capsys.disabled():
         print(f"\noverfit: mean |a - a*| = {err:.4f} after {step} steps, {time.perf_counter() - start:.1f} s")
     assert err <= 0.08
+
+
+def test_the_backbone_loads_with_an_attention_that_applies_the_block_mask(tiny_original, monkeypatch, tmp_path):
+    """Where ``flash_attn`` is installed ``load_model`` picks flash_attention_2, which ignores the 4-D block mask;
+    the policy loads its backbone with SDPA whatever the availability check says, fresh or saved."""
+    from vlaser.model import loading
+
+    monkeypatch.setattr(loading, "_attn_implementation", lambda device: "flash_attention_2")  # flash_attn found
+    policy = VLAPolicy.from_vlm(tiny_original, preset("tiny"), seed=0)
+    assert policy.model.vlm.config.text_config._attn_implementation == "sdpa"
+    policy.save_pretrained(tmp_path / "p")
+    assert VLAPolicy.from_pretrained(tmp_path / "p").model.vlm.config.text_config._attn_implementation == "sdpa"
+
+
+def test_a_flash_attention_backbone_is_switched_to_sdpa_with_one_logged_line(tiny_original, caplog):
+    import logging
+
+    import vlaser
+    from vlaser.vla.model import VLAModel
+
+    vlm, _ = vlaser.load_model(tiny_original, dtype=torch.float32, device="cpu")
+    vlm.config.text_config._attn_implementation = "flash_attention_2"  # as if loaded with it
+    with caplog.at_level(logging.WARNING, logger="vlaser.vla.model"):
+        model = VLAModel(vlm, preset("tiny"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "VLA backbone: flash_attention_2 ignores the joint attention's 4-D block mask; its language model runs on "
+        "sdpa instead"]
+    assert model.language_model.layers[0].self_attn.config._attn_implementation == "sdpa"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vlaser.vla.model"):
+        VLAModel(vlm, preset("tiny"))
+    assert not caplog.records  # sdpa already: nothing to say

@@ -15,6 +15,9 @@ import time
 
 import numpy as np
 import pytest
+
+pytest.importorskip("fastapi", reason="the server's tests need fastapi (pip install 'vlaser[serve]')")
+
 from fastapi.testclient import TestClient
 from PIL import Image
 

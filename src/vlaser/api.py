@@ -106,9 +106,14 @@ class VLM:
             made.append((size, tiles))
             if not picture.frame:
                 name = os.fspath(picture.source) if isinstance(picture.source, (str, os.PathLike)) else f"{i + 1}"
-                log.info("image %s: %dx%d -> %s (max_num %d)", name, *size, self._tiles_text(tiles.shape[0]), limit)
+                log.info("%s", self.tiling_note(name, size, tiles.shape[0], limit))
         return Media(torch.cat([t for _, t in made]) if made else None, [t.shape[0] for _, t in made],
                      [size for size, _ in made], pictures)
+
+    def tiling_note(self, name: str, size: tuple[int, int], n_tiles: int, limit: int) -> str:
+        """How one image was cut, as ``-v`` logs it (``vlaser chat`` and each request of ``vlaser serve``):
+        ``"image NAME: WxH -> 6 tiles + thumbnail (max_num 12)"``."""
+        return f"image {name}: {size[0]}x{size[1]} -> {self._tiles_text(n_tiles)} (max_num {limit})"
 
     def _tiles_text(self, n: int) -> str:
         """``n`` tiles as the grid and thumbnail they are: ``"6 tiles + thumbnail"``."""

@@ -15,6 +15,7 @@ import os
 import sys
 import traceback
 
+import vlaser
 from vlaser.cli import chat, convert, data, eval, info, quickstart, serve, train, vla
 from vlaser.errors import VlaserError
 
@@ -30,11 +31,24 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed package's version, read only when asked (reading package metadata takes a
+    tenth of a second that every other command would pay)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"vlaser {vlaser.__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="vlaser", description="Run, convert, inspect and fine-tune InternVL3/Vlaser models."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    parser.add_argument("--version", action=_Version, help="print vlaser's version (its installed package's) and exit")
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error, user errors too")
     sub = parser.add_subparsers(dest="verb", required=True)
     for module in _VERBS.values():

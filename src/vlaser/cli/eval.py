@@ -6,9 +6,7 @@ from pathlib import Path
 
 from vlaser.cli.args import add_decode_options, at_least, decode_options
 from vlaser.errors import UserInputError
-from vlaser.eval.backends import ENGINES
-from vlaser.eval.benchmark import PROMPT_STYLES, REGISTRY
-from vlaser.eval.suite import IMPORTED, LAYOUTS
+from vlaser.eval.registry import ENGINES, IMPORTED, LAYOUTS, PROMPT_STYLES, REGISTRY
 
 
 def _options(pairs: list[str]) -> dict:

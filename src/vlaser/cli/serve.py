@@ -61,6 +61,7 @@ def run(args) -> int:
 
     uvicorn = require("uvicorn", "serve", "vlaser serve")
     require("fastapi", "serve", "vlaser serve")
+    require("fastapi_offline", "serve", "vlaser serve", package="fastapi-offline")
     if args.allow_local_media and not os.path.isdir(args.allow_local_media):
         raise UserInputError(f"--allow-local-media {args.allow_local_media}: not a folder")
     if args.max_tokens > args.max_tokens_cap:

@@ -93,7 +93,7 @@ def help_parser(prog: str) -> argparse.ArgumentParser:
     transformers' ``TrainingArguments`` (those whose default the VLA changes marked)."""
     from transformers import TrainingArguments
 
-    from vlaser.vla.train import VLATrainArguments, build_parser
+    from vlaser.vla.train_args import VLATrainArguments, build_parser
 
     full = build_parser(prog)
     base = {f.name: f for f in dataclasses.fields(TrainingArguments)}
@@ -121,9 +121,12 @@ def run(args) -> int:
         summary = inspect_dataset(args.path)
         print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.render())
     elif args.vla_verb == "train":
-        from vlaser.vla.train import parse_args, train_vla
+        from vlaser.vla.train_args import parse_args
 
-        out = train_vla(parse_args(args.passthrough))
+        train_args = parse_args(args.passthrough)
+        from vlaser.vla.train import train_vla
+
+        out = train_vla(train_args)
         print(f"saved the VLA policy to {out}")
     elif args.vla_verb == "convert":
         return vla_convert.run(args)

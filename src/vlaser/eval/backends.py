@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from vlaser.errors import ExternalServiceError
+from vlaser.eval.registry import ENGINES
 from vlaser.inference import Completion, GenerationParams, Picture, Request
 from vlaser.inference.engine import Engine
 from vlaser.inference.prepare import Pending, Preparer, place_tags
@@ -110,7 +111,6 @@ def _data_url(picture: Path | Image.Image) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-ENGINES = ("auto", "vllm", "lmdeploy", "vlaser", "openai")  #: ``--api-engine`` choices; ``auto`` asks the server
 LMDEPLOY_IMAGE_TOKEN = "<IMAGE_TOKEN>"  #: LMDeploy's image placeholder (``lmdeploy.vl.constants``)
 
 

@@ -16,10 +16,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vlaser.errors import UserInputError
+from vlaser.eval.registry import PROMPT_STYLES, REGISTRY
 from vlaser.model.template import FRAME_LINE
-
-#: ``--prompt``: vlaser's prompt (the seed's point prefix for pointing) or the benchmark's official one.
-PROMPT_STYLES = ("vlaser", "official")
 
 
 def check_prompt_style(style: str) -> str:
@@ -184,19 +182,6 @@ def mean_by(keys: list[str], scores: list[Score]) -> dict[str, dict[str, float]]
     return {key: {"score": sum(v) / len(v), "n": len(v)} for key, v in sorted(groups.items())}
 
 
-#: name -> "module:Class", imported on first use
-REGISTRY: dict[str, str] = {
-    "where2place": "vlaser.eval.benchmarks.where2place:Where2Place",
-    "point_bench": "vlaser.eval.benchmarks.point_bench:PointBench",
-    "refspatial": "vlaser.eval.benchmarks.refspatial:RefSpatial",
-    "pixmo_points": "vlaser.eval.benchmarks.pixmo_points:PixmoPoints",
-    "paco_lvis": "vlaser.eval.benchmarks.paco_lvis:PacoLvis",
-    "mmsi_bench": "vlaser.eval.benchmarks.mmsi_bench:MMSIBench",
-    "erqa": "vlaser.eval.benchmarks.erqa:ERQA",
-    "egoplan_bench2": "vlaser.eval.benchmarks.egoplan_bench2:EgoPlanBench2",
-    "vsi_bench": "vlaser.eval.benchmarks.vsi_bench:VSIBench",
-    "vlabench": "vlaser.eval.benchmarks.vlabench:VLABench",
-}
 
 
 def get_benchmark(name: str, protocol: str | None = None, **options) -> Benchmark:

@@ -2,8 +2,8 @@
 
 Data root ``DIR``: one folder per benchmark, ``DIR/where2place/``, ``DIR/point_bench/``, ``DIR/refspatial/``,
 ``DIR/pixmo_points/``, ``DIR/paco_lvis/``, ``DIR/mmsi_bench/``, ``DIR/erqa/``, ``DIR/egoplan_bench2/``,
-``DIR/vsi_bench/``, ``DIR/vlabench/`` (what each holds: :data:`LAYOUTS`); EmbodiedBench results are imported
-into ``OUT`` first. Layouts, resuming, failures and the outputs: ``docs/eval_suite.md``.
+``DIR/vsi_bench/``, ``DIR/vlabench/`` (what each holds: :data:`~vlaser.eval.registry.LAYOUTS`); EmbodiedBench
+results are imported into ``OUT`` first. Layouts, resuming, failures and the outputs: ``docs/eval_suite.md``.
 """
 
 from __future__ import annotations
@@ -16,29 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from vlaser.errors import UserInputError, VlaserError
-from vlaser.eval.benchmark import REGISTRY, get_benchmark
+from vlaser.eval.benchmark import get_benchmark
 from vlaser.eval.provenance import partial_note
+from vlaser.eval.registry import IMPORTED, LAYOUTS, REGISTRY
 from vlaser.eval.report import PAPER_COLUMNS, PAPER_TABLE_1
 
 log = logging.getLogger(__name__)
 
-#: what ``DIR/<name>/`` must hold, as said when the folder is absent
-LAYOUTS: dict[str, str] = {
-    "where2place": "RoboPoint's point_questions.jsonl + images/ + masks/, or FlagEval's Where2Place parquet",
-    "point_bench": "PointArena's data.json + images/<category>/ + masks/",
-    "paco_lvis": "Vlaser's PACO-LVIS JSONL (+ images), or PACO's paco_lvis_v1_*.json + images/",
-    "pixmo_points": "Vlaser's Pixmo-Points JSONL (+ images); molmo protocol: the pixmo-points-eval parquet + "
-                    "images/<sha256>.*",
-    "refspatial": "Location/, Placement/, Unseen/ with question.json + image/ + mask/, or the RefSpatial-Bench "
-                  "parquet splits",
-    "mmsi_bench": "MMSI_Bench.parquet",
-    "erqa": "the official erqa.tfrecord, or FlagEval's ERQA parquet",
-    "egoplan_bench2": "EgoPlan-Bench2.json + the Ego4D clips in videos/",
-    "vsi_bench": "VSI-Bench's test-*.parquet + <dataset>/<scene_name>.mp4",
-    "vlabench": "{Dimension}/{task}/example{N}/ folders of VLABench/vlm_evaluation_v1.0",
-}
-#: benchmarks whose results come from their own harness, imported into OUT beforehand
-IMPORTED: dict[str, str] = {"eb_alfred": "EB-ALFRED", "eb_habitat": "EB-Habitat"}
 #: settings a suite may override for every benchmark it runs (the runner's keyword arguments)
 OVERRIDES = ("prompt", "max_tiles", "max_new_tokens", "min_new_tokens", "frames")
 PAPER = "Vlaser (arXiv 2510.11027v2) Table 1"

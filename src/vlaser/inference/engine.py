@@ -29,6 +29,7 @@ from vlaser.errors import UserInputError
 from vlaser.inference.types import Completion, GenerationParams, Prepared
 from vlaser.model.chat import answer_decoder
 from vlaser.model.image_features import image_features, write_image_features
+from vlaser.model.rope import fixed_rotary, rotary_swapped
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,10 @@ class Engine:
     each row's own). Padding rows write and read position 0 of the scratch slot, so no real row sees them and no
     softmax row is empty. Prefill stays dynamic. ``cuda_graphs`` captures one graph per bucket on its first step
     (embedding, language model and ``lm_head``; sampling stays outside); it needs ``static_capacity`` and is
-    ignored, with one logged warning, off CUDA, so one configuration works on every machine.
+    ignored, with one logged warning, off CUDA, so one configuration works on every machine. The fixed-shape step
+    reads nothing back from the device: with a dynamic ``rope_scaling`` it runs on fixed rotary frequencies
+    (:func:`~vlaser.model.rope.fixed_rotary`), so ``static_capacity`` may not exceed ``max_position_embeddings``,
+    and its inputs go up from a pinned host buffer without blocking (on CUDA).
     """
 
     def __init__(self, model, tokenizer, max_batch_size: int = 8, max_batch_tokens: int = 16384,
@@ -151,7 +155,10 @@ class Engine:
         self._decoders: dict[bool, Callable[[list[int]], str]] = {}
         self._cache: SlotCache | None = None
         self.static_capacity, self.cuda_graphs = static_capacity, cuda_graphs
-        self._inputs: dict[int, torch.Tensor] = {}  #: bucket -> (3, bucket) ids, positions, slots on the device
+        #: the static step's rotary embedding (None: the model's own, fixed already), refusing too large a capacity
+        self._rotary = None if static_capacity is None else fixed_rotary(model.model.language_model, static_capacity)
+        #: bucket -> its (3, bucket) ids, positions, slots: on the device, and the host buffer they are staged in
+        self._inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  #: bucket -> graph, its logits
         self._pool = None  #: the graphs' shared memory pool
 
@@ -327,9 +334,11 @@ class Engine:
                              [row.length for row in rows] + [0] * pad,
                              [row.slot for row in rows] + [self.max_batch_size] * pad])
         if bucket not in self._inputs:
-            self._inputs[bucket] = torch.zeros(host.shape, dtype=torch.long, device=self.model.device)
-        inputs = self._inputs[bucket]
-        inputs.copy_(host)
+            self._inputs[bucket] = static_buffers(host.shape, self.model.device)
+        inputs, staged = self._inputs[bucket]
+        staged.copy_(host)
+        if staged is not inputs:  # the previous step's copy is done: its sampling read the logits back
+            inputs.copy_(staged, non_blocking=True)
         if not self.cuda_graphs:
             return self._static_step(inputs)[: len(rows)]
         if bucket not in self._graphs:
@@ -345,7 +354,8 @@ class Engine:
         self._cache.bind_rows(slots, positions[:, None], self.static_capacity)
         kv = torch.arange(self.static_capacity, device=inputs.device)
         allowed = (kv[None, :] <= positions[:, None])[:, None, None, :]
-        hidden = self._lm(self.model.get_input_embeddings()(ids[:, None]), positions[:, None], allowed)
+        with rotary_swapped(self.model.model.language_model, self._rotary):
+            hidden = self._lm(self.model.get_input_embeddings()(ids[:, None]), positions[:, None], allowed)
         return self.model.lm_head(hidden[:, -1])
 
     def _capture(self, inputs: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
@@ -452,6 +462,15 @@ def bucket_size(rows: int, max_batch_size: int) -> int:
     """The padded batch of a static decode step: the smallest power of two holding ``rows``, capped at
     ``max_batch_size`` (buckets 1, 2, 4, ..., max_batch_size), so few shapes (and graphs) ever exist."""
     return min(1 << (rows - 1).bit_length(), max_batch_size)
+
+
+def static_buffers(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A static step's input buffer on ``device`` and the host buffer its values are written to first: pinned
+    on CUDA, so the upload is an asynchronous copy (a pageable one blocks); on the CPU the same buffer."""
+    inputs = torch.zeros(shape, dtype=torch.long, device=device)
+    if inputs.device.type != "cuda":
+        return inputs, inputs
+    return inputs, torch.zeros(shape, dtype=torch.long, pin_memory=True)
 
 
 _warned: set[str] = set()

@@ -294,8 +294,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 def save_weights(state: dict[str, torch.Tensor], dst: Path, max_shard_size: str) -> None:
     from huggingface_hub import save_torch_state_dict
 
-    save_torch_state_dict({k: v.contiguous() for k, v in state.items()}, dst, max_shard_size=max_shard_size,
+    save_torch_state_dict({k: _own_storage(v) for k, v in state.items()}, dst, max_shard_size=max_shard_size,
                           metadata={"format": "pt"})
+
+
+def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` contiguous and alone in its storage: safetensors refuses a view of a larger one, which FSDP's
+    gathered full state holds (a tensor whose first dimension does not divide among the processes, such as the
+    ``(1, 1, C)`` class embedding, comes back as a view of its padded ``(world, 1, C)`` buffer)."""
+    tensor = tensor.contiguous()
+    return tensor if tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size() else tensor.clone()
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, to: str, max_shard_size: str = "5GB",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -52,6 +53,22 @@ def build_hf_config(config: dict) -> InternVLConfig:
     return InternVLConfig(**{k: v for k, v in config.items() if k not in drop})
 
 
+@contextlib.contextmanager
+def _weights_bar(show: bool):
+    """transformers' progress bars on while the weights load only when ``show``: progress is INFO, which the
+    command line shows with ``-v``. Turned back on afterwards (a download bar of the hub is worth seeing)."""
+    from transformers.utils import logging as hf_logging
+
+    hide = not show and hf_logging.is_progress_bar_enabled()
+    if hide:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hide:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(
     path: str | os.PathLike,
     dtype: str | torch.dtype | None = "auto",
@@ -66,6 +83,8 @@ def load_model(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"`` to spread over GPUs (needs accelerate);
             default: CUDA when available.
         attn_implementation: default SDPA, or flash-attention 2 on GPU when ``flash_attn`` is installed.
+
+    transformers' "Loading weights" bar shows only when this module's log is on at INFO (``vlaser -v``).
 
     The model is transformers' ``InternVLForConditionalGeneration`` with ``chat``/``batch_chat`` added;
     original-layout weights are mapped onto it in memory (no remote code, no conversion on disk). The
@@ -82,11 +101,12 @@ def load_model(
         state = normalize_hf_state_dict(read_state_dict(info.path))
     settings = ProcessorSettings.from_config(hf_dict, source=str(info.path / "config.json"))  # before the weights
     config_dtype = hf_dict.get("dtype") or hf_dict.get("torch_dtype")
-    model, loading = InternVLChat.from_pretrained(
-        None, config=build_hf_config(hf_dict), state_dict=state, dtype=resolve_dtype(dtype, config_dtype),
-        device_map=device, attn_implementation=attn_implementation or _attn_implementation(device),
-        output_loading_info=True,
-    )
+    with _weights_bar(log.isEnabledFor(logging.INFO)):
+        model, loading = InternVLChat.from_pretrained(
+            None, config=build_hf_config(hf_dict), state_dict=state, dtype=resolve_dtype(dtype, config_dtype),
+            device_map=device, attn_implementation=attn_implementation or _attn_implementation(device),
+            output_loading_info=True,
+        )
     gen_file = info.path / "generation_config.json"
     model.generation_config = (GenerationConfig.from_pretrained(str(info.path)) if gen_file.is_file()
                                else chat_generation_config(tokenizer, get_template(settings.template)))

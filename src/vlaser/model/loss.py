@@ -46,8 +46,8 @@ def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str 
 
 
 LOSS_IMPLS = ("chunked", "plain")
-#: logits elements per chunk of the chunked loss: 2**25 floats is 128 MiB in float32, whatever the vocabulary.
-CHUNK_ELEMENTS = 2**25
+#: tokens per chunk of the chunked loss, chosen by ``bench/bench_train_memory.py`` (see docs/engine.md).
+CHUNK_TOKENS = 1024
 
 
 def _chunk_ce_sum(head, hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -61,9 +61,10 @@ def chunked_lm_loss(head, hidden: torch.Tensor, labels: torch.Tensor, reduction:
                     loss_weight: torch.Tensor | None = None, chunk_tokens: int | None = None) -> torch.Tensor:
     """:func:`weighted_lm_loss` of ``head(hidden)`` without the ``(tokens, vocab)`` logits.
 
-    The shifted tokens are cut into chunks; each chunk's logits exist only inside its own checkpointed
-    call (recomputed in backward), so at most one chunk of float32 logits is alive at a time. The head is
-    called as a module, so ZeRO-3/FSDP gather its weight as they do for the plain path.
+    The supervised tokens are cut into chunks of ``chunk_tokens`` (default :data:`CHUNK_TOKENS`); each chunk's
+    logits exist only inside its own checkpointed call (recomputed in backward), so at most one chunk of float32
+    logits is alive at a time. The head is called as a module, so ZeRO-3/FSDP gather its weight as they do for
+    the plain path.
     """
     from torch.utils.checkpoint import checkpoint
 
@@ -71,7 +72,9 @@ def chunked_lm_loss(head, hidden: torch.Tensor, labels: torch.Tensor, reduction:
     keep = labels[:, 1:] != IGNORE_INDEX
     flat_hidden = hidden[:, :-1][keep]  # only predicted positions reach the head: ignored ones cost nothing
     flat_targets, flat_weights = labels[:, 1:][keep], weights[keep]
-    step = chunk_tokens or max(1, CHUNK_ELEMENTS // head.out_features)
+    step = CHUNK_TOKENS if chunk_tokens is None else chunk_tokens
+    if step < 1:
+        raise ValueError(f"need chunk_tokens >= 1, got {chunk_tokens}")
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, flat_targets.shape[0], step):
         part = slice(start, start + step)

@@ -39,7 +39,8 @@ def _log_once(reason: str) -> None:
 
 
 def _load_varlen() -> VarlenKernel | None:
-    """torch's ``varlen_attn`` behind one calling convention (its keywords differ across torch versions)."""
+    """torch's ``varlen_attn`` behind one calling convention (its keywords differ across torch versions), taking
+    grouped K/V heads as they are where the kernel can (:func:`_takes_grouped_kv`), repeated where it cannot."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError as error:
@@ -47,21 +48,48 @@ def _load_varlen() -> VarlenKernel | None:
         return None
     params = inspect.signature(varlen_attn).parameters
     causal = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+    gqa = {"enable_gqa": True} if "enable_gqa" in params else {}  # without it: fewer heads natively, or repeats
 
-    def attend(query, key, value, cu_seq_lens, max_length, scale):
-        extra = dict(causal)
-        if key.shape[1] != query.shape[1]:  # grouped KV heads
-            if "enable_gqa" in params:
-                extra["enable_gqa"] = True
-            else:
-                key, value = (x.repeat_interleave(query.shape[1] // key.shape[1], dim=1) for x in (key, value))
+    def call(query, key, value, cu_seq_lens, max_length, scale, **flags):
+        extra = dict(causal, **flags)
         if "scale" in params:
             extra["scale"] = scale
         elif scale is not None:  # the kernel's own scale is 1/sqrt(D)
             query = query * (scale * query.shape[-1] ** 0.5)
         return varlen_attn(query, key, value, cu_seq_lens, cu_seq_lens, max_length, max_length, **extra)
 
+    grouped: list[bool] = []  # decided by the first call with grouped K/V heads
+
+    def attend(query, key, value, cu_seq_lens, max_length, scale):
+        if key.shape[1] == query.shape[1]:
+            return call(query, key, value, cu_seq_lens, max_length, scale)
+        if not grouped:
+            grouped.append(_takes_grouped_kv(call, gqa, query, key, value, cu_seq_lens, max_length, scale))
+        if grouped[0]:
+            return call(query, key, value, cu_seq_lens, max_length, scale, **gqa)
+        key, value = (x.repeat_interleave(query.shape[1] // key.shape[1], dim=1) for x in (key, value))
+        return call(query, key, value, cu_seq_lens, max_length, scale)
+
     return attend
+
+
+@torch.no_grad()
+def _takes_grouped_kv(call, gqa: dict, query, key, value, cu_seq_lens, max_length, scale) -> bool:
+    """Whether the kernel takes fewer K/V heads than query heads (``enable_gqa`` where it has the keyword): its
+    output on the grouped heads of this first call equals its output on the repeated heads. A kernel that refuses
+    them, or computes something else, gets the repeats; the choice is logged once (see docs/engine.md)."""
+    group = query.shape[1] // key.shape[1]
+    repeated = call(query, *(x.repeat_interleave(group, dim=1) for x in (key, value)), cu_seq_lens, max_length, scale)
+    try:
+        out = call(query, key, value, cu_seq_lens, max_length, scale, **gqa)
+        why = "" if out.shape == repeated.shape and torch.equal(out, repeated) else "its output on them differs"
+    except (RuntimeError, ValueError) as error:
+        why = str(error)
+    if why:
+        log.info("packed attention: varlen_attn cannot take grouped K/V heads (%s); they are repeated", why)
+    else:
+        log.info("packed attention: varlen_attn takes grouped K/V heads (%s)", "enable_gqa" if gqa else "natively")
+    return not why
 
 
 def _varlen_kernel() -> VarlenKernel | None:

@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from vlaser.errors import UserInputError
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OPEN_PATHS = ("/health", "/", "/ui/config", "/static/")  #: served without the key (see the module docstring)
+DOCS_ASSETS = "/docs-assets"  #: where /docs and /redoc load Swagger UI's and ReDoc's files from
 _ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in [
     (400, "the request is malformed or over a limit"), (401, "a missing or wrong API key"),
     (413, "the body is over the size limit"), (429, "the queue is full; retry later")]}
@@ -150,7 +152,8 @@ def api_app(title: str, description: str, *, api_key: str | None, max_body_bytes
     """An app on the server's stack, without routes: the gate (API key, body size), every error as OpenAI's body
     and the OpenAPI schema of what is sent (400, not FastAPI's 422). ``vlaser serve`` and ``vlaser vla serve``
     both stand on it."""
-    app = FastAPI(title=title, version="1", lifespan=lifespan, description=description)
+    # /docs (Swagger UI) and /redoc from assets shipped in fastapi-offline, not a CDN: they work offline
+    app = FastAPIOffline(title=title, version="1", lifespan=lifespan, static_url=DOCS_ASSETS, description=description)
     _add_error_handlers(app)
     app.openapi = lambda: _openapi(app)
     app.add_middleware(_Gate, api_key=api_key, max_body_bytes=max_body_bytes)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
+import os
 import threading
 import time
 from collections import deque
@@ -18,11 +20,12 @@ from dataclasses import dataclass
 
 from vlaser.inference import engine as core
 from vlaser.inference.engine import settled_prefix
-from vlaser.inference.prepare import prepare
+from vlaser.inference.prepare import prepare, tile_limit
 from vlaser.inference.types import Completion, GenerationParams, Prepared, Request
 from vlaser.model.chat import answer_decoder
 
 __all__ = ["Completion", "Engine", "Job", "QueueFull", "Stream", "answer_decoder", "settled_prefix"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -190,8 +193,16 @@ class Engine:
                 stream._prepared = self._preparer.submit(self._prepare, stream.job)
 
     def _prepare(self, job: Job) -> Prepared:
-        """Tile the pictures and render the prompt through the prepare step (on the preparing thread)."""
-        return prepare(job.request, self.vlm.model, max_tiles=job.max_tiles)
+        """Tile the pictures and render the prompt through the prepare step (on the preparing thread); ``-v``
+        logs how each image was cut, as ``vlaser chat -v`` does."""
+        prepared = prepare(job.request, self.vlm.model, max_tiles=job.max_tiles)
+        if log.isEnabledFor(logging.INFO):
+            settings = self.vlm.model.processor_settings
+            for k, (picture, size, n) in enumerate(zip(job.request.pictures, prepared.sizes, prepared.num_patches)):
+                name = os.fspath(picture.source) if isinstance(picture.source, (str, os.PathLike)) else str(k + 1)
+                if not picture.frame:
+                    log.info("%s", self.vlm.tiling_note(name, size, n, tile_limit(picture, settings, job.max_tiles)))
+        return prepared
 
     # ---- the worker thread -------------------------------------------------------------------------------
 

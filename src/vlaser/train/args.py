@@ -208,6 +208,9 @@ def _validate(model_args: ModelArguments, data_args: DataTrainingArguments, trai
         problems.append("--loss must be chunked or plain")
     if model_args.save_format not in (None, "original", "hf"):
         problems.append("--save_format must be original or hf")
+    if training_args.fsdp and training_args.device.type == "cpu":  # accelerate would drop it without a word
+        problems.append("--fsdp: accelerate shards with FSDP on GPUs only; on the CPU it would train with DDP "
+                        "instead; drop --fsdp there (the processes then train with DDP)")
     try:
         processor_settings(data_args)
     except ValueError as e:  # the message names the config key, which is the flag's name

@@ -3,6 +3,7 @@ sampling with the prefix (and proprio) kept as a KV cache while the expert integ
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,11 @@ from vlaser.vla.config import VLAConfig
 from vlaser.vla.expert import ActionExpert
 from vlaser.vla.joint import KVCache, Stream, additive, block_mask, joint_forward, position_ids
 
+log = logging.getLogger(__name__)
+
 N_PROPRIO = 1
+#: attention implementations that apply the joint attention's 4-D additive block mask (flash-attention drops it)
+MASK_ATTENTION = ("sdpa", "eager")
 
 
 @dataclass
@@ -24,11 +29,22 @@ class VLAOutput(ModelOutput):
     velocity: torch.Tensor | None = None
 
 
+def use_mask_attention(vlm: nn.Module) -> None:
+    """Switch ``vlm``'s language model to SDPA (one logged line) unless its attention applies a 4-D mask: the
+    joint attention's prefix / proprio / action blocks are that mask, which flash-attention would ignore."""
+    current = vlm.config.text_config._attn_implementation
+    if current not in MASK_ATTENTION:
+        log.warning("VLA backbone: %s ignores the joint attention's 4-D block mask; its language model runs "
+                    "on sdpa instead", current)
+        vlm.set_attn_implementation({"text_config": "sdpa"})
+
+
 class VLAModel(nn.Module):
     """The policy network: ``vlm`` (transformers' InternVL, vlaser's class) plus ``expert``."""
 
     def __init__(self, vlm: nn.Module, config: VLAConfig) -> None:
         super().__init__()
+        use_mask_attention(vlm)
         self.vlm = vlm
         self.config = config
         self.expert = ActionExpert(vlm.config.text_config, config)

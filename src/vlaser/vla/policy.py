@@ -35,7 +35,11 @@ def add_action_tokens(vlm, tokenizer, n: int) -> None:
 
 
 class VLAPolicy:
-    """A ``VLAModel`` with its tokenizer, input pipeline and normaliser: observations in, actions out."""
+    """A ``VLAModel`` with its tokenizer, input pipeline and normaliser: observations in, actions out.
+
+    The backbone loads with SDPA whatever kernels are installed (``load_model`` would pick flash-attention 2
+    where ``flash_attn`` is, and that ignores the joint attention's 4-D block mask).
+    """
 
     def __init__(self, model: VLAModel, tokenizer, normalizer=None, norm_stats: Mapping | None = None) -> None:
         self.model, self.tokenizer, self.normalizer, self.norm_stats = model, tokenizer, normalizer, norm_stats
@@ -51,7 +55,7 @@ class VLAPolicy:
         """A fresh (untrained) expert on a Vlaser/InternVL3 checkpoint; the release's action tokens added. The
         config's tile size is the backbone's (checked before the weights load)."""
         config = fit_backbone(config, read_backbone(path))
-        vlm, tokenizer = load_model(path, dtype=dtype, device=device)
+        vlm, tokenizer = load_model(path, dtype=dtype, device=device, attn_implementation="sdpa")  # see VLAModel
         add_action_tokens(vlm, tokenizer, config.num_action_tokens_added)
         torch.manual_seed(seed)
         model = VLAModel(vlm, config)
@@ -95,7 +99,7 @@ class VLAPolicy:
             if not (path / name).is_file():
                 raise UserInputError(f"{path} is not a VLA policy: {name} is missing")
         config = VLAConfig.load(path / CONFIG_FILE) if config is None else config
-        vlm, tokenizer = load_model(path, dtype=dtype, device=device)
+        vlm, tokenizer = load_model(path, dtype=dtype, device=device, attn_implementation="sdpa")  # see VLAModel
         model = VLAModel(vlm, config)
         state = load_file(str(path / EXPERT_FILE))
         missing, unexpected = model.expert.load_state_dict(state, strict=False)

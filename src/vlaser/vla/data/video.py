@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def default_codec() -> str:
 def encode_episode(frames: np.ndarray, fps: float, codec: str) -> bytes:
     """One episode's ``(T, H, W, 3)`` uint8 RGB frames as an MP4 of its own (starting on a key frame)."""
     av = _av()
+    _quiet_svt()
     if codec not in ENCODERS:
         raise UserInputError(f"video codec {codec!r}: choose one of {', '.join(ENCODERS)}")
     if ENCODERS[codec] not in av.codecs_available:
@@ -51,6 +53,13 @@ def encode_episode(frames: np.ndarray, fps: float, codec: str) -> bytes:
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return buffer.getvalue()
+
+
+def _quiet_svt() -> None:
+    """SVT-AV1 prints its banner and settings (~25 lines) to stderr itself, not through FFmpeg's log, at every
+    encoder it opens; ``SVT_LOG`` sets its level, read once per process when the first encoder opens. Errors
+    only (1), unless the environment already sets one."""
+    os.environ.setdefault("SVT_LOG", "1")
 
 
 class VideoWriter:
