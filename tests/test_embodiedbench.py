@@ -170,7 +170,7 @@ def test_to_payload_round_trips_through_the_parser(tmp_path):
         pictures.append(tmp_path / f"{k}.png")
     for prompt in ("Image-1: <image>\nImage-2: <image>\nWhich is red?", "<image>\nA\n<image>\nB"):
         for engine in ("openai", "vlaser", "vllm", "lmdeploy"):  # vlaser serve reads every engine's shape
-            payload = to_payload(tagged(prompt, pictures, [6, 6]), "m", GenerationParams(16), engine=engine)
+            payload = to_payload(tagged(prompt, pictures, [6, 6]), "m", GenerationParams(16), server=engine)
             request, params = parse_chat_request(payload)
             assert request.question == prompt and len(request.pictures) == 2 and params.max_new_tokens == 16, engine
     glued = parse_chat_request(to_payload(tagged("A<image>B", pictures[:1], [6]), "m", GenerationParams(16)))[0]

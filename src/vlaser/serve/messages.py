@@ -29,7 +29,7 @@ from vlaser.errors import UserInputError
 from vlaser.inference.types import GenerationParams, Picture, Request, Turn
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import to_pil
-from vlaser.model.template import multi_image_prefix
+from vlaser.model.template import images_first
 
 SYSTEM_ROLES = ("system", "developer")  #: ``developer`` is OpenAI's newer name for the system role
 LMDEPLOY_IMAGE_TOKEN = "<IMAGE_TOKEN>"  #: LMDeploy's image placeholder (``lmdeploy.vl.constants``), read as ``<image>``
@@ -42,6 +42,9 @@ class MediaLimits:
 
     max_images: int | None = None
     """Images per request (all messages together)."""
+    max_tokens: int | None = None
+    """The most new tokens a request may ask for (``max_tokens``, ``max_completion_tokens``): more is refused, never
+    silently cut."""
     max_tiles: int | None = None
     """The largest tile limit a request may ask for (``max_num``, ``max_dynamic_patch``): each tile costs the
     model ``num_image_token`` tokens."""
@@ -293,7 +296,7 @@ def _arrange(pieces: list[tuple[str, Any]], where: str, images: list) -> str:
     first_text = next((k for k, (kind, value) in enumerate(pieces) if kind == "text" and value), len(pieces))
     if len(own) > 1 and all(kind == "text" for kind, _ in pieces[first_text:]):
         images.extend(own)
-        return multi_image_prefix(len(own)) + _join(texts, [])
+        return images_first(_join(texts, []), len(own))
     return _join(pieces, images)
 
 
@@ -378,13 +381,23 @@ def _request_tiles(body: dict, cap: int | None) -> int | None:
     return value if value is not None else vllm
 
 
-def _generation(body: dict, defaults: GenerationParams) -> GenerationParams:
-    """The body's decoding fields over ``defaults``: ``max_completion_tokens`` (OpenAI's current name) wins over
-    ``max_tokens``; ``min_tokens`` (vLLM's) and ``min_new_tokens`` (LMDeploy's) are one setting, sent alone or
-    equal."""
-    max_tokens = _number(body, "max_completion_tokens", True, 1)
-    if max_tokens is None:
-        max_tokens = _number(body, "max_tokens", True, 1)
+def _max_tokens(body: dict, cap: int | None) -> int | None:
+    """The new tokens asked for: ``max_completion_tokens`` (OpenAI's current name), else ``max_tokens``; over the
+    server's ``cap`` is an error (the one place the cap is checked)."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = _number(body, name, True, 1)
+        if value is not None:
+            if cap is not None and value > cap:
+                raise UserInputError(f"{name} {value} is over this server's cap of {cap} tokens")
+            return value
+    return None
+
+
+def _generation(body: dict, defaults: GenerationParams, cap: int | None = None) -> GenerationParams:
+    """The body's decoding fields over ``defaults``: ``max_completion_tokens`` wins over ``max_tokens`` (at most
+    ``cap``); ``min_tokens`` (vLLM's) and ``min_new_tokens`` (LMDeploy's) are one setting, sent alone or equal;
+    vLLM's ``skip_special_tokens`` false keeps the grounding tags."""
+    max_tokens = _max_tokens(body, cap)
     sent = {name: value for name in ("min_tokens", "min_new_tokens") if (value := _number(body, name, True, 0))
             is not None}
     if len(set(sent.values())) > 1:
@@ -403,9 +416,13 @@ def _generation(body: dict, defaults: GenerationParams) -> GenerationParams:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise UserInputError(f"seed must be an integer, got {seed!r:.80}")
+    skip = body.get("skip_special_tokens")
+    if skip is not None and not isinstance(skip, bool):
+        raise UserInputError(f"skip_special_tokens must be true or false, got {skip!r:.80}")
     fields = {"max_new_tokens": max_tokens, "min_new_tokens": minimum,
               "temperature": _number(body, "temperature", False, 0), "top_p": _number(body, "top_p", False, 0),
-              "stop": None if stop is None else tuple(stop), "seed": seed}
+              "stop": None if stop is None else tuple(stop), "seed": seed,
+              "keep_grounding_tokens": None if skip is None else not skip}
     try:
         return replace(defaults, **{k: v for k, v in fields.items() if v is not None})
     except ValueError as e:
@@ -432,7 +449,7 @@ def parse_chat_request(body: dict, limits: MediaLimits | None = None,
     images: list[tuple[Image.Image, int | None]] = []
     system, turns = _turns(messages, images, limits)
     history = [Turn(turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2)]
-    params = _generation(body, defaults or GenerationParams())
+    params = _generation(body, defaults or GenerationParams(), limits.max_tokens)
     request_tiles = _request_tiles(body, limits.max_tiles)
     pictures = [Picture(image, request_tiles if own is None else own) for image, own in images]
     return Request(turns[-1][1], pictures, history, system, tagged=bool(pictures)), params
