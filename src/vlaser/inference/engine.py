@@ -28,6 +28,7 @@ from transformers.cache_utils import Cache
 from vlaser.errors import UserInputError
 from vlaser.inference.types import Completion, GenerationParams, Prepared
 from vlaser.model.chat import answer_decoder
+from vlaser.model.image_features import image_features, write_image_features
 from vlaser.model.rope import fixed_rotary, rotary_swapped
 
 log = logging.getLogger(__name__)
@@ -294,10 +295,8 @@ class Engine:
         embeds = model.get_input_embeddings()(ids)
         tiles = [r.item.pixel_values for r in rows if r.item.pixel_values is not None]
         if tiles:
-            features = model.model.get_image_features(pixel_values=torch.cat(tiles).to(device, model.dtype))
-            features = getattr(features, "pooler_output", features)
-            mask = (ids == model.config.image_token_id).unsqueeze(-1)
-            embeds = embeds.masked_scatter(mask, features.reshape(-1, features.shape[-1]).to(embeds.dtype))
+            embeds = write_image_features(embeds, ids, image_features(model, torch.cat(tiles)),
+                                          model.config.image_token_id)
         positions = torch.arange(width, device=device).expand(len(rows), width)
         causal = positions[0][None, :] <= positions[0][:, None]  # (T, T)
         allowed = causal.expand(len(rows), 1, width, width)

@@ -101,10 +101,8 @@ def create_app(scheduler, model_name: str, *, api_key: str | None = None, defaul
                          local_root=Path(allow_local_media) if allow_local_media else None)
     defaults = GenerationParams(max_new_tokens=min(default_max_tokens, max_tokens_cap),
                                 keep_grounding_tokens=keep_grounding_tokens)
-    # /docs (Swagger UI) and /redoc from assets shipped in fastapi-offline, not a CDN: they work offline
-    app = FastAPIOffline(title="vlaser serve", version="1", lifespan=_lifespan(scheduler), static_url=DOCS_ASSETS,
-                         description="An OpenAI-compatible chat-completions API for InternVL3/Vlaser models.")
-    _add_error_handlers(app)
+    app = api_app("vlaser serve", "An OpenAI-compatible chat-completions API for InternVL3/Vlaser models.",
+                  api_key=api_key, max_body_bytes=max_body_bytes, lifespan=_lifespan(scheduler))
     _add_model_routes(app, model_name)
     _add_chat_route(app, scheduler, model_name, limits, defaults, default_max_tiles)
 
@@ -112,6 +110,16 @@ def create_app(scheduler, model_name: str, *, api_key: str | None = None, defaul
     from vlaser.serve.page import mount_page
 
     mount_page(app, model_name, POINT_PROMPT)
+    return app
+
+
+def api_app(title: str, description: str, *, api_key: str | None, max_body_bytes: int, lifespan=None) -> FastAPI:
+    """An app on the server's stack, without routes: the gate (API key, body size), every error as OpenAI's body
+    and the OpenAPI schema of what is sent (400, not FastAPI's 422). ``vlaser serve`` and ``vlaser vla serve``
+    both stand on it."""
+    # /docs (Swagger UI) and /redoc from assets shipped in fastapi-offline, not a CDN: they work offline
+    app = FastAPIOffline(title=title, version="1", lifespan=lifespan, static_url=DOCS_ASSETS, description=description)
+    _add_error_handlers(app)
     app.openapi = lambda: _openapi(app)
     app.add_middleware(_Gate, api_key=api_key, max_body_bytes=max_body_bytes)
     return app
