@@ -48,7 +48,7 @@ def test_point_parses_and_scales(vlm, monkeypatch):
 
     def fake_generate(engine, items, params):
         seen.update(prompts=[i.prompt for i in items], tiles=items[0].pixel_values.shape[0], params=params,
-                    keep=engine.keep_grounding_tokens)
+                    keep=params.keep_grounding_tokens)
         return [Completion("<point>[[500, 250], [100, 900]]</point> <ref>cup</ref><box>[[0, 0, 500, 500]]</box>")]
 
     monkeypatch.setattr(Engine, "generate", fake_generate)
@@ -57,7 +57,7 @@ def test_point_parses_and_scales(vlm, monkeypatch):
     assert answer.pixels == [(320, 120), (64, 432)]
     assert answer.box_pixels == [(0, 0, 320, 240)]
     assert vlaser.POINT_PROMPT + " Point to the cup.<|im_end|>" in seen["prompts"][0]
-    assert seen["params"] == GenerationParams(max_new_tokens=100) and seen["keep"]
+    assert seen["params"] == GenerationParams(max_new_tokens=100, keep_grounding_tokens=True) and seen["keep"]
 
 
 def test_point_uses_at_most_six_tiles(vlm, monkeypatch):
@@ -78,3 +78,35 @@ def test_ask_about_a_video(vlm, tmp_path):
     expected = vlm.model.chat(vlm.tokenizer, pv, question, dict(max_new_tokens=10, do_sample=False),
                               num_patches_list=counts)
     assert vlm.ask(None, "What happens?", video=path, num_segments=4) == expected
+
+
+def test_session_refuses_unknown_keywords_and_runs_on_the_engine(vlm, monkeypatch):
+    """Session.ask takes the keywords VLM.ask takes, and generates through the one engine."""
+    import pytest
+
+    from vlaser.errors import UserInputError
+
+    session = vlm.session(solid_image((10, 200, 10)))
+    with pytest.raises(UserInputError, match="num_beams"):
+        session.ask("What is it?", num_beams=2)
+    assert session.history is None
+    calls = []
+    generate = Engine.generate
+
+    def counting(engine, items, params, *args, **kwargs):
+        calls.append(params)
+        return generate(engine, items, params, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "generate", counting)
+    session.ask("What is it?", max_new_tokens=3)
+    session.ask("And now?")
+    assert [p.max_new_tokens for p in calls] == [3, 10]
+    assert [q for q, _ in session.history] == ["<image>\nWhat is it?", "And now?"]
+
+
+def test_text_only_session_equals_model_chat(vlm):
+    session = vlm.session()
+    gen = dict(max_new_tokens=10, do_sample=False)
+    r1, hist = vlm.model.chat(vlm.tokenizer, None, "Hi", gen, return_history=True)
+    r2, hist = vlm.model.chat(vlm.tokenizer, None, "Again", gen, history=hist, return_history=True)
+    assert (session.ask("Hi"), session.ask("Again")) == (r1, r2) and session.history == hist

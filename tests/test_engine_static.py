@@ -126,8 +126,8 @@ def test_eval_and_serve_take_the_static_decode_from_their_flags(tiny_original, t
     from vlaser.api import VLM
     from vlaser.cli import main
     from vlaser.cli.serve import add_parser
-    from vlaser.serve.engine import Engine as ServeEngine
-    from vlaser.serve.engine import Job
+    from vlaser.serve.scheduler import Job
+    from vlaser.serve.scheduler import Scheduler as ServeEngine
 
     data = where2place(tmp_path / "w", n=3)
     common = ["eval", "run", "--model", str(tiny_original), "--dtype", "float32", "--device", "cpu", "--benchmark",

@@ -244,7 +244,7 @@ def test_reused_frames_and_tiles_give_the_answers_fresh_ones_give(tiny_original,
         """Tiles every picture anew, and gets frames decoded anew (no clip is kept between items)."""
 
         def prepare(self, request, pending=None):
-            self._last = {}
+            self.preparer._last = {}
             return super().prepare(request, pending)
 
     data = vsi_many(tmp_path / "vsi", 6)
@@ -294,13 +294,13 @@ def test_each_engines_payload_reads_as_internvls_prompt(tmp_path, prompt):
     n = prompt.count("<image>")
     request = tagged(prompt, [tmp_path / "a.png"] * n, [6] * n)
     for engine, reads in (("vllm", _vllm_reads), ("vlaser", _vllm_reads), ("lmdeploy", _lmdeploy_reads)):
-        content = to_payload(request, "m", GenerationParams(8), engine=engine)["messages"][0]["content"]
+        content = to_payload(request, "m", GenerationParams(8), server=engine)["messages"][0]["content"]
         assert reads(content) == prompt, engine
         assert isinstance(content, str) == (n == 0)
     if prompt.startswith("Image-1"):  # why the engines need their own shape: interleaved parts move the images
         assert _vllm_reads(to_payload(request, "m", GenerationParams(8))["messages"][0]["content"]) != prompt
-    with pytest.raises(ValueError, match="unknown engine 'tgi'"):
-        to_payload(request, "m", GenerationParams(8), engine="tgi")
+    with pytest.raises(ValueError, match="unknown server 'tgi'"):
+        to_payload(request, "m", GenerationParams(8), server="tgi")
 
 
 @pytest.mark.parametrize(("owner", "engine"), [("vllm", "vllm"), ("lmdeploy", "lmdeploy"), ("vlaser", "vlaser"),
@@ -313,7 +313,7 @@ def test_auto_engine_follows_the_servers_models_list(owner, engine, caplog):
         with caplog.at_level(logging.WARNING, logger="vlaser.eval.backends"):
             answers = backend.generate([tagged("Image-1: <image>\nWhy?", [Image.new("RGB", (4, 4))], [1])],
                                        GenerationParams(8))
-        assert answers[0].text == "ok" and backend.info()["engine"] == engine and server.gets == ["/v1/models"]
+        assert answers[0].text == "ok" and backend.info()["server"] == engine and server.gets == ["/v1/models"]
         tag = "<IMAGE_TOKEN>" if engine == "lmdeploy" else "<image>"
         first = server.seen[0]["messages"][-1]["content"][0]
         assert first["text"] == ("Image-1: " if engine == "openai" else f"Image-1: {tag}\nWhy?")
@@ -325,10 +325,10 @@ def test_auto_engine_follows_the_servers_models_list(owner, engine, caplog):
 def test_a_chosen_engine_asks_the_server_nothing():
     server = ChatServer([(200, {"choices": [{"message": {"content": "ok"}}]})], [{"id": "m", "owned_by": "vllm"}])
     try:
-        backend = OpenAIBackend(server.url, "m", engine="lmdeploy")
+        backend = OpenAIBackend(server.url, "m", server="lmdeploy")
         backend.generate([tagged("<image>\nWhy?", [Image.new("RGB", (4, 4))], [1])], GenerationParams(8))
         assert server.gets == [] and "<IMAGE_TOKEN>\nWhy?" in server.seen[0]["messages"][-1]["content"][0]["text"]
     finally:
         server.close()
-    with pytest.raises(ValueError, match="unknown engine"):
-        OpenAIBackend("http://127.0.0.1:9/v1", "m", engine="tgi")
+    with pytest.raises(ValueError, match="unknown server"):
+        OpenAIBackend("http://127.0.0.1:9/v1", "m", server="tgi")

@@ -2,6 +2,7 @@
 
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -166,12 +167,12 @@ def test_resuming_with_another_engine_payload_is_refused(tmp_path):
     from vlaser.eval.provenance import check_and_write, differences
 
     record = {"benchmark": "mmsi_bench", "settings": {"max_tiles": 6}, "started_at": "t0",
-              "backend": {"backend": "openai", "model": "m", "engine": "vllm", "system_message": "s"}}
+              "backend": {"backend": "openai", "model": "m", "server": "vllm", "system_message": "s"}}
     check_and_write(tmp_path, record)
     check_and_write(tmp_path, {**record, "started_at": "t1"})  # the same run goes on
-    other = {**record, "backend": {**record["backend"], "engine": "openai"}}
-    assert differences(record, other) == ['backend.engine: "vllm" -> "openai"']
-    with pytest.raises(UserInputError, match="other settings .*backend.engine"):
+    other = {**record, "backend": {**record["backend"], "server": "openai"}}
+    assert differences(record, other) == ['backend.server: "vllm" -> "openai"']
+    with pytest.raises(UserInputError, match="other settings .*backend.server"):
         check_and_write(tmp_path, other)
 
 
@@ -190,11 +191,19 @@ def test_a_run_recorded_with_the_old_tile_name_resumes_and_a_changed_limit_is_na
         check_and_write(tmp_path, {**now, "settings": {**now["settings"], "max_tiles": 12}})
 
 
-def test_the_local_backend_is_the_core_so_settings_go_straight_to_it():
-    """The runner's tile limits reach the prepare step and its generation settings reach the engine with no
-    layer of the backend's own in between (the walk in docs/engine.md)."""
+def test_the_local_backend_holds_the_core_and_hands_settings_straight_to_it(monkeypatch):
+    """The runner's tile limits reach the prepare step and its generation settings reach the engine unchanged
+    (the walk in docs/engine.md): the backend holds the core's Preparer and Engine, it is neither."""
     from vlaser.inference.engine import Engine
     from vlaser.inference.prepare import Preparer
 
-    assert TransformersBackend.prepare is Preparer.prepare and TransformersBackend.tiling is Preparer.tiling
-    assert TransformersBackend.generate is Engine.generate
+    assert not issubclass(TransformersBackend, (Preparer, Engine))
+    backend = object.__new__(TransformersBackend)
+    seen = []
+    backend.preparer = SimpleNamespace(prepare=lambda request, pending: seen.append(("prepare", request, pending)),
+                                       tiling=lambda picture, limit: seen.append(("tiling", picture, limit)))
+    backend.engine = SimpleNamespace(generate=lambda items, params, size: seen.append(("generate", items, params,
+                                                                                        size)))
+    params = GenerationParams(7)
+    backend.prepare("request", "pending"), backend.tiling("a.png", 6), backend.generate(["item"], params, 3)
+    assert seen == [("prepare", "request", "pending"), ("tiling", "a.png", 6), ("generate", ["item"], params, 3)]

@@ -31,7 +31,7 @@ def test_prepare_takes_tiles_from_the_workers_and_makes_the_rest(loaded, tmp_pat
         Image.fromarray(np.random.default_rng(k).integers(0, 256, (90, 130, 3), dtype=np.uint8)).save(path)
     request = Request("<image>\n<image>\nWhat changed?", [Picture(p, 6) for p in paths], tagged=True)
     alone = backend.prepare(request)
-    assert alone.num_patches == [tile(p, 6, backend.settings)[1].shape[0] for p in paths]
+    assert alone.num_patches == [tile(p, 6, backend.preparer.settings)[1].shape[0] for p in paths]
     marked = torch.full((2, 3, 56, 56), 7.0)
     given = backend.prepare(request, {(paths[0], 6): _done(((1, 2), marked))})
     assert torch.equal(given.pixel_values[:2], marked)  # from the worker, as it sent them

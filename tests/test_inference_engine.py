@@ -245,3 +245,25 @@ def test_errors_and_cancels_end_only_their_row(vlm, monkeypatch):
     assert engine.step() == [failing] and isinstance(failing.error, RuntimeError) and not engine.running
     monkeypatch.undo()
     assert engine.generate([item], GenerationParams(max_new_tokens=10))[0] == stays.completion
+
+
+def test_add_leaves_the_callers_prepared_item_as_it_was(vlm):
+    """Engine.add tokenises the prompt into the row's own copy: the caller's Prepared keeps no engine state, so
+    one item can go to two engines (or twice to one) and be compared afterwards."""
+    item, media = _prepared(vlm, (640, 480), "What colour is it?")
+    engine = Engine(vlm.model, vlm.tokenizer)
+    row = engine.add(item, GenerationParams(max_new_tokens=3))
+    assert item.input_ids == [] and row.item.input_ids == vlm.tokenizer(item.prompt)["input_ids"]
+    while engine.waiting or engine.running:
+        engine.step()
+    assert item.input_ids == [] and row.completion.text == _chat(vlm, media, "What colour is it?", 3)
+
+
+def test_next_text_returns_what_its_annotation_says():
+    import typing
+
+    decode = "".join  # tokens are characters here
+    out = next_text(decode, list("abc"), 0, 2)
+    hints = typing.get_type_hints(next_text)["return"]
+    assert len(out) == len(typing.get_args(hints)) == 4
+    assert all(isinstance(value, kind) for value, kind in zip(out, typing.get_args(hints)))

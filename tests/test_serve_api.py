@@ -38,8 +38,8 @@ from media import data_url
 from vlaser.errors import UserInputError
 from vlaser.inference import engine as core
 from vlaser.serve.app import create_app
-from vlaser.serve.engine import Completion, Engine, QueueFull
 from vlaser.serve.messages import MediaLimits, is_public, parse_chat_request
+from vlaser.serve.scheduler import Completion, QueueFull, Scheduler
 
 GREEDY = {"max_new_tokens": 12, "do_sample": False}
 MAX_NUM = 2  # tiles per image: enough to tile, few enough to stay fast
@@ -232,7 +232,7 @@ VLM_SETTINGS = {"max_num": MAX_NUM}  # the conftest ``vlm``'s
 def model_app(vlm):
     """The app on the tiny model. Grounding tags are dropped as ``model.chat`` drops them, so answers compare
     exactly whatever the random model emits."""
-    engine = Engine(vlm, max_batch_size=8, max_wait_ms=20, keep_grounding_tokens=False)
+    engine = Scheduler(vlm, max_batch_size=8, max_wait_ms=20)
     return create_app(engine, "tiny", default_max_tiles=MAX_NUM, max_tokens_cap=64)
 
 
@@ -412,7 +412,7 @@ def test_eight_concurrent_requests_equal_eight_sequential(vlm):
     bodies = [{"messages": [user(image_part(data_url(image)), text_part(f"Question {k}: where?"))] if k % 2 else
                [{"role": "user", "content": f"Tell me {k} things."}], "max_tokens": 6 + k} for k, image in
               enumerate([RED, BLUE] * 4)]
-    app = create_app(Engine(vlm, max_batch_size=8, max_wait_ms=200, keep_grounding_tokens=False), "tiny",
+    app = create_app(Scheduler(vlm, max_batch_size=8, max_wait_ms=200), "tiny",
                      default_max_tiles=MAX_NUM)
     with served(app) as port:
         sequential = [post(port, body) for body in bodies]
@@ -454,14 +454,14 @@ def test_defaults_and_stop(echo):
     assert (sampling.temperature, sampling.top_p, sampling.seed) == (0.0, 1.0, None)  # greedy unless asked
     echoed(echo, [{"role": "user", "content": "x"}], n=None, stream=None, temperature=0.7, top_p=0.9, seed=3)
     assert echo.engine.jobs[-1].params == type(sampling)(max_new_tokens=64, temperature=0.7, top_p=0.9, seed=3)
-    assert sampling.min_new_tokens == 0 and echo.engine.jobs[-1].keep_grounding_tokens is None  # the server's choice
+    assert sampling.min_new_tokens == 0 and not sampling.keep_grounding_tokens  # the server's choice (off)
     for fields, least in [({"min_tokens": 4}, 4), ({"min_new_tokens": 2}, 2), ({"min_tokens": 5, "min_new_tokens": 5},
                                                                                  5), ({"min_tokens": 64}, 64)]:
         echoed(echo, [{"role": "user", "content": "x"}], **fields)
         assert echo.engine.jobs[-1].params.min_new_tokens == least, fields
     for skip, keep in [(True, False), (False, True)]:
         echoed(echo, [{"role": "user", "content": "x"}], skip_special_tokens=skip)
-        assert echo.engine.jobs[-1].keep_grounding_tokens is keep
+        assert echo.engine.jobs[-1].params.keep_grounding_tokens is keep
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -528,6 +528,25 @@ def test_bad_input_is_a_400_naming_the_problem(echo, body, message):
     error = response.json()["error"]
     assert message in error["message"] and error["type"] == "invalid_request_error", error
     assert set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("body", [
+    {"messages": []},
+    {"messages": [{"role": "tool", "content": "x"}]},
+    {"messages": [{"role": "user", "content": None}]},
+    {"messages": [user({"type": "input_audio", "input_audio": {}})]},
+    {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+    {"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "s"}]},
+    {"messages": [{"role": "user", "content": "x"}], "min_tokens": 1, "min_new_tokens": 2},
+    {"messages": [user(image_part("data:image/png,abc"))]},
+])
+def test_a_request_is_parsed_once_with_one_wording(echo, body):
+    """The server and a direct call read a body through the one schema, so a problem is worded the same."""
+    response = echo.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    with pytest.raises(ValueError) as direct:
+        parse_chat_request(body)
+    assert response.json()["error"]["message"] == str(direct.value)
 
 
 def test_body_over_the_limit_is_a_413(echo):

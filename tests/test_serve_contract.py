@@ -42,10 +42,10 @@ def build_app(checkpoint, name: str, **options):
     """``vlaser serve``'s app on ``checkpoint`` (float32, CPU), as the CLI builds it by default."""
     from vlaser.api import VLM
     from vlaser.serve.app import create_app
-    from vlaser.serve.engine import Engine
+    from vlaser.serve.scheduler import Scheduler
 
     vlm = VLM.from_pretrained(checkpoint, dtype=torch.float32, device="cpu")
-    engine = Engine(vlm, max_batch_size=8, max_wait_ms=5, keep_grounding_tokens=False)
+    engine = Scheduler(vlm, max_batch_size=8, max_wait_ms=5)
     return create_app(engine, name, default_max_tiles=vlm.max_num, **options)
 
 

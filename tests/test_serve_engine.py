@@ -21,8 +21,8 @@ from vlaser.errors import UserInputError
 from vlaser.inference import GenerationParams, Picture, Prepared, Request, Turn
 from vlaser.inference import engine as core
 from vlaser.model.template import build_chat_prompt
-from vlaser.serve import engine as engine_module
-from vlaser.serve.engine import Completion, Engine, Job, QueueFull, settled_prefix
+from vlaser.serve import scheduler as engine_module
+from vlaser.serve.scheduler import Completion, Job, QueueFull, Scheduler, settled_prefix
 
 
 def chat(question, images=(), system=None, history=(), max_tiles=None) -> Request:
@@ -81,7 +81,7 @@ def _serve(vlm, body, **options):
 
     Tests submit their jobs in one go (no ``await`` in between), so no batch needs to wait: ``max_wait_ms=0``."""
     async def main():
-        engine = Engine(vlm, **{"max_wait_ms": 0, **options})
+        engine = Scheduler(vlm, **{"max_wait_ms": 0, **options})
         await engine.start()
         try:
             return await body(engine)
@@ -237,7 +237,7 @@ def _prepared_job(age: float, error: Exception | None = None) -> SimpleNamespace
 ])
 def test_prepared_jobs_join_together_once_they_fill_the_free_slots_or_waited_a_prefill(running, ages, stopping,
                                                                                        joining):
-    engine = Engine(vlm=None, max_batch_size=4)
+    engine = Scheduler(vlm=None, max_batch_size=4)
     engine.core = SimpleNamespace(running=[object()] * running, waiting=deque())
     engine._prefill_step, engine._stopping = 10.0, stopping
     ready = [_prepared_job(age) for age in ages]
@@ -245,7 +245,7 @@ def test_prepared_jobs_join_together_once_they_fill_the_free_slots_or_waited_a_p
 
 
 def test_a_job_whose_preparation_failed_is_handed_over_at_once():
-    engine = Engine(vlm=None, max_batch_size=4)
+    engine = Scheduler(vlm=None, max_batch_size=4)
     engine.core = SimpleNamespace(running=[object()] * 4, waiting=deque())
     engine._prefill_step = 10.0
     waiting, failed = _prepared_job(0), _prepared_job(0, UserInputError("two <image> tags, one image"))
@@ -474,7 +474,7 @@ def test_failing_generation_fails_its_batch_and_the_loop_goes_on(vlm, monkeypatc
 
 def test_stop_drains_submitted_jobs_and_refuses_new_ones(vlm):
     async def main():
-        engine = Engine(vlm, max_batch_size=2)
+        engine = Scheduler(vlm, max_batch_size=2)
         await engine.start()
         streams = [engine.submit(Job(r, GenerationParams(max_new_tokens=5), 6)) for r in REQUESTS[:3]]
         await engine.stop()
@@ -587,11 +587,11 @@ def test_each_job_decodes_the_grounding_tags_its_own_way(vlm, monkeypatch, batch
     monkeypatch.setattr(core.Engine, "_sample", fixed)
 
     async def body(engine):
-        streams = [engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=30), 6, keep_grounding_tokens=keep))
-                   for keep in (True, False, None)]
+        streams = [engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=30, **keep), 6))
+                   for keep in ({"keep_grounding_tokens": True}, {"keep_grounding_tokens": False}, {})]
         return await asyncio.gather(*[_collect(s) for s in streams])
 
-    kept, dropped, default = _serve(vlm, body, keep_grounding_tokens=False)
+    kept, dropped, default = _serve(vlm, body)
     assert batch_sizes == [3]
     assert kept[0] == kept[1].text == "<ref>cup</ref><box>[[1, 2, 3, 4]]</box>"
     assert dropped[0] == dropped[1].text == default[0] == default[1].text == "cup[[1, 2, 3, 4]]"

@@ -78,7 +78,7 @@ def _pixels(request: Request) -> Request:
 
 
 def _round_trip(request: Request, generation: GenerationParams) -> tuple[Request, GenerationParams]:
-    payload = json.loads(json.dumps(to_payload(request, "vlaser-model", generation, engine="vlaser")))
+    payload = json.loads(json.dumps(to_payload(request, "vlaser-model", generation, server="vlaser")))
     return parse_chat_request(payload)
 
 

@@ -29,8 +29,8 @@ from vlaser.api import VLM
 from vlaser.inference import engine as core
 from vlaser.points import POINT_PROMPT, parse_boxes, parse_points, point_question, to_pixels
 from vlaser.serve.app import create_app
-from vlaser.serve.engine import Engine
 from vlaser.serve.page import STATIC_DIR, mount_page
+from vlaser.serve.scheduler import Scheduler
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright downloads no browser of its own
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -55,7 +55,7 @@ def test_page_routes_and_config():
 
 def test_a_keyed_server_serves_the_page_without_the_key():
     """A browser cannot send the key when it loads a page: the page is open, the API behind it is not."""
-    client = TestClient(create_app(engine=None, model_name="tiny-vlaser", api_key="sekret"))  # no lifespan run
+    client = TestClient(create_app(scheduler=None, model_name="tiny-vlaser", api_key="sekret"))  # no lifespan run
     for path in ("/", "/ui/config", "/static/app.js", "/static/style.css"):
         assert client.get(path).status_code == 200, path
     assert client.post("/v1/chat/completions", json={"messages": []}).status_code == 401
@@ -174,7 +174,7 @@ def real_server(loaded):
     fixed = FixedAnswers(tokenizer)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(core.Engine, "_sample", fixed.sample)
-        for url in serve(create_app(Engine(vlm, max_wait_ms=0, keep_grounding_tokens=False), "tiny-vlaser")):
+        for url in serve(create_app(Scheduler(vlm, max_wait_ms=0), "tiny-vlaser")):
             yield url, fixed, vlm
 
 

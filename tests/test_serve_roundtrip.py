@@ -65,7 +65,7 @@ def test_eval_through_vlaser_serve_equals_the_local_model(name, build, server, t
     common = ["eval", "run", "--benchmark", name, "--data", str(data), "--max-new-tokens", "12", "--pictures", "0"]
     assert main([*common, "--model", str(tiny_original), "--dtype", "float32", "--out", str(tmp_path / "local")]) == 0
     assert main([*common, "--api-base", server, "--api-model", NAME, "--out", str(tmp_path / "served")]) == 0
-    assert json.loads((tmp_path / "served" / "run.json").read_text())["backend"]["engine"] == "vlaser"  # asked
+    assert json.loads((tmp_path / "served" / "run.json").read_text())["backend"]["server"] == "vlaser"  # asked
     assert main([*common, "--api-base", server, "--api-model", NAME, "--api-engine", "openai",
                  "--out", str(tmp_path / "parts")]) == 0  # the interleaved parts of other servers read the same
     local, served = answers(tmp_path / "local"), answers(tmp_path / "served")

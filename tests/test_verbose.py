@@ -11,7 +11,7 @@ from PIL import Image
 from media import data_url
 from vlaser.cli import main
 from vlaser.serve.app import create_app
-from vlaser.serve.engine import Engine
+from vlaser.serve.scheduler import Scheduler
 
 BAR = "Loading weights"
 
@@ -33,14 +33,14 @@ def test_chat_shows_the_weights_bar_only_with_v(tiny_original, tmp_path, capfd, 
 
 
 def test_serve_logs_how_each_requests_images_were_cut(vlm, caplog):
-    app = create_app(Engine(vlm, max_batch_size=2, max_wait_ms=1), "tiny", default_max_tiles=6)
+    app = create_app(Scheduler(vlm, max_batch_size=2, max_wait_ms=1), "tiny", default_max_tiles=6)
     image = Image.new("RGB", (90, 60), (255, 0, 0))
     content = [{"type": "image_url", "image_url": {"url": data_url(image)}},
                {"type": "image_url", "image_url": {"url": data_url(image), "max_dynamic_patch": 2}},
                {"type": "text", "text": "What?"}]
-    with TestClient(app) as client, caplog.at_level(logging.INFO, logger="vlaser.serve.engine"):
+    with TestClient(app) as client, caplog.at_level(logging.INFO, logger="vlaser.serve.scheduler"):
         response = client.post("/v1/chat/completions",
                                json={"messages": [{"role": "user", "content": content}], "max_tokens": 1})
         assert response.status_code == 200, response.text
-    assert [r.getMessage() for r in caplog.records if r.name == "vlaser.serve.engine"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "vlaser.serve.scheduler"] == [
         "image 1: 90x60 -> 6 tiles + thumbnail (max_num 6)", "image 2: 90x60 -> 2 tiles + thumbnail (max_num 2)"]

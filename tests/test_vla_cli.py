@@ -63,17 +63,36 @@ def test_train_reads_the_config_and_flags_override_it(tiny_original, demos, tmp_
 
 def test_train_errors_are_one_line(tmp_path, capsys):
     assert main(["vla", "train"]) == 2
-    assert "the vla train flags: missing vlm, output_dir" in capsys.readouterr().err
+    assert "the following arguments are required: --output_dir/--output-dir, --vlm" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"vlm": "x", "output_dir": "y", "learning_rat": 1}))
     assert main(["vla", "train", str(bad)]) == 2
-    assert f"{bad} and the flags: unknown keys ['learning_rat']" in capsys.readouterr().err
+    assert "not used by the HfArgumentParser: ['--learning_rat', '1']" in capsys.readouterr().err
+    assert main(["vla", "train", "--vlm", "x", "--output_dir", "y", "--bf16", "maybe"]) == 2
+    assert "argument --bf16: Truthy value expected" in capsys.readouterr().err
+    assert main(["vla", "train", "--vlm", "x", "--output_dir", "y", "--config", "[1]"]) == 2
+    assert "config: expected a JSON object" in capsys.readouterr().err
+
+
+def test_train_help_describes_every_flag_and_lists_the_presets(capsys):
+    from vlaser.vla.config import PRESETS
+
     with pytest.raises(SystemExit) as exit_info:
-        main(["vla", "train", "--bf16", "maybe"])
-    assert exit_info.value.code == 2 and "expected true or false" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["vla", "train", "--config", "[1]"])
-    assert "expected a JSON object" in capsys.readouterr().err
+        main(["vla", "train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--preset {" + ",".join(PRESETS) + "}" in text
+    from vlaser.cli.vla import help_parser
+
+    actions = [a for a in help_parser("vlaser vla train")._actions if a.option_strings]
+    assert len(actions) > 100  # the VLA's fields and every TrainingArguments flag
+    undescribed = [a.option_strings[0] for a in actions if not (a.help or "").strip("* ").strip()]
+    assert undescribed == []
+    for flag in ("--vlm", "--dataset", "--config", "--gripper_dims", "--expert_learning_rate", "--freeze_vlm"):
+        assert flag in text
+    flat = " ".join(text.split())
+    assert "* Number of steps for a linear warmup" in flat and "(default: 200)" in flat  # the release's, shown
+    assert "(default: constant_with_warmup)" in flat
 
 
 def test_serve_loads_the_policy_and_hands_the_app_to_uvicorn(tiny_original, demos, tmp_path, monkeypatch):
@@ -93,24 +112,33 @@ def test_serve_loads_the_policy_and_hands_the_app_to_uvicorn(tiny_original, demo
     assert main(["vla", "serve", str(tmp_path)]) == 2  # not a policy folder
 
 
-def test_quickstart_flags_parse():
-    args = build_parser().parse_args(["vla", "quickstart", "--out", "q", "--steps", "50", "--episodes", "10"])
-    assert (args.steps, args.episodes, args.seed) == (50, 10, 0)
+def test_quickstart_flags_parse(capsys):
+    from vlaser.vla.quickstart import DEFAULT_STEPS, DEMOS
+
+    args = build_parser().parse_args(["vla", "quickstart", "--out", "q", "--max-steps", "50", "--episodes", "10",
+                                      "--eval-episodes", "5", "--minutes", "2", "--overwrite"])
+    assert (args.max_steps, args.episodes, args.eval_episodes, args.minutes, args.overwrite) == (50, 10, 5, 2.0, True)
+    defaults = build_parser().parse_args(["vla", "quickstart"])
+    assert (defaults.max_steps, defaults.episodes, defaults.eval_episodes, defaults.overwrite) == (None, DEMOS, 100,
+                                                                                                  False)
+    for bad in (["--max-steps", "0"], ["--steps", "50"]):  # --steps is vlaser quickstart's --max-steps now
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["vla", "quickstart", *bad])
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["vla", "quickstart", "--steps", "0"])
+        main(["vla", "quickstart", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default: {DEFAULT_STEPS:,}, the tested budget" in text and f"default: {DEMOS:,}, the tested" in text
 
 
 @pytest.mark.parametrize("robot", ["bridge", "fractal"])
 def test_vla_recipes_hold_the_release_settings(robot, tmp_path):
     from pathlib import Path
 
-    from vlaser.cli.vla import train_values
     from vlaser.vla.config import preset
-    from vlaser.vla.train import VLATrainArguments
+    from vlaser.vla.train import parse_args
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "vla" / f"vlaser_2b_{robot}.yaml"
-    args = build_parser().parse_args(["vla", "train", str(recipe), "--output_dir", str(tmp_path)])
-    train = VLATrainArguments.from_dict(train_values(args), where=str(recipe))
+    train = parse_args([str(recipe), "--output_dir", str(tmp_path), "--use_cpu", "True"])  # no bf16 device in CI
     assert train.output_dir == str(tmp_path) and train.preset == f"vlaser_2b_{robot}"
     assert train.vla_config() == preset(f"vlaser_2b_{robot}")
     assert (train.learning_rate, train.expert_learning_rate, train.max_grad_norm) == (5e-5, 5e-5, 1.0)

@@ -11,7 +11,7 @@ from PIL import Image
 from vlaser.errors import UserInputError
 from vlaser.vla import env as reach
 from vlaser.vla.evaluate import ScriptedPolicy, rollout
-from vlaser.vla.quickstart import DEFAULT_STEPS, frame_strip, run_quickstart
+from vlaser.vla.quickstart import DEFAULT_STEPS, DEMOS, frame_strip, run_quickstart, warnings
 
 
 @pytest.mark.slow
@@ -34,12 +34,38 @@ def test_quickstart_reaches_the_issue_targets(tmp_path):
 def test_quickstart_refuses_a_used_folder_and_bad_budgets(tmp_path):
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "x").write_text("")
-    with pytest.raises(UserInputError, match="not empty"):
+    with pytest.raises(UserInputError, match="not empty; pass --overwrite"):
         run_quickstart(tmp_path / "used", progress=False)
     with pytest.raises(UserInputError, match="train_steps"):
         run_quickstart(tmp_path / "a", train_steps=0, progress=False)
     with pytest.raises(UserInputError, match="episodes"):
         run_quickstart(tmp_path / "b", episodes=0, progress=False)
+    with pytest.raises(UserInputError, match="demos"):
+        run_quickstart(tmp_path / "c", demos=0, progress=False)
+    with pytest.raises(UserInputError, match="minutes"):
+        run_quickstart(tmp_path / "d", minutes=0, progress=False)
+
+
+def test_a_budget_below_the_tested_one_is_flagged():
+    assert warnings({"steps": DEFAULT_STEPS, "demonstrations": DEMOS}) == []
+    short = warnings({"steps": 20, "demonstrations": DEMOS})
+    assert short == [f"Trained 20 steps, below the tested budget of {DEFAULT_STEPS:,}: the success rates are not "
+                     "comparable to the tested ones."]
+    assert len(warnings({"steps": 20, "demonstrations": 8})) == 2
+
+
+@pytest.mark.slow
+def test_a_short_run_overwrites_stops_at_its_minutes_and_warns(tmp_path):
+    (tmp_path / "qs").mkdir()
+    (tmp_path / "qs" / "old.txt").write_text("")
+    report = run_quickstart(tmp_path / "qs", train_steps=50, minutes=1e-4, demos=8, episodes=2, progress=False,
+                            overwrite=True)
+    assert not (tmp_path / "qs" / "old.txt").exists()
+    assert report["training"]["steps"] == 1 and report["training"]["step_budget"] == 50  # the time ran out
+    assert [p["step"] for p in report["curve"]] == [1]
+    assert report["training"]["demonstrations"] == 8 and len(report["warnings"]) == 2
+    assert "**Warning:** Trained 1 steps, below the tested budget" in (tmp_path / "qs" / "report.md").read_text()
+    assert report["config"]["image_size"] == reach.SIZE  # the backbone's, not asked for
 
 
 def test_frame_strip_has_a_row_per_recorded_episode(tmp_path):

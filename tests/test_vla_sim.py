@@ -58,7 +58,13 @@ def test_cli_parses_the_sim_verbs():
                                       "--episodes", "3", "--out", "e"])
     assert (args.server, args.policy, args.image_size, args.render, args.seed, args.max_steps) == (
         "http://h:1", None, None, None, 1, None)
-    assert build_parser().parse_args(["vla", "quickstart", "--env", "metaworld"]).env == "metaworld"
+    args = build_parser().parse_args(["vla", "quickstart", "--env", "metaworld", "--max-steps", "100"])
+    assert (args.env, args.max_steps) == ("metaworld", 100)
+    from vlaser.cli.vla import run
+
+    for flags in (["--minutes", "5"], ["--episodes", "5"], ["--eval-episodes", "2"]):
+        with pytest.raises(UserInputError, match="reach2d quickstart's"):
+            run(build_parser().parse_args(["vla", "quickstart", "--env", "metaworld", *flags]))
 
 
 # ------------------------------------------------------------------------------------------- with the simulator
@@ -251,14 +257,11 @@ class _Served:
 def test_metaworld_recipe_is_the_release_expert_on_metaworld_shapes(tmp_path):
     from pathlib import Path
 
-    from vlaser.cli import build_parser
-    from vlaser.cli.vla import train_values
     from vlaser.vla.config import preset
-    from vlaser.vla.train_args import VLATrainArguments
+    from vlaser.vla.train import parse_args
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "vla" / "vlaser_2b_metaworld.yaml"
-    args = build_parser().parse_args(["vla", "train", str(recipe), "--output_dir", str(tmp_path)])
-    train = VLATrainArguments.from_dict(train_values(args), where=str(recipe))
+    train = parse_args([str(recipe), "--output_dir", str(tmp_path), "--use_cpu", "True"])  # no bf16 device in CI
     assert train.vla_config() == preset("vlaser_2b_bridge", proprio_dim=4, action_dim=4, time_max_period=100.0)
     assert train.augment_images and train.padded_actions == "repeat" and train.freeze_text_embeddings
     assert (train.learning_rate, train.expert_learning_rate, train.normalization) == (5e-5, 5e-5, "quantile")

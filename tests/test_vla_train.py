@@ -53,7 +53,7 @@ def test_optimizer_groups_backbone_and_expert_rates(tiny_original, demos, tmp_pa
     policy = VLAPolicy.from_vlm(tiny_original, args.vla_config())
     for p in policy.model.vlm.model.vision_tower.parameters():
         p.requires_grad = False
-    trainer = VLATrainer(model=policy.model, args=args.training_arguments(), expert_learning_rate=3e-3)
+    trainer = VLATrainer(model=policy.model, args=args, expert_learning_rate=3e-3)  # TrainingArguments
     optimizer = trainer.create_optimizer()
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     named = dict(policy.model.named_parameters())
@@ -129,3 +129,57 @@ def test_bad_configs_are_named(tiny_original, demos, tmp_path):
         train_vla({**_args(tiny_original, demos, tmp_path / "out"), "dataset": None})
     with pytest.raises(UserInputError, match="normalisation mode"):
         train_vla(_args(tiny_original, demos, tmp_path / "out2", normalization="minmax"))
+
+
+@pytest.fixture(scope="module")
+def two_cameras(tmp_path_factory):
+    """Two episodes of the reach task seen by two cameras (the second a mirrored copy), as image features."""
+    from vlaser.vla.data import Episode, write_dataset
+    from vlaser.vla.env import CAMERA, FEATURES, demonstration
+
+    episodes = []
+    for seed in (0, 1):
+        episode = demonstration(seed)
+        features = {**episode.features, "observation.images.wrist": episode.features[CAMERA][:, :, ::-1].copy()}
+        episodes.append(Episode(episode.task, features))
+    features = {**FEATURES, "observation.images.wrist": FEATURES[CAMERA]}
+    return write_dataset(tmp_path_factory.mktemp("vla-2cam") / "demos", episodes, 10, features, camera_dtype="image")
+
+
+def _no_weights(monkeypatch) -> None:
+    """The checks must come before the weights: loading any fails the test."""
+    import vlaser.vla.policy
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights loaded before the config was checked")
+
+    monkeypatch.setattr(vlaser.vla.policy, "load_model", refuse)
+
+
+def test_a_config_that_disagrees_with_backbone_or_dataset_is_named_before_loading(tiny_original, demos,
+                                                                                  two_cameras, tmp_path, monkeypatch):
+    _no_weights(monkeypatch)
+    base = _args(tiny_original, demos, tmp_path / "out")
+    cases = [
+        ({"config": {**CONFIG, "image_size": 448}}, "image_size=448 but the backbone .* has 56 px tiles: leave "
+                                                    "image_size out"),
+        ({"config": {"proprio_dim": 7, "action_dim": 2}}, r"observation.state has shape \[2\] but the VLA config says "
+                                                          r"proprio_dim=7: set config: \{proprio_dim: 2\}"),
+        ({"config": {"proprio_dim": 2, "action_dim": 3}}, r"set config: \{action_dim: 2\}"),
+        ({"dataset": str(two_cameras)}, r"prefix_len=64 is too short: 2 camera\(s\) of 4 image tokens .* make a "
+                                        r"\d+-token prompt; set config: \{prefix_len: \d+\}"),
+    ]
+    for change, message in cases:
+        with pytest.raises(UserInputError, match=message):
+            train_vla({**base, **change})
+
+
+def test_the_image_size_comes_from_the_backbone_and_the_cameras_are_recorded(tiny_original, two_cameras, tmp_path):
+    from vlaser.vla.checks import read_backbone
+
+    assert (read_backbone(tiny_original).image_size, read_backbone(tiny_original).image_tokens) == (56, 4)
+    out = train_vla(_args(tiny_original, two_cameras, tmp_path / "out", max_steps=1,
+                          config={**CONFIG, "prefix_len": 128}))
+    policy = VLAPolicy.from_pretrained(out)
+    assert policy.config.image_size == 56
+    assert policy.config.cameras == {"observation.images.top": [112, 112], "observation.images.wrist": [112, 112]}

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from vlaser.errors import UserInputError
-from vlaser.inference import Completion, GenerationParams, Picture, Prepared, Request
+from vlaser.inference import Completion, GenerationParams, Picture, Prepared, Request, Turn
 from vlaser.inference.engine import Engine
-from vlaser.inference.prepare import place_tags, prepare, tile, tile_limit
+from vlaser.inference.prepare import place_tags, prepare, resolve_max_tiles, tile, tile_limit
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageInput, read_video_frames, to_pil
 from vlaser.points import parse_boxes, parse_points, point_question, to_pixels
@@ -64,14 +64,14 @@ class VLM:
         ``max_dynamic_patch`` (1 when it turned ``dynamic_image_size`` off)."""
         self.model, self.tokenizer = model, tokenizer
         self.settings = model.processor_settings
-        self.max_tiles = max_num
+        self._max_num = max_num  #: the explicit limit, or None (see :attr:`max_num`)
         self.max_new_tokens = max_new_tokens
         self.image_size = self.settings.image_size
 
     @property
     def max_num(self) -> int:
-        """The tile limit a still image gets when a call sets none."""
-        return tile_limit(Picture(""), self.settings, self.max_tiles)
+        """The tile limit a still image gets when a call sets none (:func:`resolve_max_tiles`)."""
+        return resolve_max_tiles(self._max_num, None, self.settings)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype="auto", device=None, **kwargs) -> VLM:
@@ -101,7 +101,7 @@ class VLM:
         pictures = self.pictures(images, video, max_num, num_segments)
         made = []
         for i, picture in enumerate(pictures):
-            limit = tile_limit(picture, self.settings, self.max_tiles)
+            limit = tile_limit(picture, self.settings, self._max_num)
             size, tiles = tile(picture.source, limit, self.settings)
             made.append((size, tiles))
             if not picture.frame:
@@ -128,10 +128,7 @@ class VLM:
     def prepare(self, media: Media, request: Request) -> Prepared:
         """``request`` made ready with the tiles ``media`` already holds (made by :meth:`media` for it)."""
         tiles = iter(zip(media.sizes, media.pixel_values.split(media.num_patches) if media.num_patches else ()))
-        return prepare(request, self.model, self.max_tiles, tiler=lambda picture, limit: next(tiles))
-
-    def _gen(self, kwargs: dict) -> dict:
-        return {"max_new_tokens": self.max_new_tokens, "do_sample": False, **kwargs}
+        return prepare(request, self.model, self._max_num, tiler=lambda picture, limit: next(tiles))
 
     def ask(self, images: Images, question: str, video: str | os.PathLike | None = None, max_num: int | None = None,
             num_segments: int = 8, **generation) -> str:
@@ -145,28 +142,25 @@ class VLM:
         media = [self.media(images, None, max_num, 0) for images, _ in requests]
         return self.generate(media, [q for _, q in requests], generation)
 
-    def generate(self, media: Sequence[Media], questions: Sequence[str], generation: dict,
-                 keep_grounding_tokens: bool = False) -> list[str]:
+    def generate(self, media: Sequence[Media], questions: Sequence[str], generation: dict) -> list[str]:
         """Answer prepared media with questions, in one batch."""
-        return [c.text for c in self.generate_answers(media, questions, generation, keep_grounding_tokens)]
+        return [c.text for c in self.generate_answers(media, questions, generation)]
 
     def generate_answers(self, media: Sequence[Media], questions: Sequence[str], generation: dict,
-                         keep_grounding_tokens: bool = False, system_messages: Sequence[str | None] | None = None
-                         ) -> list[Completion]:
+                         system_messages: Sequence[str | None] | None = None) -> list[Completion]:
         """:meth:`generate`'s completions (text, and whether each was cut off at ``max_new_tokens``); a
         question's system message may replace the model's (None keeps it)."""
         systems = system_messages or [None] * len(questions)
         prepared = [self.prepare(m, self.request(m, q, s)) for m, q, s in zip(media, questions, systems)]
-        return self.complete(prepared, generation, keep_grounding_tokens)
+        return self.complete(prepared, generation)
 
     def complete(self, prepared: Sequence[Prepared], generation: Mapping | GenerationParams,
-                 keep_grounding_tokens: bool = False, max_batch_size: int | None = None) -> list[Completion]:
+                 max_batch_size: int | None = None) -> list[Completion]:
         """Completions of prepared requests through the engine (continuous batching, ``max_batch_size`` rows at
         once, all by default; greedy answers equal the batch-1 ``model.chat`` loop); ``generation`` is the
         engine's parameters or transformers' keywords."""
         params = generation if isinstance(generation, GenerationParams) else self.generation_params(generation)
-        engine = Engine(self.model, self.tokenizer, max_batch_size=max_batch_size or max(1, len(prepared)),
-                        keep_grounding_tokens=keep_grounding_tokens)
+        engine = Engine(self.model, self.tokenizer, max_batch_size=max_batch_size or max(1, len(prepared)))
         return engine.generate(prepared, params)
 
     def generation_params(self, generation: Mapping) -> GenerationParams:
@@ -183,7 +177,8 @@ class VLM:
             min_new_tokens=generation.get("min_new_tokens", 0),
             temperature=float(generation.get("temperature", 1.0)) if sample else 0.0,
             top_p=float(generation.get("top_p", 1.0)) if sample else 1.0,
-            seed=generation.get("seed"), stop=tuple(generation.get("stop", ())))
+            seed=generation.get("seed"), stop=tuple(generation.get("stop", ())),
+            keep_grounding_tokens=generation.get("keep_grounding_tokens", False))
 
     def point(self, image: ImageInput, query: str, max_num: int | None = POINT_TILES, max_new_tokens: int = 100,
               prompt: bool = True, **generation) -> PointAnswer:
@@ -197,8 +192,8 @@ class VLM:
         """:meth:`point` for several ``(image, query)`` pairs in one batch."""
         media = [self.media(image, None, max_num, 0) for image, _ in requests]
         questions = [point_question(q) if prompt else q for _, q in requests]
-        texts = self.generate(media, questions, {"max_new_tokens": max_new_tokens, **generation},
-                              keep_grounding_tokens=True)
+        texts = self.generate(media, questions, {"max_new_tokens": max_new_tokens, "keep_grounding_tokens": True,
+                                                 **generation})
         answers = []
         for text, m in zip(texts, media):
             points, boxes = parse_points(text), parse_boxes(text)
@@ -213,23 +208,30 @@ class VLM:
         return Session(self, self.media(images, video, max_num, num_segments))
 
 
-#: The ``generate`` keywords :meth:`VLM.generation_params` understands (top-k off, as the engine samples).
+#: The ``generate`` keywords :meth:`VLM.generation_params` understands (top-k off, as the engine samples), and
+#: vlaser's ``keep_grounding_tokens`` (keep ``<ref>``/``<box>`` tags in answers, as :meth:`VLM.point` does).
 GENERATE_KEYWORDS = frozenset({"max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_p", "seed",
-                               "stop"})
+                               "stop", "keep_grounding_tokens"})
 
 
 class Session:
-    """Multi-turn chat: each :meth:`ask` sees the earlier turns, exactly like ``model.chat(history=...)``."""
+    """Multi-turn chat through the engine: each :meth:`ask` sees the earlier turns, exactly as
+    ``model.chat(history=...)`` builds them (the first question's tags placed, the later ones as asked)."""
 
     def __init__(self, vlm: VLM, media: Media):
         self.vlm, self.media = vlm, media
-        self.history: list[tuple[str, str]] | None = None
+        self.history: list[tuple[str, str]] | None = None  #: ``(question as sent, answer)``, as ``model.chat``'s
 
     def ask(self, question: str, **generation) -> str:
-        if self.history is None:
-            question = place_tags(self.vlm.request(self.media, question))
-        response, self.history = self.vlm.model.chat(
-            self.vlm.tokenizer, self.media.pixel_values, question, self.vlm._gen(generation), history=self.history,
-            return_history=True, num_patches_list=self.media.num_patches,
-        )
-        return response
+        """The answer to ``question`` after the earlier turns; ``generation`` as :meth:`VLM.ask` takes it (an
+        unknown keyword is an error)."""
+        params = self.vlm.generation_params(generation)
+        turns = [Turn(q, a) for q, a in self.history or []]
+        if turns:  # the first question's tags place the pictures
+            request = Request(question, self.media.pictures, turns, tagged=True)
+        else:
+            request = self.vlm.request(self.media, question)
+            question = place_tags(request)
+        answer = self.vlm.complete([self.vlm.prepare(self.media, request)], params)[0].text
+        self.history = [*(self.history or []), (question, answer)]
+        return answer

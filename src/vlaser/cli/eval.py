@@ -6,7 +6,7 @@ from pathlib import Path
 
 from vlaser.cli.args import add_decode_options, at_least, decode_options
 from vlaser.errors import UserInputError
-from vlaser.eval.registry import ENGINES, IMPORTED, LAYOUTS, PROMPT_STYLES, REGISTRY
+from vlaser.eval.registry import IMPORTED, LAYOUTS, PROMPT_STYLES, REGISTRY, SERVERS
 
 
 def _options(pairs: list[str]) -> dict:
@@ -82,7 +82,7 @@ def _model_and_settings(p) -> None:
     source.add_argument("--api-base", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
     p.add_argument("--api-model", help="model name on the server (with --api-base)")
     p.add_argument("--concurrency", type=at_least(1), default=8, help="parallel requests (with --api-base)")
-    p.add_argument("--api-engine", choices=ENGINES, default="auto",
+    p.add_argument("--api-engine", choices=SERVERS, default="auto",
                    help="with --api-base: the server's engine, which decides where the images go in the request so "
                         "that it builds InternVL's prompt (default: ask the server's /models)")
     p.add_argument("--system-message", default=None,
@@ -114,7 +114,7 @@ def _backend(args):
         if not args.api_model:
             raise UserInputError("--api-base needs --api-model (the model name the server knows)")
         return OpenAIBackend(args.api_base, args.api_model, concurrency=args.concurrency,
-                             system_message=args.system_message, engine=args.api_engine)
+                             system_message=args.system_message, server=args.api_engine)
     return TransformersBackend(args.model, dtype=args.dtype, device=args.device, **decode_options(args))
 
 

@@ -70,25 +70,26 @@ def run(args) -> int:
     listener = bind(args.host, args.port)  # a port in use is said now, not after minutes of loading the model
     from vlaser.api import VLM
     from vlaser.serve.app import create_app
-    from vlaser.serve.engine import Engine
+    from vlaser.serve.scheduler import Scheduler
 
     try:
         vlm = VLM.from_pretrained(args.model, dtype=args.dtype, device=args.device)
     except BaseException:
         listener.close()
         raise
-    engine = Engine(vlm, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                    keep_grounding_tokens=args.keep_grounding_tokens, **decode)
-    app = create_app(engine, args.served_model_name or args.model, api_key=args.api_key or None,
+    scheduler = Scheduler(vlm, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                          max_queue=args.max_queue, **decode)
+    app = create_app(scheduler, args.served_model_name or args.model, api_key=args.api_key or None,
                      default_max_tokens=args.max_tokens, max_tokens_cap=args.max_tokens_cap,
                      max_images=args.max_images, max_pixels=args.max_pixels, max_body_bytes=args.max_body_mb * 2**20,
                      allow_remote_media=args.allow_remote_media,
                      allow_private_media_hosts=args.allow_private_media_hosts, allow_local_media=args.allow_local_media,
-                     default_max_tiles=args.max_num or vlm.max_num, max_tiles_cap=args.max_num_cap)
+                     default_max_tiles=args.max_num, max_tiles_cap=args.max_num_cap,
+                     keep_grounding_tokens=args.keep_grounding_tokens)
     _log_settings(args, vlm)
     if not args.api_key and not _is_loopback(args.host):
         log.warning("serving on %s without an API key: anyone who can reach it can use the model", args.host)
-    # uvicorn finishes the requests in flight on SIGTERM (the lifespan then drains the engine) and re-raises the
+    # uvicorn finishes the requests in flight on SIGTERM (the lifespan then drains the scheduler) and re-raises the
     # signal afterwards; this handler turns that into an ordinary exit 0 instead of a kill by the default one.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     host, port = listener.getsockname()[:2]

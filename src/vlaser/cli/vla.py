@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
-import typing
+import os
 from pathlib import Path
 
 from vlaser.cli import vla_convert
 from vlaser.cli.args import at_least
+from vlaser.cli.serve import API_KEY_ENV
 from vlaser.errors import UserInputError
+
+REACH_DEMOS, REACH_EVAL = 4000, 100  #: the reach2d quickstart's tested sizes
 
 EXAMPLES = """examples:
   vlaser vla data ./bridge_lerobot --json
@@ -35,32 +39,46 @@ def add_parser(sub) -> None:
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     t = verbs.add_parser("train", help="train a VLA policy (transformers' Trainer; DeepSpeed/FSDP as for SFT)",
-                         description="Values come from CONFIG (YAML or JSON, the fields below) and are overridden "
-                                     "by flags; dict fields (config, gripper_dims) take JSON.")
-    t.add_argument("config_file", nargs="?", type=Path, metavar="CONFIG", help="a YAML/JSON training config")
-    _add_train_flags(t)
+                         add_help=False)
+    t.add_argument("-h", "--help", action=_FullHelp, help="list every flag with its help")
+    t.set_defaults(passthrough=[])
 
     vla_convert.add_parser(verbs)
 
-    s = verbs.add_parser("serve", help="serve a trained policy over HTTP (POST /act, GET /health)")
+    s = verbs.add_parser("serve", help="serve a trained policy over HTTP (POST /act, GET /info, GET /health)",
+                         description="The policy on 'vlaser serve''s stack: the same API key, body-size limit and "
+                                     "error body.")
     s.add_argument("policy", type=Path, help="a folder written by 'vlaser vla train'")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8100)
-    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8100, help="port (default 8100)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="the policy's dtype (default float32, as the release evaluates)")
+    s.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                   help=f"require 'Authorization: Bearer KEY' on /act and /info (default: ${API_KEY_ENV})")
+    s.add_argument("--max-body-mb", type=at_least(1), default=64, help="request body size at most (default 64 MiB)")
 
     q = verbs.add_parser("quickstart", help="the whole VLA loop offline on a CPU: demos, training, closed-loop eval",
                          description="Writes scripted demonstrations of a numpy reach task as a LeRobot v3.0 "
                                      "dataset, trains a tiny VLA on a tiny InternVL3 backbone for a step budget, "
                                      "evaluates it closed-loop on held-out episodes beside untrained, blind and "
                                      "scripted policies, and writes report.json, report.md and pictures.")
-    q.add_argument("--out", type=Path, default=Path("vla-quickstart"), help="output folder (new or empty)")
-    q.add_argument("--steps", type=at_least(1), default=None, help="training steps (default: the tested budget)")
-    q.add_argument("--episodes", type=at_least(1), default=None,
-                   help="held-out episodes per policy (reach2d: 100) or per task and policy (metaworld: 10)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", type=Path, default=Path("vla-quickstart"),
+                   help="output folder, new or empty (default: vla-quickstart)")
+    q.add_argument("--max-steps", type=at_least(1), default=None,
+                   help="training steps (default: 2,500, the tested budget; fewer gives a warning in the report; "
+                        "metaworld: 1,500 per policy)")
+    q.add_argument("--minutes", type=float, default=None,
+                   help="also stop training once this many minutes of it are spent (default: no time limit)")
+    q.add_argument("--episodes", type=at_least(1), default=REACH_DEMOS,
+                   help="scripted demonstrations to train on (default: 4,000, the tested number)")
+    q.add_argument("--eval-episodes", type=at_least(1), default=REACH_EVAL,
+                   help="held-out episodes each policy is evaluated on (default: 100)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the data, the model and the evaluation (default: 0)")
+    q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     q.add_argument("--env", choices=("reach2d", "metaworld"), default="reach2d",
-                   help="reach2d: the numpy reach task (minutes); metaworld: 5 Meta-World tasks (~40 min)")
+                   help="reach2d: the numpy reach task (minutes); metaworld: 5 Meta-World tasks, a VLA and an "
+                        "instruction-blind twin (~40 min; fixed sizes: --max-steps, --out and --seed apply)")
     _add_sim_parsers(verbs)
 
 
@@ -104,62 +122,46 @@ def _add_render_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
                              "a CPU (OSMesa)" + ("" if defaults else "; default: as the policy's dataset"))
 
 
-def _train_fields() -> list[tuple[dataclasses.Field, str]]:
-    from vlaser.vla.train_args import VLATrainArguments
-
-    hints = typing.get_type_hints(VLATrainArguments)
-    return [(f, str(hints[f.name])) for f in dataclasses.fields(VLATrainArguments)]
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, each flag's default after its help."""
 
 
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    for f, hint in _train_fields():
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        convert, metavar = _kind(hint)
-        parser.add_argument(f"--{f.name}", *([f"--{f.name.replace('_', '-')}"] if "_" in f.name else []),
-                            dest=f"flag_{f.name}", type=convert, default=argparse.SUPPRESS, metavar=metavar,
-                            help=f"default: {default}")
+class _FullHelp(argparse.Action):
+    """``-h/--help``: every flag of the training parser with its help (the flags pass through argparse here
+    unparsed, as for ``vlaser train``)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        help_parser(parser.prog).print_help()
+        parser.exit()
 
 
-def _kind(hint: str):
-    """``(converter, metavar)`` of a field's type hint; a dict takes JSON (checked before ``int``, which
-    ``dict[str, list[int]]`` also names)."""
-    for name, convert, metavar in (("dict", _json_object, "JSON"), ("bool", _boolean, "BOOL"), ("int", int, "N"),
-                                   ("float", float, "X")):
-        if name in hint:
-            return convert, metavar
-    return str, "TEXT"
+def help_parser(prog: str) -> argparse.ArgumentParser:
+    """The training parser's flags arranged for reading: the VLA's own first (required ones marked), then
+    transformers' ``TrainingArguments`` (those whose default the VLA changes marked)."""
+    from transformers import TrainingArguments
 
+    from vlaser.vla.train_args import VLATrainArguments, build_parser
 
-def _boolean(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
-def train_values(args: argparse.Namespace) -> dict:
-    """The training fields: CONFIG's values overridden by the flags given."""
-    from vlaser.train.args import read_config
-
-    values = {}
-    if args.config_file is not None:
-        values = read_config(args.config_file)
-        if not isinstance(values, dict):
-            raise UserInputError(f"{args.config_file}: a VLA training config is a mapping of field names to values")
-    values.update({k[len("flag_"):]: v for k, v in vars(args).items() if k.startswith("flag_")})
-    return values
+    full = build_parser(prog)
+    base = {f.name: f for f in dataclasses.fields(TrainingArguments)}
+    changed = {f.name for f in dataclasses.fields(VLATrainArguments)
+               if f.name in base and f.default != base[f.name].default}
+    shown = argparse.ArgumentParser(prog=prog, usage=full.usage, description=f"{full.description}\n\n{EXAMPLES}",
+                                    formatter_class=_Formatter, add_help=False)
+    own = shown.add_argument_group("VLA")
+    training = shown.add_argument_group("training (transformers' TrainingArguments; * the VLA's default)")
+    for action in full._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if action.required or action.dest in changed:
+            action = copy.copy(action)
+            action.help = f"{'(required) ' if action.required else '* '}{action.help or ''}"
+            action.default = argparse.SUPPRESS if action.required else action.default
+        (training if action.dest in base and action.dest != "output_dir" else own)._add_action(action)
+    return shown
 
 
 def run(args) -> int:
@@ -169,10 +171,9 @@ def run(args) -> int:
         summary = inspect_dataset(args.path)
         print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.render())
     elif args.vla_verb == "train":
-        from vlaser.vla.train_args import VLATrainArguments
+        from vlaser.vla.train_args import parse_args
 
-        where = f"{args.config_file} and the flags" if args.config_file else "the vla train flags"
-        train_args = VLATrainArguments.from_dict(train_values(args), where=where)  # checked before torch loads
+        train_args = parse_args(args.passthrough)
         from vlaser.vla.train import train_vla
 
         out = train_vla(train_args)
@@ -182,18 +183,29 @@ def run(args) -> int:
     elif args.vla_verb == "serve":
         from vlaser.vla.serve import serve
 
-        serve(str(args.policy), host=args.host, port=args.port, device=args.device, dtype=args.dtype)
+        serve(str(args.policy), host=args.host, port=args.port, device=args.device, dtype=args.dtype,
+              api_key=args.api_key or None, max_body_bytes=args.max_body_mb * 2**20)
     elif args.vla_verb in ("collect", "eval"):
         _run_sim(args)
     elif args.env == "metaworld":
-        from vlaser.vla.sim.quickstart import run_metaworld_quickstart
-
-        run_metaworld_quickstart(args.out, seed=args.seed, train_steps=args.steps, episodes=args.episodes)
+        _metaworld_quickstart(args)
     else:
         from vlaser.vla.quickstart import run_quickstart
 
-        run_quickstart(args.out, seed=args.seed, train_steps=args.steps, episodes=args.episodes or 100)
+        run_quickstart(args.out, seed=args.seed, train_steps=args.max_steps, episodes=args.eval_episodes,
+                       demos=args.episodes, minutes=args.minutes, overwrite=args.overwrite)
     return 0
+
+
+def _metaworld_quickstart(args) -> None:
+    reach_only = (args.minutes is not None, args.overwrite, args.episodes != REACH_DEMOS, args.eval_episodes != REACH_EVAL)
+    if any(reach_only):
+        raise UserInputError("--minutes, --overwrite, --episodes and --eval-episodes are the reach2d quickstart's; "
+                             "the metaworld one has fixed sizes (20 demonstrations and 10 held-out episodes per "
+                             "task) and writes into a new folder")
+    from vlaser.vla.sim.quickstart import run_metaworld_quickstart
+
+    run_metaworld_quickstart(args.out, seed=args.seed, train_steps=args.max_steps)
 
 
 def _run_sim(args) -> None:

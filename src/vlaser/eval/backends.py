@@ -9,6 +9,7 @@ by vLLM or LMDeploy is evaluated by the same runner and scorers as a local check
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import hashlib
 import io
@@ -27,11 +28,12 @@ from typing import Any, Protocol
 from PIL import Image
 
 from vlaser.errors import ExternalServiceError
-from vlaser.eval.registry import ENGINES
-from vlaser.inference import Completion, GenerationParams, Picture, Request
+from vlaser.eval.registry import SERVERS
+from vlaser.inference import Completion, GenerationParams, Picture, Prepared, Request
 from vlaser.inference.engine import Engine
-from vlaser.inference.prepare import Pending, Preparer, place_tags
+from vlaser.inference.prepare import Pending, Preparer, own_tile_limit, place_tags
 from vlaser.model.constants import IMAGE_PLACEHOLDER
+from vlaser.model.settings import ProcessorSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ class Backend(Protocol):
     overlap_io: bool
     #: pictures are tiled in this process, so ``--workers`` processes can tile them ahead (``tiling``)
     tiles_locally: bool
+    #: the checkpoint's tiling, which decides a protocol's tile limit with it (``resolve_max_tiles``); None for a
+    #: server, which tiles with its own (a backend without the attribute counts as None)
+    processor_settings: ProcessorSettings | None
 
     def info(self) -> dict:
         """What answers: recorded in ``run.json`` and compared on resume."""
@@ -59,10 +64,10 @@ class Backend(Protocol):
         model's batch; an API backend keeps its own concurrency)."""
 
 
-class TransformersBackend(Preparer, Engine):
-    """A local checkpoint as a :class:`Backend`: the inference core's prepare step (the checkpoint's tiling,
-    tiles reused and made ahead) and its engine themselves, so the runner's tile limits and generation settings
-    reach the tiler and ``generate`` directly. This class only loads the model and says what answers."""
+class TransformersBackend:
+    """A local checkpoint as a :class:`Backend`: it holds the inference core's prepare step (the checkpoint's
+    tiling, tiles reused and made ahead) and its engine, and hands the runner's tile limits and generation
+    settings straight to them. This class only loads the model and says what answers."""
 
     tiles_locally = True
 
@@ -79,8 +84,19 @@ class TransformersBackend(Preparer, Engine):
             device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun process
         self.model_path = model_path
         vlm = vlm if vlm is not None else VLM.from_pretrained(model_path, dtype=dtype, device=device)
-        Preparer.__init__(self, vlm.model)
-        Engine.__init__(self, vlm.model, vlm.tokenizer, static_capacity=static_capacity, cuda_graphs=cuda_graphs)
+        self.model, self.processor_settings = vlm.model, vlm.model.processor_settings
+        self.preparer = Preparer(vlm.model)
+        self.engine = Engine(vlm.model, vlm.tokenizer, static_capacity=static_capacity, cuda_graphs=cuda_graphs)
+
+    def tiling(self, picture: Path, max_tiles: int) -> tuple[Callable, tuple]:
+        return self.preparer.tiling(picture, max_tiles)
+
+    def prepare(self, request: Request, pending: Pending | None = None) -> Prepared:
+        return self.preparer.prepare(request, pending)
+
+    def generate(self, prepared: Sequence[Prepared], params: GenerationParams, max_batch_size: int | None = None
+                 ) -> list[Completion]:
+        return self.engine.generate(prepared, params, max_batch_size)
 
     @property
     def overlap_io(self) -> bool:
@@ -90,7 +106,7 @@ class TransformersBackend(Preparer, Engine):
     def info(self) -> dict:
         return {"backend": "transformers", "model": self.model_path, "dtype": str(self.model.dtype),
                 "device": str(self.model.device), "config_sha256": self._config_hash(),
-                "decode": {"static_capacity": self.static_capacity, "cuda_graphs": self.cuda_graphs}}
+                "decode": {"static_capacity": self.engine.static_capacity, "cuda_graphs": self.engine.cuda_graphs}}
 
     def _config_hash(self) -> str:
         """sha256 of the checkpoint's ``config.json`` (of the in-memory config for a model being trained)."""
@@ -115,12 +131,12 @@ LMDEPLOY_IMAGE_TOKEN = "<IMAGE_TOKEN>"  #: LMDeploy's image placeholder (``lmdep
 
 
 def to_payload(request: Request, model: str, params: GenerationParams, system_message: str | None = None,
-               engine: str = "openai") -> dict:
-    """An OpenAI chat-completions request, shaped so that ``engine`` builds InternVL's prompt from it exactly.
+               server: str = "openai") -> dict:
+    """An OpenAI chat-completions request, shaped so that ``server`` builds InternVL's prompt from it exactly.
 
     - Content: the prompt (the request's question, its tags placed by the prepare step) as a string when it has
       no pictures (LMDeploy puts an empty ``<img></img>`` before a
-      list without images). Otherwise, by engine:
+      list without images). Otherwise, by server:
       - ``vllm`` and ``vlaser``: the whole prompt, ``<image>`` tags and all, as one text part, then the images in
         order. vLLM (``--chat-template-content-format string``) keeps the tags a text already holds and adds only
         missing ones (``chat_utils._get_full_multimodal_text_prompt``), and fills them in order; ``vlaser serve``
@@ -144,16 +160,16 @@ def to_payload(request: Request, model: str, params: GenerationParams, system_me
     - Greedy is ``temperature`` 0; ``min_new_tokens`` goes as vLLM's ``min_tokens`` and LMDeploy's
       ``min_new_tokens``; ``top_p``, ``stop`` and ``seed`` go when set.
     """
-    if engine not in ENGINES[1:]:
-        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES[1:])}")
-    messages = _messages(request, engine)
+    if server not in SERVERS[1:]:
+        raise ValueError(f"unknown server {server!r}; choose from {', '.join(SERVERS[1:])}")
+    messages = _messages(request, server)
     system = request.system if request.system is not None else system_message
-    if system or (system == "" and engine == "vlaser"):  # vlaser serve reads no system message as the model's own
+    if system or (system == "" and server == "vlaser"):  # vlaser serve reads no system message as the model's own
         messages.insert(0, {"role": "system", "content": system})
     payload = {"model": model, "messages": messages, "max_tokens": params.max_new_tokens,
                "temperature": params.temperature}
-    limits = [p.max_tiles for p in request.pictures if p.max_tiles is not None]
-    if limits and engine != "vlaser":  # vlaser serve reads each picture's own, and none as its own setting
+    limits = [own_tile_limit(p) for p in request.pictures if own_tile_limit(p) is not None]
+    if limits and server != "vlaser":  # vlaser serve reads each picture's own, and none as its own setting
         still = [p.max_tiles for p in request.pictures if not p.frame and p.max_tiles is not None]
         payload["mm_processor_kwargs"] = {"max_dynamic_patch": max(still) if still else 1}
     if params.min_new_tokens:
@@ -167,34 +183,34 @@ def to_payload(request: Request, model: str, params: GenerationParams, system_me
     return payload
 
 
-def _messages(request: Request, engine: str) -> list[dict]:
+def _messages(request: Request, server: str) -> list[dict]:
     """The user and assistant turns, each user turn with the pictures its tags place (the question's placed by
     the prepare step)."""
     texts = [turn.user for turn in request.history] + [place_tags(request)]
     pictures, messages = iter(request.pictures), []
     for k, text in enumerate(texts):
         messages.append({"role": "user", "content": _content(text, [_image_part(next(pictures)) for _ in
-                                                                    range(text.count(IMAGE_PLACEHOLDER))], engine)})
+                                                                    range(text.count(IMAGE_PLACEHOLDER))], server)})
         if k < len(request.history):
             messages.append({"role": "assistant", "content": request.history[k].assistant})
     return messages
 
 
-def _content(text: str, images: list[dict], engine: str) -> str | list[dict]:
-    """One user turn's content in ``engine``'s shape (see :func:`to_payload`)."""
+def _content(text: str, images: list[dict], server: str) -> str | list[dict]:
+    """One user turn's content in ``server``'s shape (see :func:`to_payload`)."""
     if not images:
         return text
-    if engine == "openai":
+    if server == "openai":
         return _interleaved(text, images)
-    tag = LMDEPLOY_IMAGE_TOKEN if engine == "lmdeploy" else IMAGE_PLACEHOLDER
+    tag = LMDEPLOY_IMAGE_TOKEN if server == "lmdeploy" else IMAGE_PLACEHOLDER
     return [{"type": "text", "text": text.replace(IMAGE_PLACEHOLDER, tag)}, *images]
 
 
 def _image_part(picture: Picture) -> dict:
     """One picture as an ``image_url`` part, with its own tile limit when it has one (LMDeploy's field)."""
     image_url: dict[str, Any] = {"url": _data_url(picture.source)}
-    if picture.max_tiles is not None:
-        image_url["max_dynamic_patch"] = picture.max_tiles
+    if own_tile_limit(picture) is not None:
+        image_url["max_dynamic_patch"] = own_tile_limit(picture)
     return {"type": "image_url", "image_url": image_url}
 
 
@@ -210,8 +226,9 @@ def _interleaved(prompt: str, images: list[dict]) -> list[dict]:
     return content
 
 
-def detect_engine(api_base: str, model: str, api_key: str | None = None, timeout: float = 10) -> str:
-    """The engine behind an OpenAI-compatible server, from the ``owned_by`` of ``model`` in its ``/models`` list
+def detect_server(api_base: str, model: str, api_key: str | None = None, timeout: float = 10) -> str:
+    """The kind of server (vLLM, LMDeploy, vlaser serve) behind an OpenAI-compatible API, from the ``owned_by`` of
+    ``model`` in its ``/models`` list
     (vLLM says ``vllm``, LMDeploy ``lmdeploy``, ``vlaser serve`` ``vlaser``); ``openai`` for anything else."""
     url = api_base.rstrip("/") + "/models"
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
@@ -223,9 +240,9 @@ def detect_engine(api_base: str, model: str, api_key: str | None = None, timeout
         return "openai"
     card = next((c for c in cards if isinstance(c, dict) and c.get("id") == model), None)
     owner = card.get("owned_by") if card else None
-    engine = owner if owner in ENGINES[1:] else "openai"
-    log.info("%s: model %s is owned by %s: sending the %s payload", url, model, owner, engine)
-    return engine
+    server = owner if owner in SERVERS[1:] else "openai"
+    log.info("%s: model %s is owned by %s: sending the %s payload", url, model, owner, server)
+    return server
 
 
 def from_response(body: dict) -> Completion:
@@ -255,28 +272,29 @@ class OpenAIBackend:
 
     overlap_io = True  # the server does the work; read the next batch's images meanwhile
     tiles_locally = False  # the server tiles
+    processor_settings = None  # with its checkpoint's settings
 
     def __init__(self, api_base: str, model: str, concurrency: int = 8, timeout: float = 300, retries: int = 3,
-                 system_message: str | None = None, engine: str = "auto"):
+                 system_message: str | None = None, server: str = "auto"):
         from vlaser.model.template import INTERNVL2_5_SYSTEM_MESSAGE
 
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
-        self.api_base, self.requested_engine = api_base, engine
+        if server not in SERVERS:
+            raise ValueError(f"unknown server {server!r}; choose from {', '.join(SERVERS)}")
+        self.api_base, self.requested_server = api_base, server
         self.url = api_base.rstrip("/") + "/chat/completions"
         self.model, self.concurrency, self.timeout, self.retries = model, concurrency, timeout, retries
         self.system_message = INTERNVL2_5_SYSTEM_MESSAGE if system_message is None else system_message
         self.api_key = os.environ.get("OPENAI_API_KEY")
 
     @functools.cached_property
-    def engine(self) -> str:
+    def server(self) -> str:
         """The payload shape to send (``to_payload``): ``--api-engine``, or the server's answer to ``/models``."""
-        if self.requested_engine != "auto":
-            return self.requested_engine
-        return detect_engine(self.api_base, self.model, self.api_key)
+        if self.requested_server != "auto":
+            return self.requested_server
+        return detect_server(self.api_base, self.model, self.api_key)
 
     def info(self) -> dict:
-        return {"backend": "openai", "model": self.model, "api_base": self.url, "engine": self.engine,
+        return {"backend": "openai", "model": self.model, "api_base": self.url, "server": self.server,
                 "system_message": self.system_message}
 
     def _post(self, payload: dict) -> Completion:
@@ -306,17 +324,18 @@ class OpenAIBackend:
         raise TypeError("the server tiles its images; no tiling call to run here (tiles_locally is False)")
 
     def prepare(self, request: Request, pending: Pending | None = None) -> Request:
-        """Check the image files open (a missing or corrupt one is named here, before any request)."""
+        """The request with its tags placed by the prepare step (the payload renders that prompt), its image files
+        checked to open (a missing or corrupt one is named here, before any request)."""
         from vlaser.model.preprocess import to_pil
 
         for picture in request.pictures:
             if not isinstance(picture.source, Image.Image):
                 to_pil(picture.source)
-        return request
+        return dataclasses.replace(request, question=place_tags(request), tagged=True)
 
     def generate(self, prepared: Sequence[Request], params: GenerationParams, max_batch_size: int | None = None
                  ) -> list[Completion]:
-        payloads = [to_payload(request, self.model, params, self.system_message, self.engine)
+        payloads = [to_payload(request, self.model, params, self.system_message, self.server)
                     for request in prepared]
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(self._post, payloads))

@@ -9,13 +9,21 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from vlaser.errors import UserInputError
+from vlaser.eval.items import (  # noqa: F401 (benchmarks import them from here)
+    BenchmarkDataError,
+    Item,
+    Score,
+    keep_damaged_lines,
+    unreadable_item,
+)
+from vlaser.eval.masks import load_mask
 from vlaser.eval.registry import PROMPT_STYLES, REGISTRY
 from vlaser.model.template import FRAME_LINE
 
@@ -25,50 +33,6 @@ def check_prompt_style(style: str) -> str:
     if style not in PROMPT_STYLES:
         raise UserInputError(f"--prompt must be {' or '.join(PROMPT_STYLES)}, got {style!r}")
     return style
-
-
-class BenchmarkDataError(UserInputError):
-    """The benchmark's files are missing or malformed; the message names the file."""
-
-
-@dataclass
-class Item:
-    """One question: its official id, the query text, its image(s) and what scoring needs."""
-
-    id: str
-    question: str  # the task text without any answer-format instruction
-    official_prompt: str  # the prompt the benchmark's own code sends
-    images: list[Path]
-    meta: dict[str, Any] = field(default_factory=dict)
-    group: str = ""
-    #: a clip whose sampled frames follow ``images``; frames are chosen by ``Benchmark.frame_indices``, decoded
-    #: only when the item is asked (``eval score`` never needs the file)
-    video: Path | None = None
-    #: why the item's annotation (its row or ground-truth file) could not be read at load; such an item is never
-    #: asked and is left out of the score, named and counted (docs/eval_suite.md, "Damaged benchmark files")
-    gt_error: str | None = None
-
-
-def unreadable_item(where: str, reason: str) -> Item:
-    """A stand-in for an annotation row that cannot be read (its id is ``where``, e.g. ``file.jsonl:7``): it keeps
-    the damage named and counted in the outputs instead of aborting the run or vanishing."""
-    return Item(id=where, question="", official_prompt="", images=[], gt_error=f"{where}: {reason}")
-
-
-def keep_damaged_lines(items: list[Item], path: Path):
-    """``read_jsonl``'s ``on_error`` for an annotation file: each line that is not JSON joins ``items`` as an
-    :func:`unreadable_item` named ``FILE:LINE``, in file order."""
-    return lambda error: items.append(unreadable_item(f"{path.name}:{error.line}", f"invalid JSON: {error.reason}"))
-
-
-@dataclass
-class Score:
-    """Per-item result. ``value`` None means the item is left out of the mean (an official skip)."""
-
-    value: float | None
-    parsed: bool
-    points: list[tuple[float, float]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 #: where the pointing benchmarks Vlaser ran inside their official code take their settings from
@@ -152,8 +116,6 @@ class Benchmark(abc.ABC):
 
     def gt_mask(self, item: Item):
         """The ground-truth mask to draw in pictures (``None`` when the benchmark has none for the item)."""
-        from vlaser.eval.masks import load_mask
-
         path = Path(item.meta.get("mask", ""))
         return load_mask(path, "soft") if item.meta.get("mask") and path.is_file() else None
 

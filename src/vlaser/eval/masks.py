@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlaser.eval.benchmark import BenchmarkDataError, Item, Score
 from vlaser.eval.extract import robopoint_text2pts, vlaser_pixels
+from vlaser.eval.items import BenchmarkDataError, Item, Score
 
 
 def load_mask(path: Path, mode: str) -> np.ndarray:

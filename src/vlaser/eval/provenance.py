@@ -20,7 +20,7 @@ from vlaser.errors import UserInputError
 
 #: what a resumed run must share with the recorded one: anything else would mix answers made differently
 SAME_FOR_RESUME = ("benchmark", "protocol", "protocol_version", "settings", "options", "backend.backend",
-                   "backend.model", "backend.config_sha256", "backend.system_message", "backend.engine")
+                   "backend.model", "backend.config_sha256", "backend.system_message", "backend.server")
 
 
 def vlaser_version() -> str:

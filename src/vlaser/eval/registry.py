@@ -39,5 +39,5 @@ LAYOUTS: dict[str, str] = {
 }
 #: benchmarks whose results come from their own harness, imported into OUT beforehand
 IMPORTED: dict[str, str] = {"eb_alfred": "EB-ALFRED", "eb_habitat": "EB-Habitat"}
-#: ``--api-engine`` choices (``to_payload`` shapes a request for each); ``auto`` asks the server
-ENGINES = ("auto", "vllm", "lmdeploy", "vlaser", "openai")
+#: the kinds of server, ``--api-engine``'s choices (``to_payload`` shapes a request for each); ``auto`` asks the server
+SERVERS = ("auto", "vllm", "lmdeploy", "vlaser", "openai")

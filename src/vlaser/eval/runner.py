@@ -22,7 +22,7 @@ from vlaser.eval.backends import Backend
 from vlaser.eval.benchmark import Benchmark, BenchmarkDataError, Item, Score, check_prompt_style
 from vlaser.eval.provenance import check_and_write, coverage, git_commit, run_record, vlaser_version
 from vlaser.inference import Completion, GenerationParams, Picture, Request
-from vlaser.inference.prepare import Pending, place_tags
+from vlaser.inference.prepare import Pending, place_tags, resolve_max_tiles
 from vlaser.jsonl import JSONLError, read_jsonl
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageLoadError, LastClip, decode_frames
@@ -153,16 +153,13 @@ def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch
     0 then merges them into ``predictions.jsonl`` and scores, so metrics equal a single-process run.
     ``workers``: processes that read and tile still images (see :class:`ImageWorkers`); 0 tiles in this one.
     """
-    if batch_size < 1:
-        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
-    if workers < 0:
-        raise UserInputError(f"--workers must be at least 0, got {workers}")
-    if limit is not None and limit < 1:
-        raise UserInputError(f"--limit must be at least 1 (all items: leave it out), got {limit}")
+    _check_counts(batch_size, workers, limit)
     available = benchmark.load(Path(data_dir))
     items = available[:limit]
     settings = effective_settings(benchmark, any(item.video for item in items), prompt=prompt, max_tiles=max_tiles,
                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, frames=frames)
+    settings["max_tiles"] = resolve_max_tiles(max_tiles, benchmark.settings.max_tiles,
+                                              getattr(backend, "processor_settings", None))
     params = GenerationParams(settings["max_new_tokens"], settings["min_new_tokens"])
     out = Path(out)
     rank, world = _world()
@@ -176,6 +173,32 @@ def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch
     my_path = pred_path if world == 1 else out / f"predictions.rank{rank}.jsonl"
     if world > 1:
         _barrier()  # the config check has passed before anyone writes
+    done, mine, todo = _unanswered(items, out, pred_path, my_path, rank, world)
+    with open(my_path, "a") as stream, tqdm(total=len(mine), initial=len(mine) - len(todo), desc=benchmark.name,
+                                            unit="item", disable=rank != 0) as bar:
+        _answer(benchmark, backend, settings, params, todo, batch_size, workers, stream, done, bar)
+    if world == 1:
+        return score(benchmark, items, _merge(items, out, pred_path) if todo else done, out, pictures, record)
+    _barrier()
+    if rank == 0:
+        score(benchmark, items, _merge(items, out, pred_path), out, pictures, record)
+    _barrier()
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _check_counts(batch_size: int, workers: int, limit: int | None) -> None:
+    if batch_size < 1:
+        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise UserInputError(f"--workers must be at least 0, got {workers}")
+    if limit is not None and limit < 1:
+        raise UserInputError(f"--limit must be at least 1 (all items: leave it out), got {limit}")
+
+
+def _unanswered(items: list[Item], out: Path, pred_path: Path, my_path: Path, rank: int, world: int
+                ) -> tuple[dict[str, dict], list[Item], list[Item]]:
+    """``(answers so far, this process's items, those still to ask)``: an interrupted run's answers are read
+    back (a torn last line dropped, per-rank files merged), items that failed on their media are asked again."""
     _drop_torn_tail(my_path)
     if world == 1 and any(out.glob("predictions.rank*.jsonl")):
         _merge(items, out, pred_path)  # answers of an interrupted sharded run
@@ -189,16 +212,21 @@ def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch
     todo.sort(key=lambda item: str(item.video or ""))
     if len(todo) < len(askable):
         log.info("resuming: %d of %d items already answered", len(askable) - len(todo), len(askable))
-    # the engine takes a window of several batches at once and keeps ``batch_size`` rows decoding, admitting
-    # them by tile count and prompt length; answers are written after each window
+    return done, mine, todo
+
+
+def _answer(benchmark: Benchmark, backend: Backend, settings: dict[str, Any], params: GenerationParams,
+            todo: list[Item], batch_size: int, workers: int, stream, done: dict[str, dict], bar) -> None:
+    """Ask ``todo`` window by window, appending each answer to ``stream`` (and ``done``) as its window ends.
+
+    The engine takes a window of several batches at once and keeps ``batch_size`` rows decoding, admitting them
+    by tile count and prompt length. With the model on a GPU (or behind an API) the next window's images are
+    read and tiled on a worker thread while this one generates; on a CPU that thread would only compete.
+    """
     window = batch_size * WINDOW_BATCHES
     windows = [todo[start:start + window] for start in range(0, len(todo), window)]
-    # With the model on a GPU (or behind an API) the next window's images are read and tiled on a worker
-    # thread while this one generates; on a CPU that thread would only compete with generation.
     loader_cls = ThreadPoolExecutor if backend.overlap_io else _InlineExecutor
-    with open(my_path, "a") as stream, loader_cls(max_workers=1) as loader, ImageWorkers(workers, backend) as tiler, \
-            tqdm(total=len(mine), initial=len(mine) - len(todo), desc=benchmark.name, unit="item",
-                 disable=rank != 0) as bar:
+    with loader_cls(max_workers=1) as loader, ImageWorkers(workers, backend) as tiler:
         clip = LastClip()
 
         def prepare(group: list[Item]) -> list:
@@ -216,13 +244,6 @@ def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch
                 done[answer["id"]] = answer
             stream.flush()
             bar.update(len(chunk))
-    if world == 1:
-        return score(benchmark, items, _merge(items, out, pred_path) if todo else done, out, pictures, record)
-    _barrier()
-    if rank == 0:
-        score(benchmark, items, _merge(items, out, pred_path), out, pictures, record)
-    _barrier()
-    return json.loads((out / "metrics.json").read_text())
 
 
 class ImageWorkers:

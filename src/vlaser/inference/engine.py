@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from transformers.cache_utils import Cache
 from vlaser.errors import UserInputError
 from vlaser.inference.types import Completion, GenerationParams, Prepared
 from vlaser.model.chat import answer_decoder
+from vlaser.model.image_features import image_features, write_image_features
 from vlaser.model.rope import fixed_rotary, rotary_swapped
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,6 @@ class Row:
 class Engine:
     """Continuous batching over a slot KV cache (see the module docstring).
 
-    ``keep_grounding_tokens`` is the choice for rows that make none (off, as in ``model.chat``).
-
     ``static_capacity`` (positions per slot) makes the decode step fixed-shape, so CUDA graphs can replay it:
     the cache is allocated once, ``max_batch_size`` slots plus a scratch slot of that many positions (a request
     whose prompt and ``max_new_tokens`` exceed it is refused at :meth:`add`), and each decode step runs the
@@ -132,7 +131,7 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer, max_batch_size: int = 8, max_batch_tokens: int = 16384,
-                 keep_grounding_tokens: bool = False, static_capacity: int | None = None, cuda_graphs: bool = False):
+                 static_capacity: int | None = None, cuda_graphs: bool = False):
         if max_batch_size < 1 or max_batch_tokens < 1:
             raise ValueError(f"need max_batch_size >= 1 and max_batch_tokens >= 1, got {max_batch_size} and "
                              f"{max_batch_tokens}")
@@ -145,7 +144,6 @@ class Engine:
             cuda_graphs = False
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
-        self.keep_grounding_tokens = keep_grounding_tokens
         self.end_token = model.conv_template.stop_token
         self.end_id = tokenizer.convert_tokens_to_ids(self.end_token)
         self.context = model.config.text_config.max_position_embeddings
@@ -164,7 +162,7 @@ class Engine:
     # ---- the list API ------------------------------------------------------------------------------------
 
     def generate(self, items: Sequence[Prepared], params: GenerationParams | Sequence[GenerationParams],
-                 max_batch_size: int | None = None, keep_grounding_tokens: bool | None = None) -> list[Completion]:
+                 max_batch_size: int | None = None) -> list[Completion]:
         """One completion per item, in the items' order; ``params`` is one setting for all or one per item.
         Items are admitted sorted by tile count and prompt length, so rows that share a prefill are alike.
         ``max_batch_size`` (rows decoding at once) resizes an idle engine's slots; None keeps them."""
@@ -174,7 +172,7 @@ class Engine:
         rows: list[Row] = []
         try:
             for item, p in zip(items, params):
-                rows.append(self.add(item, p, keep_grounding_tokens))
+                rows.append(self.add(item, p))
         finally:  # an item refused by add leaves none of the list queued
             for row in rows:
                 self.waiting.remove(row)
@@ -200,12 +198,13 @@ class Engine:
 
     # ---- the step API (the server's loop) ----------------------------------------------------------------
 
-    def add(self, item: Prepared, params: GenerationParams, keep_grounding_tokens: bool | None = None,
-            on_delta: Callable[[str], None] | None = None, tag: Any = None) -> Row:
+    def add(self, item: Prepared, params: GenerationParams, on_delta: Callable[[str], None] | None = None,
+            tag: Any = None) -> Row:
         """Queue one request; it joins the running rows at the next :meth:`step` with room for it. A prompt
-        whose tokens plus ``max_new_tokens`` exceed the model's context is a :class:`UserInputError`."""
+        whose tokens plus ``max_new_tokens`` exceed the model's context is a :class:`UserInputError`. ``item``
+        is left as it is: the row holds a copy with the prompt's tokens."""
         if not item.input_ids:
-            item.input_ids = self.tokenizer(item.prompt)["input_ids"]
+            item = replace(item, input_ids=self.tokenizer(item.prompt)["input_ids"])
         prompt_tokens, tiles = len(item.input_ids), sum(item.num_patches)
         if prompt_tokens + params.max_new_tokens > self.context:
             raise UserInputError(
@@ -218,8 +217,7 @@ class Engine:
                 f"the prompt is {prompt_tokens} tokens and max_tokens asks for {params.max_new_tokens} more, over "
                 f"this engine's static_capacity of {self.static_capacity} positions per row; send a shorter prompt "
                 "or a lower max_tokens, or start the engine with a larger static_capacity")
-        keep = self.keep_grounding_tokens if keep_grounding_tokens is None else keep_grounding_tokens
-        row = Row(item, params, self._decoder(keep), on_delta, tag)
+        row = Row(item, params, self._decoder(params.keep_grounding_tokens), on_delta, tag)
         if not params.greedy:
             row.generator = torch.Generator(self.model.device)
             row.generator.manual_seed(params.seed if params.seed is not None else int(torch.randint(2**62, ())))
@@ -297,10 +295,8 @@ class Engine:
         embeds = model.get_input_embeddings()(ids)
         tiles = [r.item.pixel_values for r in rows if r.item.pixel_values is not None]
         if tiles:
-            features = model.model.get_image_features(pixel_values=torch.cat(tiles).to(device, model.dtype))
-            features = getattr(features, "pooler_output", features)
-            mask = (ids == model.config.image_token_id).unsqueeze(-1)
-            embeds = embeds.masked_scatter(mask, features.reshape(-1, features.shape[-1]).to(embeds.dtype))
+            embeds = write_image_features(embeds, ids, image_features(model, torch.cat(tiles)),
+                                          model.config.image_token_id)
         positions = torch.arange(width, device=device).expand(len(rows), width)
         causal = positions[0][None, :] <= positions[0][:, None]  # (T, T)
         allowed = causal.expand(len(rows), 1, width, width)
@@ -520,7 +516,7 @@ def settled_end(text: str, stops: Sequence[str]) -> int:
 
 
 def next_text(decode: Callable[[list[int]], str], tokens: list[int], prefix_offset: int, read_offset: int
-              ) -> tuple[str, int, int]:
+              ) -> tuple[str, str, int, int]:
     """Incremental detokenisation (the offsets scheme of vLLM and TGI): the text the last tokens add, decoded
     from the window ``tokens[prefix_offset:]`` against its context ``tokens[prefix_offset:read_offset]``, so
     each step costs a few tokens. The new text waits while it ends in U+FFFD (a character's bytes are split

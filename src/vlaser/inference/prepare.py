@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -18,28 +17,20 @@ from PIL import Image
 from vlaser.inference.types import Picture, PictureSource, Prepared, Request
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import image_to_tiles, to_pil
-from vlaser.model.template import IMAGE_LINE, ChatTemplate, build_chat_prompt, get_template, multi_image_prefix
-
-if TYPE_CHECKING:
-    from vlaser.model.settings import ProcessorSettings
+from vlaser.model.settings import ProcessorSettings
+from vlaser.model.template import (
+    FRAME_LINE,
+    ChatTemplate,
+    build_chat_prompt,
+    frame_lines,
+    get_template,
+    images_first,
+)
 
 #: ``(picture, its tile limit) -> ((width, height), tiles)``: how a caller may supply tiles made elsewhere
 Tiler = Callable[[Picture, int], tuple[tuple[int, int], torch.Tensor]]
 #: ``(image file, tile limit) -> future`` of the tiles worker processes are making
 Pending = Mapping[tuple[Path, int], Future]
-
-
-def images_first(text: str, n_images: int) -> str:
-    """InternVL's layout of still images before a text: ``<image>\\n`` for one, ``Image-i: <image>\\n`` lines
-    for several (``model.chat``'s single- and multi-image prompts)."""
-    if n_images == 0:
-        return text
-    return (IMAGE_LINE if n_images == 1 else multi_image_prefix(n_images)) + text
-
-
-def frame_lines(n_frames: int, line: str) -> str:
-    """One ``line`` (``"Frame-{i}: <image>\\n"`` or a benchmark's own) per video frame, numbered from 1."""
-    return "".join(line.format(i=i + 1) for i in range(n_frames))
 
 
 def between(pieces: Sequence[str | None], picture: str = IMAGE_PLACEHOLDER) -> str:
@@ -48,6 +39,46 @@ def between(pieces: Sequence[str | None], picture: str = IMAGE_PLACEHOLDER) -> s
     if IMAGE_PLACEHOLDER not in picture:
         raise ValueError(f"a picture is written with one {IMAGE_PLACEHOLDER} tag, got {picture!r}")
     return "".join(picture if piece is None else piece for piece in pieces)
+
+
+def tag_parts(pieces: Sequence[str | None]) -> str:
+    """One message's parts in their order (text, or ``None`` for an image) as text with one ``<image>`` tag per
+    image, the images keeping their order: the tags the text already holds (one per image), else
+    :func:`~vlaser.model.template.images_first`'s layout when several images come before all the text (InternVL's
+    multi-image prompt), else each image on its own line where its part stands (rules in ``docs/serve.md``)."""
+    texts = [piece for piece in pieces if piece]
+    images = sum(piece is None for piece in pieces)
+    tags = sum(text.count(IMAGE_PLACEHOLDER) for text in texts)
+    if tags:
+        if tags != images:
+            raise ValueError(f"the text contains a literal {IMAGE_PLACEHOLDER!r} {tags} time(s) but the message has "
+                             f"{images} image part(s); write one {IMAGE_PLACEHOLDER!r} per image (the images fill "
+                             "them in order), or none and let the parts' order place them")
+        return _in_order(texts)
+    first_text = next((k for k, piece in enumerate(pieces) if piece), len(pieces))
+    if images > 1 and all(piece is not None for piece in pieces[first_text:]):
+        return images_first(_in_order(texts), images)
+    return _in_order(pieces)
+
+
+def _in_order(pieces: Sequence[str | None]) -> str:
+    """Text and ``<image>`` tags (for ``None``) in part order: text after text on a new line, a tag on its own
+    line unless whitespace precedes it."""
+    out, previous = "", None
+    for piece in pieces:
+        if piece is not None:
+            if not piece:
+                continue
+            if previous is not None:  # after text: a separator; after an image: the tag's newline
+                out += "\n"
+            out += piece
+            previous = "text"
+        else:
+            if previous == "image" or (previous == "text" and not out[-1].isspace()):
+                out += "\n"
+            out += IMAGE_PLACEHOLDER
+            previous = "image"
+    return out
 
 
 def tag_count(request: Request) -> int:
@@ -60,7 +91,8 @@ def place_tags(request: Request) -> str:
 
     Video frames come first, each on its ``frame_line``, unless a ``tagged`` request's turns already hold a tag
     for every picture; a ``tagged`` request's tags for its still images are checked and kept, and untagged
-    still images go first as :func:`images_first` lays them out.
+    still images go first as :func:`~vlaser.model.template.images_first` lays them out (the template holds the
+    tag strings and their layouts; this step alone decides where a request's tags go).
     """
     tags, pictures = tag_count(request), request.pictures
     frames = sum(p.frame for p in pictures)
@@ -72,21 +104,43 @@ def place_tags(request: Request) -> str:
         if tags != len(pictures) - frames:
             raise ValueError(f"the request holds {tags} {IMAGE_PLACEHOLDER} tag(s) for {len(pictures)} picture(s); "
                              f"write one {IMAGE_PLACEHOLDER} per picture")
-        return frame_lines(frames, request.frame_line) + request.question
+        return frame_lines(frames, request.frame_line or FRAME_LINE) + request.question
     if tags:
         raise ValueError(f"the question holds {tags} {IMAGE_PLACEHOLDER} tag(s) but the request is not tagged; mark "
                          "it tagged (the tags place the pictures) or leave the tags out")
-    return frame_lines(frames, request.frame_line) + images_first(request.question, len(pictures) - frames)
+    still = len(pictures) - frames
+    return frame_lines(frames, request.frame_line or FRAME_LINE) + images_first(request.question, still)
+
+
+def resolve_max_tiles(explicit: int | None, protocol: int | None, settings: ProcessorSettings | None) -> int | None:
+    """A still image's tile limit, decided here once for chat, eval, serve and the VLA.
+
+    An explicit value (``--max-num``, a request's or a picture's own) wins. Otherwise a checkpoint that turned
+    ``dynamic_image_size`` off gets one tile, as it was trained and as vLLM reads the same config; else the
+    protocol's value (a benchmark's, the point prompt's); else the checkpoint's ``max_dynamic_patch``. None only
+    when no checkpoint is at hand and nothing is set (a remote server then decides).
+    """
+    if explicit is not None:
+        return explicit
+    if settings is not None and not settings.dynamic:
+        return 1
+    if protocol is not None:
+        return protocol
+    return None if settings is None else settings.max_dynamic_patch
+
+
+def own_tile_limit(picture: Picture) -> int | None:
+    """The limit a picture carries itself: its own, or one tile for a video frame (InternVL's video path)."""
+    if picture.max_tiles is None and picture.frame:
+        return 1
+    return picture.max_tiles
 
 
 def tile_limit(picture: Picture, settings: ProcessorSettings, max_tiles: int | None = None) -> int:
-    """A picture's tile limit: its own, else ``max_tiles`` (an explicit argument or a benchmark protocol), else
-    the checkpoint's setting; a video frame gets one tile, as InternVL's video path."""
-    if picture.max_tiles is not None:
-        return picture.max_tiles
-    if picture.frame:
-        return 1
-    return settings.max_tiles if max_tiles is None else max_tiles
+    """A picture's tile limit: its own (:func:`own_tile_limit`), else ``max_tiles`` (an explicit argument or a
+    resolved protocol value), else what :func:`resolve_max_tiles` gives the checkpoint."""
+    own = own_tile_limit(picture)
+    return own if own is not None else resolve_max_tiles(max_tiles, None, settings)
 
 
 def tile(source: PictureSource, max_tiles: int, settings: ProcessorSettings) -> tuple[tuple[int, int], torch.Tensor]:
@@ -159,17 +213,23 @@ def render(request: Request, question: str, template: ChatTemplate, num_patches:
 
 @dataclass(frozen=True)
 class Preset:
-    """A fixed prompt layout that does not follow a checkpoint's settings: a template, a system message and a
-    tile count per picture (the VLA's, as released, whatever chat settings its backbone was saved with)."""
+    """A fixed prompt layout that does not follow a checkpoint's settings: a template, a system message and the
+    tiling it implies (the VLA's, as released, whatever chat settings its backbone was saved with)."""
 
     template: str
     system: str
-    tiles: int
+    settings: ProcessorSettings
+
+    @property
+    def tiles(self) -> int:
+        """Tiles per picture, from the one tile rule (:func:`resolve_max_tiles`)."""
+        return resolve_max_tiles(None, None, self.settings)
 
 
-#: Named layouts; ``vla``: InternVL's ``internvl2_5`` turn with a literal "None" system message and one tile per
-#: camera (V:``Vlaser_VLA/Simpler/src/model/vla/processing.py``).
-PRESETS = {"vla": Preset("internvl2_5", "None", 1)}
+#: Named layouts; ``vla``: InternVL's ``internvl2_5`` turn with a literal "None" system message, and the VLM run
+#: with ``dynamic_image_size=False, use_thumbnail=False``: one tile per camera
+#: (V:``Vlaser_VLA/Simpler/src/model/vla/processing.py``).
+PRESETS = {"vla": Preset("internvl2_5", "None", ProcessorSettings(dynamic=False, use_thumbnail=False))}
 
 
 def preset_prompt(name: str, request: Request, num_image_token: int) -> str:

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from vlaser.model.template import FRAME_LINE
-
 PictureSource = str | os.PathLike | Image.Image
 
 
@@ -40,7 +38,8 @@ class Request:
 
     ``tagged`` says the turns already hold one ``<image>`` tag per picture, placed by the caller (a
     benchmark's own layout, a client's message); otherwise the prepare step places them as InternVL does,
-    video frames with one ``frame_line`` each. ``system`` None means the model's own system message.
+    video frames with one ``frame_line`` each (None: InternVL's ``Frame-{i}: <image>``). ``system`` None means
+    the model's own system message. This module imports nothing from vlaser: every layer may speak it.
     """
 
     question: str
@@ -48,7 +47,7 @@ class Request:
     history: list[Turn] = field(default_factory=list)
     system: str | None = None
     tagged: bool = False
-    frame_line: str = FRAME_LINE
+    frame_line: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,8 @@ class GenerationParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()  #: the answer is cut before the first of these
     seed: int | None = None
+    #: keep the ``<ref>``/``<box>``/``<quad>`` tags in the answer (for drawing boxes); off: decoded as ``model.chat``
+    keep_grounding_tokens: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "min_new_tokens"):
@@ -78,6 +79,8 @@ class GenerationParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop must be a tuple of non-empty strings, got {self.stop!r}")
+        if not isinstance(self.keep_grounding_tokens, bool):
+            raise ValueError(f"keep_grounding_tokens must be true or false, got {self.keep_grounding_tokens!r}")
 
     @property
     def greedy(self) -> bool:

@@ -16,6 +16,7 @@ from transformers import InternVLForConditionalGeneration
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vlaser.model.constants import GROUNDING_TOKENS, IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN
+from vlaser.model.image_features import image_features, write_image_features
 from vlaser.model.loss import chunked_lm_loss, weighted_lm_loss
 from vlaser.model.settings import ProcessorSettings
 from vlaser.model.template import ChatTemplate, build_chat_prompt, get_template
@@ -129,14 +130,9 @@ class InternVLChat(InternVLForConditionalGeneration):
             return super().forward(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
                                    labels=labels, position_ids=position_ids, **kwargs)
         embeds = self.get_input_embeddings()(input_ids)  # (B, T, C)
-        features = self.model.get_image_features(pixel_values=pixel_values.to(self.dtype))
-        features = getattr(features, "pooler_output", features)  # (tiles, tokens per tile, C)
+        features = image_features(self, pixel_values)  # (tiles, tokens per tile, C)
         keep = image_flags.view(-1) == 1
-        used = features[keep].reshape(-1, features.shape[-1])
-        mask = input_ids == self.config.image_token_id
-        if int(mask.sum()) != used.shape[0]:
-            raise ValueError(f"{int(mask.sum())} image tokens in the batch but {used.shape[0]} image features")
-        embeds = embeds.masked_scatter(mask.unsqueeze(-1), used.to(embeds.dtype))
+        embeds = write_image_features(embeds, input_ids, features[keep], self.config.image_token_id)
         kwargs.setdefault("use_cache", False)  # a cache would also stop transformers seeing packed positions
         hidden = self.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
                                            position_ids=position_ids, **kwargs)[0]

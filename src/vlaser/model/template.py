@@ -222,11 +222,22 @@ def _replace_tags(text: str, patches: Iterator[int], num_image_token: int) -> st
     return head + "".join(image_tokens(next(patches), num_image_token) + part for part in rest)
 
 
+def images_first(text: str, n_images: int) -> str:
+    """InternVL's layout of still images before a text: ``<image>\\n`` for one, ``Image-i: <image>\\n`` lines
+    for several (``model.chat``'s single- and multi-image prompts)."""
+    if n_images == 0:
+        return text
+    return (IMAGE_LINE if n_images == 1 else multi_image_prefix(n_images)) + text
+
+
+def frame_lines(n_frames: int, line: str = FRAME_LINE) -> str:
+    """One ``line`` (``"Frame-{i}: <image>\\n"`` or a benchmark's own) per video frame, numbered from 1."""
+    return "".join(line.format(i=i + 1) for i in range(n_frames))
+
+
 def with_image_tag(text: str) -> str:
     """``<image>\\n`` + ``text`` unless ``text`` already has an ``<image>`` tag: where a single image goes
     when the question does not say (``model.chat`` on a first turn, and a single-image training record)."""
-    from vlaser.inference.prepare import images_first  # the prepare step imports this module
-
     return text if IMAGE_PLACEHOLDER in text else images_first(text, 1)
 
 
@@ -258,7 +269,7 @@ def multi_image_prefix(n_images: int) -> str:
 
 def video_prefix(n_frames: int) -> str:
     """``Frame-1: <image>\\n...``, the prefix InternVL uses for sampled video frames."""
-    return "".join(FRAME_LINE.format(i=i + 1) for i in range(n_frames))
+    return frame_lines(n_frames)
 
 
 def with_video_frames(text: str, n_frames: int) -> str:

@@ -6,6 +6,7 @@ import html
 import json
 from pathlib import Path
 
+from vlaser.drawing import plot_loss
 from vlaser.errors import require
 
 ROWS = (("where2place", "held-out pointing (Where2Place metric)", "best_constant_point", "best constant point"),
@@ -14,28 +15,17 @@ ROWS = (("where2place", "held-out pointing (Where2Place metric)", "best_constant
 
 def _plots(out: Path, summary: dict) -> list[str]:
     """``loss.png`` (training loss by step) and ``curve.png`` (held-out scores by training minute)."""
-    matplotlib = require("matplotlib", "quickstart", "the quickstart's plots")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    stages = summary["training"]["stages"]
-    if any(stage["loss"] for stage in stages):
-        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
-        offset = 0
-        for stage in stages:
-            if stage["loss"]:
-                steps, losses = zip(*stage["loss"])
-                ax.plot([offset + s for s in steps], losses, label=stage["name"])
-            offset += stage["steps"]
-        ax.legend(fontsize=7)
-        ax.set(xlabel="step", ylabel="training loss (per token)", yscale="log", title="vlaser train")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "loss.png")
-        plt.close(fig)
+    files, series, offset = [], {}, 0
+    for stage in summary["training"]["stages"]:  # one step axis across the stages
+        series[stage["name"]] = [(offset + step, loss) for step, loss in stage["loss"]]
+        offset += stage["steps"]
+    if plot_loss(out / "loss.png", series, "training loss (per token)", "vlaser train"):
         files.append("loss.png")
     if summary["curve"]:
+        matplotlib = require("matplotlib", "quickstart", "the quickstart's plots")
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
         minutes = [0.0] + [p["train_seconds"] / 60 for p in summary["curve"]]
         for key, label, baseline, _ in ROWS:

@@ -206,22 +206,9 @@ def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic
     from vlaser.eval.backends import TransformersBackend
     from vlaser.model.tiny import build_tiny_checkpoint
     from vlaser.quickstart.report import write_outputs
-    from vlaser.train.sft import train
 
-    if preset not in PRESETS:
-        raise UserInputError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    config = replace(PRESETS[preset], **{k: v for k, v in (("n_train", n_train), ("n_eval", n_eval)) if v})
-    budget = 60 * (config.minutes if minutes is None else minutes)
-    if budget <= 0:
-        raise UserInputError(f"--minutes must be positive, got {minutes}")
-    if max_steps is not None and max_steps < 10 * len(config.stages):
-        raise UserInputError(f"--max-steps must be at least {10 * len(config.stages)}, got {max_steps}")
-    out = Path(out)
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UserInputError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    config, budget = _checked(preset, minutes, n_train, n_eval, max_steps)
+    out = _empty_folder(Path(out), overwrite)
     torch.manual_seed(seed)
 
     _stage(f"1/5 generating the {preset} dataset (seed {seed}) in {out / 'data'}")
@@ -234,6 +221,55 @@ def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic
     _stage("3/5 evaluating the untrained model")
     before = evaluate(TransformersBackend(str(untrained), dtype="float32", device="cpu"), data,
                       out / "eval" / "untrained", pictures=PICTURES)
+
+    training = _train_stages(untrained, data, out, config, budget, max_steps, seed)
+    checkpoint = training.pop("checkpoint")
+
+    _stage("5/5 evaluating the trained checkpoint")
+    after = evaluate(TransformersBackend(str(checkpoint), dtype="float32", device="cpu"), data,
+                     out / "eval" / "trained", pictures=PICTURES)
+    curve, budget, stages = training.pop("curve"), training.pop("budget"), training.pop("stages")
+    summary = {
+        "preset": preset, "seed": seed, "budget_minutes": budget / 60, "max_steps": max_steps,
+        "model": {"image_size": IMAGE_SIZE, "vision": VISION, "llm": LLM},
+        "training": {**training, "batch_size": BATCH_SIZE, "preset": asdict(config), "stages": stages},
+        "untrained": before, "trained": after, "baselines": blind_baselines(data), "curve": curve,
+        "paths": {"data": str(out / "data"), "untrained": str(untrained), "trained": str(checkpoint),
+                  "eval": str(out / "eval")},
+    }
+    write_outputs(out, summary)
+    return summary
+
+
+def _checked(preset: str, minutes: float | None, n_train: int | None, n_eval: int | None, max_steps: int | None
+             ) -> tuple[Preset, float]:
+    """The preset with its dataset sizes overridden, and the time budget in seconds; bad values are errors."""
+    if preset not in PRESETS:
+        raise UserInputError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    config = replace(PRESETS[preset], **{k: v for k, v in (("n_train", n_train), ("n_eval", n_eval)) if v})
+    budget = 60 * (config.minutes if minutes is None else minutes)
+    if budget <= 0:
+        raise UserInputError(f"--minutes must be positive, got {minutes}")
+    if max_steps is not None and max_steps < 10 * len(config.stages):
+        raise UserInputError(f"--max-steps must be at least {10 * len(config.stages)}, got {max_steps}")
+    return config, budget
+
+
+def _empty_folder(out: Path, overwrite: bool) -> Path:
+    """``out``, made empty (a non-empty one only with ``overwrite``)."""
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserInputError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _train_stages(untrained: Path, data: dict[str, Path], out: Path, config: Preset, budget: float,
+                  max_steps: int | None, seed: int) -> dict:
+    """Stage 4: ``vlaser train`` stage after stage within the budget, the curve evaluated as it goes. Returns the
+    training summary (steps, seconds, per-stage records, the curve and the budget it planned with)."""
+    from vlaser.train.sft import train
 
     per_step = step_seconds(untrained, data["stage1"])
     if max_steps is not None:  # a step budget: time plays no part in what is trained
@@ -263,23 +299,9 @@ def run_quickstart(out: Path, minutes: float | None = None, preset: str = "basic
         offset_seconds += callback.train_seconds()
         offset_steps += steps
         per_step = callback.train_seconds() / max(1, steps)  # the next stage plans with this stage's real pace
-    wall = time.perf_counter() - started
-
-    _stage("5/5 evaluating the trained checkpoint")
-    after = evaluate(TransformersBackend(str(checkpoint), dtype="float32", device="cpu"), data,
-                     out / "eval" / "trained", pictures=PICTURES)
-    summary = {
-        "preset": preset, "seed": seed, "budget_minutes": budget / 60, "max_steps": max_steps,
-        "model": {"image_size": IMAGE_SIZE, "vision": VISION, "llm": LLM},
-        "training": {"steps": offset_steps, "train_seconds": round(offset_seconds, 1),
-                     "wall_seconds": round(wall, 1), "last_stage_seconds_per_step": round(per_step, 4),
-                     "batch_size": BATCH_SIZE, "preset": asdict(config), "stages": stages},
-        "untrained": before, "trained": after, "baselines": blind_baselines(data), "curve": curve,
-        "paths": {"data": str(out / "data"), "untrained": str(untrained), "trained": str(checkpoint),
-                  "eval": str(out / "eval")},
-    }
-    write_outputs(out, summary)
-    return summary
+    return {"steps": offset_steps, "train_seconds": round(offset_seconds, 1),
+            "wall_seconds": round(time.perf_counter() - started, 1), "last_stage_seconds_per_step": round(per_step, 4),
+            "stages": stages, "curve": curve, "budget": budget, "checkpoint": checkpoint}
 
 
 def _curve_evaluator(data: dict[str, Path], out: Path):

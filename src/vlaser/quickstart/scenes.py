@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vlaser.drawing import COLOURS
 from vlaser.eval.benchmarks.mmsi_bench import SUFFIX as MMSI_SUFFIX
 from vlaser.points import point_question
 
 SHAPES = ("circle", "square", "triangle")
 LETTERS = "ABCD"
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 205, 30)}
 WHERE2PLACE_SUFFIX = (" Your answer should be formatted as a list of tuples, i.e. [(x1, y1), (x2, y2), ...], where "
                       "each tuple contains the x and y coordinates of a point satisfying the conditions above.")
 

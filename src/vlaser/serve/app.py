@@ -1,8 +1,8 @@
 """The HTTP API of ``vlaser serve``: OpenAI's chat completions (plain and streamed), the model list, a health
-check and the web page, in front of the batching :class:`~vlaser.serve.engine.Engine`.
+check and the web page, in front of the batching :class:`~vlaser.serve.scheduler.Scheduler`.
 
 What lives here: routes, the API key, the body-size gate, OpenAI-style errors and server-sent events. What a
-request means is read by :mod:`vlaser.serve.messages`, batching and generation live in the engine, the page
+request means is read by :mod:`vlaser.serve.messages`, batching and generation in the scheduler, the page
 in :mod:`vlaser.serve.page`.
 
 Every problem a client can cause is a 4xx with OpenAI's body ``{"error": {"message", "type", "param",
@@ -36,9 +36,16 @@ from starlette.exceptions import HTTPException
 
 from vlaser.errors import UserInputError
 from vlaser.inference.types import GenerationParams
-from vlaser.serve.engine import Completion, Job, QueueFull, Stream
 from vlaser.serve.messages import MediaLimits, parse_chat_request
-from vlaser.serve.schema import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelCard, ModelList
+from vlaser.serve.scheduler import Completion, Job, QueueFull, Stream
+from vlaser.serve.schema import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ErrorBody,
+    ModelCard,
+    ModelList,
+    describe_errors,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,12 +73,13 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def create_app(engine, model_name: str, *, api_key: str | None = None, default_max_tokens: int = 1024,
+def create_app(scheduler, model_name: str, *, api_key: str | None = None, default_max_tokens: int = 1024,
                max_tokens_cap: int = 4096, max_images: int = 16, max_pixels: int = 40_000_000,
                max_body_bytes: int = 64 * 2**20, allow_remote_media: bool = False,
                allow_private_media_hosts: bool = False, allow_local_media: str | Path | None = None,
-               default_max_tiles: int = 12, max_tiles_cap: int = 40) -> FastAPI:
-    """The API around a started-on-startup ``engine`` (``Engine`` or anything with its interface).
+               default_max_tiles: int | None = None, max_tiles_cap: int = 40,
+               keep_grounding_tokens: bool = False) -> FastAPI:
+    """The API around a started-on-startup ``scheduler`` (a ``Scheduler`` or anything with its interface).
 
     Args:
         model_name: the id ``/v1/models`` lists and answers carry.
@@ -83,32 +91,62 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
         allow_remote_media: fetch ``http(s)`` image URLs (10 s, 32 MiB each), from public addresses only...
         allow_private_media_hosts: ...unless this allows private, loopback and link-local ones too.
         allow_local_media: read image paths and ``file://`` URLs inside this folder.
-        default_max_tiles: tiles per image when a request does not say (the checkpoint's setting).
+        default_max_tiles: tiles per image when a request does not say (None: the checkpoint's setting).
         max_tiles_cap: the most tiles per image a request may ask for (each costs ``num_image_token`` tokens).
+        keep_grounding_tokens: keep ``<ref>``/``<box>`` tags in answers when a request does not say.
     """
-    limits = MediaLimits(max_images=max_images, max_tiles=max(max_tiles_cap, default_max_tiles), max_pixels=max_pixels,
+    limits = MediaLimits(max_images=max_images, max_tokens=max_tokens_cap,
+                         max_tiles=max(max_tiles_cap, default_max_tiles or 0), max_pixels=max_pixels,
                          allow_remote=allow_remote_media, allow_private_hosts=allow_private_media_hosts,
                          local_root=Path(allow_local_media) if allow_local_media else None)
-    created = int(time.time())
+    defaults = GenerationParams(max_new_tokens=min(default_max_tokens, max_tokens_cap),
+                                keep_grounding_tokens=keep_grounding_tokens)
+    app = api_app("vlaser serve", "An OpenAI-compatible chat-completions API for InternVL3/Vlaser models.",
+                  api_key=api_key, max_body_bytes=max_body_bytes, lifespan=_lifespan(scheduler))
+    _add_model_routes(app, model_name)
+    _add_chat_route(app, scheduler, model_name, limits, defaults, default_max_tiles)
+
+    from vlaser.points import POINT_PROMPT
+    from vlaser.serve.page import mount_page
+
+    mount_page(app, model_name, POINT_PROMPT)
+    return app
+
+
+def api_app(title: str, description: str, *, api_key: str | None, max_body_bytes: int, lifespan=None) -> FastAPI:
+    """An app on the server's stack, without routes: the gate (API key, body size), every error as OpenAI's body
+    and the OpenAPI schema of what is sent (400, not FastAPI's 422). ``vlaser serve`` and ``vlaser vla serve``
+    both stand on it."""
+    # /docs (Swagger UI) and /redoc from assets shipped in fastapi-offline, not a CDN: they work offline
+    app = FastAPIOffline(title=title, version="1", lifespan=lifespan, static_url=DOCS_ASSETS, description=description)
+    _add_error_handlers(app)
+    app.openapi = lambda: _openapi(app)
+    app.add_middleware(_Gate, api_key=api_key, max_body_bytes=max_body_bytes)
+    return app
+
+
+def _lifespan(scheduler):
+    """Start the scheduler with the app; on shutdown drain the jobs in flight (uvicorn has waited for their
+    connections)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        await engine.start()
+        await scheduler.start()
         try:
             yield
         finally:
-            await engine.stop()  # drains the jobs in flight (uvicorn has waited for their connections)
+            await scheduler.stop()
 
-    # /docs (Swagger UI) and /redoc from assets shipped in fastapi-offline, not a CDN: they work offline
-    app = FastAPIOffline(title="vlaser serve", version="1", lifespan=lifespan, static_url=DOCS_ASSETS,
-                         description="An OpenAI-compatible chat-completions API for InternVL3/Vlaser models.")
-    _add_error_handlers(app)
+    return lifespan
+
+
+def _add_model_routes(app: FastAPI, model_name: str) -> None:
+    """``/health`` and the model list, which names the one model served."""
+    card = {"id": model_name, "object": "model", "created": int(time.time()), "owned_by": "vlaser"}
 
     @app.get("/health", summary="liveness: 200 while the server runs (no key needed)")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
-
-    card = {"id": model_name, "object": "model", "created": created, "owned_by": "vlaser"}
 
     @app.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]})
     async def models() -> dict:
@@ -122,13 +160,18 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
                            "not_found_error", param="model", code="model_not_found")
         return card
 
+
+def _add_chat_route(app: FastAPI, scheduler, model_name: str, limits: MediaLimits, defaults: GenerationParams,
+                    default_max_tiles: int | None) -> None:
+    """``POST /v1/chat/completions``: the body read into a job, submitted, answered whole or streamed."""
+
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={
         **_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "the answer, or with stream: true "
                                                                                "chat.completion.chunk events"}})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        job = await _job(await request.json(), body, limits, default_max_tokens, max_tokens_cap, default_max_tiles)
+        job = await _job(body, limits, defaults, default_max_tiles)
         try:
-            stream = engine.submit(job)
+            stream = scheduler.submit(job)
         except QueueFull as e:
             raise APIError(429, f"the server's queue is full: {e}", "rate_limit_error",
                            code="queue_full") from e
@@ -143,18 +186,10 @@ def create_app(engine, model_name: str, *, api_key: str | None = None, default_m
                                      headers={"Cache-Control": "no-cache"})
         return answer.body(completion)
 
-    from vlaser.points import POINT_PROMPT
-    from vlaser.serve.page import mount_page
 
-    mount_page(app, model_name, POINT_PROMPT)
-    app.openapi = lambda: _openapi(app)
-    app.add_middleware(_Gate, api_key=api_key, max_body_bytes=max_body_bytes)
-    return app
-
-
-async def _job(raw: dict, body: ChatCompletionRequest, limits: MediaLimits, default_max_tokens: int,
-               max_tokens_cap: int, default_max_tiles: int) -> Job:
-    """The engine's job for a validated body; images are decoded on a worker thread, off the event loop."""
+async def _job(body: ChatCompletionRequest, limits: MediaLimits, defaults: GenerationParams,
+               default_max_tiles: int | None) -> Job:
+    """The scheduler's job for a validated body; images are decoded on a worker thread, off the event loop."""
     if body.n not in (None, 1):
         raise APIError(400, f"n must be 1 (this server generates one choice per request), got {body.n}", param="n")
     if body.logprobs:
@@ -162,14 +197,8 @@ async def _job(raw: dict, body: ChatCompletionRequest, limits: MediaLimits, defa
     if body.response_format and body.response_format.get("type") != "text":
         raise APIError(400, f"response_format {body.response_format.get('type')!r} is not supported: this server "
                             "does not constrain decoding (only {'type': 'text'})", param="response_format")
-    sent = body.max_completion_tokens or body.max_tokens
-    if sent is not None and sent > max_tokens_cap:
-        field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        raise APIError(400, f"{field} {sent} is over this server's cap of {max_tokens_cap} tokens", param=field)
-    defaults = GenerationParams(max_new_tokens=min(default_max_tokens, max_tokens_cap))
-    request, params = await anyio.to_thread.run_sync(parse_chat_request, raw, limits, defaults)
-    keep = None if body.skip_special_tokens is None else not body.skip_special_tokens
-    return Job(request=request, params=params, max_tiles=default_max_tiles, keep_grounding_tokens=keep)
+    request, params = await anyio.to_thread.run_sync(parse_chat_request, body, limits, defaults)
+    return Job(request=request, params=params, max_tiles=default_max_tiles)
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -253,30 +282,10 @@ def _event(data: dict) -> str:
 # ---- errors ------------------------------------------------------------------------------------------------------
 
 
-def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
-    """One readable line for pydantic's errors: the most specific one, with its field path (type names that
-    pydantic puts in union paths left out)."""
-    error = max(errors, key=lambda e: len(e.get("loc", ())))
-    loc = tuple(error.get("loc", ()))
-    path: list[str] = []
-    for part in loc[1:] if loc[:1] == ("body",) else loc:
-        text = str(part)
-        if "[" in text or text[:1].isupper() or text in ("str", "int", "float", "bool") or (path and path[-1] == text):
-            continue
-        path.append(text)
-    if error.get("type") == "json_invalid":
-        return f"malformed JSON: {error.get('ctx', {}).get('error', error['msg'])}", None
-    if error.get("type") == "missing" and not path:
-        return "the request needs a JSON body (a chat-completions object with 'messages')", None
-    where = ".".join(path) or "the body"
-    got = f" (got {json.dumps(error['input'], default=str)[:80]})" if "input" in error and path else ""
-    return f"{where}: {error['msg']}{got}", path[0] if path else None
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(list(exc.errors()))
+        message, param = describe_errors(list(exc.errors()))
         return error_response(400, message, param=param)
 
     @app.exception_handler(UserInputError)

@@ -1,12 +1,21 @@
-"""The chat-completions request and response bodies as pydantic models: types, limits and documentation for
-the OpenAPI schema; what a request means is read by :mod:`vlaser.serve.messages`.
+"""The chat-completions request and response bodies as pydantic models: the one parse of a request (types, ranges,
+the rules of a conversation and its content parts) and the OpenAPI schema; :mod:`vlaser.serve.messages` turns a
+validated request into the inference vocabulary, checking only the server's own limits.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from vlaser.errors import UserInputError
+
+SYSTEM_ROLES = ("system", "developer")  #: ``developer`` is OpenAI's newer name for the system role
+RULE = "request_rule"  #: the error type of the rules below (their messages name the message and part themselves)
 
 
 class _Open(BaseModel):
@@ -24,6 +33,23 @@ class ImageURL(_Open):
                                           description="this image's tile limit (LMDeploy's field)")
 
 
+def _rule(message: str) -> PydanticCustomError:
+    return PydanticCustomError(RULE, message.replace("{", "{{").replace("}", "}}"))
+
+
+def _known_part(part: Any) -> Any:
+    """A part's ``type`` named before the union is tried, so an unknown one reads as such."""
+    if isinstance(part, dict) and part.get("type") not in ("text", "image_url"):
+        raise _rule(f"unsupported content part type {part.get('type')!r} (supported: 'text', 'image_url')")
+    return part
+
+
+def _string_or_parts(content: Any) -> Any:
+    if not isinstance(content, str | list):
+        raise _rule(f"content must be a string or a list of parts, got {type(content).__name__}")
+    return content
+
+
 class TextPart(_Open):
     type: Literal["text"]
     text: str
@@ -34,13 +60,13 @@ class ImagePart(_Open):
     image_url: ImageURL | str = Field(description="the image, as an object or as the URL string itself")
 
 
-ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+ContentPart = Annotated[Annotated[TextPart | ImagePart, Field(discriminator="type")], BeforeValidator(_known_part)]
 
 
 class Message(_Open):
     role: Literal["system", "developer", "user", "assistant"] = Field(
         description="a system (or developer) message only first; then user and assistant turns, ending with user")
-    content: str | list[ContentPart] = Field(
+    content: Annotated[str | list[ContentPart], BeforeValidator(_string_or_parts)] = Field(
         description="text, or text and image parts; several images before the text become 'Image-1: <image>' "
                     "lines as model.chat's multi-image prompt, a text with '<image>' tags places one image per tag")
     name: str | None = None
@@ -91,6 +117,108 @@ class ChatCompletionRequest(_Open):
     response_format: dict[str, Any] | None = Field(None, description="only {'type': 'text'}: decoding is not "
                                                                      "constrained")
     logprobs: bool | None = Field(None, strict=True, description="not supported: true is refused")
+
+    @model_validator(mode="after")
+    def _rules(self) -> ChatCompletionRequest:
+        """What a field's type cannot say: the conversation's order, where images may stand, and settings that
+        must agree."""
+        for index, message in enumerate(self.messages):
+            _check_message(message, f"message {index}", index)
+        roles = [m.role for m in self.messages if m.role not in SYSTEM_ROLES]
+        if roles[:1] == ["assistant"]:
+            first = next(k for k, m in enumerate(self.messages) if m.role == "assistant")
+            raise _rule(f"message {first}: the conversation must start with a user message")
+        if roles[-1:] != ["user"]:
+            raise _rule(f"message {len(self.messages) - 1}: the last message must be a user message")
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        if stop is not None and not all(stop):
+            raise _rule(f"stop strings must not be empty, got {stop}")
+        if None not in (self.min_tokens, self.min_new_tokens) and self.min_tokens != self.min_new_tokens:
+            raise _rule(f"min_tokens {self.min_tokens} and min_new_tokens {self.min_new_tokens} disagree; send one "
+                        "of them (min_new_tokens is another name for min_tokens)")
+        return self
+
+    def images(self) -> int:
+        """Image parts in all messages."""
+        return sum(isinstance(part, ImagePart) for m in self.messages if isinstance(m.content, list)
+                   for part in m.content)
+
+
+def _check_message(message: Message, where: str, index: int) -> None:
+    """One message's rules: a system message only first, images only from the user, valid Unicode, image URLs of a
+    known scheme and data: URLs in base64."""
+    if message.role in SYSTEM_ROLES and index != 0:
+        raise _rule(f"{where}: a {message.role} message is only accepted first")
+    parts = [message.content] if isinstance(message.content, str) else message.content
+    for k, part in enumerate(parts):
+        if isinstance(part, ImagePart):
+            if message.role != "user":
+                raise _rule(f"{where}, part {k}: images are only accepted in user messages")
+            _check_url(part.image_url if isinstance(part.image_url, str) else part.image_url.url, f"{where}, part {k}")
+        elif not _is_unicode(part if isinstance(part, str) else part.text):
+            raise _rule(f"{where}: the text holds a lone UTF-16 surrogate (an escape like \\ud800 without its "
+                        "pair); send valid Unicode")
+
+
+def _check_url(url: str, where: str) -> None:
+    if url.startswith("data:"):
+        header, comma, _ = url.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise _rule(f"{where}: a data: URL must be base64-encoded ('data:image/png;base64,...'), got header "
+                        f"{header[:60]!r}")
+        return
+    scheme = urlparse(url).scheme.lower()
+    if scheme not in ("http", "https", "", "file") and len(scheme) != 1:  # C: is a drive letter, not a scheme
+        raise _rule(f"{where}: unsupported image URL scheme {scheme!r} (supported: data:, and where the server "
+                    "allows them http(s): and file:)")
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (JSON's ``\\ud800`` escapes decode to strings that do not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def read_request(body: Any) -> ChatCompletionRequest:
+    """A chat-completions body (the parsed JSON) validated, or a :class:`~vlaser.errors.UserInputError` worded as
+    the server's 400 is."""
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as e:
+        raise UserInputError(describe_errors(e.errors())[0]) from e
+
+
+def describe_errors(errors: list[dict]) -> tuple[str, str | None]:
+    """One readable line for pydantic's errors and the field it is about: the most specific one, with its field
+    path (type names that pydantic puts in union paths left out); a rule's message names its place itself."""
+    error = max(errors, key=lambda e: len(e.get("loc", ())))
+    loc = tuple(error.get("loc", ()))
+    path: list[str] = []
+    for part in loc[1:] if loc[:1] == ("body",) else loc:
+        text = str(part)
+        if "[" in text or text[:1].isupper() or text in ("str", "int", "float", "bool") or (path and path[-1] == text):
+            continue
+        path.append(text)
+    if error.get("type") == RULE:
+        return _placed(path, error["msg"]), path[0] if path else None
+    if error.get("type") == "json_invalid":
+        return f"malformed JSON: {error.get('ctx', {}).get('error', error['msg'])}", None
+    if error.get("type") == "missing" and not path:
+        return "the request needs a JSON body (a chat-completions object with 'messages')", None
+    where = ".".join(path) or "the body"
+    got = f" (got {json.dumps(error['input'], default=str)[:80]})" if "input" in error and path else ""
+    return f"{where}: {error['msg']}{got}", path[0] if path else None
+
+
+def _placed(path: list[str], message: str) -> str:
+    """A rule's message behind its place: ``messages.0.content.1`` reads ``message 0, part 1``."""
+    if path[:1] != ["messages"]:
+        return message
+    where = ", ".join(f"{name} {k}" for name, k in zip(("message", "part"), path[1::2], strict=False))
+    return f"{where}: {message}"
 
 
 class ErrorDetail(BaseModel):

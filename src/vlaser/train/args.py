@@ -137,19 +137,34 @@ def _file_flags(path: Path) -> list[str]:
     return flags
 
 
-def build_parser(prog: str | None = None):
-    """The parser of every flag ``vlaser train`` accepts, with its help: InternVL's model and data flags, then
-    every transformers ``TrainingArguments`` flag (the 4.37-era spellings are translated before parsing)."""
-    from transformers import HfArgumentParser, TrainingArguments
+def arguments_parser(dataclass_types, prog: str | None, usage: str, description: str, epilog: str | None = None,
+                     allow_abbrev: bool = True):
+    """An ``HfArgumentParser`` of ``dataclass_types`` whose usage errors (a bad value, a missing flag) raise
+    vlaser's one-line ``UserInputError``; ``vlaser train`` and ``vlaser vla train`` are read by it."""
+    from transformers import HfArgumentParser
 
     class Parser(HfArgumentParser):
-        """Usage errors (a bad value, a missing flag) raise vlaser's one-line ``vlaser train: error: ...``."""
-
         def error(self, message: str):
             raise UserInputError(message)
 
+    return Parser(dataclass_types, prog=prog, usage=usage, description=description, epilog=epilog,
+                  allow_abbrev=allow_abbrev)
+
+
+def with_config_file(argv: list[str]) -> list[str]:
+    """``argv`` with a YAML/JSON file given first replaced by its values as flags (the flags after it win)."""
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        return _file_flags(Path(argv[0])) + list(argv[1:])
+    return list(argv)
+
+
+def build_parser(prog: str | None = None):
+    """The parser of every flag ``vlaser train`` accepts, with its help: InternVL's model and data flags, then
+    every transformers ``TrainingArguments`` flag (the 4.37-era spellings are translated before parsing)."""
+    from transformers import TrainingArguments
+
     legacy = ", ".join(f"{old} -> {new}" for old, new in _LEGACY_FLAGS.items())
-    return Parser(
+    return arguments_parser(
         (ModelArguments, DataTrainingArguments, TrainingArguments), prog=prog,
         usage=f"{prog or 'vlaser train'} [CONFIG.yaml|CONFIG.json] [--FLAG VALUE ...]",
         description="Second-stage SFT with the flags of InternVL's internvl_chat_finetune.py and transformers' "
@@ -164,10 +179,9 @@ def parse_args(argv: list[str]):
     """``(ModelArguments, DataTrainingArguments, TrainingArguments)`` from flags, or from a YAML/JSON file
     given first, whose values the flags after it override."""
     parser = build_parser()
-    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
-        argv = _file_flags(Path(argv[0])) + list(argv[1:])
     try:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=translate_legacy(argv))
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(
+            args=translate_legacy(with_config_file(argv)))
     except ValueError as e:  # unknown flags, or TrainingArguments refusing a combination of them
         raise UserInputError(str(e)) from e
     _validate(model_args, data_args, training_args)

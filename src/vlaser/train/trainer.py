@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 
 import torch
 from torch.utils.data import WeightedRandomSampler
@@ -23,11 +24,43 @@ log = logging.getLogger(__name__)
 VISION, PROJECTOR = "vision_tower", "multi_modal_projector"
 
 
-class SFTTrainer(Trainer):
+class PartsTrainer(Trainer):
+    """The Trainer with a learning rate per part of the model: ``part_lrs`` maps a parameter-name fragment to its
+    rate (None: the base ``learning_rate``); the first fragment a name contains decides. AdamW groups are
+    (rate) x (decay / no decay). SFT's parts are the vision tower and the projector, the VLA's the action expert."""
+
+    def __init__(self, *args, part_lrs: Mapping[str, float | None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.part_lrs = dict(part_lrs or {})
+
+    def learning_rate_of(self, name: str) -> float:
+        part = next((part for part in self.part_lrs if part in name), None)
+        rate = None if part is None else self.part_lrs[part]
+        return self.args.learning_rate if rate is None else rate
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or all(rate is None for rate in self.part_lrs.values()):
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[float, float], list] = {}
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                key = (self.learning_rate_of(name), self.args.weight_decay if name in decay else 0.0)
+                groups.setdefault(key, []).append(param)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(
+            [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()], **optimizer_kwargs
+        )
+        return self.optimizer
+
+
+class SFTTrainer(PartsTrainer):
     def __init__(self, *args, loss_reduction: str = "token", loss_impl: str = "chunked",
                  vision_lr: float | None = None, mlp_lr: float | None = None, lengths: list[int] | None = None,
                  sample_weights: list[float] | None = None, initial_skips=(), **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, part_lrs={VISION: vision_lr, PROJECTOR: mlp_lr}, **kwargs)
         self.loss_reduction, self.vision_lr, self.mlp_lr, self.lengths = loss_reduction, vision_lr, mlp_lr, lengths
         self.sample_weights, self.loss_impl = sample_weights, loss_impl
         self.skips: dict[tuple[str, str, int], str] = {}  # (dataset, file, line) -> reason: each sample once
@@ -49,29 +82,6 @@ class SFTTrainer(Trainer):
         self._tokens += int(inputs.pop("n_tokens"))
         outputs = model(**inputs, loss_reduction=self.loss_reduction, loss_impl=self.loss_impl)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
-
-    def create_optimizer(self, model=None):
-        """AdamW groups per part (vision / projector / language) x (decay / no decay)."""
-        if self.optimizer is not None or (self.vision_lr is None and self.mlp_lr is None):
-            return super().create_optimizer(model)
-        opt_model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(opt_model))
-        groups: dict[tuple[float, float], list] = {}
-        for name, param in opt_model.named_parameters():
-            if not param.requires_grad:
-                continue
-            lr = self.args.learning_rate
-            if VISION in name and self.vision_lr is not None:
-                lr = self.vision_lr
-            elif PROJECTOR in name and self.mlp_lr is not None:
-                lr = self.mlp_lr
-            groups.setdefault((lr, self.args.weight_decay if name in decay else 0.0), []).append(param)
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        optimizer_kwargs.pop("lr", None)
-        self.optimizer = optimizer_cls(
-            [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()], **optimizer_kwargs
-        )
-        return self.optimizer
 
     @staticmethod
     def get_optimizer_cls_and_kwargs(args, model=None):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -37,19 +38,22 @@ class PolicyError(RuntimeError):
 class PolicyClient:
     """Talks to one policy server; ``act`` is one observation in, one action chunk out."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8100", timeout: float = 60.0) -> None:
+    def __init__(self, url: str = "http://127.0.0.1:8100", timeout: float = 60.0, api_key: str | None = None) -> None:
         self.url, self.timeout = url.rstrip("/"), timeout
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
 
     def _call(self, path: str, body: dict | None = None) -> dict:
-        data = None if body is None else json.dumps(body).encode("utf-8")
-        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        data = None if body is None else json.dumps(body, allow_nan=False).encode("utf-8")
+        request = urllib.request.Request(self.url + path, data=data, headers=self.headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as e:
             detail = e.read().decode("utf-8", "replace")
-            with contextlib.suppress(ValueError, AttributeError):
-                detail = json.loads(detail).get("detail", detail)
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                detail = json.loads(detail)["error"]["message"]  # the server's error body
             raise PolicyError(f"{self.url}{path} answered {e.code}: {detail}") from e
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
             raise PolicyError(f"cannot reach the policy server at {self.url}: {e}") from e
@@ -58,12 +62,25 @@ class PolicyClient:
         """The server's policy: its config (``proprio_dim``, ``action_dim``, ``chunk_size``, ``act_steps``...)."""
         return self._call("/health")
 
+    def info(self) -> dict:
+        """What the policy expects: ``cameras`` and their sizes, ``state_dim``, ``action_dim``, ``chunk_size``,
+        ``act_steps``, and each field of ``act`` in words (``expects``)."""
+        return self._call("/info")
+
     def act(self, images: Sequence[Any], state: Sequence[float], instruction: str,
             noise: Sequence[Sequence[float]] | None = None) -> list[list[float]]:
         """The un-normalised action chunk for raw ``state`` and one image per camera; ``noise`` (chunk,
         action_dim) fixes the flow's starting point (reproducible rollouts)."""
         body: dict[str, Any] = {"images": [encode_image(im) for im in images],
-                                "state": [float(v) for v in state], "instruction": instruction}
+                                "state": _finite([float(v) for v in state], "state"), "instruction": instruction}
         if noise is not None:
-            body["noise"] = [[float(v) for v in row] for row in noise]
+            body["noise"] = [_finite([float(v) for v in row], f"noise[{i}]") for i, row in enumerate(noise)]
         return self._call("/act", body)["actions"]
+
+
+def _finite(values: list[float], name: str) -> list[float]:
+    """``values``, unless one is NaN or infinite (JSON has no such numbers, and the policy no use for them)."""
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            raise ValueError(f"{name}[{i}] is not a finite number ({v}); the policy server refuses it")
+    return values

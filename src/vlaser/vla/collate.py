@@ -51,11 +51,19 @@ class VLACollator:
         for i, (images, text) in enumerate(zip(images_per_item, instructions)):
             if not images:
                 raise UserInputError(f"item {i} has no image; the VLA needs at least one camera")
-            request = Request(text, [Picture(im) for im in images], system=self.config.system_message)
-            prompts.append(preset_prompt(PRESET, request, self.num_image_token))
+            prompts.append(self._prompt(images, text))
         ids, mask = tokenize_prompts(self.tokenizer, prompts, self.config.prefix_len)
         pixels = torch.stack([self.transform(to_pil(im)) for images in images_per_item for im in images])
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+
+    def _prompt(self, images: Sequence[Any], text: str) -> str:
+        request = Request(text, [Picture(im) for im in images], system=self.config.system_message)
+        return preset_prompt(PRESET, request, self.num_image_token)
+
+    def prompt_length(self, cameras: int, text: str) -> int:
+        """Tokens of the prompt of ``cameras`` images and instruction ``text`` (what ``prefix_len`` must hold)."""
+        prompt = self._prompt([None] * cameras, text)
+        return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         cfg = self.config

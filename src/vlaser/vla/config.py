@@ -38,7 +38,10 @@ class VLAConfig:
     final_action_clip: float = 1.0
     positions: str = "restart"
     system_message: str = "None"
-    image_size: int = 448
+    #: the tile side in pixels; None: the backbone's (read from it when the policy is built; see ``vla.checks``)
+    image_size: int | None = None
+    #: the cameras trained on, in order, as ``{name: [height, width]}``; None: not recorded (set from the dataset)
+    cameras: dict[str, list[int]] | None = None
     #: ``<a0>``..``<a{n-1}>`` tokens the release adds to the vocabulary (and the embeddings) before training.
     num_action_tokens_added: int = 256
 
@@ -89,10 +92,9 @@ PRESETS = {
     # openpi's flow convention, time embedding and contiguous positions, on the release's shapes
     "openpi": lambda: _preset(flow="openpi", positions="contiguous", time_max_period=4.0, flow_sig_min=0.0,
                               num_action_tokens_added=0),
-    # the tiny backbone of vlaser.model.tiny (56 px tiles, 16 image tokens); for tests and the quickstart
+    # for the tiny backbone of vlaser.model.tiny; for tests and the quickstart
     "tiny": lambda: _preset(proprio_dim=4, action_dim=2, chunk_size=4, act_steps=4, prefix_len=64,
-                            expert_hidden_size=32, expert_intermediate_size=64, image_size=56,
-                            num_action_tokens_added=0),
+                            expert_hidden_size=32, expert_intermediate_size=64, num_action_tokens_added=0),
 }
 
 

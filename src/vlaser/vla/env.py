@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vlaser.drawing import COLOURS
 from vlaser.errors import UserInputError
-from vlaser.quickstart.scenes import COLOURS
 
 SIZE = 112  #: image side in pixels (the tiny VLA's one tile)
 DISC_RADIUS = 0.08  #: in table units ([0, 1] across the image)

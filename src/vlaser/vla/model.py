@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from vlaser.model.image_features import image_features, write_image_features
 from vlaser.vla import flow
 from vlaser.vla.config import VLAConfig
 from vlaser.vla.expert import ActionExpert
@@ -59,13 +60,8 @@ class VLAModel(nn.Module):
         """Text embeddings with the image features written over the ``<IMG_CONTEXT>`` positions; padding is
         zero (as in the release; no one attends to it)."""
         embeds = self.vlm.get_input_embeddings()(input_ids)
-        features = self.vlm.model.get_image_features(pixel_values=pixel_values.to(embeds.dtype))
-        features = getattr(features, "pooler_output", features)
-        features = features.reshape(-1, features.shape[-1])
-        image = input_ids == self.vlm.config.image_token_id
-        if int(image.sum()) != features.shape[0]:
-            raise ValueError(f"{int(image.sum())} image tokens in the prompts but {features.shape[0]} image features")
-        embeds = embeds.masked_scatter(image[..., None], features.to(embeds.dtype))
+        features = image_features(self.vlm, pixel_values)
+        embeds = write_image_features(embeds, input_ids, features, self.vlm.config.image_token_id)
         return embeds.masked_fill(~attention_mask.bool()[..., None], 0.0)
 
     def _positions(self, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,12 +15,12 @@ import torch
 from vlaser.errors import UserInputError
 from vlaser.model.checkpoint import HF
 from vlaser.model.loading import load_model
+from vlaser.vla.checks import ACTION_KEY, STATE_KEY, fit_backbone, read_backbone
 from vlaser.vla.collate import VLACollator
 from vlaser.vla.config import VLAConfig
 from vlaser.vla.model import VLAModel
 
 EXPERT_FILE, CONFIG_FILE, NORM_FILE = "action_expert.safetensors", "vla_config.json", "norm_stats.json"
-STATE_KEY, ACTION_KEY = "observation.state", "action"
 
 
 def action_tokens(n: int) -> list[str]:
@@ -52,7 +52,9 @@ class VLAPolicy:
     @classmethod
     def from_vlm(cls, path: str | os.PathLike, config: VLAConfig, dtype="float32", device="cpu",
                  seed: int = 0) -> VLAPolicy:
-        """A fresh (untrained) expert on a Vlaser/InternVL3 checkpoint; the release's action tokens added."""
+        """A fresh (untrained) expert on a Vlaser/InternVL3 checkpoint; the release's action tokens added. The
+        config's tile size is the backbone's (checked before the weights load)."""
+        config = fit_backbone(config, read_backbone(path))
         vlm, tokenizer = load_model(path, dtype=dtype, device=device, attn_implementation="sdpa")  # see VLAModel
         add_action_tokens(vlm, tokenizer, config.num_action_tokens_added)
         torch.manual_seed(seed)
@@ -85,16 +87,18 @@ class VLAPolicy:
         return out
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype="float32", device="cpu", normalizer=None) -> VLAPolicy:
+    def from_pretrained(cls, path: str | os.PathLike, dtype="float32", device="cpu", normalizer=None,
+                        config: VLAConfig | None = None) -> VLAPolicy:
         """Load what :meth:`save_pretrained` wrote, exactly; the normaliser comes from ``norm_stats.json``
-        (through ``vlaser.vla.data.Normalizer.from_json``) unless one is passed."""
+        (through ``vlaser.vla.data.Normalizer.from_json``) unless one is passed; ``config`` replaces the saved one
+        (the same shapes; ``train_vla`` records the cameras of a continued run)."""
         from safetensors.torch import load_file
 
         path = Path(path)
         for name in (EXPERT_FILE, CONFIG_FILE):
             if not (path / name).is_file():
                 raise UserInputError(f"{path} is not a VLA policy: {name} is missing")
-        config = VLAConfig.load(path / CONFIG_FILE)
+        config = VLAConfig.load(path / CONFIG_FILE) if config is None else config
         vlm, tokenizer = load_model(path, dtype=dtype, device=device, attn_implementation="sdpa")  # see VLAModel
         model = VLAModel(vlm, config)
         state = load_file(str(path / EXPERT_FILE))

@@ -10,6 +10,7 @@ success curves and rollout frame strips.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from vlaser.drawing import plot_loss
 from vlaser.errors import UserInputError, require
 from vlaser.vla import env as reach
 from vlaser.vla.config import preset
@@ -39,9 +41,9 @@ STRIPS = 4  #: episodes drawn as frame strips per policy
 #: 0.65 held-out success after 3,000 steps, against 0.94 after 1,800 at these widths)
 VISION = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2}
 LLM = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2}
-#: The VLA: the tiny preset with this task's shapes and an expert at half the LLM's width; the prompt of the
-#: longest colour is 65 tokens.
-VLA = {"proprio_dim": 2, "action_dim": 2, "image_size": reach.SIZE, "prefix_len": 72, "chunk_size": 4,
+#: The VLA: the tiny preset with this task's shapes and an expert at half the LLM's width (the tile size is the
+#: backbone's, ``reach.SIZE``); the prompt of the longest colour is 65 tokens.
+VLA = {"proprio_dim": 2, "action_dim": 2, "prefix_len": 72, "chunk_size": 4,
        "expert_hidden_size": 64, "expert_intermediate_size": 128,
        "act_steps": 4}
 
@@ -53,12 +55,13 @@ def _say(progress: bool, text: str) -> None:
 
 class CurveCallback(TrainerCallback):
     """The training loss as logged, and held-out success every ``every`` steps; the time spent evaluating is
-    kept out of ``train_seconds``."""
+    kept out of ``train_seconds``, and training stops once it passes ``minutes`` (if given)."""
 
-    def __init__(self, evaluate, every: int, progress: bool) -> None:
-        self.evaluate, self.every, self.progress = evaluate, every, progress
+    def __init__(self, evaluate, every: int, progress: bool, minutes: float | None = None) -> None:
+        self.evaluate, self.every, self.progress, self.minutes = evaluate, every, progress, minutes
         self.loss: list[list[float]] = []
         self.curve: list[dict] = []
+        self.steps = 0  #: steps done
         self._start, self._paused = 0.0, 0.0
 
     @property
@@ -73,7 +76,10 @@ class CurveCallback(TrainerCallback):
             self.loss.append([state.global_step, float(logs["loss"])])
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every and state.global_step < state.max_steps:
+        self.steps = state.global_step
+        if self.minutes is not None and self.train_seconds >= 60 * self.minutes:
+            control.should_training_stop = True
+        if state.global_step % self.every and state.global_step < state.max_steps and not control.should_training_stop:
             return control
         paused = time.perf_counter()
         success = self.evaluate(model)
@@ -119,21 +125,13 @@ def frame_strip(result: Rollouts, path: Path, title: str) -> None:
 
 
 def _plots(out: Path, report: dict) -> list[str]:
+    """``loss.png`` (the shared loss plot) and ``success.png`` (held-out success by training step)."""
+    files = ["loss.png"] if plot_loss(out / "loss.png", {"": report["training"]["loss"]}, "flow-matching loss",
+                                      "train_vla") else []
     matplotlib = require("matplotlib", "quickstart", "the quickstart's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    files = []
-    if report["training"]["loss"]:
-        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
-        steps, losses = zip(*report["training"]["loss"])
-        ax.plot(steps, losses)
-        ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log", title="train_vla")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "loss.png")
-        plt.close(fig)
-        files.append("loss.png")
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
     curve = report["curve"]
     ax.plot([0] + [p["step"] for p in curve], [report["untrained"]["success_rate"]] +
@@ -149,13 +147,25 @@ def _plots(out: Path, report: dict) -> list[str]:
     return files + ["success.png"]
 
 
+def warnings(training: dict) -> list[str]:
+    """What makes a run's numbers not the tested ones: fewer steps or demonstrations than the tested budget."""
+    found = []
+    if training["steps"] < DEFAULT_STEPS:
+        found.append(f"Trained {training['steps']} steps, below the tested budget of {DEFAULT_STEPS:,}: the success "
+                     "rates are not comparable to the tested ones.")
+    if training["demonstrations"] < DEMOS:
+        found.append(f"{training['demonstrations']} demonstrations, below the tested {DEMOS:,}.")
+    return found
+
+
 def _markdown(report: dict) -> str:
     t, s = report["training"], report["seed"]
     rows = [("trained VLA", report["trained"]), ("untrained VLA", report["untrained"]),
             ("instruction-blind baseline (a random disc)", report["blind"]),
             (f"trained VLA told \"{reach.NEUTRAL}\" (no colour)", report["trained_neutral"]),
             ("scripted expert", report["scripted"])]
-    lines = [f"# vlaser vla quickstart (seed {s})", "",
+    lines = [f"# vlaser vla quickstart (seed {s})", "", *[f"**Warning:** {w}" for w in report["warnings"]],
+             *([""] if report["warnings"] else []),
              f"Trained {t['steps']} steps (batch {t['batch_size']}) in {t['train_seconds']:.0f} s of training "
              f"on {t['demonstrations']} demonstrations ({t['frames']} frames); evaluated closed-loop on "
              f"{report['episodes']} held-out episodes.", "",
@@ -170,42 +180,28 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _prepare(out: Path, train_steps: int | None, episodes: int) -> int:
+def _prepare(out: Path, train_steps: int | None, episodes: int, demos: int, minutes: float | None,
+             overwrite: bool) -> int:
     steps = DEFAULT_STEPS if train_steps is None else train_steps
-    if steps < 1:
-        raise UserInputError(f"train_steps must be at least 1, got {steps}")
-    if episodes < 1:
-        raise UserInputError(f"episodes must be at least 1, got {episodes}")
+    for name, value in (("train_steps", steps), ("episodes", episodes), ("demos", demos)):
+        if value < 1:
+            raise UserInputError(f"{name} must be at least 1, got {value}")
+    if minutes is not None and minutes <= 0:
+        raise UserInputError(f"minutes must be positive, got {minutes}")
     if out.is_dir() and any(out.iterdir()):
-        raise UserInputError(f"{out} is not empty; choose a new folder for the quickstart")
+        if not overwrite:
+            raise UserInputError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return steps
 
 
-def run_quickstart(out: Path, seed: int = 0, train_steps: int | None = None, episodes: int = 100,
-                   progress: bool = True) -> dict:
-    """The whole loop in ``out`` (a new or empty folder); returns what ``out/report.json`` holds.
-
-    ``train_steps`` (default ``DEFAULT_STEPS``) is a step budget, so the result does not depend on the machine's
-    speed; ``episodes`` is the number of held-out episodes each policy is evaluated on.
-    """
+def _train(out: Path, demos: Path, backbone: Path, normalizer, seeds: list[int], steps: int,
+           minutes: float | None, seed: int, progress: bool) -> tuple[Path, CurveCallback]:
+    """``train_vla`` on the demonstrations for ``steps`` (or until ``minutes`` of training are spent), the
+    held-out success curve recorded on the way."""
     from vlaser.model.loading import load_tokenizer
-    from vlaser.model.tiny import build_tiny_checkpoint
-    from vlaser.vla.data import LeRobotDataset, Normalizer
     from vlaser.vla.train import train_vla
-
-    out = Path(out)
-    steps = _prepare(out, train_steps, episodes)
-    torch.manual_seed(seed)
-    seeds = reach.heldout_seeds(episodes, seed)
-    _say(progress, f"== 1/5 writing {DEMOS} scripted demonstrations (LeRobot v3.0) to {out / 'demos'}")
-    demos = reach.write_demonstrations(out / "demos", DEMOS, seed)
-    normalizer = Normalizer(LeRobotDataset(demos).stats, gripper_dims={})
-
-    _say(progress, "== 2/5 building a tiny InternVL3 backbone (trainable init)")
-    backbone = build_tiny_checkpoint(out / "backbone", "original", seed=seed, image_size=reach.SIZE,
-                                     vision=VISION, llm=LLM, init="trainable")
-    config = preset("tiny", **VLA)
 
     tokenizer = load_tokenizer(backbone)
 
@@ -215,8 +211,9 @@ def run_quickstart(out: Path, seed: int = 0, train_steps: int | None = None, epi
         model.train(was_training)
         return rate
 
-    _say(progress, f"== 3/5 training the VLA for {steps} steps (batch {BATCH_SIZE})")
-    callback = CurveCallback(success_now, max(1, steps // CURVE_POINTS), progress)
+    _say(progress, f"== 3/5 training the VLA for {steps} steps (batch {BATCH_SIZE})"
+                   + (f" or {minutes:g} minutes" if minutes else ""))
+    callback = CurveCallback(success_now, max(1, steps // CURVE_POINTS), progress, minutes)
     trained_dir = train_vla({
         "vlm": str(backbone), "output_dir": str(out / "policy"), "dataset": str(demos), "preset": "tiny",
         "config": VLA, "gripper_dims": {}, "learning_rate": LEARNING_RATE,
@@ -224,31 +221,25 @@ def run_quickstart(out: Path, seed: int = 0, train_steps: int | None = None, epi
         "lr_scheduler_type": "cosine", "max_steps": steps, "per_device_train_batch_size": BATCH_SIZE,
         "logging_steps": max(1, steps // 100), "save_strategy": "no", "seed": seed,
         "disable_tqdm": not progress}, callbacks=[callback])
+    return trained_dir, callback
 
-    _say(progress, f"== 4/5 closed-loop evaluation on {episodes} held-out episodes")
+
+def _evaluate(trained_dir: Path, backbone: Path, normalizer, seeds: list[int], seed: int) -> dict:
+    """Closed-loop results of the trained, untrained, blind and scripted policies, the colour swap and speed."""
     trained = VLAPolicy.from_pretrained(trained_dir)
-    untrained = VLAPolicy.from_vlm(backbone, config, seed=seed)
+    untrained = VLAPolicy.from_vlm(backbone, preset("tiny", **VLA), seed=seed)
     untrained.normalizer = normalizer
+    config = trained.config
     results = {"trained": rollout(VLARollout(trained, seed), seeds, record=STRIPS),
                "untrained": rollout(VLARollout(untrained, seed), seeds, record=STRIPS),
                "blind": rollout(BlindPolicy(config.chunk_size, config.act_steps), seeds, record=STRIPS),
                "scripted": rollout(ScriptedPolicy(config.chunk_size, config.act_steps), seeds)}
     results["trained_neutral"] = rollout(VLARollout(trained, seed), seeds, instruction=lambda scene: reach.NEUTRAL)
-    swap = colour_swap(VLARollout(trained, seed), seeds)
-    speed = chunks_per_second(trained, seeds)
+    return {"results": results, "colour_swap": colour_swap(VLARollout(trained, seed), seeds),
+            "chunks_per_second": chunks_per_second(trained, seeds), "config": trained.config}
 
-    _say(progress, "== 5/5 writing the report")
-    data = LeRobotDataset(demos)
-    report = {
-        "seed": seed, "episodes": episodes, "config": config.to_json(),
-        "training": {"steps": steps, "batch_size": BATCH_SIZE, "train_seconds": round(callback.train_seconds, 1),
-                     "seconds_per_step": round(callback.train_seconds / steps, 4), "demonstrations": DEMOS,
-                     "frames": len(data), "learning_rate": LEARNING_RATE,
-                     "expert_learning_rate": EXPERT_LEARNING_RATE, "loss": callback.loss},
-        **{name: r.as_dict() for name, r in results.items()},
-        "colour_swap": swap, "curve": callback.curve, "chunks_per_second": round(speed, 2),
-        "paths": {"demos": str(demos), "backbone": str(backbone), "policy": str(trained_dir)},
-    }
+
+def _write(out: Path, report: dict, results: dict, progress: bool) -> None:
     report["files"] = _plots(out, report)
     for name in ("trained", "untrained", "blind"):
         frame_strip(results[name], out / f"rollouts_{name}.png", f"{name}: held-out episodes")
@@ -256,4 +247,45 @@ def run_quickstart(out: Path, seed: int = 0, train_steps: int | None = None, epi
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(report))
     _say(progress, _markdown(report))
+
+
+def run_quickstart(out: Path, seed: int = 0, train_steps: int | None = None, episodes: int = 100,
+                   progress: bool = True, demos: int = DEMOS, minutes: float | None = None,
+                   overwrite: bool = False) -> dict:
+    """The whole loop in ``out`` (a new or empty folder, or any with ``overwrite``); returns what
+    ``out/report.json`` holds.
+
+    ``train_steps`` (default ``DEFAULT_STEPS``) is a step budget, so the result does not depend on the machine's
+    speed; ``minutes`` stops training earlier when that much training time is spent; ``demos`` scripted
+    demonstrations are written; ``episodes`` is the number of held-out episodes each policy is evaluated on.
+    """
+    from vlaser.model.tiny import build_tiny_checkpoint
+    from vlaser.vla.data import LeRobotDataset, Normalizer
+
+    out = Path(out)
+    steps = _prepare(out, train_steps, episodes, demos, minutes, overwrite)
+    torch.manual_seed(seed)
+    seeds = reach.heldout_seeds(episodes, seed)
+    _say(progress, f"== 1/5 writing {demos} scripted demonstrations (LeRobot v3.0) to {out / 'demos'}")
+    demos_dir = reach.write_demonstrations(out / "demos", demos, seed)
+    normalizer = Normalizer(LeRobotDataset(demos_dir).stats, gripper_dims={})
+    _say(progress, "== 2/5 building a tiny InternVL3 backbone (trainable init)")
+    backbone = build_tiny_checkpoint(out / "backbone", "original", seed=seed, image_size=reach.SIZE,
+                                     vision=VISION, llm=LLM, init="trainable")
+    trained_dir, callback = _train(out, demos_dir, backbone, normalizer, seeds, steps, minutes, seed, progress)
+    _say(progress, f"== 4/5 closed-loop evaluation on {episodes} held-out episodes")
+    evaluated = _evaluate(trained_dir, backbone, normalizer, seeds, seed)
+    _say(progress, "== 5/5 writing the report")
+    done = callback.steps or steps
+    training = {"steps": done, "step_budget": steps, "minutes": minutes, "batch_size": BATCH_SIZE,
+                "train_seconds": round(callback.train_seconds, 1),
+                "seconds_per_step": round(callback.train_seconds / done, 4), "demonstrations": demos,
+                "frames": len(LeRobotDataset(demos_dir)), "learning_rate": LEARNING_RATE,
+                "expert_learning_rate": EXPERT_LEARNING_RATE, "loss": callback.loss}
+    report = {"seed": seed, "episodes": episodes, "config": evaluated["config"].to_json(), "training": training,
+              "warnings": warnings(training), **{name: r.as_dict() for name, r in evaluated["results"].items()},
+              "colour_swap": evaluated["colour_swap"], "curve": callback.curve,
+              "chunks_per_second": round(evaluated["chunks_per_second"], 2),
+              "paths": {"demos": str(demos_dir), "backbone": str(backbone), "policy": str(trained_dir)}}
+    _write(out, report, evaluated["results"], progress)
     return report

@@ -12,78 +12,81 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from transformers import Trainer
-
 from vlaser.errors import UserInputError
+from vlaser.train.trainer import PartsTrainer
 from vlaser.vla.config import VLAConfig
-from vlaser.vla.policy import VLAPolicy
-from vlaser.vla.train_args import VLATrainArguments
+from vlaser.vla.policy import CONFIG_FILE, EXPERT_FILE, VLAPolicy
+from vlaser.vla.train_args import VLATrainArguments, build_parser, parse_args
+
+__all__ = ["VLATrainArguments", "VLATrainer", "build_parser", "parse_args", "train_vla"]
 
 log = logging.getLogger(__name__)
 EXPERT_PREFIX = "expert."
 
 
-class VLATrainer(Trainer):
-    """The Trainer with the flow-matching loss and two AdamW learning rates (backbone, expert)."""
+class VLATrainer(PartsTrainer):
+    """The Trainer with the flow-matching loss; AdamW groups by part (backbone, expert), as SFT's."""
 
     def __init__(self, *args, expert_learning_rate: float | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.expert_learning_rate = expert_learning_rate
+        super().__init__(*args, part_lrs={EXPERT_PREFIX: expert_learning_rate}, **kwargs)
         self.model_accepts_loss_kwargs = False  # the loss is a per-batch mean
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
-    def create_optimizer(self, model=None):
-        if self.optimizer is not None:
-            return self.optimizer
-        opt_model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(opt_model))
-        expert_lr = self.args.learning_rate if self.expert_learning_rate is None else self.expert_learning_rate
-        groups: dict[tuple[float, float], list] = {}
-        for name, param in opt_model.named_parameters():
-            if param.requires_grad:
-                lr = expert_lr if name.startswith(EXPERT_PREFIX) else self.args.learning_rate
-                groups.setdefault((lr, self.args.weight_decay if name in decay else 0.0), []).append(param)
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        optimizer_kwargs.pop("lr", None)
-        self.optimizer = optimizer_cls([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
-                                       **optimizer_kwargs)
-        return self.optimizer
 
+def _checked_config(args: VLATrainArguments, data) -> VLAConfig:
+    """The VLA config (the preset's, or the policy's to continue) fitted to the backbone and the dataset, and the
+    prompts checked against ``prefix_len``: all before any weights load (see ``vla.checks``)."""
+    from vlaser.model.tokenizer import load_tokenizer
+    from vlaser.vla.checks import check_prefix, fit_backbone, fit_dataset, read_backbone
+    from vlaser.vla.collate import VLACollator
 
-def _policy(args: VLATrainArguments) -> VLAPolicy:
     source = Path(args.vlm)
-    if (source / "action_expert.safetensors").is_file():
-        return VLAPolicy.from_pretrained(source)
-    return VLAPolicy.from_vlm(source, args.vla_config(), seed=args.seed)
+    continued = (source / EXPERT_FILE).is_file()
+    config = VLAConfig.load(source / CONFIG_FILE) if continued else args.vla_config()
+    backbone = read_backbone(source)
+    config = fit_backbone(config, backbone)
+    if data is not None:
+        config = fit_dataset(config, data, args.cameras)
+        collator = VLACollator(load_tokenizer(backbone.path), config, backbone.image_tokens)
+        check_prefix(config, collator, list(data.tasks), len(config.cameras))
+    return config
 
 
-def _dataset(args: VLATrainArguments, config: VLAConfig):
-    """The LeRobot v3.0 dataset of ``args.dataset`` as action chunks, and its normaliser."""
-    if args.dataset is None:
-        raise UserInputError("no training data: set dataset (a LeRobot v3.0 directory) or pass dataset=")
+def _policy(args: VLATrainArguments, config: VLAConfig) -> VLAPolicy:
+    source = Path(args.vlm)
+    if (source / EXPERT_FILE).is_file():
+        return VLAPolicy.from_pretrained(source, config=config)
+    return VLAPolicy.from_vlm(source, config, seed=args.seed)
+
+
+def _dataset(args: VLATrainArguments, config: VLAConfig, data=None):
+    """The LeRobot v3.0 dataset (``data``, or the one at ``args.dataset``) as action chunks, and its normaliser's
+    statistics."""
     from vlaser.vla.data import ActionChunkDataset, LeRobotDataset, Normalizer
     from vlaser.vla.data.augment import ImageAugmentation
 
-    data = LeRobotDataset(args.dataset)
+    data = LeRobotDataset(args.dataset) if data is None else data
+
     normalizer = Normalizer(data.stats, mode=args.normalization, gripper_dims=args.gripper_dims)
-    cameras = args.cameras.split(",") if isinstance(args.cameras, str) else args.cameras  # a CLI flag: a,b
-    chunks = ActionChunkDataset(data, config.chunk_size, normalizer, cameras=cameras,
+    chunks = ActionChunkDataset(data, config.chunk_size, normalizer, cameras=args.cameras,
                                 padded_actions=args.padded_actions,
                                 augment=ImageAugmentation() if args.augment_images else None)
     return chunks, normalizer.to_json()
 
 
 def _freeze(policy: VLAPolicy, args: VLATrainArguments) -> None:
-    vlm = policy.model.vlm
-    for module, frozen in ((vlm, args.freeze_vlm), (vlm.model.vision_tower, args.freeze_vision)):
-        if frozen:
-            for p in module.parameters():
-                p.requires_grad = False
+    """``freeze_vlm`` / ``freeze_vision`` as SFT's freezing flags (one implementation: ``train.freezing``)."""
+    from vlaser.train.args import ModelArguments
+    from vlaser.train.freezing import apply_freezing
+
+    whole = args.freeze_vlm
+    apply_freezing(policy.model.vlm, ModelArguments(model_name_or_path=args.vlm, freeze_llm=whole, freeze_mlp=whole,
+                                                    freeze_backbone=whole or args.freeze_vision))
     if args.freeze_text_embeddings:
-        vlm.get_input_embeddings().weight.requires_grad = False
+        policy.model.vlm.get_input_embeddings().weight.requires_grad = False
 
 
 def _keep_sim_record(args: VLATrainArguments, out: Path) -> None:
@@ -103,13 +106,19 @@ def train_vla(args: VLATrainArguments | dict[str, Any], dataset=None, norm_stats
     """
     if isinstance(args, dict):
         args = VLATrainArguments.from_dict(args)
-    policy = _policy(args)
+    data = None
     if dataset is None:
-        dataset, norm_stats = _dataset(args, policy.config)
+        if args.dataset is None:
+            raise UserInputError("no training data: set dataset (a LeRobot v3.0 directory) or pass dataset=")
+        from vlaser.vla.data import LeRobotDataset
+
+        data = LeRobotDataset(args.dataset)
+    policy = _policy(args, _checked_config(args, data))
+    if data is not None:
+        dataset, norm_stats = _dataset(args, policy.config, data)
     _freeze(policy, args)
-    trainer = VLATrainer(model=policy.model, args=args.training_arguments(), train_dataset=dataset,
-                         data_collator=policy.collator, callbacks=callbacks,
-                         expert_learning_rate=args.expert_learning_rate)
+    trainer = VLATrainer(model=policy.model, args=args, train_dataset=dataset, data_collator=policy.collator,
+                         callbacks=callbacks, expert_learning_rate=args.expert_learning_rate)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     from vlaser.train.saving import gathered_state_dict
 

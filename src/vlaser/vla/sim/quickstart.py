@@ -92,7 +92,7 @@ def _train(out: Path, backbone: Path, demos: Path, steps: int, seed: int, blind:
 
 
 def run_metaworld_quickstart(out: str | Path, seed: int = 0, train_steps: int | None = None,
-                             episodes: int | None = None, demos_per_task: int = DEMOS_PER_TASK,
+                             episodes: int | None = None, demos_per_task: int | None = None,
                              workers: int = WORKERS) -> dict:
     """Run every stage into ``out`` (new or empty); returns ``report.json``'s contents."""
     from vlaser.model.tiny import build_tiny_checkpoint
@@ -104,6 +104,7 @@ def run_metaworld_quickstart(out: str | Path, seed: int = 0, train_steps: int | 
     if out.exists() and any(out.iterdir()):
         raise UserInputError(f"{out}: not empty (the quickstart writes into a new folder)")
     steps, episodes = train_steps or DEFAULT_STEPS, episodes or EVAL_EPISODES
+    demos_per_task = demos_per_task or DEMOS_PER_TASK
     render = mw.RenderSettings(IMAGE_SIZE, cheap=True)
     minutes, start = {}, time.perf_counter()
 

@@ -1,7 +1,7 @@
-"""The serving engine behind ``vlaser serve``: concurrent chat requests on the inference core's continuous
-batching (:class:`vlaser.inference.engine.Engine`), with per-request streaming, stop strings, usage counts and
-cancellation. Only its worker thread uses the model and the tokenizer; arrivals share one prefill while rows
-run (``Engine._to_join``). Its interface and behaviour: ``docs/engine.md``.
+"""The scheduler behind ``vlaser serve``: concurrent chat requests on the inference core's continuous batching
+(it holds a :class:`vlaser.inference.engine.Engine`, ``core``), with per-request streaming, stop strings, usage
+counts and cancellation. Only its worker thread uses the model and the tokenizer; arrivals share one prefill while
+rows run (``Scheduler._to_join``). Its interface and behaviour: ``docs/engine.md``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from vlaser.inference.prepare import prepare, tile_limit
 from vlaser.inference.types import Completion, GenerationParams, Prepared, Request
 from vlaser.model.chat import answer_decoder
 
-__all__ = ["Completion", "Engine", "Job", "QueueFull", "Stream", "answer_decoder", "settled_prefix"]
+__all__ = ["Completion", "Job", "QueueFull", "Scheduler", "Stream", "answer_decoder", "settled_prefix"]
 log = logging.getLogger(__name__)
 
 
@@ -34,8 +34,7 @@ class Job:
 
     request: Request
     params: GenerationParams
-    max_tiles: int  #: tiles per picture, unless the request sets a picture's own (``Picture.max_tiles``)
-    keep_grounding_tokens: bool | None = None  #: keep ``<ref>``/``<box>``/``<quad>`` tags; None: the engine's choice
+    max_tiles: int | None = None  #: tiles per picture without its own (``Picture.max_tiles``); None: the checkpoint's
 
 
 class QueueFull(Exception):  # noqa: N818 (the server's name for HTTP 429, fixed by the interface)
@@ -118,20 +117,19 @@ class Stream:
         self._end()
 
 
-class Engine:
+class Scheduler:
     """Serves submitted jobs on one worker thread running the inference core (see the module docstring).
 
-    ``keep_grounding_tokens`` is the choice for jobs that make none: off, as in ``model.chat`` and ``vlaser serve``;
     ``max_batch_tokens`` bounds the prompt and answer tokens of the rows running together.
     """
 
     def __init__(self, vlm, max_batch_size: int = 8, max_wait_ms: float = 10, max_queue: int = 64,
-                 keep_grounding_tokens: bool = False, max_batch_tokens: int = 65536, static_capacity: int | None = None,
+                 max_batch_tokens: int = 65536, static_capacity: int | None = None,
                  cuda_graphs: bool = False):
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(f"need max_batch_size >= 1, max_queue >= 1 and max_wait_ms >= 0, got {max_batch_size}, "
                              f"{max_queue} and {max_wait_ms}")
-        self.vlm, self.keep_grounding_tokens = vlm, keep_grounding_tokens
+        self.vlm = vlm
         self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.max_batch_tokens = max_batch_tokens
         self.decode = {"static_capacity": static_capacity, "cuda_graphs": cuda_graphs}  #: the core's decode options
@@ -145,7 +143,7 @@ class Engine:
 
     async def start(self) -> None:
         if self._task is not None:
-            raise RuntimeError("the engine is already started")
+            raise RuntimeError("the scheduler is already started")
         self._loop = asyncio.get_running_loop()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="vlaser-engine")
         self._preparer = ThreadPoolExecutor(1, thread_name_prefix="vlaser-engine-prepare")
@@ -165,7 +163,7 @@ class Engine:
     def submit(self, job: Job) -> Stream:
         """Queue a job (on the event loop's thread); :class:`QueueFull` when ``max_queue`` jobs are pending."""
         if self._task is None or self._stopping:
-            raise RuntimeError("the engine is not running (start() it; after stop() it takes no new jobs)")
+            raise RuntimeError("the scheduler is not running (start() it; after stop() it takes no new jobs)")
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"{len(self._pending)} requests are waiting or running (max_queue={self.max_queue}); "
                             "retry later")
@@ -211,7 +209,7 @@ class Engine:
         if self.core is None:
             self.core = core.Engine(self.vlm.model, self.vlm.tokenizer, max_batch_size=self.max_batch_size,
                                     max_batch_tokens=self.max_batch_tokens,
-                                    keep_grounding_tokens=self.keep_grounding_tokens, **self.decode)
+                                    **self.decode)
         while True:
             arrivals = self._arrivals()
             if arrivals is None:
@@ -280,8 +278,7 @@ class Engine:
         """Give a prepared job to the core (on the worker thread); a failed preparation fails only the job."""
         try:
             prepared = stream._prepared.result()
-            self.core.add(prepared, stream.job.params, stream.job.keep_grounding_tokens,
-                          on_delta=stream._push, tag=stream)
+            self.core.add(prepared, stream.job.params, on_delta=stream._push, tag=stream)
         except Exception as error:  # its preparation failed (or it was cancelled meanwhile: then a no-op)
             stream._settle(error=error)
             return
