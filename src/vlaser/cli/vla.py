@@ -198,7 +198,8 @@ def run(args) -> int:
 
 
 def _metaworld_quickstart(args) -> None:
-    reach_only = (args.minutes is not None, args.overwrite, args.episodes != REACH_DEMOS, args.eval_episodes != REACH_EVAL)
+    reach_only = (args.minutes is not None, args.overwrite, args.episodes != REACH_DEMOS,
+                  args.eval_episodes != REACH_EVAL)
     if any(reach_only):
         raise UserInputError("--minutes, --overwrite, --episodes and --eval-episodes are the reach2d quickstart's; "
                              "the metaworld one has fixed sizes (20 demonstrations and 10 held-out episodes per "
