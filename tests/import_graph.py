@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: The layers, lowest first (see docs/architecture.md); a module may import its own layer and the ones below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("vlaser.errors", "vlaser.jsonl", "vlaser.points")),
+    ("base", ("vlaser.errors", "vlaser.jsonl", "vlaser.points", "vlaser.drawing")),
     ("model", ("vlaser.model",)),
     ("data", ("vlaser.data",)),
     ("inference", ("vlaser.inference",)),

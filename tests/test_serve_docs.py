@@ -17,7 +17,7 @@ REFERENCE = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url\s*:\s*["']([^
 @pytest.fixture(scope="module")
 def client():
     # no lifespan runs (no `with`), so the engine is never started: the docs need none
-    return TestClient(create_app(engine=None, model_name="m"))
+    return TestClient(create_app(scheduler=None, model_name="m"))
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
