@@ -21,6 +21,12 @@ from vlaser.vla.model import VLAModel
 PRESETS = {"tiny": "tiny", "2b": "vlaser_2b_bridge"}  #: --size -> the VLA preset
 
 
+def tile_side(vlm) -> int:
+    """The backbone's tile side: a preset leaves ``image_size`` to the backbone (``vla.checks`` fills it on load)."""
+    size = vlm.config.vision_config.image_size
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
 def inputs(model: VLAModel, batch: int, device: str, seed: int = 0) -> dict:
     """A prompt-shaped prefix: the image tokens of one tile, then text, right-padded to ``prefix_len``."""
     cfg, vlm = model.config, model.vlm
@@ -32,7 +38,8 @@ def inputs(model: VLAModel, batch: int, device: str, seed: int = 0) -> dict:
     ids[:, n_image:n_image + n_text] = torch.randint(10, 500, (batch, n_text), generator=g)
     mask = torch.zeros_like(ids)
     mask[:, :n_image + n_text] = 1
-    pixels = torch.randn((batch, 3, cfg.image_size, cfg.image_size), generator=g)
+    side = cfg.image_size or tile_side(vlm)
+    pixels = torch.randn((batch, 3, side, side), generator=g)
     state = torch.rand((batch, cfg.proprio_dim), generator=g) * 2 - 1
     noise = torch.randn((batch, cfg.chunk_size, cfg.action_dim), generator=g)
     dtype = next(vlm.parameters()).dtype
