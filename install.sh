@@ -28,6 +28,6 @@ install_debian() {
 }
 
 install_debian chromium "command -v chromium" "the browser tests need it"
-install_debian libosmesa6 "ldconfig -p | grep -q libOSMesa" "Meta-World renders headless through OSMesa"
+install_debian libosmesa6 '[[ "$(ldconfig -p)" == *libOSMesa* ]]' "Meta-World renders headless through OSMesa"
 python -m pip install torch==2.13.0  # the CPU build CI uses; on a GPU machine install your torch, then the next line
 python -m pip install -e ".[dev]"

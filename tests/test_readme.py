@@ -90,10 +90,15 @@ def _fake_bin(tmp_path: Path, names: list[str]) -> Path:
     return bin_dir
 
 
-def _run_install(tmp_path: Path, names: list[str], id_prints: str = "0") -> tuple[subprocess.CompletedProcess,
-                                                                                    list[str]]:
-    """install.sh run with only fakes on PATH (``id -u`` prints ``id_prints``): its result and the calls made."""
+def _run_install(tmp_path: Path, names: list[str], id_prints: str = "0",
+                 osmesa: bool = False) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """install.sh run with only fakes on PATH (``id -u`` prints ``id_prints``; ``ldconfig -p`` lists OSMesa when
+    ``osmesa``): its result and the calls made."""
     bin_dir = _fake_bin(tmp_path, names)
+    if osmesa:
+        listing = "\tlibOSMesa.so.8 (libc6,x86-64) => /usr/lib/libOSMesa.so.8"
+        (bin_dir / "ldconfig").write_text(f"#!/bin/bash\necho '{listing}'\n")
+        (bin_dir / "ldconfig").chmod(0o755)
     (bin_dir / "id").write_text(f"#!/bin/bash\necho {id_prints}\n")
     (bin_dir / "id").chmod(0o755)
     done = subprocess.run(["/bin/bash", str(INSTALL)], env={"PATH": str(bin_dir)}, capture_output=True, text=True)
@@ -102,7 +107,7 @@ def _run_install(tmp_path: Path, names: list[str], id_prints: str = "0") -> tupl
 
 
 def test_install_skips_apt_where_chromium_is_present(tmp_path):
-    done, calls = _run_install(tmp_path, ["chromium", "python", "apt-get", "sudo"])
+    done, calls = _run_install(tmp_path, ["chromium", "python", "apt-get", "sudo"], osmesa=True)
     assert done.returncode == 0, done.stderr
     assert calls == ["python -m pip install torch==2.13.0", 'python -m pip install -e .[dev]']
 
@@ -113,6 +118,7 @@ def test_install_apt_installs_chromium_where_missing(tmp_path, uid, prefix):
     assert done.returncode == 0, done.stderr
     install = "sudo env DEBIAN_FRONTEND=noninteractive apt-get" if prefix else "apt-get"  # the fake sudo runs nothing
     assert calls == [f"{prefix}apt-get update -qq", f"{install} install -y -qq chromium",
+                     f"{install} install -y -qq libosmesa6",  # one update for both packages
                      "python -m pip install torch==2.13.0", "python -m pip install -e .[dev]"]
 
 
