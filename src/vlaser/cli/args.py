@@ -50,3 +50,16 @@ def json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
+
+
+class FullHelp(argparse.Action):
+    """``-h/--help`` of a command whose flags pass through argparse unparsed (``train``, ``vla train``): prints
+    the readable parser that ``build(prog)`` returns, so the help lists every flag the real parser takes."""
+
+    def __init__(self, option_strings, build, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+        self.build = build
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        self.build(parser.prog).print_help()
+        parser.exit()

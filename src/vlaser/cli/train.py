@@ -6,6 +6,7 @@ import argparse
 import copy
 import dataclasses
 
+from vlaser.cli.args import FullHelp
 from vlaser.errors import UserInputError
 
 EXAMPLES = """examples:
@@ -21,17 +22,6 @@ SECTIONS = {
     "packing": ("use_packed_ds", "max_packed_tokens", "num_images_expected", "max_buffer_size", "loss_reduction"),
 }
 
-
-class _FullHelp(argparse.Action):
-    """``-h/--help``: every flag the training parser accepts, with its help (the flags pass through argparse
-    here unparsed, so argparse alone would list none of them)."""
-
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
-        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        help_parser(parser.prog).print_help()
-        parser.exit()
 
 
 def help_parser(prog: str) -> argparse.ArgumentParser:
@@ -64,7 +54,7 @@ def add_parser(sub) -> None:
         "train", help="second-stage SFT with InternVL's fine-tune flags (or one YAML/JSON config file)",
         add_help=False,
     )
-    p.add_argument("-h", "--help", action=_FullHelp, help="list every flag with its help")
+    p.add_argument("-h", "--help", action=FullHelp, build=help_parser, help="list every flag with its help")
     p.set_defaults(passthrough=[])
 
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from vlaser.cli import vla_convert
-from vlaser.cli.args import at_least
+from vlaser.cli.args import FullHelp, at_least
 from vlaser.cli.serve import API_KEY_ENV
 from vlaser.errors import UserInputError
 
@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
 
     t = verbs.add_parser("train", help="train a VLA policy (transformers' Trainer; DeepSpeed/FSDP as for SFT)",
                          add_help=False)
-    t.add_argument("-h", "--help", action=_FullHelp, help="list every flag with its help")
+    t.add_argument("-h", "--help", action=FullHelp, build=help_parser, help="list every flag with its help")
     t.set_defaults(passthrough=[])
 
     vla_convert.add_parser(verbs)
@@ -125,17 +125,6 @@ def _add_render_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """The description as written, each flag's default after its help."""
 
-
-class _FullHelp(argparse.Action):
-    """``-h/--help``: every flag of the training parser with its help (the flags pass through argparse here
-    unparsed, as for ``vlaser train``)."""
-
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
-        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        help_parser(parser.prog).print_help()
-        parser.exit()
 
 
 def help_parser(prog: str) -> argparse.ArgumentParser:
