@@ -215,7 +215,7 @@ def _decode_model(cpu: bool, dtype_name: str | None = None, vocab_of_tokenizer: 
     weights, the bench tokenizer; ``vocab_of_tokenizer`` sizes the vocabulary to the tokenizer's, so every
     greedy token decodes (needed where answers are compared as text with ``model.chat``)."""
     torch, device = _torch_setup(cpu)
-    from gpu_train_throughput import init_on_device_, internvl3_2b_config
+    from gpu_train_throughput import create_on, init_on_device_, internvl3_2b_config
 
     from vlaser.model.chat import InternVLChat
     from vlaser.model.convert import original_to_hf_config
@@ -228,13 +228,7 @@ def _decode_model(cpu: bool, dtype_name: str | None = None, vocab_of_tokenizer: 
     if vocab_of_tokenizer:
         config["llm_config"]["vocab_size"] = len(tok)
     hf_config = build_hf_config(original_to_hf_config(config, tok.convert_tokens_to_ids("<IMG_CONTEXT>")))
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = InternVLChat(hf_config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = create_on(device, dtype, InternVLChat, hf_config)
     (randomize_ if cpu else init_on_device_)(model, 0)
     return torch, device, model.eval(), tok
 
@@ -338,7 +332,7 @@ def step_vla_2b(cpu: bool, out: Path) -> dict:
     """The VLA at InternVL3-2B shapes with the release's expert: one train step's time and act latency."""
     torch, device = _torch_setup(cpu)
     from bench_vla import PRESETS, inputs
-    from gpu_train_throughput import build
+    from gpu_train_throughput import build, create_on
 
     from vlaser.vla.config import preset
     from vlaser.vla.model import VLAModel
@@ -346,13 +340,7 @@ def step_vla_2b(cpu: bool, out: Path) -> dict:
     dtype = torch.float32 if cpu else torch.bfloat16
     size = "tiny" if cpu else "2b"
     config = preset(PRESETS[size])
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = VLAModel(build(size, device, dtype), config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = create_on(device, dtype, VLAModel, build(size, device, dtype), config)
     batch = inputs(model, 1, device)
     act = []
     for _ in range(4 if cpu else 11):

@@ -58,18 +58,23 @@ def init_on_device_(model: torch.nn.Module, seed: int = 0) -> None:
             p.normal_(0.0, 0.02)
 
 
+def create_on(device: str, dtype: torch.dtype, cls, *args):
+    """``cls(*args)`` with its tensors created on ``device`` in ``dtype`` (never built on the host and copied)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return cls(*args)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build(size: str, device: str, dtype: torch.dtype, image_token_id: int = 3) -> InternVLChat:
     """The model of ``size`` (tiny, 2b, 8b) created directly on ``device`` in ``dtype``."""
     config = {"tiny": lambda: tiny_original_config(vocab_size=610), "2b": internvl3_2b_config,
               "8b": internvl3_8b_config}[size]()
     hf_config = build_hf_config(original_to_hf_config(config, image_token_id=image_token_id))
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = InternVLChat(hf_config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = create_on(device, dtype, InternVLChat, hf_config)
     if size == "tiny":
         randomize_(model, 0)
     else:
