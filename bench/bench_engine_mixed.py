@@ -42,7 +42,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer = load_model(build_tiny_checkpoint(f"{tmp}/tiny", layout="original"), dtype=torch.float32,
                                       device="cpu")
-    vlm = VLM(model, tokenizer, max_num=6)
+    vlm = VLM(model, tokenizer, max_tiles=6)
     items = [(image, q) for image in _images() for q in QUESTIONS]
     minimum = args.new_tokens if args.exact else 0
     gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": minimum, "do_sample": False}

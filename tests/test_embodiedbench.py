@@ -247,7 +247,7 @@ def test_embodiedbench_request_runs_through_vlaser(loaded):
     assert rendered.endswith(OFFICIAL_TEMPLATE + "<|im_end|>\n<|im_start|>assistant\n")
     gen = {"max_new_tokens": 8, "do_sample": False}
     answer = model.generate_text(tokenizer, [rendered], torch.cat(tiles), gen)[0]
-    assert answer == vlm.ask(scene, prompt, max_num=6, **gen)  # the serving path answers as the friendly API
+    assert answer == vlm.ask(scene, prompt, max_tiles=6, **gen)  # the serving path answers as the friendly API
     assert parse_plan(answer, len(ACTIONS), point_actions=True) == INVALID_PLAN  # a random tiny model: no plan
     # the second step with chat_history: the earlier answer comes back as an assistant turn with a text part
     history = eb_request(scene, prompt)["messages"] + [{"role": "assistant", "content": [

@@ -32,7 +32,7 @@ QUESTIONS = [  # (image size or None, question): prompts of 0 to 7 tiles
 
 def _prepared(vlm, size, question, max_num=6):
     """What the prepare step makes of one question (the prompt ``model.chat`` builds, and its tiles)."""
-    media = vlm.media(None if size is None else _img((size[0] % 255, 90, 30), size), max_num=max_num)
+    media = vlm.media(None if size is None else _img((size[0] % 255, 90, 30), size), max_tiles=max_num)
     model = vlm.model
     prompt = build_chat_prompt(question, model.conv_template, media.num_patches, model.num_image_token,
                                system_message=model.system_message)[1]

@@ -225,7 +225,7 @@ def post(port: int, body: dict, timeout: float = 60) -> tuple[int, dict]:
 # ---- fixtures ----------------------------------------------------------------------------------------------------
 
 
-VLM_SETTINGS = {"max_num": MAX_NUM}  # the conftest ``vlm``'s
+VLM_SETTINGS = {"max_tiles": MAX_NUM}  # the conftest ``vlm``'s
 
 
 @pytest.fixture(scope="module")
@@ -291,14 +291,14 @@ def test_text_only_equals_model_chat(client, vlm):
 
 
 def test_one_image_equals_model_chat(client, vlm):
-    media = vlm.media(RED, max_num=MAX_NUM)
+    media = vlm.media(RED, max_tiles=MAX_NUM)
     expected = vlm.model.chat(vlm.tokenizer, media.pixel_values, "Describe it.", dict(GREEDY))
     assert answer(client, [user(image_part(data_url(RED)), text_part("Describe it."))]) == expected
 
 
 def test_two_images_are_model_chats_multi_image_prompt(client, vlm):
     """[image, image, text] is ``Image-1: <image>\\nImage-2: <image>\\n`` + text, with num_patches_list."""
-    media = vlm.media([RED, BLUE], max_num=MAX_NUM)
+    media = vlm.media([RED, BLUE], max_tiles=MAX_NUM)
     question = "Image-1: <image>\nImage-2: <image>\nWhich is red?"
     expected = vlm.model.chat(vlm.tokenizer, media.pixel_values, question, dict(GREEDY),
                               num_patches_list=media.num_patches)
@@ -311,7 +311,7 @@ def test_two_images_are_model_chats_multi_image_prompt(client, vlm):
 
 
 def test_multi_turn_with_history_equals_model_chat(client, vlm):
-    media = vlm.media(RED, max_num=MAX_NUM)
+    media = vlm.media(RED, max_tiles=MAX_NUM)
     first, history = vlm.model.chat(vlm.tokenizer, media.pixel_values, "What colour?", dict(GREEDY),
                                     return_history=True)
     second = vlm.model.chat(vlm.tokenizer, media.pixel_values, "And the shape?", dict(GREEDY), history=history)
@@ -350,7 +350,7 @@ def ends_first(vlm):
 
 def test_min_tokens_equals_local_min_new_tokens(client, vlm, ends_first):
     messages = [user(image_part(data_url(RED)), text_part("Point to the cup."))]
-    media = vlm.media(RED, max_num=MAX_NUM)
+    media = vlm.media(RED, max_tiles=MAX_NUM)
     local = vlm.model.chat(vlm.tokenizer, media.pixel_values, "Point to the cup.", {**GREEDY, "min_new_tokens": 3})
     plain = ask(client, messages, max_tokens=12)
     assert plain["choices"][0]["message"]["content"] == "" and plain["usage"]["completion_tokens"] == 1
@@ -752,6 +752,6 @@ def test_cli_help_lists_the_flags():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
     args = build_parser().parse_args(["serve", "--model", "m"])
-    assert (args.host, args.port, args.max_batch_size, args.max_wait_ms, args.max_num) == ("127.0.0.1", 8000, 8, 10,
+    assert (args.host, args.port, args.max_batch_size, args.max_wait_ms, args.max_tiles) == ("127.0.0.1", 8000, 8, 10,
                                                                                           None)
     assert not args.keep_grounding_tokens  # answers decoded as model.chat and vlaser eval decode them

@@ -46,7 +46,7 @@ def build_app(checkpoint, name: str, **options):
 
     vlm = VLM.from_pretrained(checkpoint, dtype=torch.float32, device="cpu")
     engine = Scheduler(vlm, max_batch_size=8, max_wait_ms=5)
-    return create_app(engine, name, default_max_tiles=vlm.max_num, **options)
+    return create_app(engine, name, default_max_tiles=vlm.max_tiles, **options)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def client(tiny_original):
 
 def local(vlm, images: list[tuple[Image.Image, int]], question: str, system: str | None = None, **generation) -> str:
     """``model.chat``'s greedy answer: each image with its own tile limit, ``Image-i`` lines for several."""
-    media = [vlm.media(image, max_num=tiles) for image, tiles in images]
+    media = [vlm.media(image, max_tiles=tiles) for image, tiles in images]
     joined = Media(torch.cat([m.pixel_values for m in media]), [m.num_patches[0] for m in media],
                    [m.sizes[0] for m in media], [m.pictures[0] for m in media])
     return vlm.generate_answers([joined], [question], {"max_new_tokens": NEW, **generation},
@@ -104,7 +104,7 @@ def test_vllm_single_image_body(client, vlm):
         "mm_processor_kwargs": {"max_dynamic_patch": 1}}
     # vlaser keeps an image part where the client put it, after the text here (vLLM and LMDeploy move images
     # that their text does not place in front of it)
-    expected = vlm.ask(WIDE, "What's in this image?\n<image>", max_num=1, max_new_tokens=NEW)
+    expected = vlm.ask(WIDE, "What's in this image?\n<image>", max_tiles=1, max_new_tokens=NEW)
     check_completion(chat(client, body), expected)
 
 
@@ -118,7 +118,7 @@ def test_vllm_tiles_change_the_prompt(client, vlm):
     per_tile = vlm.model.num_image_token
     assert many["usage"]["prompt_tokens"] - one["usage"]["prompt_tokens"] == 4 * per_tile
     for tiles, answer in ((12, many), (1, one)):
-        assert answer["choices"][0]["message"]["content"] == vlm.ask(WIDE, "Where is the cup?", max_num=tiles,
+        assert answer["choices"][0]["message"]["content"] == vlm.ask(WIDE, "Where is the cup?", max_tiles=tiles,
                                                                      max_new_tokens=NEW)
 
 
@@ -155,7 +155,7 @@ def test_vlaser_eval_client_body(client, vlm, tmp_path):
     payload = to_payload(request, NAME, GenerationParams(NEW, min_new_tokens=1), INTERNVL2_5_SYSTEM_MESSAGE)
     assert payload["mm_processor_kwargs"] == {"max_dynamic_patch": 2} and payload["min_tokens"] == 1
     body = chat(client, payload)
-    expected = vlm.ask(WIDE, "<image>\nFind free space on the table.", max_num=2, max_new_tokens=NEW,
+    expected = vlm.ask(WIDE, "<image>\nFind free space on the table.", max_tiles=2, max_new_tokens=NEW,
                        min_new_tokens=1)
     check_completion(body, expected)
     assert from_response(body).text == expected
@@ -208,7 +208,7 @@ def test_the_openai_client_reads_the_answers(client, vlm):
     assert [model.id for model in api.models.list()] == [NAME]
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(WIDE)}},
                                              {"type": "text", "text": "Where is the cup?"}]}]
-    expected = vlm.ask(WIDE, "Where is the cup?", max_num=2, max_new_tokens=NEW)
+    expected = vlm.ask(WIDE, "Where is the cup?", max_tiles=2, max_new_tokens=NEW)
     answer = api.chat.completions.create(model=NAME, messages=messages, max_tokens=NEW, temperature=0,
                                          extra_body={"mm_processor_kwargs": {"max_dynamic_patch": 2}})
     assert answer.choices[0].message.content == expected and answer.choices[0].finish_reason in ("stop", "length")

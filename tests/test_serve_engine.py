@@ -62,7 +62,7 @@ class _Recorder(BaseStreamer):
 def _alone(vlm, request, max_tokens, max_num=6, min_new_tokens=0):
     """The reference answer, without the engine: the rendered prompt through ``generate_answers`` on its own.
     Returns the text, whether it was cut off at ``max_tokens``, the prompt's token count and the generated ids."""
-    media = vlm.media([picture.source for picture in request.pictures], max_num=max_num)
+    media = vlm.media([picture.source for picture in request.pictures], max_tiles=max_num)
     model, recorder = vlm.model, _Recorder()
     system = model.system_message if request.system is None else request.system
     prompt = build_chat_prompt(request.question, model.conv_template, media.num_patches, model.num_image_token,

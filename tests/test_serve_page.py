@@ -252,7 +252,7 @@ def test_point_question_draws_the_marker_at_its_pixel(real_page, tmp_path):
     ((prompt, tiles),) = fixed.calls  # what the server made of the page's request: the point prompt, the image
     assert point_question("Where should the cup go?") in prompt and "<img>" in prompt
     with Image.open(image) as sent:
-        assert torch.equal(tiles, vlm.media([sent.convert("RGB")], max_num=12).pixel_values)
+        assert torch.equal(tiles, vlm.media([sent.convert("RGB")], max_tiles=12).pixel_values)
     (marker,) = markers(tab, "point")
     assert (marker["x"], marker["y"], marker["text"]) == ("160", "240", "1")
     shown = tab.eval_on_selector("#stage-image", "img => [img.clientWidth, img.clientHeight]")

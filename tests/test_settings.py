@@ -108,7 +108,7 @@ def four_no_thumbnail(tiny_original, tmp_path_factory):
 
 def test_vlm_tiles_with_the_checkpoints_settings(four_no_thumbnail):
     vlm, image = four_no_thumbnail, Image.new("RGB", WIDE, (200, 30, 30))
-    assert vlm.max_num == 4
+    assert vlm.max_tiles == 4
     media = vlm.media(image)
     assert media.num_patches == [4]  # 4x1, no thumbnail; InternVL's quick-start default would give 6 + 1
     assert torch.equal(media.pixel_values, vlaser.load_image(image, input_size=56, max_num=4, use_thumbnail=False))
@@ -116,8 +116,8 @@ def test_vlm_tiles_with_the_checkpoints_settings(four_no_thumbnail):
 
 def test_explicit_max_num_overrides_the_checkpoint(four_no_thumbnail):
     vlm, image = four_no_thumbnail, Image.new("RGB", WIDE, (200, 30, 30))
-    assert vlm.media(image, max_num=6).num_patches == [6]  # still the checkpoint's: no thumbnail
-    assert VLM(vlm.model, vlm.tokenizer, max_num=2).media(image).num_patches == [2]
+    assert vlm.media(image, max_tiles=6).num_patches == [6]  # still the checkpoint's: no thumbnail
+    assert VLM(vlm.model, vlm.tokenizer, max_tiles=2).media(image).num_patches == [2]
     seen = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Engine, "generate", lambda engine, items, params: (
@@ -129,8 +129,8 @@ def test_explicit_max_num_overrides_the_checkpoint(four_no_thumbnail):
 def test_dynamic_tiling_off_means_one_tile_unless_asked(tiny_original, tmp_path):
     ckpt = _with_settings(tiny_original, tmp_path / "one", dynamic_image_size=False)
     vlm, image = VLM.from_pretrained(ckpt, dtype=torch.float32, device="cpu"), Image.new("RGB", WIDE)
-    assert vlm.max_num == 1 and vlm.media(image).num_patches == [1]
-    assert vlm.media(image, max_num=4).num_patches == [5]  # asked for: 4x1 plus the checkpoint's thumbnail
+    assert vlm.max_tiles == 1 and vlm.media(image).num_patches == [1]
+    assert vlm.media(image, max_tiles=4).num_patches == [5]  # asked for: 4x1 plus the checkpoint's thumbnail
 
 
 def test_media_logs_how_each_image_was_cut(four_no_thumbnail, loaded, tmp_path, caplog):
@@ -197,7 +197,7 @@ def test_saved_checkpoint_carries_the_training_settings(tiny_original, tmp_path,
         "max_dynamic_patch": 4, "use_thumbnail": False, "dynamic_image_size": True, "force_image_size": 56,
         "min_dynamic_patch": 1, "template": "internvl2_5"}
     vlm = VLM.from_pretrained(out, dtype=torch.float32, device="cpu")
-    assert vlm.max_num == 4 and vlm.media(Image.new("RGB", WIDE)).num_patches == [4]
+    assert vlm.max_tiles == 4 and vlm.media(Image.new("RGB", WIDE)).num_patches == [4]
 
 
 def test_a_trained_model_infers_with_its_training_settings(tiny_original, tmp_path):
@@ -208,8 +208,8 @@ def test_a_trained_model_infers_with_its_training_settings(tiny_original, tmp_pa
                       "--max_steps", "1"))
     vlm = VLM.from_pretrained(out, dtype=torch.float32, device="cpu")
     image = Image.new("RGB", WIDE)
-    assert vlm.max_num == 4 and vlm.media(image).num_patches == [4]
-    assert vlm.media(image, max_num=6).num_patches == [6]
+    assert vlm.max_tiles == 4 and vlm.media(image).num_patches == [4]
+    assert vlm.media(image, max_tiles=6).num_patches == [6]
 
 
 def test_chat_point_tiles_with_the_checkpoints_settings_unless_asked(tiny_original, tmp_path, caplog):

@@ -34,7 +34,7 @@ def _data_url(path) -> str:
 
 def _tiles_by_path(vlm, image, explicit, tmp_path) -> dict[str, int]:
     """How many tiles chat, serve and eval cut ``image`` into, given ``explicit`` (``--max-num``) or not."""
-    chat = vlm.media(str(image), max_num=explicit).num_patches[0]
+    chat = vlm.media(str(image), max_tiles=explicit).num_patches[0]
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_url(image)}},
                                                       {"type": "text", "text": "Where?"}]}]}
     request, params = parse_chat_request(body)

@@ -24,7 +24,6 @@ from vlaser.model.preprocess import ImageInput, read_video_frames, to_pil
 from vlaser.points import parse_boxes, parse_points, point_question, to_pixels
 
 Images = ImageInput | Sequence[ImageInput] | None
-POINT_TILES = 6  #: the point protocol's tiles per image (Vlaser's pointing evaluations)
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +37,18 @@ class PointAnswer:
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
     box_pixels: list[tuple[int, ...]] = field(default_factory=list)
     size: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class PointProtocol:
+    """Vlaser's point prompt as its pointing evaluations run it: the tile limit and answer length
+    :meth:`VLM.point` uses unless told otherwise (greedy, the grounding tags kept)."""
+
+    max_tiles: int = 6
+    max_new_tokens: int = 100
+
+
+POINT = PointProtocol()
 
 
 @dataclass
@@ -59,19 +70,19 @@ class VLM:
         >>> vlm.point("scene.jpg", "Point to the red cup.").pixels
     """
 
-    def __init__(self, model, tokenizer, max_num: int | None = None, max_new_tokens: int = 1024):
-        """``max_num`` (tiles per image, the seed's name) applies where a call sets none; None: the checkpoint's
-        ``max_dynamic_patch`` (1 when it turned ``dynamic_image_size`` off)."""
+    def __init__(self, model, tokenizer, max_tiles: int | None = None, max_new_tokens: int = 1024):
+        """``max_tiles`` (tiles per image, InternVL's ``max_num``) applies where a call sets none; None: the
+        checkpoint's limit (1 when it turned ``dynamic_image_size`` off)."""
         self.model, self.tokenizer = model, tokenizer
         self.settings = model.processor_settings
-        self._max_num = max_num  #: the explicit limit, or None (see :attr:`max_num`)
+        self._max_tiles = max_tiles  #: the explicit limit, or None (see :attr:`max_tiles`)
         self.max_new_tokens = max_new_tokens
         self.image_size = self.settings.image_size
 
     @property
-    def max_num(self) -> int:
+    def max_tiles(self) -> int:
         """The tile limit a still image gets when a call sets none (:func:`resolve_max_tiles`)."""
-        return resolve_max_tiles(self._max_num, None, self.settings)
+        return resolve_max_tiles(self._max_tiles, None, self.settings)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype="auto", device=None, **kwargs) -> VLM:
@@ -80,9 +91,9 @@ class VLM:
         model, tokenizer = load_model(path, dtype=dtype, device=device)
         return cls(model, tokenizer, **kwargs)
 
-    def pictures(self, images: Images, video: str | os.PathLike | None = None, max_num: int | None = None,
+    def pictures(self, images: Images, video: str | os.PathLike | None = None, max_tiles: int | None = None,
                  num_segments: int = 8) -> list[Picture]:
-        """The images (each with ``max_num`` tiles at most; None: this model's limit), or a video's
+        """The images (each with ``max_tiles`` tiles at most; None: this model's limit), or a video's
         ``num_segments`` frames (one tile each, as InternVL's ``load_video``)."""
         if video is not None:
             if images:
@@ -92,16 +103,16 @@ class VLM:
             return []
         items = [images] if isinstance(images, (str, bytes, os.PathLike, Image.Image)) or (
             hasattr(images, "ndim")) else list(images)
-        return [Picture(item if isinstance(item, (str, os.PathLike)) else to_pil(item), max_tiles=max_num)
+        return [Picture(item if isinstance(item, (str, os.PathLike)) else to_pil(item), max_tiles=max_tiles)
                 for item in items]
 
-    def media(self, images: Images, video: str | os.PathLike | None = None, max_num: int | None = None,
+    def media(self, images: Images, video: str | os.PathLike | None = None, max_tiles: int | None = None,
               num_segments: int = 8) -> Media:
         """Load and tile images (or sample a video) once, as the prepare step does; logs how each was cut."""
-        pictures = self.pictures(images, video, max_num, num_segments)
+        pictures = self.pictures(images, video, max_tiles, num_segments)
         made = []
         for i, picture in enumerate(pictures):
-            limit = tile_limit(picture, self.settings, self._max_num)
+            limit = tile_limit(picture, self.settings, self._max_tiles)
             size, tiles = tile(picture.source, limit, self.settings)
             made.append((size, tiles))
             if not picture.frame:
@@ -128,18 +139,18 @@ class VLM:
     def prepare(self, media: Media, request: Request) -> Prepared:
         """``request`` made ready with the tiles ``media`` already holds (made by :meth:`media` for it)."""
         tiles = iter(zip(media.sizes, media.pixel_values.split(media.num_patches) if media.num_patches else ()))
-        return prepare(request, self.model, self._max_num, tiler=lambda picture, limit: next(tiles))
+        return prepare(request, self.model, self._max_tiles, tiler=lambda picture, limit: next(tiles))
 
-    def ask(self, images: Images, question: str, video: str | os.PathLike | None = None, max_num: int | None = None,
+    def ask(self, images: Images, question: str, video: str | os.PathLike | None = None, max_tiles: int | None = None,
             num_segments: int = 8, **generation) -> str:
         """Answer a question about zero, one or several images (``Image-i:`` prompts) or a video (``Frame-i:``)."""
-        media = self.media(images, video, max_num, num_segments)
+        media = self.media(images, video, max_tiles, num_segments)
         return self.generate([media], [question], generation)[0]
 
-    def ask_batch(self, requests: Sequence[tuple[Images, str]], max_num: int | None = None,
+    def ask_batch(self, requests: Sequence[tuple[Images, str]], max_tiles: int | None = None,
                   **generation) -> list[str]:
         """Answer several ``(images, question)`` pairs in one batch."""
-        media = [self.media(images, None, max_num, 0) for images, _ in requests]
+        media = [self.media(images, None, max_tiles, 0) for images, _ in requests]
         return self.generate(media, [q for _, q in requests], generation)
 
     def generate(self, media: Sequence[Media], questions: Sequence[str], generation: dict) -> list[str]:
@@ -180,17 +191,17 @@ class VLM:
             seed=generation.get("seed"), stop=tuple(generation.get("stop", ())),
             keep_grounding_tokens=generation.get("keep_grounding_tokens", False))
 
-    def point(self, image: ImageInput, query: str, max_num: int | None = POINT_TILES, max_new_tokens: int = 100,
-              prompt: bool = True, **generation) -> PointAnswer:
-        """Ask for points (Vlaser's point prompt, greedy, 100 new tokens, 6 tiles; ``max_num`` None: the
-        checkpoint's tiles) and return them in pixels."""
-        return self.point_batch([(image, query)], max_num=max_num, max_new_tokens=max_new_tokens, prompt=prompt,
+    def point(self, image: ImageInput, query: str, max_tiles: int | None = POINT.max_tiles,
+              max_new_tokens: int = POINT.max_new_tokens, prompt: bool = True, **generation) -> PointAnswer:
+        """Ask for points (Vlaser's point protocol, :data:`POINT`: greedy, 100 new tokens, 6 tiles; ``max_tiles``
+        None: the checkpoint's tiles) and return them in pixels."""
+        return self.point_batch([(image, query)], max_tiles=max_tiles, max_new_tokens=max_new_tokens, prompt=prompt,
                                 **generation)[0]
 
-    def point_batch(self, requests: Sequence[tuple[ImageInput, str]], max_num: int | None = POINT_TILES,
-                    max_new_tokens: int = 100, prompt: bool = True, **generation) -> list[PointAnswer]:
+    def point_batch(self, requests: Sequence[tuple[ImageInput, str]], max_tiles: int | None = POINT.max_tiles,
+                    max_new_tokens: int = POINT.max_new_tokens, prompt: bool = True, **generation) -> list[PointAnswer]:
         """:meth:`point` for several ``(image, query)`` pairs in one batch."""
-        media = [self.media(image, None, max_num, 0) for image, _ in requests]
+        media = [self.media(image, None, max_tiles, 0) for image, _ in requests]
         questions = [point_question(q) if prompt else q for _, q in requests]
         texts = self.generate(media, questions, {"max_new_tokens": max_new_tokens, "keep_grounding_tokens": True,
                                                  **generation})
@@ -202,10 +213,10 @@ class VLM:
                                        box_pixels=to_pixels(boxes, *size), size=size))
         return answers
 
-    def session(self, images: Images = None, video=None, max_num: int | None = None,
+    def session(self, images: Images = None, video=None, max_tiles: int | None = None,
                 num_segments: int = 8) -> Session:
         """A multi-turn conversation about fixed media (the original ``chat`` with ``history``)."""
-        return Session(self, self.media(images, video, max_num, num_segments))
+        return Session(self, self.media(images, video, max_tiles, num_segments))
 
 
 #: The ``generate`` keywords :meth:`VLM.generation_params` understands (top-k off, as the engine samples), and

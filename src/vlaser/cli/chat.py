@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
     p.add_argument("--image", action="append", default=[], help="image file; repeat for several images")
     p.add_argument("--video", help="video file (frames sampled like InternVL's load_video)")
     p.add_argument("--num-segments", type=at_least(1), default=8, help="video frames to sample (default 8)")
-    p.add_argument("--max-num", type=at_least(1), default=None,
+    p.add_argument("--max-num", dest="max_tiles", type=at_least(1), default=None,
                    help="max tiles per image (default: the checkpoint's max_dynamic_patch, with --point too); "
                         "-v logs how each image was tiled")
     p.add_argument("--point", action="store_true", help="ask with Vlaser's point prompt and print pixel points")
@@ -36,7 +36,8 @@ def run(args) -> int:
     if args.point:
         return _point(vlm, args)
     gen = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
-    session = vlm.session(args.image or None, video=args.video, max_num=args.max_num, num_segments=args.num_segments)
+    session = vlm.session(args.image or None, video=args.video, max_tiles=args.max_tiles,
+                          num_segments=args.num_segments)
     if args.question:
         print(session.ask(args.question, **gen))
         return 0
@@ -55,7 +56,7 @@ def _point(vlm, args) -> int:
     if not args.question:
         raise UserInputError("--point needs a question, e.g. 'Point to the red cup.'")
     gen = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
-    answer = vlm.point(args.image[0], args.question, max_num=args.max_num, **gen)  # unset: the checkpoint's tiles
+    answer = vlm.point(args.image[0], args.question, max_tiles=args.max_tiles, **gen)  # unset: the checkpoint's tiles
     print(answer.text)
     print("points (pixels):", [list(p) for p in answer.pixels])
     if answer.box_pixels:

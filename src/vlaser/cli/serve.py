@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+from pathlib import Path
 
 from vlaser.cli.args import add_decode_options, at_least, decode_options
 
@@ -29,13 +30,14 @@ def add_parser(sub) -> None:
                    help="how long a request waits for others to share its batch (default 10)")
     p.add_argument("--max-queue", type=at_least(1), default=64,
                    help="requests waiting or running at most; more are answered 429 (default 64)")
-    p.add_argument("--max-num", type=at_least(1), default=None,
+    # flags keep InternVL's and OpenAI's names; inside, the settings are max_tiles and max_new_tokens
+    p.add_argument("--max-num", dest="max_tiles", type=at_least(1), default=None,
                    help="tiles per image when a request does not say (default: the checkpoint's max_dynamic_patch)")
-    p.add_argument("--max-num-cap", type=at_least(1), default=40,
+    p.add_argument("--max-num-cap", dest="tile_cap", type=at_least(1), default=40,
                    help="the most tiles per image a request may ask for (default 40)")
-    p.add_argument("--max-tokens", type=at_least(1), default=1024,
+    p.add_argument("--max-tokens", dest="max_new_tokens", type=at_least(1), default=1024,
                    help="new tokens when a request does not say (default 1024)")
-    p.add_argument("--max-tokens-cap", type=at_least(1), default=4096,
+    p.add_argument("--max-tokens-cap", dest="token_cap", type=at_least(1), default=4096,
                    help="a request asking for more new tokens is refused (default 4096)")
     p.add_argument("--max-images", type=at_least(1), default=16, help="images per request at most (default 16)")
     p.add_argument("--max-pixels", type=at_least(1), default=40_000_000,
@@ -64,11 +66,12 @@ def run(args) -> int:
     require("fastapi_offline", "serve", "vlaser serve", package="fastapi-offline")
     if args.allow_local_media and not os.path.isdir(args.allow_local_media):
         raise UserInputError(f"--allow-local-media {args.allow_local_media}: not a folder")
-    if args.max_tokens > args.max_tokens_cap:
-        raise UserInputError(f"--max-tokens {args.max_tokens} is over --max-tokens-cap {args.max_tokens_cap}")
+    if args.max_new_tokens > args.token_cap:
+        raise UserInputError(f"--max-tokens {args.max_new_tokens} is over --max-tokens-cap {args.token_cap}")
     decode = decode_options(args)
     listener = bind(args.host, args.port)  # a port in use is said now, not after minutes of loading the model
     from vlaser.api import VLM
+    from vlaser.inference.types import GenerationParams
     from vlaser.serve.app import create_app
     from vlaser.serve.scheduler import Scheduler
 
@@ -80,12 +83,9 @@ def run(args) -> int:
     scheduler = Scheduler(vlm, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                           max_queue=args.max_queue, **decode)
     app = create_app(scheduler, args.served_model_name or args.model, api_key=args.api_key or None,
-                     default_max_tokens=args.max_tokens, max_tokens_cap=args.max_tokens_cap,
-                     max_images=args.max_images, max_pixels=args.max_pixels, max_body_bytes=args.max_body_mb * 2**20,
-                     allow_remote_media=args.allow_remote_media,
-                     allow_private_media_hosts=args.allow_private_media_hosts, allow_local_media=args.allow_local_media,
-                     default_max_tiles=args.max_num, max_tiles_cap=args.max_num_cap,
-                     keep_grounding_tokens=args.keep_grounding_tokens)
+                     limits=limits(args), defaults=GenerationParams(args.max_new_tokens,
+                                                                    keep_grounding_tokens=args.keep_grounding_tokens),
+                     max_tiles=args.max_tiles, max_body_bytes=args.max_body_mb * 2**20)
     _log_settings(args, vlm)
     if not args.api_key and not _is_loopback(args.host):
         log.warning("serving on %s without an API key: anyone who can reach it can use the model", args.host)
@@ -97,6 +97,16 @@ def run(args) -> int:
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=None))
     server.run(sockets=[listener])  # the socket bound above: nothing else can take the port meanwhile
     return 0
+
+
+def limits(args):
+    """What a request may ask for and carry, from the flags (a :class:`~vlaser.serve.messages.MediaLimits`)."""
+    from vlaser.serve.messages import MediaLimits
+
+    return MediaLimits(max_images=args.max_images, max_new_tokens=args.token_cap, max_tiles=args.tile_cap,
+                       max_pixels=args.max_pixels, allow_remote=args.allow_remote_media,
+                       allow_private_hosts=args.allow_private_media_hosts,
+                       local_root=Path(args.allow_local_media) if args.allow_local_media else None)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -120,7 +130,7 @@ def _log_settings(args, vlm) -> None:
     """The resolved settings, once at startup (the key only as set or not)."""
     skip = {"verb", "verbose", "debug", "api_key"}
     settings = {key: value for key, value in vars(args).items() if key not in skip}
-    settings.update(api_key=bool(args.api_key), max_num=args.max_num or vlm.max_num, dtype=str(vlm.model.dtype),
+    settings.update(api_key=bool(args.api_key), max_tiles=args.max_tiles or vlm.max_tiles, dtype=str(vlm.model.dtype),
                     device=str(vlm.model.device))
     log.setLevel(logging.INFO)  # shown without -v: what the server runs with belongs in its log
     log.info("vlaser serve settings: %s", json.dumps(settings))

@@ -117,8 +117,9 @@ def resolve_max_tiles(explicit: int | None, protocol: int | None, settings: Proc
 
     An explicit value (``--max-num``, a request's or a picture's own) wins. Otherwise a checkpoint that turned
     ``dynamic_image_size`` off gets one tile, as it was trained and as vLLM reads the same config; else the
-    protocol's value (a benchmark's, the point prompt's); else the checkpoint's ``max_dynamic_patch``. None only
-    when no checkpoint is at hand and nothing is set (a remote server then decides).
+    protocol's value (a benchmark's, the point prompt's); else the checkpoint's (:attr:`ProcessorSettings.max_tiles`,
+    its ``max_dynamic_patch``). None only when no checkpoint is at hand and nothing is set (a remote server then
+    decides).
     """
     if explicit is not None:
         return explicit
@@ -126,7 +127,7 @@ def resolve_max_tiles(explicit: int | None, protocol: int | None, settings: Proc
         return 1
     if protocol is not None:
         return protocol
-    return None if settings is None else settings.max_dynamic_patch
+    return None if settings is None else settings.max_tiles
 
 
 def own_tile_limit(picture: Picture) -> int | None:
@@ -147,8 +148,9 @@ def tile(source: PictureSource, max_tiles: int, settings: ProcessorSettings) -> 
     """``((width, height), tiles)`` of one picture cut as the checkpoint cuts (its tile size, thumbnail and
     ``min_dynamic_patch``, capped to fit); a module-level function so worker processes run the very same call."""
     pil = to_pil(source)
-    return pil.size, image_to_tiles(pil, max_num=max_tiles, min_num=settings.min_tiles(max_tiles),
-                                    image_size=settings.image_size, use_thumbnail=settings.use_thumbnail)
+    # positional: the tiling layer keeps InternVL's names (max_num, min_num) for the seed's callers
+    return pil.size, image_to_tiles(pil, max_tiles, settings.min_tiles(max_tiles), image_size=settings.image_size,
+                                    use_thumbnail=settings.use_thumbnail)
 
 
 def prepare(request: Request, model, max_tiles: int | None = None, tiler: Tiler | None = None) -> Prepared:
@@ -212,7 +214,7 @@ def render(request: Request, question: str, template: ChatTemplate, num_patches:
 
 
 @dataclass(frozen=True)
-class Preset:
+class PromptLayout:
     """A fixed prompt layout that does not follow a checkpoint's settings: a template, a system message and the
     tiling it implies (the VLA's, as released, whatever chat settings its backbone was saved with)."""
 
@@ -229,7 +231,7 @@ class Preset:
 #: Named layouts; ``vla``: InternVL's ``internvl2_5`` turn with a literal "None" system message, and the VLM run
 #: with ``dynamic_image_size=False, use_thumbnail=False``: one tile per camera
 #: (V:``Vlaser_VLA/Simpler/src/model/vla/processing.py``).
-PRESETS = {"vla": Preset("internvl2_5", "None", ProcessorSettings(dynamic=False, use_thumbnail=False))}
+PRESETS = {"vla": PromptLayout("internvl2_5", "None", ProcessorSettings(dynamic=False, use_thumbnail=False))}
 
 
 def preset_prompt(name: str, request: Request, num_image_token: int) -> str:

@@ -43,12 +43,11 @@ class MediaLimits:
 
     max_images: int | None = None
     """Images per request (all messages together)."""
-    max_tokens: int | None = None
-    """The most new tokens a request may ask for (``max_tokens``, ``max_completion_tokens``): more is refused, never
-    silently cut."""
+    max_new_tokens: int | None = None
+    """The most new tokens a request may ask for: more is refused, never silently cut."""
     max_tiles: int | None = None
-    """The largest tile limit a request may ask for (``max_num``, ``max_dynamic_patch``): each tile costs the
-    model ``num_image_token`` tokens."""
+    """The largest tile limit a request may ask for (a request's or an image's own): each tile costs the model
+    ``num_image_token`` tokens."""
     max_pixels: int | None = None
     """Width x height of one image, read from its header before it is decoded (PIL's own decompression-bomb
     limit, ``Image.MAX_IMAGE_PIXELS``, refuses larger images whatever this says)."""
@@ -217,18 +216,10 @@ def _decode(data: bytes, source: str, where: str, max_pixels: int | None) -> Ima
         raise UserInputError(f"{where}: {source} does not hold a readable image ({e})") from e
 
 
-def _capped(tiles: int | None, name: str, cap: int | None) -> int | None:
-    if tiles is not None and cap is not None and tiles > cap:
-        raise UserInputError(f"{name} {tiles} is over this server's limit of {cap} tiles per image")
-    return tiles
-
-
 def _image(part: ImagePart, where: str, limits: MediaLimits) -> tuple[Image.Image, int | None]:
-    """An image part's picture and its own tile limit (LMDeploy's ``image_url.max_dynamic_patch``, capped)."""
-    image_url = part.image_url
-    url, tiles = (image_url, None) if isinstance(image_url, str) else (image_url.url, image_url.max_dynamic_patch)
-    image = _decode(*_image_bytes(url, where, limits), where, limits.max_pixels)
-    return image, _capped(tiles, f"{where}: image_url.max_dynamic_patch", limits.max_tiles)
+    """An image part's picture and its own tile limit (at most the server's)."""
+    image = _decode(*_image_bytes(part.url(), where, limits), where, limits.max_pixels)
+    return image, part.max_tiles(where, limits.max_tiles)
 
 
 def _content(message: Message, where: str, images: list, limits: MediaLimits) -> str:
@@ -265,38 +256,18 @@ def _turns(messages: list[Message], images: list, limits: MediaLimits) -> tuple[
     return system, turns
 
 
-def _request_tiles(body: ChatCompletionRequest, cap: int | None) -> int | None:
-    """The request's tile limit: ``max_num``, else vLLM's ``mm_processor_kwargs.max_dynamic_patch``."""
-    value = _capped(body.max_num, "max_num", cap)
-    vllm = body.mm_processor_kwargs.max_dynamic_patch if body.mm_processor_kwargs else None
-    vllm = _capped(vllm, "mm_processor_kwargs.max_dynamic_patch", cap)
-    return value if value is not None else vllm
-
-
-def _max_tokens(body: ChatCompletionRequest, cap: int | None) -> int | None:
-    """The new tokens asked for: ``max_completion_tokens`` (OpenAI's current name), else ``max_tokens``; over the
-    server's ``cap`` is an error (the one place the cap is checked)."""
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = getattr(body, name)
-        if value is not None:
-            if cap is not None and value > cap:
-                raise UserInputError(f"{name} {value} is over this server's cap of {cap} tokens")
-            return value
-    return None
-
-
 def _generation(body: ChatCompletionRequest, defaults: GenerationParams, cap: int | None = None) -> GenerationParams:
-    """The body's decoding fields over ``defaults``: ``max_completion_tokens`` wins over ``max_tokens`` (at most
-    ``cap``); ``min_tokens`` (vLLM's) and ``min_new_tokens`` (LMDeploy's) are one setting (the schema checked that
-    they agree), at most the answer's length; vLLM's ``skip_special_tokens`` false keeps the grounding tags."""
-    max_tokens = _max_tokens(body, cap)
+    """The body's decoding fields over ``defaults``: the new tokens it asks for (at most ``cap``); ``min_tokens``
+    (vLLM's) and ``min_new_tokens`` (LMDeploy's) are one setting (the schema checked that they agree), at most the
+    answer's length; vLLM's ``skip_special_tokens`` false keeps the grounding tags."""
+    asked = body.max_new_tokens(cap)
     name = "min_tokens" if body.min_tokens is not None else "min_new_tokens"
-    minimum, limit = getattr(body, name), max_tokens or defaults.max_new_tokens
+    minimum, limit = getattr(body, name), asked or defaults.max_new_tokens
     if minimum is not None and minimum > limit:
         raise UserInputError(f"{name} {minimum} is over max_tokens {limit}: the answer could not be that long")
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     skip = body.skip_special_tokens
-    fields = {"max_new_tokens": max_tokens, "min_new_tokens": minimum, "temperature": body.temperature,
+    fields = {"max_new_tokens": asked, "min_new_tokens": minimum, "temperature": body.temperature,
               "top_p": body.top_p, "stop": None if stop is None else tuple(stop), "seed": body.seed,
               "keep_grounding_tokens": None if skip is None else not skip}
     try:
@@ -311,11 +282,10 @@ def parse_chat_request(body: ChatCompletionRequest | dict, limits: MediaLimits |
     :class:`~vlaser.inference.GenerationParams` (``defaults`` for the fields not sent).
 
     ``body`` is the validated schema (the server's one parse), or the parsed JSON, validated here by that schema;
-    this step checks only the server's ``limits``. Each picture's tile limit is its own (LMDeploy's
-    ``image_url.max_dynamic_patch``), else the request's (``max_num``, else vLLM's
-    ``mm_processor_kwargs.max_dynamic_patch``), else None: the server's setting. A request with images holds one
-    ``<image>`` tag per image (``tagged``); fields the server alone reads (``response_format``, ``n``, ``stream``)
-    are left to it.
+    this step checks only the server's ``limits``. Each picture's tile limit is its own (an image part's), else the
+    request's (:meth:`~vlaser.serve.schema.ChatCompletionRequest.max_tiles`), else None: the server's setting. A
+    request with images holds one ``<image>`` tag per image (``tagged``); fields the server alone reads
+    (``response_format``, ``n``, ``stream``) are left to it.
     """
     limits = limits or MediaLimits()
     body = body if isinstance(body, ChatCompletionRequest) else read_request(body)
@@ -325,7 +295,7 @@ def parse_chat_request(body: ChatCompletionRequest | dict, limits: MediaLimits |
     images: list[tuple[Image.Image, int | None]] = []
     system, turns = _turns(body.messages, images, limits)
     history = [Turn(turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2)]
-    params = _generation(body, defaults or GenerationParams(), limits.max_tokens)
-    request_tiles = _request_tiles(body, limits.max_tiles)
+    params = _generation(body, defaults or GenerationParams(), limits.max_new_tokens)
+    request_tiles = body.max_tiles(limits.max_tiles)
     pictures = [Picture(image, request_tiles if own is None else own) for image, own in images]
     return Request(turns[-1][1], pictures, history, system, tagged=bool(pictures)), params

@@ -1,6 +1,11 @@
 """The chat-completions request and response bodies as pydantic models: the one parse of a request (types, ranges,
 the rules of a conversation and its content parts) and the OpenAPI schema; :mod:`vlaser.serve.messages` turns a
 validated request into the inference vocabulary, checking only the server's own limits.
+
+The wire's names for the tile limit (``max_num``, vLLM's ``mm_processor_kwargs.max_dynamic_patch``, LMDeploy's
+``image_url.max_dynamic_patch``) and for new tokens (``max_tokens``, ``max_completion_tokens``) stop here: the
+request answers :meth:`ChatCompletionRequest.max_tiles` and :meth:`ChatCompletionRequest.max_new_tokens`, each
+checked against the server's cap once, in the words the client sent.
 """
 
 from __future__ import annotations
@@ -33,6 +38,17 @@ class ImageURL(_Open):
                                           description="this image's tile limit (LMDeploy's field)")
 
 
+def _capped(value: int | None, name: str, cap: int | None, limit: str) -> int | None:
+    """``value`` as sent in the field ``name``; over the server's ``cap`` it is refused (``limit`` says what the cap
+    is), never cut."""
+    if value is not None and cap is not None and value > cap:
+        raise UserInputError(f"{name} {value} is over this server's {limit.format(cap)}")
+    return value
+
+
+TILE_CAP = "limit of {} tiles per image"  #: how a refused tile limit names the server's cap
+
+
 def _rule(message: str) -> PydanticCustomError:
     return PydanticCustomError(RULE, message.replace("{", "{{").replace("}", "}}"))
 
@@ -58,6 +74,15 @@ class TextPart(_Open):
 class ImagePart(_Open):
     type: Literal["image_url"]
     image_url: ImageURL | str = Field(description="the image, as an object or as the URL string itself")
+
+    def url(self) -> str:
+        """The image's URL, whichever form the part has."""
+        return self.image_url if isinstance(self.image_url, str) else self.image_url.url
+
+    def max_tiles(self, where: str, cap: int | None) -> int | None:
+        """This image's own tile limit (LMDeploy's field), at most ``cap``; ``where`` names the part in an error."""
+        own = None if isinstance(self.image_url, str) else self.image_url.max_dynamic_patch
+        return _capped(own, f"{where}: image_url.max_dynamic_patch", cap, TILE_CAP)
 
 
 ContentPart = Annotated[Annotated[TextPart | ImagePart, Field(discriminator="type")], BeforeValidator(_known_part)]
@@ -118,6 +143,23 @@ class ChatCompletionRequest(_Open):
                                                                      "constrained")
     logprobs: bool | None = Field(None, strict=True, description="not supported: true is refused")
 
+    def max_new_tokens(self, cap: int | None) -> int | None:
+        """The new tokens asked for: ``max_completion_tokens`` (OpenAI's current name), else ``max_tokens``; over the
+        server's ``cap`` is an error (the one place the cap is checked)."""
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None:
+                return _capped(value, name, cap, "cap of {} tokens")
+        return None
+
+    def max_tiles(self, cap: int | None) -> int | None:
+        """The request's tile limit: ``max_num``, else vLLM's ``mm_processor_kwargs.max_dynamic_patch``; either
+        over the server's ``cap`` is an error."""
+        value = _capped(self.max_num, "max_num", cap, TILE_CAP)
+        vllm = self.mm_processor_kwargs.max_dynamic_patch if self.mm_processor_kwargs else None
+        vllm = _capped(vllm, "mm_processor_kwargs.max_dynamic_patch", cap, TILE_CAP)
+        return value if value is not None else vllm
+
     @model_validator(mode="after")
     def _rules(self) -> ChatCompletionRequest:
         """What a field's type cannot say: the conversation's order, where images may stand, and settings that
@@ -154,7 +196,7 @@ def _check_message(message: Message, where: str, index: int) -> None:
         if isinstance(part, ImagePart):
             if message.role != "user":
                 raise _rule(f"{where}, part {k}: images are only accepted in user messages")
-            _check_url(part.image_url if isinstance(part.image_url, str) else part.image_url.url, f"{where}, part {k}")
+            _check_url(part.url(), f"{where}, part {k}")
         elif not _is_unicode(part if isinstance(part, str) else part.text):
             raise _rule(f"{where}: the text holds a lone UTF-16 surrogate (an escape like \\ud800 without its "
                         "pair); send valid Unicode")
