@@ -26,6 +26,7 @@ from vlaser.inference.prepare import Pending, place_tags, resolve_max_tiles
 from vlaser.jsonl import JSONLError, read_jsonl
 from vlaser.model.constants import IMAGE_PLACEHOLDER
 from vlaser.model.preprocess import ImageLoadError, LastClip, decode_frames
+from vlaser.model.settings import ProcessorSettings
 
 log = logging.getLogger(__name__)
 #: batches handed to the backend per call (the engine's admission window)
@@ -122,10 +123,13 @@ def _merge(items: list[Item], out: Path, pred_path: Path) -> dict[str, dict]:
     return done
 
 
-def effective_settings(benchmark: Benchmark, has_video: bool, **overrides) -> dict[str, Any]:
+def effective_settings(benchmark: Benchmark, has_video: bool, processor: ProcessorSettings | None = None,
+                       **overrides) -> dict[str, Any]:
     """The benchmark protocol's settings with the given (non-None) overrides, checked; ``frames`` is None for a
-    benchmark without video."""
-    settings = {**benchmark.settings.settings(), **{k: v for k, v in overrides.items() if v is not None}}
+    benchmark without video. The tile limit is :func:`resolve_max_tiles`' (override, protocol, the checkpoint's
+    ``processor`` settings when the backend has them)."""
+    protocol = benchmark.settings.settings()
+    settings = {**protocol, **{k: v for k, v in overrides.items() if v is not None}}
     check_prompt_style(settings["prompt"])
     for key, least in (("max_tiles", 1), ("max_new_tokens", 1), ("min_new_tokens", 0), ("frames", 1)):
         value = settings[key]
@@ -138,6 +142,7 @@ def effective_settings(benchmark: Benchmark, has_video: bool, **overrides) -> di
     if not has_video:
         settings["frames"] = None
     settings["do_sample"] = False
+    settings["max_tiles"] = resolve_max_tiles(overrides.get("max_tiles"), protocol["max_tiles"], processor)
     return settings
 
 
@@ -156,10 +161,9 @@ def run(benchmark: Benchmark, backend: Backend, data_dir: Path, out: Path, batch
     _check_counts(batch_size, workers, limit)
     available = benchmark.load(Path(data_dir))
     items = available[:limit]
-    settings = effective_settings(benchmark, any(item.video for item in items), prompt=prompt, max_tiles=max_tiles,
+    settings = effective_settings(benchmark, any(item.video for item in items),
+                                  getattr(backend, "processor_settings", None), prompt=prompt, max_tiles=max_tiles,
                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, frames=frames)
-    settings["max_tiles"] = resolve_max_tiles(max_tiles, benchmark.settings.max_tiles,
-                                              getattr(backend, "processor_settings", None))
     params = GenerationParams(settings["max_new_tokens"], settings["min_new_tokens"])
     out = Path(out)
     rank, world = _world()

@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -93,7 +92,7 @@ def create_app(scheduler, model_name: str, *, api_key: str | None = None, limits
         if limits is not None or defaults is not None or max_tiles is not None:
             raise TypeError("pass limits, defaults and max_tiles, or their keywords, not both")
         limits, defaults, max_tiles = keyword_settings(**keywords)
-    limits, defaults = _within(limits or keyword_settings()[0], defaults or GenerationParams(), max_tiles)
+    limits, defaults = (limits or keyword_settings()[0]).around(defaults or GenerationParams(), max_tiles)
     app = api_app("vlaser serve", "An OpenAI-compatible chat-completions API for InternVL3/Vlaser models.",
                   api_key=api_key, max_body_bytes=max_body_bytes, lifespan=_lifespan(scheduler))
     _add_model_routes(app, model_name)
@@ -118,17 +117,6 @@ def keyword_settings(default_max_tokens: int = 1024, max_tokens_cap: int = 4096,
                          allow_private_hosts=allow_private_media_hosts,
                          local_root=Path(allow_local_media) if allow_local_media else None)
     return limits, GenerationParams(default_max_tokens, keep_grounding_tokens=keep_grounding_tokens), default_max_tiles
-
-
-def _within(limits: MediaLimits, defaults: GenerationParams, max_tiles: int | None
-            ) -> tuple[MediaLimits, GenerationParams]:
-    """The server's own defaults inside its caps: a request may ask for the default tiles (the cap rises to them),
-    and the default answer length is cut to the cap."""
-    if max_tiles is not None and limits.max_tiles is not None and max_tiles > limits.max_tiles:
-        limits = replace(limits, max_tiles=max_tiles)
-    if limits.max_new_tokens is not None and defaults.max_new_tokens > limits.max_new_tokens:
-        defaults = replace(defaults, max_new_tokens=limits.max_new_tokens)
-    return limits, defaults
 
 
 def api_app(title: str, description: str, *, api_key: str | None, max_body_bytes: int, lifespan=None) -> FastAPI:

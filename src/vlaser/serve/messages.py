@@ -64,6 +64,16 @@ class MediaLimits:
     max_fetch_bytes: int = 32 * 2**20
     """Bytes of one remote or local image file."""
 
+    def around(self, defaults: GenerationParams, max_tiles: int | None) -> tuple[MediaLimits, GenerationParams]:
+        """These limits and the server's own ``defaults`` made to fit: a request may ask for the server's default
+        tile limit ``max_tiles`` (the cap rises to it), and the default answer length is cut to the cap."""
+        limits = self
+        if max_tiles is not None and self.max_tiles is not None and max_tiles > self.max_tiles:
+            limits = replace(self, max_tiles=max_tiles)
+        if self.max_new_tokens is not None and defaults.max_new_tokens > self.max_new_tokens:
+            defaults = replace(defaults, max_new_tokens=self.max_new_tokens)
+        return limits, defaults
+
 
 def _image_bytes(url: str, where: str, limits: MediaLimits) -> tuple[bytes, str]:
     """The encoded image a ``data:`` URL holds, or, where ``limits`` allow, a remote or local file's bytes;
