@@ -169,32 +169,85 @@ def _words(tree: ast.AST) -> Iterable[str]:
             yield node.value.lstrip("-").replace("-", "_")
 
 
+#: Every name the tile limit and the new-token count go by, inside vlaser or outside it.
+TILE_NAMES = (r"max_tiles|max_num|max_dynamic_patch|POINT_TILES|default_max_tiles|max_tiles_cap|max_num_cap|"
+              r"tile_cap")
+TOKEN_NAMES = r"max_new_tokens|max_tokens|max_completion_tokens|default_max_tokens|max_tokens_cap|token_cap"
+#: The one internal name of each setting.
+INTERNAL = {"tiles": "max_tiles", "tokens": "max_new_tokens"}
+
+#: The modules where a setting enters or leaves vlaser under an outside name, and those names: flags (with their
+#: argparse dests), the request bodies of OpenAI/vLLM/LMDeploy, the payload sent to such a server, the checkpoint's
+#: config key, the seed's tiling API. Elsewhere a setting has its one internal name (:data:`INTERNAL`).
+BOUNDARY: dict[str, tuple[str, set[str]]] = {
+    "vlaser.cli.chat": ("its flags (--max-num)", {"max_num"}),
+    "vlaser.cli.eval": ("its flags (--max-num)", {"max_num"}),
+    "vlaser.cli.serve": ("--max-num, --max-num-cap, --max-tokens, --max-tokens-cap and their dests",
+                         {"max_num", "max_num_cap", "tile_cap", "max_tokens", "max_tokens_cap", "token_cap"}),
+    "vlaser.serve.schema": ("the request body (OpenAI, vLLM, LMDeploy)",
+                            {"max_num", "max_dynamic_patch", "max_tokens", "max_completion_tokens"}),
+    "vlaser.eval.backends": ("the payload sent to vLLM or LMDeploy", {"max_dynamic_patch", "max_tokens"}),
+    "vlaser.model.settings": ("the checkpoint's config key", {"max_dynamic_patch"}),
+    "vlaser.model.preprocess": ("the seed's load_image / dynamic_preprocess", {"max_num"}),
+}
+#: Modules on the way that still name an outside word, for a caller outside vlaser: a Python API's older keywords,
+#: a flag named in an error message, run records written before the rename. They count as crossing modules.
+MENTIONS: dict[str, tuple[str, set[str]]] = {
+    "vlaser.serve.app": ("create_app's keyword form", {"default_max_tokens", "max_tokens_cap", "default_max_tiles",
+                                                       "max_tiles_cap"}),
+    "vlaser.eval.runner": ("the --max-num flag named in an error", {"max_num"}),
+    "vlaser.eval.provenance": ("run.json written before the rename", {"max_num"}),
+}
+#: Modules outside the inference paths whose own settings share a word: training's InternVL flags
+#: (``max_dynamic_patch``; the dataset calls the seed's tiling as ``max_num``) and the packer's token budget.
+TRAINING = {"vlaser.cli.train", "vlaser.data.config", "vlaser.data.dataset", "vlaser.data.meta", "vlaser.data.packing",
+            "vlaser.model.convert", "vlaser.model.tiny", "vlaser.quickstart.run", "vlaser.train.args",
+            "vlaser.train.sft"}
+
+
+def outside_names(src: Path = SRC) -> dict[str, set[str]]:
+    """``module -> the outside names of a setting it uses where it should not`` (not its boundary's, not training):
+    empty when each setting has one internal name."""
+    outside = re.compile(f"(?:{TILE_NAMES}|{TOKEN_NAMES})")
+    internal = set(INTERNAL.values())
+    found = {}
+    for module, path in modules(src).items():
+        if module in TRAINING or module.startswith("vlaser.vla.sim"):
+            continue
+        allowed = {**BOUNDARY, **MENTIONS}.get(module, ("", set()))[1]
+        names = {w for w in _words(ast.parse(path.read_text())) if outside.fullmatch(w)} - internal - allowed
+        if names:
+            found[module] = names
+    return found
+
+
 #: The settings followed from a command line to the engine: ``(label, the modules its value passes through, in
-#: order, names)``; the value's path traced by hand through the code.
+#: order, names)``; the value's path traced by hand through the code (``cli.serve`` -> ``create_app`` with the
+#: limits and default ``GenerationParams`` it built -> ``parse_chat_request``, which asks the schema for the
+#: request's value, capped -> the ``Job`` -> the engine; the tile default rides on ``Job.max_tiles`` to
+#: ``prepare``, which resolves it with the checkpoint's settings).
 SETTINGS = [
     ("eval run --max-new-tokens", ["vlaser.cli.eval", "vlaser.eval.runner", "vlaser.eval.benchmark",
                                    "vlaser.inference.types", "vlaser.eval.backends", "vlaser.inference.engine"],
-     r"max_new_tokens|max_tokens"),
-    ("serve max_tokens", ["vlaser.cli.serve", "vlaser.serve.app", "vlaser.serve.schema", "vlaser.serve.messages",
+     TOKEN_NAMES),
+    ("serve max_tokens", ["vlaser.cli.serve", "vlaser.serve.app", "vlaser.serve.messages", "vlaser.serve.schema",
                           "vlaser.serve.scheduler", "vlaser.inference.types", "vlaser.inference.engine"],
-     r"max_tokens|max_new_tokens|max_completion_tokens|default_max_tokens|max_tokens_cap"),
+     TOKEN_NAMES),
     ("chat --max-num", ["vlaser.cli.chat", "vlaser.api", "vlaser.inference.types", "vlaser.inference.prepare",
-                        "vlaser.model.settings"],
-     r"max_num|max_tiles|max_dynamic_patch|POINT_TILES|default_max_tiles|max_tiles_cap|max_num_cap"),
+                        "vlaser.model.settings"], TILE_NAMES),
     ("eval run --max-num", ["vlaser.cli.eval", "vlaser.eval.runner", "vlaser.eval.benchmark",
-                            "vlaser.inference.types", "vlaser.eval.backends", "vlaser.inference.prepare",
-                            "vlaser.model.settings"],
-     r"max_num|max_tiles|max_dynamic_patch|POINT_TILES|default_max_tiles|max_tiles_cap|max_num_cap"),
-    ("serve --max-num", ["vlaser.cli.serve", "vlaser.api", "vlaser.serve.app", "vlaser.serve.schema",
-                         "vlaser.serve.messages", "vlaser.serve.scheduler", "vlaser.inference.types",
-                         "vlaser.inference.prepare", "vlaser.model.settings"],
-     r"max_num|max_tiles|max_dynamic_patch|POINT_TILES|default_max_tiles|max_tiles_cap|max_num_cap"),
+                            "vlaser.inference.prepare", "vlaser.inference.types", "vlaser.eval.backends",
+                            "vlaser.model.settings"], TILE_NAMES),
+    ("serve --max-num", ["vlaser.cli.serve", "vlaser.serve.app", "vlaser.serve.messages", "vlaser.serve.schema",
+                         "vlaser.serve.scheduler", "vlaser.inference.types", "vlaser.inference.prepare",
+                         "vlaser.model.settings"], TILE_NAMES),
 ]
 
 
 #: Classes that describe a request or its settings, anywhere on the way from a caller to the engine.
 REQUEST_CLASSES = ["Picture", "Turn", "Request", "GenerationParams", "Prepared", "Row", "Media", "Job", "MediaLimits",
-                   "ChatCompletionRequest", "EvalProtocol", "Preset", "ProcessorSettings", "Tiling"]
+                   "ChatCompletionRequest", "EvalProtocol", "PointProtocol", "Preset", "PromptLayout",
+                   "ProcessorSettings", "Tiling"]
 MAX_FUNCTION_LINES = 60
 
 
@@ -234,9 +287,17 @@ def report() -> str:
     for label, path, pattern in SETTINGS:
         crossed = {m: n for m, n in crossing(path, pattern).items() if n}
         names = sorted(set().union(*crossed.values())) if crossed else []
+        inside = {m: n for m, n in crossed.items() if m not in BOUNDARY}
+        inside_names = sorted(set().union(*inside.values())) if inside else []
         lines.append(f"{label}: crosses {len(path)} modules, {len(crossed)} of them name it, {len(names)} names "
-                     f"{names}")
-        lines += [f"  {m}: {sorted(n)}" for m, n in crossed.items()]
+                     f"{names}; outside the boundary modules {len(inside)} modules name it, {len(inside_names)} "
+                     f"names {inside_names}")
+        lines += [f"  {m}{' (boundary: ' + BOUNDARY[m][0] + ')' if m in BOUNDARY else ''}"
+                  f"{' (also: ' + MENTIONS[m][0] + ')' if m in MENTIONS else ''}: {sorted(n)}"
+                  for m, n in crossed.items()]
+    outside = outside_names()
+    lines.append(f"outside names of a setting beyond their boundary modules: {len(outside)} modules "
+                 + str({m: sorted(n) for m, n in outside.items()}))
     defined = classes()
     described = {name: defined[name] for name in REQUEST_CLASSES if name in defined}
     lines.append(f"classes describing a request or its settings: {sum(map(len, described.values()))} "

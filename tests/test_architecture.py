@@ -79,3 +79,16 @@ def test_serve_leaves_image_tags_to_the_prepare_step():
                 if isinstance(node, ast.ImportFrom) and node.module == "vlaser.model.template":
                     users += [f"{module}:{node.lineno} {a.name}" for a in node.names]
     assert users == []
+
+
+def test_each_setting_has_one_internal_name():
+    """The tile limit is ``max_tiles`` and the new-token count ``max_new_tokens`` everywhere but where they enter
+    or leave vlaser (flags, request bodies, a remote server's payload, the checkpoint's config, the seed's tiling)."""
+    assert g.outside_names() == {}
+
+
+def test_the_name_check_catches_an_outside_name(tmp_path):
+    (tmp_path / "vlaser" / "serve").mkdir(parents=True)
+    (tmp_path / "vlaser" / "serve" / "messages.py").write_text("def f(body):\n    return body.max_num\n")
+    (tmp_path / "vlaser" / "serve" / "schema.py").write_text("max_num = 1\n")  # the request body's own name
+    assert g.outside_names(tmp_path) == {"vlaser.serve.messages": {"max_num"}}
