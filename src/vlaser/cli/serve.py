@@ -15,6 +15,9 @@ from vlaser.cli.args import add_decode_options, at_least, decode_options
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "VLASER_API_KEY"  #: where the key comes from when --api-key is not given
+#: the startup log names these settings as their flags do
+LOGGED_AS = {"max_tiles": "max_num", "tile_cap": "max_num_cap", "max_new_tokens": "max_tokens",
+             "token_cap": "max_tokens_cap"}
 
 
 def add_parser(sub) -> None:
@@ -129,8 +132,8 @@ def bind(host: str, port: int) -> socket.socket:
 def _log_settings(args, vlm) -> None:
     """The resolved settings, once at startup (the key only as set or not)."""
     skip = {"verb", "verbose", "debug", "api_key"}
-    settings = {key: value for key, value in vars(args).items() if key not in skip}
-    settings.update(api_key=bool(args.api_key), max_tiles=args.max_tiles or vlm.max_tiles, dtype=str(vlm.model.dtype),
+    settings = {LOGGED_AS.get(key, key): value for key, value in vars(args).items() if key not in skip}
+    settings.update(api_key=bool(args.api_key), max_num=args.max_tiles or vlm.max_tiles, dtype=str(vlm.model.dtype),
                     device=str(vlm.model.device))
     log.setLevel(logging.INFO)  # shown without -v: what the server runs with belongs in its log
     log.info("vlaser serve settings: %s", json.dumps(settings))
