@@ -246,7 +246,7 @@ SETTINGS = [
 
 #: Classes that describe a request or its settings, anywhere on the way from a caller to the engine.
 REQUEST_CLASSES = ["Picture", "Turn", "Request", "GenerationParams", "Prepared", "Row", "Media", "Job", "MediaLimits",
-                   "ChatCompletionRequest", "EvalProtocol", "PointProtocol", "Preset", "PromptLayout",
+                   "ChatCompletionRequest", "EvalProtocol", "PointProtocol", "PromptLayout",
                    "ProcessorSettings", "Tiling"]
 MAX_FUNCTION_LINES = 60
 

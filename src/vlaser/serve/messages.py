@@ -39,7 +39,8 @@ _HEADER_LOCK = threading.Lock()  # the warnings filter PIL's bomb check goes thr
 
 @dataclass(frozen=True)
 class MediaLimits:
-    """Which images a request may carry and where they may come from (the defaults: data URLs, PIL's limits)."""
+    """What a request may ask for and carry: its new tokens and tiles at most (more is refused), its images and
+    where they may come from (the defaults: no caps, data URLs, PIL's limits)."""
 
     max_images: int | None = None
     """Images per request (all messages together)."""
