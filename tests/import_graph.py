@@ -190,11 +190,12 @@ BOUNDARY: dict[str, tuple[str, set[str]]] = {
     "vlaser.model.settings": ("the checkpoint's config key", {"max_dynamic_patch"}),
     "vlaser.model.preprocess": ("the seed's load_image / dynamic_preprocess", {"max_num"}),
 }
-#: Modules on the way that still name an outside word, for a caller outside vlaser: a Python API's older keywords,
-#: a flag named in an error message, run records written before the rename. They count as crossing modules.
+#: The vocabulary: defines the carrier fields (``GenerationParams.max_new_tokens``, ``Picture.max_tiles``) every path
+#: speaks and decides no value; a setting's other modules (not a boundary) handle it.
+VOCABULARY = {"vlaser.inference.types"}
+#: Modules that handle a setting and still write an outside word, not as a name the value goes by: a flag named in
+#: an error message, run records written before the rename. Reported beside the names, not counted as names.
 MENTIONS: dict[str, tuple[str, set[str]]] = {
-    "vlaser.serve.app": ("create_app's keyword form", {"default_max_tokens", "max_tokens_cap", "default_max_tiles",
-                                                       "max_tiles_cap"}),
     "vlaser.eval.runner": ("the --max-num flag named in an error", {"max_num"}),
     "vlaser.eval.provenance": ("run.json written before the rename", {"max_num"}),
 }
@@ -222,10 +223,13 @@ def outside_names(src: Path = SRC) -> dict[str, set[str]]:
 
 
 #: The settings followed from a command line to the engine: ``(label, the modules its value passes through, in
-#: order, names)``; the value's path traced by hand through the code (``cli.serve`` -> ``create_app`` with the
-#: limits and default ``GenerationParams`` it built -> ``parse_chat_request``, which asks the schema for the
-#: request's value, capped -> the ``Job`` -> the engine; the tile default rides on ``Job.max_tiles`` to
-#: ``prepare``, which resolves it with the checkpoint's settings).
+#: order, names)``; the value's path traced by hand through the code. eval: the flag -> ``effective_settings`` over
+#: the benchmark's protocol (the tile limit through ``resolve_max_tiles`` with the backend's checkpoint settings) ->
+#: ``GenerationParams`` / ``Picture`` -> the backend -> the engine / the prepare step. serve: the flags -> the caps
+#: (``MediaLimits``, the tile cap raised to ``--max-num``) and the default ``GenerationParams`` -> ``create_app``
+#: (the default answer length cut to the cap) -> ``parse_chat_request``, which asks the schema for the request's
+#: value, checked against the cap there -> the ``Job`` -> the engine; ``--max-num`` itself goes to the
+#: ``Scheduler``, which hands it to ``prepare`` for pictures without their own limit.
 SETTINGS = [
     ("eval run --max-new-tokens", ["vlaser.cli.eval", "vlaser.eval.runner", "vlaser.eval.benchmark",
                                    "vlaser.inference.types", "vlaser.eval.backends", "vlaser.inference.engine"],
@@ -242,6 +246,38 @@ SETTINGS = [
                          "vlaser.serve.scheduler", "vlaser.inference.types", "vlaser.inference.prepare",
                          "vlaser.model.settings"], TILE_NAMES),
 ]
+
+
+def sorted_by_class(path: list[str], pattern: str, src: Path = SRC) -> dict[str, dict[str, set[str]]]:
+    """The modules on a setting's path that name it, in three classes: ``boundary`` (an outside name enters or
+    leaves there, :data:`BOUNDARY`), ``vocabulary`` (:data:`VOCABULARY`) and ``handling`` (all others, the engine
+    and the prepare step included); a handling module's :data:`MENTIONS` are left out of its names."""
+    out: dict[str, dict[str, set[str]]] = {"boundary": {}, "vocabulary": {}, "handling": {}}
+    for module, names in crossing(path, pattern, src).items():
+        if module in BOUNDARY:
+            out["boundary"][module] = names
+        elif module in VOCABULARY:
+            out["vocabulary"][module] = names
+        elif names - MENTIONS.get(module, ("", set()))[1]:
+            out["handling"][module] = names - MENTIONS.get(module, ("", set()))[1]
+    out = {kind: {m: n for m, n in found.items() if n} for kind, found in out.items()}
+    return out
+
+
+def _setting_lines(label: str, path: list[str], pattern: str) -> list[str]:
+    crossed = {m: n for m, n in crossing(path, pattern).items() if n}
+    names = sorted(set().union(*crossed.values())) if crossed else []
+    lines = [f"{label}: crosses {len(path)} modules, {len(crossed)} of them name it, {len(names)} names {names}"]
+    for kind, found in sorted_by_class(path, pattern).items():
+        kind_names = sorted(set().union(*found.values())) if found else []
+        target = " (target: <= 3 modules, 1 name)" if kind == "handling" else ""
+        lines.append(f"  {kind}: {len(found)} modules, {len(kind_names)} names {kind_names}{target}")
+        for module, used in found.items():
+            why = f" ({BOUNDARY[module][0]})" if module in BOUNDARY else ""
+            also = f" (also mentions {sorted(MENTIONS[module][1])}: {MENTIONS[module][0]})" if (
+                module in MENTIONS and MENTIONS[module][1] & crossed[module]) else ""
+            lines.append(f"    {module}{why}: {sorted(used)}{also}")
+    return lines
 
 
 #: Classes that describe a request or its settings, anywhere on the way from a caller to the engine.
@@ -285,16 +321,7 @@ def report() -> str:
     lines.append(f"import circles: {len(found)}")
     lines += ["  " + " <-> ".join(group) for group in found]
     for label, path, pattern in SETTINGS:
-        crossed = {m: n for m, n in crossing(path, pattern).items() if n}
-        names = sorted(set().union(*crossed.values())) if crossed else []
-        inside = {m: n for m, n in crossed.items() if m not in BOUNDARY}
-        inside_names = sorted(set().union(*inside.values())) if inside else []
-        lines.append(f"{label}: crosses {len(path)} modules, {len(crossed)} of them name it, {len(names)} names "
-                     f"{names}; outside the boundary modules {len(inside)} modules name it, {len(inside_names)} "
-                     f"names {inside_names}")
-        lines += [f"  {m}{' (boundary: ' + BOUNDARY[m][0] + ')' if m in BOUNDARY else ''}"
-                  f"{' (also: ' + MENTIONS[m][0] + ')' if m in MENTIONS else ''}: {sorted(n)}"
-                  for m, n in crossed.items()]
+        lines += _setting_lines(label, path, pattern)
     outside = outside_names()
     lines.append(f"outside names of a setting beyond their boundary modules: {len(outside)} modules "
                  + str({m: sorted(n) for m, n in outside.items()}))

@@ -92,3 +92,12 @@ def test_the_name_check_catches_an_outside_name(tmp_path):
     (tmp_path / "vlaser" / "serve" / "messages.py").write_text("def f(body):\n    return body.max_num\n")
     (tmp_path / "vlaser" / "serve" / "schema.py").write_text("max_num = 1\n")  # the request body's own name
     assert g.outside_names(tmp_path) == {"vlaser.serve.messages": {"max_num"}}
+
+
+def test_each_setting_is_handled_by_at_most_three_modules_under_one_name():
+    """On each setting's way from a command line to the engine (``import_graph.SETTINGS``, traced by hand), at most
+    three modules besides its boundaries and the vocabulary handle it, all under its one internal name."""
+    for label, path, pattern in g.SETTINGS:
+        handling = g.sorted_by_class(path, pattern)["handling"]
+        internal = g.INTERNAL["tiles" if pattern == g.TILE_NAMES else "tokens"]
+        assert len(handling) <= 3 and set().union(*handling.values()) == {internal}, (label, handling)

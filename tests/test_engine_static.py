@@ -148,12 +148,12 @@ def test_eval_and_serve_take_the_static_decode_from_their_flags(tiny_original, t
     vlm = VLM.from_pretrained(tiny_original, dtype=torch.float32, device="cpu")
 
     async def main_loop():
-        engine = ServeEngine(vlm, max_wait_ms=0, static_capacity=512)
+        engine = ServeEngine(vlm, max_wait_ms=0, static_capacity=512, max_tiles=1)
         await engine.start()
         try:
             from vlaser.inference import Request
 
-            stream = engine.submit(Job(Request("Hi"), GenerationParams(max_new_tokens=4), max_tiles=1))
+            stream = engine.submit(Job(Request("Hi"), GenerationParams(max_new_tokens=4)))
             await stream.result()
             return engine.core._cache.capacity  # the static cache, allocated at its full size
         finally:

@@ -21,6 +21,7 @@ import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -38,7 +39,7 @@ from media import data_url
 from vlaser.errors import UserInputError
 from vlaser.inference import engine as core
 from vlaser.serve.app import create_app
-from vlaser.serve.messages import MediaLimits, is_public, parse_chat_request
+from vlaser.serve.messages import SERVER_LIMITS, MediaLimits, is_public, parse_chat_request
 from vlaser.serve.scheduler import Completion, QueueFull, Scheduler
 
 GREEDY = {"max_new_tokens": 12, "do_sample": False}
@@ -78,8 +79,8 @@ def bytes_url(data: bytes) -> str:
 class EchoEngine:
     """Answers each job with a JSON summary of it (question, system, history, tiles, sampling)."""
 
-    def __init__(self):
-        self.jobs = []
+    def __init__(self, max_tiles=None):
+        self.jobs, self.max_tiles = [], max_tiles  # the tile limit a scheduler gives pictures without their own
 
     async def start(self):
         pass
@@ -93,7 +94,7 @@ class EchoEngine:
         text = json.dumps({"question": request.question, "system": request.system,
                            "history": [[turn.user, turn.assistant] for turn in request.history],
                            "images": [p.source.size for p in request.pictures],
-                           "tiles": [job.max_tiles if p.max_tiles is None else p.max_tiles for p in request.pictures],
+                           "tiles": [self.max_tiles if p.max_tiles is None else p.max_tiles for p in request.pictures],
                            "max_tokens": job.params.max_new_tokens, "stop": list(job.params.stop)})
         return _Done(Completion(text, "stop", 3, 2))
 
@@ -232,8 +233,8 @@ VLM_SETTINGS = {"max_tiles": MAX_NUM}  # the conftest ``vlm``'s
 def model_app(vlm):
     """The app on the tiny model. Grounding tags are dropped as ``model.chat`` drops them, so answers compare
     exactly whatever the random model emits."""
-    engine = Scheduler(vlm, max_batch_size=8, max_wait_ms=20)
-    return create_app(engine, "tiny", default_max_tiles=MAX_NUM, max_tokens_cap=64)
+    engine = Scheduler(vlm, max_batch_size=8, max_wait_ms=20, max_tiles=MAX_NUM)
+    return create_app(engine, "tiny", limits=replace(SERVER_LIMITS, max_new_tokens=64))
 
 
 @pytest.fixture(scope="module")
@@ -255,9 +256,9 @@ def media_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def echo(media_dir):
     """A model-free app with small limits, for the request rules (answers are JSON summaries of the job)."""
-    engine = EchoEngine()
-    app = create_app(engine, "echo", max_tokens_cap=64, max_images=3, max_pixels=20_000, max_body_bytes=200_000,
-                     default_max_tiles=5, max_tiles_cap=6, allow_local_media=media_dir)
+    engine = EchoEngine(max_tiles=5)
+    limits = MediaLimits(max_images=3, max_new_tokens=64, max_tiles=6, max_pixels=20_000, local_root=media_dir)
+    app = create_app(engine, "echo", limits=limits, max_body_bytes=200_000)
     with TestClient(app) as client:
         client.engine = engine
         yield client
@@ -412,8 +413,7 @@ def test_eight_concurrent_requests_equal_eight_sequential(vlm):
     bodies = [{"messages": [user(image_part(data_url(image)), text_part(f"Question {k}: where?"))] if k % 2 else
                [{"role": "user", "content": f"Tell me {k} things."}], "max_tokens": 6 + k} for k, image in
               enumerate([RED, BLUE] * 4)]
-    app = create_app(Scheduler(vlm, max_batch_size=8, max_wait_ms=200), "tiny",
-                     default_max_tiles=MAX_NUM)
+    app = create_app(Scheduler(vlm, max_batch_size=8, max_wait_ms=200, max_tiles=MAX_NUM), "tiny")
     with served(app) as port:
         sequential = [post(port, body) for body in bodies]
         with ThreadPoolExecutor(8) as pool:
@@ -599,7 +599,7 @@ def test_remote_media_when_enabled(media_dir):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}"
     try:
-        with TestClient(create_app(EchoEngine(), "echo", allow_remote_media=True)) as client:
+        with TestClient(create_app(EchoEngine(), "echo", limits=replace(SERVER_LIMITS, allow_remote=True))) as client:
             refused = client.post("/v1/chat/completions", json={"messages": [user(image_part(url + "/red.png"))]})
             assert refused.status_code == 400, refused.text
             assert "127.0.0.1 is at 127.0.0.1, not a public address" in refused.json()["error"]["message"]
@@ -607,8 +607,8 @@ def test_remote_media_when_enabled(media_dir):
             local = url.replace("127.0.0.1", "localhost")
             refused = client.post("/v1/chat/completions", json={"messages": [user(image_part(local + "/red.png"))]})
             assert refused.status_code == 400 and "localhost is at" in refused.json()["error"]["message"]
-        with TestClient(create_app(EchoEngine(), "echo", allow_remote_media=True,
-                                   allow_private_media_hosts=True)) as client:
+        with TestClient(create_app(EchoEngine(), "echo", limits=replace(SERVER_LIMITS, allow_remote=True,
+                                                                         allow_private_hosts=True))) as client:
             assert echoed(client, [user(image_part(url + "/red.png"))])["images"] == [[90, 60]]
             missing = client.post("/v1/chat/completions", json={"messages": [user(image_part(url + "/no.png"))]})
             assert missing.status_code == 400 and "could not fetch" in missing.json()["error"]["message"]

@@ -45,8 +45,8 @@ def build_app(checkpoint, name: str, **options):
     from vlaser.serve.scheduler import Scheduler
 
     vlm = VLM.from_pretrained(checkpoint, dtype=torch.float32, device="cpu")
-    engine = Scheduler(vlm, max_batch_size=8, max_wait_ms=5)
-    return create_app(engine, name, default_max_tiles=vlm.max_tiles, **options)
+    engine = Scheduler(vlm, max_batch_size=8, max_wait_ms=5, max_tiles=vlm.max_tiles)
+    return create_app(engine, name, **options)
 
 
 @pytest.fixture(scope="module")

@@ -79,9 +79,10 @@ def _alone(vlm, request, max_tokens, max_num=6, min_new_tokens=0):
 def _serve(vlm, body, **options):
     """Run ``body(engine)`` on a started engine, stop it (draining), and return what the body returned.
 
-    Tests submit their jobs in one go (no ``await`` in between), so no batch needs to wait: ``max_wait_ms=0``."""
+    Tests submit their jobs in one go (no ``await`` in between), so no batch needs to wait: ``max_wait_ms=0``;
+    pictures without their own limit get 6 tiles."""
     async def main():
-        engine = Scheduler(vlm, **{"max_wait_ms": 0, **options})
+        engine = Scheduler(vlm, **{"max_wait_ms": 0, "max_tiles": 6, **options})
         await engine.start()
         try:
             return await body(engine)
@@ -138,7 +139,7 @@ def test_concurrent_jobs_batch_and_equal_lone_answers(vlm, batch_sizes, monkeypa
     max_tokens = [12, 5, 12, 9, 12, 12, 3, 12]
 
     async def body(engine):
-        streams = [engine.submit(Job(r, GenerationParams(max_new_tokens=n), max_tiles=6))
+        streams = [engine.submit(Job(r, GenerationParams(max_new_tokens=n)))
                    for r, n in zip(REQUESTS, max_tokens)]
         return await asyncio.gather(*[_collect(s) for s in streams])
 
@@ -170,7 +171,7 @@ def test_generation_runs_off_the_event_loop_while_the_next_jobs_are_prepared(vlm
     monkeypatch.setattr(core.Engine, "_prefill", gated)
 
     async def body(engine):
-        first, second = (engine.submit(Job(r, GenerationParams(max_new_tokens=3), 6)) for r in REQUESTS[:2])
+        first, second = (engine.submit(Job(r, GenerationParams(max_new_tokens=3))) for r in REQUESTS[:2])
         await first.prepared()
         await asyncio.wrap_future(second._prepared)
         released.set()
@@ -189,7 +190,7 @@ def test_an_image_s_own_tile_limit_wins(vlm, monkeypatch):
     request = chat("Image-1: <image>\nImage-2: <image>\nSame?", [wide, wide], max_tiles=[1, None])
 
     async def body(engine):
-        return await engine.submit(Job(request, GenerationParams(max_new_tokens=2), max_tiles=6)).result()
+        return await engine.submit(Job(request, GenerationParams(max_new_tokens=2))).result()
 
     _serve(vlm, body)
     assert tiles == [1 + 4]
@@ -197,7 +198,7 @@ def test_an_image_s_own_tile_limit_wins(vlm, monkeypatch):
 
 def test_batch_of_eight_equals_eight_sequential_jobs(vlm, batch_sizes):
     async def body(engine):
-        jobs = [Job(r, GenerationParams(max_new_tokens=10), max_tiles=6) for r in REQUESTS]
+        jobs = [Job(r, GenerationParams(max_new_tokens=10)) for r in REQUESTS]
         batched = await asyncio.gather(*[engine.submit(j).result() for j in jobs])
         sequential = [await engine.submit(j).result() for j in jobs]
         return batched, sequential
@@ -213,7 +214,7 @@ def test_batches_hold_at_most_max_batch_size(vlm, batch_sizes, monkeypatch):
     monkeypatch.setattr(core.Engine, "_decode", lambda engine, rows: (running.append(len(rows)), real(engine, rows))[1])
 
     async def body(engine):
-        return await asyncio.gather(*[engine.submit(Job(r, GenerationParams(max_new_tokens=2), 6)).result()
+        return await asyncio.gather(*[engine.submit(Job(r, GenerationParams(max_new_tokens=2))).result()
                                       for r in REQUESTS])
 
     _serve(vlm, body, max_batch_size=3)  # how the jobs split into prefills depends on the machine's load
@@ -254,9 +255,9 @@ def test_a_job_whose_preparation_failed_is_handed_over_at_once():
 
 def test_a_batch_waits_for_jobs_submitted_within_max_wait(vlm, batch_sizes):
     async def body(engine):
-        first = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=2), 6))
+        first = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=2)))
         await asyncio.sleep(0)  # the loop sees one job and waits for more
-        second = engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=2), 6))
+        second = engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=2)))
         return await first.result(), await second.result()
 
     _serve(vlm, body, max_batch_size=2, max_wait_ms=60_000)
@@ -274,8 +275,8 @@ def test_stop_string_cuts_the_answer(vlm, batch_sizes):
     batch_sizes.clear()
 
     async def body(engine):
-        stopped = engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=20, stop=("NEVER SEEN", stop)), 6))
-        other = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=20), 6))
+        stopped = engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=20, stop=("NEVER SEEN", stop))))
+        other = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=20)))
         return await _collect(stopped), await other.result()
 
     (streamed, completion), other = _serve(vlm, body)
@@ -372,7 +373,7 @@ def test_seeded_sampling_repeats_whatever_shares_the_batch(vlm, batch_sizes):
 
     async def body(engine):
         def submit(**sampling):
-            return engine.submit(Job(request, GenerationParams(max_new_tokens=12, **sampling), 6))
+            return engine.submit(Job(request, GenerationParams(max_new_tokens=12, **sampling)))
 
         seeded = [submit(temperature=1.5, seed=7), submit(temperature=1.5, seed=7), submit(temperature=1.5, seed=8)]
         others = [submit(), submit(seed=3), submit(temperature=1.5, top_p=0.9), submit(temperature=0.7, top_p=0.9)]
@@ -389,7 +390,7 @@ def test_seeded_sampling_repeats_whatever_shares_the_batch(vlm, batch_sizes):
 
 def test_cancel_a_queued_job(vlm, batch_sizes):
     async def body(engine):
-        streams = [engine.submit(Job(r, GenerationParams(max_new_tokens=4), 6)) for r in REQUESTS[:3]]
+        streams = [engine.submit(Job(r, GenerationParams(max_new_tokens=4))) for r in REQUESTS[:3]]
         streams[1].cancel()
         with pytest.raises(asyncio.CancelledError):
             await streams[1].result()
@@ -419,8 +420,8 @@ def test_cancel_a_running_job_frees_its_row(vlm, monkeypatch):
     monkeypatch.setattr(core.Engine, "_advance", advance)
 
     async def body(engine):
-        gone = seen["gone"] = engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=15), 6))
-        stays = [engine.submit(Job(r, GenerationParams(max_new_tokens=15), 6)) for r in (REQUESTS[0], REQUESTS[3])]
+        gone = seen["gone"] = engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=15)))
+        stays = [engine.submit(Job(r, GenerationParams(max_new_tokens=15))) for r in (REQUESTS[0], REQUESTS[3])]
         with pytest.raises(asyncio.CancelledError):
             await gone.result()
         return [await s.result() for s in stays], engine.core
@@ -435,9 +436,9 @@ def test_failing_preparation_fails_only_that_job(vlm, batch_sizes):
     context = vlm.model.config.text_config.max_position_embeddings
 
     async def body(engine):
-        bad = engine.submit(Job(mismatch, GenerationParams(max_new_tokens=4), 6))
-        too_long = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=context), 6))
-        good = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=4), 6))
+        bad = engine.submit(Job(mismatch, GenerationParams(max_new_tokens=4)))
+        too_long = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=context)))
+        good = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=4)))
         for call in (bad.prepared, bad.result, lambda: _collect(bad)):
             with pytest.raises(ValueError, match=r"for 1 picture\(s\)"):
                 await call()
@@ -463,23 +464,23 @@ def test_failing_generation_fails_its_batch_and_the_loop_goes_on(vlm, monkeypatc
     monkeypatch.setattr(core.Engine, "_prefill", flaky)
 
     async def body(engine):
-        first = [engine.submit(Job(r, GenerationParams(max_new_tokens=3), 6)) for r in REQUESTS[:2]]
+        first = [engine.submit(Job(r, GenerationParams(max_new_tokens=3))) for r in REQUESTS[:2]]
         for stream in first:
             with pytest.raises(RuntimeError, match="out of memory"):
                 await stream.result()
-        return await engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=3), 6)).result()
+        return await engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=3))).result()
 
     assert _serve(vlm, body).text == _alone(vlm, REQUESTS[0], 3)[0]
 
 
 def test_stop_drains_submitted_jobs_and_refuses_new_ones(vlm):
     async def main():
-        engine = Scheduler(vlm, max_batch_size=2)
+        engine = Scheduler(vlm, max_batch_size=2, max_tiles=6)
         await engine.start()
-        streams = [engine.submit(Job(r, GenerationParams(max_new_tokens=5), 6)) for r in REQUESTS[:3]]
+        streams = [engine.submit(Job(r, GenerationParams(max_new_tokens=5))) for r in REQUESTS[:3]]
         await engine.stop()
         with pytest.raises(RuntimeError, match="not running"):
-            engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=5), 6))
+            engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=5)))
         return [s._done.result() for s in streams]  # already resolved: stop() returned after them
 
     done = asyncio.run(main())
@@ -488,21 +489,21 @@ def test_stop_drains_submitted_jobs_and_refuses_new_ones(vlm):
 
 def test_full_queue_is_refused_until_a_slot_frees(vlm):
     async def body(engine):
-        streams = [engine.submit(Job(r, GenerationParams(max_new_tokens=2), 6)) for r in REQUESTS[:2]]
+        streams = [engine.submit(Job(r, GenerationParams(max_new_tokens=2))) for r in REQUESTS[:2]]
         with pytest.raises(QueueFull, match="max_queue=2"):
-            engine.submit(Job(REQUESTS[2], GenerationParams(max_new_tokens=2), 6))
+            engine.submit(Job(REQUESTS[2], GenerationParams(max_new_tokens=2)))
         streams[0].cancel()
-        streams.append(engine.submit(Job(REQUESTS[2], GenerationParams(max_new_tokens=2), 6)))
+        streams.append(engine.submit(Job(REQUESTS[2], GenerationParams(max_new_tokens=2))))
         await streams[2].result()
         await streams[1].result()
-        return engine.submit(Job(REQUESTS[3], GenerationParams(max_new_tokens=2), 6))
+        return engine.submit(Job(REQUESTS[3], GenerationParams(max_new_tokens=2)))
 
     _serve(vlm, body, max_queue=2)
 
 
 def test_cancelling_the_waiting_task_cancels_the_job(vlm):
     async def body(engine):
-        stream = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=3), 6))
+        stream = engine.submit(Job(REQUESTS[0], GenerationParams(max_new_tokens=3)))
         waiter = asyncio.ensure_future(stream.result())
         await asyncio.sleep(0)
         waiter.cancel()
@@ -540,8 +541,8 @@ def test_min_tokens_holds_back_an_end_token_that_comes_first(vlm, ends_first):
     assert len(ids) == 4 and ends_first not in ids[:3] and ids[3] == ends_first
 
     async def body(engine):
-        plain = await engine.submit(Job(request, GenerationParams(max_new_tokens=8), 6)).result()
-        held = engine.submit(Job(request, GenerationParams(max_new_tokens=8, min_new_tokens=3), 6))
+        plain = await engine.submit(Job(request, GenerationParams(max_new_tokens=8))).result()
+        held = engine.submit(Job(request, GenerationParams(max_new_tokens=8, min_new_tokens=3)))
         return plain, await _collect(held)
 
     plain, (streamed, held) = _serve(vlm, body)
@@ -555,14 +556,14 @@ def test_min_tokens_holds_when_sampling_with_top_p(vlm, ends_first):
     sampling = GenerationParams(max_new_tokens=8, temperature=1.0, top_p=0.5, seed=3, min_new_tokens=3)
 
     async def body(engine):
-        return await engine.submit(Job(REQUESTS[1], sampling, 6)).result()
+        return await engine.submit(Job(REQUESTS[1], sampling)).result()
 
     assert _serve(vlm, body).completion_tokens == 4
 
 
 def test_rows_with_different_min_tokens_share_a_batch_and_equal_their_lone_runs(vlm, ends_first, batch_sizes):
-    jobs = [Job(REQUESTS[0], GenerationParams(max_new_tokens=8), 6),
-            Job(REQUESTS[1], GenerationParams(max_new_tokens=8, min_new_tokens=3), 6)]
+    jobs = [Job(REQUESTS[0], GenerationParams(max_new_tokens=8)),
+            Job(REQUESTS[1], GenerationParams(max_new_tokens=8, min_new_tokens=3))]
 
     async def body(engine):
         together = await asyncio.gather(*[engine.submit(job).result() for job in jobs])
@@ -587,7 +588,7 @@ def test_each_job_decodes_the_grounding_tags_its_own_way(vlm, monkeypatch, batch
     monkeypatch.setattr(core.Engine, "_sample", fixed)
 
     async def body(engine):
-        streams = [engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=30, **keep), 6))
+        streams = [engine.submit(Job(REQUESTS[1], GenerationParams(max_new_tokens=30, **keep)))
                    for keep in ({"keep_grounding_tokens": True}, {"keep_grounding_tokens": False}, {})]
         return await asyncio.gather(*[_collect(s) for s in streams])
 

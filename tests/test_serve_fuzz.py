@@ -6,6 +6,7 @@ may be a 5xx, and none may hang."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -17,8 +18,12 @@ EXAMPLES = 50  # per operation and generation mode (schema-valid bodies; invalid
 @pytest.fixture(scope="module")
 def base_url(tiny_original) -> Iterator[str]:
     from test_serve_contract import NAME, build_app
+    from vlaser.inference.types import GenerationParams
+    from vlaser.serve.messages import SERVER_LIMITS
 
-    app = build_app(tiny_original, NAME, default_max_tokens=8, max_tokens_cap=16)  # valid bodies answer quickly
+    # valid bodies answer quickly
+    app = build_app(tiny_original, NAME, limits=replace(SERVER_LIMITS, max_new_tokens=16),
+                    defaults=GenerationParams(8))
     with served(app) as url:
         yield url
 

@@ -38,7 +38,7 @@ def _tiles_by_path(vlm, image, explicit, tmp_path) -> dict[str, int]:
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_url(image)}},
                                                       {"type": "text", "text": "Where?"}]}]}
     request, params = parse_chat_request(body)
-    serve = Scheduler(vlm)._prepare(Job(request, params, max_tiles=explicit)).num_patches[0]
+    serve = Scheduler(vlm, max_tiles=explicit)._prepare(Job(request, params)).num_patches[0]
 
     seen = []
 

@@ -33,7 +33,7 @@ def test_chat_shows_the_weights_bar_only_with_v(tiny_original, tmp_path, capfd, 
 
 
 def test_serve_logs_how_each_requests_images_were_cut(vlm, caplog):
-    app = create_app(Scheduler(vlm, max_batch_size=2, max_wait_ms=1), "tiny", default_max_tiles=6)
+    app = create_app(Scheduler(vlm, max_batch_size=2, max_wait_ms=1, max_tiles=6), "tiny")
     image = Image.new("RGB", (90, 60), (255, 0, 0))
     content = [{"type": "image_url", "image_url": {"url": data_url(image)}},
                {"type": "image_url", "image_url": {"url": data_url(image), "max_dynamic_patch": 2}},

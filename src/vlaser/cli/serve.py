@@ -84,11 +84,11 @@ def run(args) -> int:
         listener.close()
         raise
     scheduler = Scheduler(vlm, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                          max_queue=args.max_queue, **decode)
+                          max_queue=args.max_queue, max_tiles=args.max_tiles, **decode)
     app = create_app(scheduler, args.served_model_name or args.model, api_key=args.api_key or None,
                      limits=limits(args), defaults=GenerationParams(args.max_new_tokens,
                                                                     keep_grounding_tokens=args.keep_grounding_tokens),
-                     max_tiles=args.max_tiles, max_body_bytes=args.max_body_mb * 2**20)
+                     max_body_bytes=args.max_body_mb * 2**20)
     _log_settings(args, vlm)
     if not args.api_key and not _is_loopback(args.host):
         log.warning("serving on %s without an API key: anyone who can reach it can use the model", args.host)
@@ -103,10 +103,12 @@ def run(args) -> int:
 
 
 def limits(args):
-    """What a request may ask for and carry, from the flags (a :class:`~vlaser.serve.messages.MediaLimits`)."""
+    """What a request may ask for and carry, from the flags (a :class:`~vlaser.serve.messages.MediaLimits`); a
+    request may ask for the server's own tile limit (``--max-num``) even over ``--max-num-cap``."""
     from vlaser.serve.messages import MediaLimits
 
-    return MediaLimits(max_images=args.max_images, max_new_tokens=args.token_cap, max_tiles=args.tile_cap,
+    return MediaLimits(max_images=args.max_images, max_new_tokens=args.token_cap,
+                       max_tiles=max(args.tile_cap, args.max_tiles or 0),
                        max_pixels=args.max_pixels, allow_remote=args.allow_remote_media,
                        allow_private_hosts=args.allow_private_media_hosts,
                        local_root=Path(args.allow_local_media) if args.allow_local_media else None)

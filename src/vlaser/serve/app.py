@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from pathlib import Path
+from dataclasses import replace
 from typing import TypeVar
 
 import anyio.to_thread
@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException
 
 from vlaser.errors import UserInputError
 from vlaser.inference.types import GenerationParams
-from vlaser.serve.messages import MediaLimits, parse_chat_request
+from vlaser.serve.messages import SERVER_LIMITS, MediaLimits, parse_chat_request
 from vlaser.serve.scheduler import Completion, Job, QueueFull, Stream
 from vlaser.serve.schema import (
     ChatCompletion,
@@ -73,50 +73,33 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def create_app(scheduler, model_name: str, *, api_key: str | None = None, limits: MediaLimits | None = None,
-               defaults: GenerationParams | None = None, max_tiles: int | None = None,
-               max_body_bytes: int = 64 * 2**20, **keywords) -> FastAPI:
-    """The API around a started-on-startup ``scheduler`` (a ``Scheduler`` or anything with its interface).
+def create_app(scheduler, model_name: str, *, api_key: str | None = None, limits: MediaLimits = SERVER_LIMITS,
+               defaults: GenerationParams | None = None, max_body_bytes: int = 64 * 2**20) -> FastAPI:
+    """The API around a started-on-startup ``scheduler`` (a ``Scheduler`` or anything with its interface; it
+    holds the tile limit of a picture whose request sets none).
 
     Args:
         model_name: the id ``/v1/models`` lists and answers carry.
         api_key: required as ``Authorization: Bearer KEY`` (compared in constant time); ``None``: open.
         limits: what a request may ask for and carry (its new tokens and tiles at most, refused above, never cut;
             images, their size and where they may come from); ``vlaser serve``'s flags build it.
-        defaults: the decoding of a request that does not say (its ``max_new_tokens`` at most the cap).
-        max_tiles: tiles per image when a request does not say (None: the checkpoint's setting); never refused.
+        defaults: the decoding of a request that does not say (None: ``GenerationParams()``); its answer length is
+            cut to the cap of ``limits``.
         max_body_bytes: a larger body is refused (413) before it is read in full.
-        keywords: the same settings one by one, instead of ``limits`` and ``defaults`` (:func:`keyword_settings`).
     """
-    if keywords:
-        if limits is not None or defaults is not None or max_tiles is not None:
-            raise TypeError("pass limits, defaults and max_tiles, or their keywords, not both")
-        limits, defaults, max_tiles = keyword_settings(**keywords)
-    limits, defaults = (limits or keyword_settings()[0]).around(defaults or GenerationParams(), max_tiles)
+    defaults = defaults or GenerationParams()
+    if limits.max_new_tokens is not None and defaults.max_new_tokens > limits.max_new_tokens:
+        defaults = replace(defaults, max_new_tokens=limits.max_new_tokens)
     app = api_app("vlaser serve", "An OpenAI-compatible chat-completions API for InternVL3/Vlaser models.",
                   api_key=api_key, max_body_bytes=max_body_bytes, lifespan=_lifespan(scheduler))
     _add_model_routes(app, model_name)
-    _add_chat_route(app, scheduler, model_name, limits, defaults, max_tiles)
+    _add_chat_route(app, scheduler, model_name, limits, defaults)
 
     from vlaser.points import POINT_PROMPT
     from vlaser.serve.page import mount_page
 
     mount_page(app, model_name, POINT_PROMPT)
     return app
-
-
-def keyword_settings(default_max_tokens: int = 1024, max_tokens_cap: int = 4096, max_images: int = 16,
-                     max_pixels: int = 40_000_000, allow_remote_media: bool = False,
-                     allow_private_media_hosts: bool = False, allow_local_media: str | Path | None = None,
-                     default_max_tiles: int | None = None, max_tiles_cap: int = 40,
-                     keep_grounding_tokens: bool = False) -> tuple[MediaLimits, GenerationParams, int | None]:
-    """``create_app``'s keyword form (its Python callers' names, one per ``vlaser serve`` flag, and its defaults)
-    as ``(limits, defaults, max_tiles)``."""
-    limits = MediaLimits(max_images=max_images, max_new_tokens=max_tokens_cap, max_tiles=max_tiles_cap,
-                         max_pixels=max_pixels, allow_remote=allow_remote_media,
-                         allow_private_hosts=allow_private_media_hosts,
-                         local_root=Path(allow_local_media) if allow_local_media else None)
-    return limits, GenerationParams(default_max_tokens, keep_grounding_tokens=keep_grounding_tokens), default_max_tiles
 
 
 def api_app(title: str, description: str, *, api_key: str | None, max_body_bytes: int, lifespan=None) -> FastAPI:
@@ -167,15 +150,15 @@ def _add_model_routes(app: FastAPI, model_name: str) -> None:
         return card
 
 
-def _add_chat_route(app: FastAPI, scheduler, model_name: str, limits: MediaLimits, defaults: GenerationParams,
-                    max_tiles: int | None) -> None:
+def _add_chat_route(app: FastAPI, scheduler, model_name: str, limits: MediaLimits,
+                    defaults: GenerationParams) -> None:
     """``POST /v1/chat/completions``: the body read into a job, submitted, answered whole or streamed."""
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={
         **_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "the answer, or with stream: true "
                                                                                "chat.completion.chunk events"}})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        job = await _job(body, limits, defaults, max_tiles)
+        job = await _job(body, limits, defaults)
         try:
             stream = scheduler.submit(job)
         except QueueFull as e:
@@ -193,8 +176,7 @@ def _add_chat_route(app: FastAPI, scheduler, model_name: str, limits: MediaLimit
         return answer.body(completion)
 
 
-async def _job(body: ChatCompletionRequest, limits: MediaLimits, defaults: GenerationParams,
-               max_tiles: int | None) -> Job:
+async def _job(body: ChatCompletionRequest, limits: MediaLimits, defaults: GenerationParams) -> Job:
     """The scheduler's job for a validated body; images are decoded on a worker thread, off the event loop."""
     if body.n not in (None, 1):
         raise APIError(400, f"n must be 1 (this server generates one choice per request), got {body.n}", param="n")
@@ -204,7 +186,7 @@ async def _job(body: ChatCompletionRequest, limits: MediaLimits, defaults: Gener
         raise APIError(400, f"response_format {body.response_format.get('type')!r} is not supported: this server "
                             "does not constrain decoding (only {'type': 'text'})", param="response_format")
     request, params = await anyio.to_thread.run_sync(parse_chat_request, body, limits, defaults)
-    return Job(request=request, params=params, max_tiles=max_tiles)
+    return Job(request=request, params=params)
 
 
 async def _until_disconnect(request: Request) -> None:

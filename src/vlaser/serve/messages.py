@@ -65,15 +65,9 @@ class MediaLimits:
     max_fetch_bytes: int = 32 * 2**20
     """Bytes of one remote or local image file."""
 
-    def around(self, defaults: GenerationParams, max_tiles: int | None) -> tuple[MediaLimits, GenerationParams]:
-        """These limits and the server's own ``defaults`` made to fit: a request may ask for the server's default
-        tile limit ``max_tiles`` (the cap rises to it), and the default answer length is cut to the cap."""
-        limits = self
-        if max_tiles is not None and self.max_tiles is not None and max_tiles > self.max_tiles:
-            limits = replace(self, max_tiles=max_tiles)
-        if self.max_new_tokens is not None and defaults.max_new_tokens > self.max_new_tokens:
-            defaults = replace(defaults, max_new_tokens=self.max_new_tokens)
-        return limits, defaults
+
+#: What ``vlaser serve`` accepts without flags: its caps (``create_app``'s default limits).
+SERVER_LIMITS = MediaLimits(max_images=16, max_new_tokens=4096, max_tiles=40, max_pixels=40_000_000)
 
 
 def _image_bytes(url: str, where: str, limits: MediaLimits) -> tuple[bytes, str]:

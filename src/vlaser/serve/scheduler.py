@@ -30,11 +30,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Job:
-    """One chat request with its decoding settings and tile budget per image."""
+    """One chat request with its decoding settings."""
 
     request: Request
     params: GenerationParams
-    max_tiles: int | None = None  #: tiles per picture without its own (``Picture.max_tiles``); None: the checkpoint's
 
 
 class QueueFull(Exception):  # noqa: N818 (the server's name for HTTP 429, fixed by the interface)
@@ -120,18 +119,19 @@ class Stream:
 class Scheduler:
     """Serves submitted jobs on one worker thread running the inference core (see the module docstring).
 
-    ``max_batch_tokens`` bounds the prompt and answer tokens of the rows running together.
+    ``max_batch_tokens`` bounds the prompt and answer tokens of the rows running together; ``max_tiles`` is the
+    tile limit of a picture without its own (``Picture.max_tiles``; None: the checkpoint's), the server's default.
     """
 
     def __init__(self, vlm, max_batch_size: int = 8, max_wait_ms: float = 10, max_queue: int = 64,
                  max_batch_tokens: int = 65536, static_capacity: int | None = None,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, max_tiles: int | None = None):
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(f"need max_batch_size >= 1, max_queue >= 1 and max_wait_ms >= 0, got {max_batch_size}, "
                              f"{max_queue} and {max_wait_ms}")
         self.vlm = vlm
         self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens, self.max_tiles = max_batch_tokens, max_tiles
         self.decode = {"static_capacity": static_capacity, "cuda_graphs": cuda_graphs}  #: the core's decode options
         self.core: core.Engine | None = None  # made on the worker thread, the only one that uses the tokenizer
         self._waiting: deque[Stream] = deque()  # submitted, not yet handed to the core (guarded by _lock)
@@ -193,13 +193,13 @@ class Scheduler:
     def _prepare(self, job: Job) -> Prepared:
         """Tile the pictures and render the prompt through the prepare step (on the preparing thread); ``-v``
         logs how each image was cut, as ``vlaser chat -v`` does."""
-        prepared = prepare(job.request, self.vlm.model, max_tiles=job.max_tiles)
+        prepared = prepare(job.request, self.vlm.model, self.max_tiles)
         if log.isEnabledFor(logging.INFO):
             settings = self.vlm.model.processor_settings
             for k, (picture, size, n) in enumerate(zip(job.request.pictures, prepared.sizes, prepared.num_patches)):
                 name = os.fspath(picture.source) if isinstance(picture.source, (str, os.PathLike)) else str(k + 1)
                 if not picture.frame:
-                    log.info("%s", self.vlm.tiling_note(name, size, n, tile_limit(picture, settings, job.max_tiles)))
+                    log.info("%s", self.vlm.tiling_note(name, size, n, tile_limit(picture, settings, self.max_tiles)))
         return prepared
 
     # ---- the worker thread -------------------------------------------------------------------------------
