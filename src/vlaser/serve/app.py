@@ -150,8 +150,7 @@ def _add_model_routes(app: FastAPI, model_name: str) -> None:
         return card
 
 
-def _add_chat_route(app: FastAPI, scheduler, model_name: str, limits: MediaLimits,
-                    defaults: GenerationParams) -> None:
+def _add_chat_route(app: FastAPI, scheduler, model_name: str, limits: MediaLimits, defaults: GenerationParams) -> None:
     """``POST /v1/chat/completions``: the body read into a job, submitted, answered whole or streamed."""
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={
