@@ -34,6 +34,18 @@ def test_wilson_interval():
     assert wilson(10, 10)[1] == 1.0 and wilson(0, 0) == [0.0, 1.0]
 
 
+def test_published_table_is_transcribed_consistently_and_printed_beside_the_run():
+    from vlaser.vla.sim import report
+
+    for name, row in report.PAPER.items():  # the paper's average is the mean of its four groups
+        assert round(sum(row[:4]) / 4, 2) == pytest.approx(row[4], abs=0.051), name
+    rows = [{"task": "reach-v3", "success": s, "steps": 9} for s in (True, False, True, True)]
+    scores = report.summarize(rows, None, ["reach-v3"])
+    lines = report.paper_table(scores["groups"])
+    assert "| this run | 75.0 | - | - | - | - |" in lines
+    assert "| SmolVLA (0.45B) | 82.5 | 41.8 | 45 | 60 | 57.3 |" in lines and report.PAPER_SOURCE in lines[0]
+
+
 def test_eval_refuses_unclear_settings(tmp_path):
     from vlaser.vla.sim.evaluate import evaluate_metaworld, render_settings
 
@@ -201,6 +213,8 @@ def test_eval_scores_resumes_and_serves(tiny_policy, tmp_path):
     task = first["scores"]["tasks"]["reach-v3"]
     assert task["episodes"] == 3 and task["successes"] == sum(r["success"] for r in rows)
     assert first["scores"]["groups"]["easy"]["episodes"] == 3 and "expert" in task
+    assert first["published"]["rows"]["SmolVLA (0.45B)"][-1] == 57.3
+    assert "| SmolVLA (0.45B) |" in (tmp_path / "a" / "report.md").read_text()
     assert first["render"] == {"image_size": 32, "camera": "corner2", "cheap": True}
     assert (tmp_path / "a" / rows[0]["strip"]).is_file()
     assert rows[0]["strip"] in (tmp_path / "a" / "index.html").read_text()

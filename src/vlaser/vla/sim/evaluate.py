@@ -131,7 +131,9 @@ def evaluate_metaworld(out: str | Path, tasks: str | list[str], episodes: int, *
                "frames_per_second": bar.frames_per_second if jobs else 0.0,
                "env_steps_per_second": sum(r["steps"] for r in rows if (r["task"], r["seed"]) in ran)
                / max(seconds, 1e-9),
-               "scores": report.summarize(rows, expert_scores, tasks), "versions": mw.versions()}
+               "scores": report.summarize(rows, expert_scores, tasks), "versions": mw.versions(),
+               "published": {"source": report.PAPER_SOURCE, "groups": list(report.PAPER_GROUPS),
+                             "rows": {name: list(row) for name, row in report.PAPER.items()}}}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     title = f"Meta-World closed-loop evaluation: {Path(name).name}"
     (out / "report.md").write_text(report.markdown(results, title))
