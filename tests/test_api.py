@@ -57,7 +57,9 @@ def test_point_parses_and_scales(vlm, monkeypatch):
     assert answer.pixels == [(320, 120), (64, 432)]
     assert answer.box_pixels == [(0, 0, 320, 240)]
     assert vlaser.POINT_PROMPT + " Point to the cup.<|im_end|>" in seen["prompts"][0]
-    assert seen["params"] == GenerationParams(max_new_tokens=100, keep_grounding_tokens=True) and seen["keep"]
+    # Vlaser's evaluate_point_*: max_new_tokens=100, min_new_tokens=1, greedy
+    assert seen["params"] == GenerationParams(max_new_tokens=100, min_new_tokens=1, keep_grounding_tokens=True)
+    assert seen["keep"]
 
 
 def test_point_uses_at_most_six_tiles(vlm, monkeypatch):

@@ -41,11 +41,12 @@ class PointAnswer:
 
 @dataclass(frozen=True)
 class PointProtocol:
-    """Vlaser's point prompt as its pointing evaluations run it: the tile limit and answer length
-    :meth:`VLM.point` uses unless told otherwise (greedy, the grounding tags kept)."""
+    """Vlaser's point prompt as its pointing evaluations (``evaluate_point_*``) run it: the tile limit and answer
+    length :meth:`VLM.point` uses unless told otherwise (greedy, the grounding tags kept)."""
 
     max_tiles: int = 6
     max_new_tokens: int = 100
+    min_new_tokens: int = 1
 
 
 POINT = PointProtocol()
@@ -193,7 +194,7 @@ class VLM:
 
     def point(self, image: ImageInput, query: str, max_tiles: int | None = POINT.max_tiles,
               max_new_tokens: int = POINT.max_new_tokens, prompt: bool = True, **generation) -> PointAnswer:
-        """Ask for points (Vlaser's point protocol, :data:`POINT`: greedy, 100 new tokens, 6 tiles; ``max_tiles``
+        """Ask for points (Vlaser's point protocol, :data:`POINT`: greedy, 1-100 new tokens, 6 tiles; ``max_tiles``
         None: the checkpoint's tiles) and return them in pixels."""
         return self.point_batch([(image, query)], max_tiles=max_tiles, max_new_tokens=max_new_tokens, prompt=prompt,
                                 **generation)[0]
@@ -203,8 +204,9 @@ class VLM:
         """:meth:`point` for several ``(image, query)`` pairs in one batch."""
         media = [self.media(image, None, max_tiles, 0) for image, _ in requests]
         questions = [point_question(q) if prompt else q for _, q in requests]
-        texts = self.generate(media, questions, {"max_new_tokens": max_new_tokens, "keep_grounding_tokens": True,
-                                                 **generation})
+        texts = self.generate(media, questions, {"max_new_tokens": max_new_tokens,
+                                                 "min_new_tokens": POINT.min_new_tokens,
+                                                 "keep_grounding_tokens": True, **generation})
         answers = []
         for text, m in zip(texts, media):
             points, boxes = parse_points(text), parse_boxes(text)
