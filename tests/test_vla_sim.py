@@ -295,3 +295,20 @@ def test_a_running_episode_keeps_a_bounded_evenly_spaced_film():
     blind = Live("reach-v3", 0, {}, keep=False)
     blind.add(np.zeros((2, 2, 3), np.uint8))
     assert blind.film == [] and blind.seen == 1
+
+
+@pytest.mark.slow
+def test_metaworld_quickstart_runs_every_stage_at_tiny_sizes(tmp_path, monkeypatch):
+    from vlaser.vla.sim import quickstart as qs
+
+    monkeypatch.setattr(qs, "TASKS", ["faucet-open-v3", "button-press-topdown-v3"])
+    monkeypatch.setattr(qs, "MAX_STEPS", 6)
+    report = qs.run_metaworld_quickstart(tmp_path / "qs", train_steps=2, episodes=2, demos_per_task=1)
+    assert set(report["per_task"]) == set(qs.TASKS) and report["episodes_per_task"] == 2
+    assert report["gap"] == pytest.approx(report["mean"]["vla"] - report["mean"]["blind"])
+    assert report["collect"]["episodes"] == 2 and report["max_steps"] == 6
+    blind = json.loads((tmp_path / "qs" / "eval_blind" / "settings.json").read_text())
+    assert blind["instruction"] == qs.BLIND_INSTRUCTION
+    text = (tmp_path / "qs" / "report.md").read_text()
+    assert f"{report['gap']:+.2f} over the instruction-blind twin" in text and "| faucet-open-v3 |" in text
+    assert (tmp_path / "qs" / "loss.png").is_file() and (tmp_path / "qs" / "eval_vla" / "index.html").is_file()

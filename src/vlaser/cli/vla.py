@@ -78,7 +78,7 @@ def add_parser(sub) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     q.add_argument("--env", choices=("reach2d", "metaworld"), default="reach2d",
                    help="reach2d: the numpy reach task (minutes); metaworld: 5 Meta-World tasks, a VLA and an "
-                        "instruction-blind twin (~40 min; fixed sizes: --max-steps, --out and --seed apply)")
+                        "instruction-blind twin (~20 min; fixed sizes: --max-steps, --out and --seed apply)")
     _add_sim_parsers(verbs)
 
 
@@ -191,7 +191,7 @@ def _metaworld_quickstart(args) -> None:
                   args.eval_episodes != REACH_EVAL)
     if any(reach_only):
         raise UserInputError("--minutes, --overwrite, --episodes and --eval-episodes are the reach2d quickstart's; "
-                             "the metaworld one has fixed sizes (20 demonstrations and 10 held-out episodes per "
+                             "the metaworld one has fixed sizes (20 demonstrations and 20 held-out episodes per "
                              "task) and writes into a new folder")
     from vlaser.vla.sim.quickstart import run_metaworld_quickstart
 
