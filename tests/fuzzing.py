@@ -1,37 +1,11 @@
-"""Shared pieces of the servers' schemathesis runs: a uvicorn server in a thread on a free loopback port, and
-the generated requests to every operation of its OpenAPI schema, their status classes counted."""
+"""Shared piece of the servers' schemathesis runs (each server served by ``fakes.served``): the generated
+requests to every operation of its OpenAPI schema, their status classes counted."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from fakes import free_port
 
 TIMEOUT = 60  # seconds per request: one that takes longer counts as a hang
-
-
-@contextmanager
-def served(app) -> Iterator[str]:
-    """``app`` served by uvicorn in a thread on 127.0.0.1; yields its base URL, stops it on exit."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def fuzz_all(base_url: str, examples: int, error_body: bool = False) -> tuple[set[str], Counter]:

@@ -20,7 +20,6 @@ import urllib.error
 import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -30,11 +29,10 @@ import pytest
 pytest.importorskip("fastapi", reason="the server's tests need fastapi (pip install 'vlaser[serve]')")
 pytest.importorskip("uvicorn", reason="the server's tests need uvicorn (pip install 'vlaser[serve]')")
 
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fakes import end_token_first, free_port, scripted_sampling, wait_for_health
+from fakes import end_token_first, free_port, scripted_sampling, served, wait_for_health
 from media import data_url
 from vlaser.errors import UserInputError
 from vlaser.inference import engine as core
@@ -191,26 +189,6 @@ class _Held:
 
     def cancel(self):
         self.cancelled.set()
-
-
-@contextmanager
-def served(app):
-    """``app`` under a real uvicorn server on a free loopback port (for disconnects and concurrency)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def post(port: int, body: dict, timeout: float = 60) -> tuple[int, dict]:

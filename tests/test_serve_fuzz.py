@@ -10,7 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from fuzzing import fuzz_all, served
+from fakes import served
+from fuzzing import fuzz_all
 
 EXAMPLES = 50  # per operation and generation mode (schema-valid bodies; invalid ones)
 
@@ -24,8 +25,8 @@ def base_url(tiny_original) -> Iterator[str]:
     # valid bodies answer quickly
     app = build_app(tiny_original, NAME, limits=replace(SERVER_LIMITS, max_new_tokens=16),
                     defaults=GenerationParams(8))
-    with served(app) as url:
-        yield url
+    with served(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.slow

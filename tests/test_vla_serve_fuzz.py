@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from fuzzing import fuzz_all, served
+from fakes import served
+from fuzzing import fuzz_all
 
 EXAMPLES = 50  # per operation and generation mode
 
@@ -27,8 +28,8 @@ def base_url(tiny_original, tmp_path_factory) -> Iterator[str]:
     policy.model.config = dataclasses.replace(policy.config, cameras={reach.CAMERA: [reach.SIZE, reach.SIZE]})
     demos = reach.write_demonstrations(tmp_path_factory.mktemp("vla-fuzz") / "demos", 2, seed=1)
     policy.normalizer = Normalizer(LeRobotDataset(demos).stats, mode="mean_std", gripper_dims={})  # unclipped
-    with served(create_app(policy)) as url:
-        yield url
+    with served(create_app(policy)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.slow
